@@ -1,0 +1,315 @@
+"""The ``smtpmailer`` command: send mail into the queue, inspect and manage it, check config.
+
+Imports stay inside the commands: ``send`` is run by cron jobs and scripts once per message,
+and must not pay for Twisted or OpenSSL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smtpmailer.config import Config
+    from smtpmailer.queue import MessageInfo
+    from smtpmailer.queue.sqlite import SQLiteQueue
+
+
+class Failure(Exception):
+    """A failure the user must fix: printed as one line on stderr, exit status 1."""
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise Failure(f"cannot read {what} {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise Failure(f"{what} {path} is not UTF-8 text") from None
+
+
+def _open_queue(config: Config) -> SQLiteQueue:
+    from smtpmailer.queue.sqlite import SQLiteQueue
+
+    return SQLiteQueue(config.queue.path)
+
+
+def cmd_send(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    from smtpmailer.message import Attachment, build_message, parse_header_option, prepare_raw
+    from smtpmailer.queue import parse_priority
+    from smtpmailer.submit import enqueue_envelope, wake_daemon
+
+    try:
+        priority = parse_priority(args.priority)
+    except ValueError as error:
+        raise Failure(str(error)) from None
+    now = time.time()
+    if args.extract or args.recipients:
+        if args.subject is not None or args.to or args.cc or args.bcc or args.attach:
+            raise Failure("-t and RCPT arguments read a whole message from stdin; "
+                          "--to/--cc/--bcc/--subject/--attach build one instead")
+        data = sys.stdin.buffer.read()
+        envelope = prepare_raw(
+            data,
+            recipients=args.recipients,
+            extract_recipients=args.extract,
+            sender=args.sender,
+            now=now,
+        )
+    else:
+        if not args.sender:
+            raise Failure("--from is required")
+        if args.subject is None:
+            raise Failure("--subject is required (or use -t to send a message from stdin)")
+        if args.body is not None and args.body_file is not None:
+            raise Failure("give --body or --body-file, not both")
+        body = args.body if args.body is not None else ""
+        if args.body_file is not None:
+            body = _read_text(args.body_file, "body file")
+        html = _read_text(args.html_file, "HTML file") if args.html_file else None
+        envelope = build_message(
+            sender=args.sender,
+            to=args.to,
+            cc=args.cc,
+            bcc=args.bcc,
+            subject=args.subject,
+            body=body,
+            html=html,
+            attachments=[Attachment.from_path(p) for p in args.attach],
+            headers=[parse_header_option(h) for h in args.header],
+            now=now,
+        )
+    store = _open_queue(config)
+    try:
+        message_id = enqueue_envelope(store, config, envelope, priority, now)
+    finally:
+        store.close()
+    print(message_id, file=out, flush=True)
+    wake_daemon(config)
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _print_message(info: MessageInfo, now: float, out: IO[str]) -> None:
+    from smtpmailer.queue import DEFERRED, priority_name
+
+    print(
+        f"{info.id:<13} {info.state:<9} {priority_name(info.priority):<7} "
+        f"{_age(now - info.created):>5} {info.attempts:>5}  {info.size:>8}  <{info.sender}>",
+        file=out,
+    )
+    for rcpt in info.recipients:
+        note = f" ({rcpt.state})" if rcpt.state != "pending" else ""
+        error = f"  {rcpt.last_error}" if rcpt.last_error else ""
+        print(f"{'':14}-> <{rcpt.address}>{note}{error}", file=out)
+    if info.state == DEFERRED:
+        print(f"{'':14}next attempt in {_age(info.next_attempt - now)}", file=out)
+
+
+def _write_json_stream(items: object, out: IO[str]) -> int:
+    """Write an iterable as a JSON array one item at a time: memory stays flat."""
+    count = 0
+    out.write("[")
+    for item in items:  # type: ignore[attr-defined]
+        out.write(",\n " if count else "\n ")
+        out.write(json.dumps(item, sort_keys=True))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    from smtpmailer.queue import STATES
+    from smtpmailer.submit import wake_daemon
+
+    store = _open_queue(config)
+    now = time.time()
+    try:
+        action = args.queue_command
+        if action == "list":
+            if args.state and args.state not in STATES:
+                raise Failure(f"--state {args.state!r} is not one of: {', '.join(STATES)}")
+            messages = store.messages(state=args.state, limit=args.limit)
+            if args.json:
+                _write_json_stream((m.as_json(now) for m in messages), out)
+                return 0
+            count = 0
+            for info in messages:
+                if count == 0:
+                    print(f"{'ID':<13} {'STATE':<9} {'PRIO':<7} {'AGE':>5} {'TRIES':>5}  "
+                          f"{'SIZE':>8}  SENDER / RECIPIENTS", file=out)
+                _print_message(info, now, out)
+                count += 1
+            print(f"-- {count} message{'s' if count != 1 else ''}"
+                  if count else "Mail queue is empty", file=out)
+            return 0
+        if action == "show":
+            info = store.show(args.id)
+            if args.json:
+                print(json.dumps(info.as_json(now), indent=2, sort_keys=True), file=out)
+                return 0
+            _print_message(info, now, out)
+            if info.last_error:
+                print(f"last error: {info.last_error}", file=out)
+            try:
+                body = store.body(args.id)
+            except Exception:
+                return 0
+            head = body.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+            print("", file=out)
+            print(head.replace("\r\n", "\n"), file=out)
+            return 0
+        if action == "stats":
+            return _stats(store, now, args.json, out)
+        if action == "retry":
+            if args.all == bool(args.id):
+                raise Failure("give a message ID or --all")
+            if args.all:
+                count = store.retry_all(now)
+                print(f"{count} deferred message{'s' if count != 1 else ''} queued for delivery",
+                      file=out)
+            else:
+                store.retry(args.id, now)
+                print(f"{args.id}: queued for delivery", file=out)
+            wake_daemon(config)
+            return 0
+        if action == "hold":
+            store.hold(args.id)
+            print(f"{args.id}: held", file=out)
+            return 0
+        if action == "release":
+            store.release(args.id, now)
+            print(f"{args.id}: released", file=out)
+            wake_daemon(config)
+            return 0
+        if action == "delete":
+            store.delete(args.id)
+            print(f"{args.id}: deleted", file=out)
+            return 0
+        raise AssertionError(action)
+    finally:
+        store.close()
+
+
+def _stats(store: SQLiteQueue, now: float, as_json: bool, out: IO[str]) -> int:
+    from smtpmailer.queue import STATES
+
+    counts = store.counts()
+    oldest = store.oldest_pending()
+    rates = store.recent_outcomes(now - 3600)
+    stats = {
+        "counts": {state: counts.get(state, 0) for state in STATES},
+        "oldest_pending_age": round(now - oldest, 3) if oldest is not None else None,
+        "last_hour": rates,
+    }
+    if as_json:
+        print(json.dumps(stats, indent=2, sort_keys=True), file=out)
+        return 0
+    for state in STATES:
+        print(f"{state:<10} {counts.get(state, 0):>9}", file=out)
+    print(f"{'oldest':<10} {_age(now - oldest) if oldest is not None else '-':>9}", file=out)
+    print(f"last hour: {rates['sent']} sent, {rates['failed']} failed, "
+          f"{rates['deferred']} deferred", file=out)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    from smtpmailer.config import render_config
+
+    if args.check:
+        print(f"{config.path}: OK", file=out)
+        return 0
+    out.write(render_config(config))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from smtpmailer import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="smtpmailer", description="Queue mail and manage the smtpmailer queue."
+    )
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $SMTPMAILER_CONFIG, then "
+                             "/etc/smtpmailer/smtpmailer.conf)")
+    parser.add_argument("--version", action="version", version=__version__.public())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    send = commands.add_parser("send", help="queue a message; prints its queue id")
+    send.add_argument("--from", dest="sender", metavar="ADDRESS")
+    send.add_argument("--to", action="append", default=[], metavar="ADDRESS")
+    send.add_argument("--cc", action="append", default=[], metavar="ADDRESS")
+    send.add_argument("--bcc", action="append", default=[], metavar="ADDRESS")
+    send.add_argument("--subject")
+    send.add_argument("--body")
+    send.add_argument("--body-file", metavar="FILE", help="'-' reads stdin")
+    send.add_argument("--html-file", metavar="FILE")
+    send.add_argument("--attach", action="append", default=[], metavar="FILE")
+    send.add_argument("--header", action="append", default=[], metavar="'K: V'")
+    send.add_argument("--priority", default="normal", help="high, normal, low or 0-9")
+    send.add_argument("-t", dest="extract", action="store_true",
+                      help="read a raw message from stdin; recipients from To/Cc/Bcc")
+    send.add_argument("recipients", nargs="*", metavar="RCPT",
+                      help="read a raw message from stdin and send it to these recipients")
+    send.set_defaults(handler=cmd_send)
+
+    queue = commands.add_parser("queue", help="inspect and manage the queue")
+    queue.set_defaults(handler=cmd_queue)
+    actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list messages, oldest first (like mailq)")
+    listing.add_argument("--state")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one message with its headers")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    retry = actions.add_parser("retry", help="attempt a message now; --all flushes deferred")
+    retry.add_argument("id", nargs="?")
+    retry.add_argument("--all", action="store_true")
+    for name, text in (("delete", "remove a message"), ("hold", "keep a message from delivery"),
+                       ("release", "let a held message go")):
+        actions.add_parser(name, help=text).add_argument("id")
+    stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
+    stats.add_argument("--json", action="store_true")
+
+    config = commands.add_parser("config", help="print the effective config (secrets redacted)")
+    config.add_argument("--check", action="store_true", help="only validate")
+    config.set_defaults(handler=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    from smtpmailer.config import load_config
+    from smtpmailer.ini import ConfigError
+    from smtpmailer.message import MessageError
+    from smtpmailer.queue import QueueError
+
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace, Config, IO[str]], int] = args.handler
+    try:
+        config = load_config(args.config)
+        for warning in config.warnings:
+            print(f"smtpmailer: warning: {warning}", file=sys.stderr)
+        return handler(args, config, out)
+    except (ConfigError, MessageError, QueueError, Failure) as error:
+        print(f"smtpmailer: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

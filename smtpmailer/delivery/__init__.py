@@ -1,0 +1,1 @@
+"""Delivery: the ESMTP client and the local Maildir capture, behind one DeliveryService."""

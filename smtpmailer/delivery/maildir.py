@@ -1,0 +1,49 @@
+"""Local capture: deliver each message into a Maildir instead of a relay.
+
+For developers testing their applications' mail and for ``make run``: every message lands as
+one file in ``PATH/new`` that any mail reader opens (``mutt -f PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from smtpmailer.queue import RCPT_SENT, Lease, RecipientResult
+
+_counter = 0
+
+
+def ensure_maildir(path: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+
+
+def deliver_to_maildir(path: str, lease: Lease) -> tuple[RecipientResult, ...]:
+    """Write, fsync, rename into ``new/`` (the Maildir protocol); blocking, run off-reactor."""
+    global _counter
+    _counter += 1
+    ensure_maildir(path)
+    now = time.time()
+    name = f"{int(now)}.M{int(now * 1e6) % 1000000}P{os.getpid()}Q{_counter}.{lease.id}." + (
+        socket.gethostname().replace("/", "_").replace(":", "_")
+    )
+    envelope = (
+        f"Return-Path: <{lease.sender}>\r\n"
+        f"X-Envelope-To: {', '.join(f'<{r}>' for r in lease.recipients)}\r\n"
+        f"X-Queue-Id: {lease.id}\r\n"
+    ).encode()
+    temporary = os.path.join(path, "tmp", name)
+    with open(temporary, "xb") as handle:
+        handle.write(envelope + lease.data.replace(b"\r\n", b"\n"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(temporary, os.path.join(path, "new", name))
+    directory = os.open(os.path.join(path, "new"), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    reply = f"250 delivered to {os.path.join(path, 'new', name)}"
+    return tuple(RecipientResult(r, RCPT_SENT, reply) for r in lease.recipients)

@@ -1,0 +1,186 @@
+"""The wire half of our ESMTP client: send command lines, match replies, time out, pipeline.
+
+Twisted's SMTPClient waits for every reply, leaves Nagle on and cannot report recipients one
+by one; this protocol only moves lines, and ``session.py`` holds the dialogue.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+
+@attrs.frozen
+class Reply:
+    """One (possibly multi-line) SMTP reply."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    def __str__(self) -> str:
+        return f"{self.code} {' '.join(line for line in self.lines if line)}".strip()
+
+
+class SMTPTimeout(Exception):
+    """The relay did not answer within ``timeout``."""
+
+
+class SMTPProtocolError(Exception):
+    """The relay sent something that is not an SMTP reply."""
+
+
+_STUFF = re.compile(rb"(?:^|(?<=\r\n))\.")
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def encode_body(data: bytes) -> bytes:
+    """CRLF line endings, dot-stuffing, and the final ``.`` line (RFC 5321 4.5.2)."""
+    data = _LINE_ENDS.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _STUFF.sub(b"..", data) + b".\r\n"
+
+
+class SMTPClientProtocol(LineOnlyReceiver):
+    """Writes commands and hands each reply to the Deferred waiting for it, in order.
+
+    Several commands may be written at once (PIPELINING); their replies come back in the
+    same order. A silence of ``timeout`` seconds while a reply is due aborts the connection.
+    """
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 16384
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self._clock = clock
+        self.timeout = timeout
+        self._waiting: deque[Deferred[Reply]] = deque()
+        self._partial: list[str] = []
+        self._timer: IDelayedCall | None = None
+        self._lost: Failure | None = None
+        self.connected_at_all = False
+        # The greeting is the first reply: wait for it from the start.
+        self.greeting: Deferred[Reply] = Deferred()
+        self._waiting.append(self.greeting)
+
+    # --- connection ---
+
+    def connectionMade(self) -> None:
+        self.connected_at_all = True
+        try:
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+        except (AttributeError, NotImplementedError, OSError):
+            pass  # not TCP (tests, UNIX sockets): nothing to tune
+        self._arm()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:  # noqa: B008
+        self._disarm()
+        self._lost = reason
+        self._fail_all(reason)
+
+    # --- commands ---
+
+    def send_commands(self, *lines: str) -> list[Deferred[Reply]]:
+        """Write the command lines in one segment; one Deferred per expected reply."""
+        if self._lost is not None:
+            return [fail(self._lost) for _ in lines]
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise ValueError(f"command contains a line break: {line!r}")
+        self.transport.write(  # type: ignore[union-attr]
+            b"".join(line.encode("utf-8") + b"\r\n" for line in lines)
+        )
+        return [self._expect() for _ in lines]
+
+    def command(self, line: str) -> Deferred[Reply]:
+        return self.send_commands(line)[0]
+
+    def send_body(self, data: bytes) -> Deferred[Reply]:
+        """After a 354: the message, dot-stuffed and terminated; returns the final reply."""
+        if self._lost is not None:
+            return fail(self._lost)
+        self.transport.write(encode_body(data))  # type: ignore[union-attr]
+        return self._expect()
+
+    def abort(self) -> None:
+        if self.transport is not None and self._lost is None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.transport is not None and self._lost is None:
+            self.transport.loseConnection()
+
+    @property
+    def is_open(self) -> bool:
+        return self._lost is None
+
+    # --- replies ---
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
+            self._protocol_error(f"not an SMTP reply: {text[:80]!r}")
+            return
+        self._partial.append(text[4:])
+        if text[3:4] == "-":
+            return
+        reply = Reply(int(text[:3]), tuple(self._partial))
+        self._partial = []
+        if not self._waiting:
+            self._protocol_error(f"unexpected reply {reply}")
+            return
+        waiter = self._waiting.popleft()
+        self._disarm()
+        if self._waiting:
+            self._arm()
+        waiter.callback(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._protocol_error("reply line too long")
+
+    def _protocol_error(self, message: str) -> None:
+        self._fail_all(Failure(SMTPProtocolError(message)))
+        self.abort()
+
+    # --- waiting and timing out ---
+
+    def _expect(self) -> Deferred[Reply]:
+        waiter: Deferred[Reply] = Deferred()
+        self._waiting.append(waiter)
+        if self._timer is None and self.connected_at_all:
+            self._arm()
+        return waiter
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self._clock.callLater(self.timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail_all(Failure(SMTPTimeout(f"no reply from the relay within {self.timeout:g}s")))
+        self.abort()
+
+    def _fail_all(self, reason: Failure) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            waiter.errback(reason)

@@ -1,0 +1,396 @@
+"""DeliveryService: takes leased messages and works them off over a pool of relay connections.
+
+Up to ``max_connections`` connections run at once; each carries up to
+``max_messages_per_connection`` messages and stays open briefly when idle, so a steady flow
+reuses it. Relays are tried in order of ``priority``: the first that completes EHLO, TLS
+and AUTH gets the work. A connection that cannot be made defers every waiting message with
+the reason (the next poll tries again), instead of dialling once per message.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+
+from smtpmailer.config import Config, RelayConfig
+from smtpmailer.delivery.maildir import deliver_to_maildir, ensure_maildir
+from smtpmailer.delivery.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
+from smtpmailer.delivery.session import SessionError, SMTPSession
+from smtpmailer.logs import log, outcome_line
+from smtpmailer.queue import Lease, Outcome, RecipientResult, Recorded
+from smtpmailer.queue.runner import OutcomeWriter, Runner
+
+# An idle connection is kept this long for the next message, like Postfix's connection cache.
+IDLE_TIMEOUT = 2.0
+
+
+def describe_error(error: BaseException) -> str:
+    """One line an operator understands, for the queue's last_error and the log."""
+    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError):
+        return str(error)
+    if isinstance(error, net_error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, net_error.TimeoutError):
+        return "connection timed out"
+    if isinstance(error, net_error.DNSLookupError):
+        return "host name lookup failed"
+    name = type(error).__name__
+    if name == "VerificationError":
+        return f"TLS: certificate does not match the relay's host name ({error})"
+    if name == "Error" and type(error).__module__.startswith("OpenSSL"):
+        details = [part[-1] for part in (error.args[0] if error.args else []) if part]
+        text = ", ".join(str(d) for d in details if d) or "handshake failed"
+        return f"TLS: {text}"
+    if isinstance(error, net_error.ConnectionDone | net_error.ConnectionLost):
+        return "connection closed by the relay"
+    return f"{name}: {error}" if str(error) else name
+
+
+class Session(Protocol):
+    """What a worker needs from a connection: deliver messages one by one, then quit."""
+
+    label: str
+    delivered: int
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]: ...
+
+    def quit(self) -> Deferred[None]: ...
+
+    def abort(self) -> None: ...
+
+
+class _SMTPConnection:
+    def __init__(self, session: SMTPSession, label: str) -> None:
+        self.session = session
+        self.label = label
+
+    @property
+    def delivered(self) -> int:
+        return self.session.delivered
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        return Deferred.fromCoroutine(self.session.deliver(lease))
+
+    def quit(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.session.quit())
+
+    def abort(self) -> None:
+        self.session.protocol.abort()
+
+
+class _MaildirConnection:
+    """The Maildir 'connection': writes happen in a worker thread (they fsync)."""
+
+    def __init__(self, relay: RelayConfig, blocking: Runner) -> None:
+        self.path = relay.path or ""
+        self.label = relay.label
+        self.delivered = 0
+        self._blocking = blocking
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        self.delivered += 1
+        return self._blocking(deliver_to_maildir, self.path, lease)
+
+    def quit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self) -> None:
+        pass
+
+
+Connector = Callable[[RelayConfig, SMTPClientProtocol], "Deferred[Any]"]
+
+
+def tcp_connector(reactor: Any) -> Connector:
+    """Connect for real: TCP (and implicit TLS for ``security = tls``), with a timeout."""
+    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+
+    from smtpmailer.delivery.tls import client_tls_options
+
+    def connect(relay: RelayConfig, protocol: SMTPClientProtocol) -> Deferred[Any]:
+        endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=relay.timeout)
+        if relay.security == "tls":
+            endpoint = wrapClientTLS(client_tls_options(relay), endpoint)
+        return connectProtocol(endpoint, protocol)
+
+    return connect
+
+
+def start_tls(relay: RelayConfig) -> Callable[[SMTPClientProtocol], None]:
+    def switch(protocol: SMTPClientProtocol) -> None:
+        from smtpmailer.delivery.tls import client_tls_options
+
+        protocol.transport.startTLS(client_tls_options(relay))  # type: ignore[attr-defined]
+
+    return switch
+
+
+class RateLimiter:
+    """Spaces messages evenly: ``100/m`` lets one start every 0.6 s."""
+
+    def __init__(self, clock: IReactorTime, rate: tuple[int, float] | None) -> None:
+        self._clock = clock
+        self.interval = rate[1] / rate[0] if rate else 0.0
+        self._next = 0.0
+
+    def delay(self) -> float:
+        if not self.interval:
+            return 0.0
+        now = self._clock.seconds()
+        start = max(self._next, now)
+        self._next = start + self.interval
+        return start - now
+
+
+class DeliveryService(Service):
+    """Delivers leased messages; records every outcome through the OutcomeWriter."""
+
+    name = "delivery"
+
+    def __init__(
+        self,
+        config: Config,
+        writer: OutcomeWriter,
+        release: Callable[[list[Lease]], Deferred[Any]],
+        clock: IReactorTime,
+        connector: Connector | None = None,
+        blocking: Runner | None = None,
+        helo_name: str | None = None,
+    ) -> None:
+        self.config = config
+        self._writer = writer
+        self._release = release
+        self._clock = clock
+        self._connector = connector
+        self._blocking = blocking
+        self._helo = helo_name or socket.gethostname()
+        self._pending: deque[Lease] = deque()
+        self._idle: deque[tuple[Deferred[Lease | None], IDelayedCall]] = deque()
+        self._workers = 0
+        self._working = 0
+        self._sessions: set[Session] = set()
+        self._stopping = False
+        self._stopped_waiters: list[Deferred[None]] = []
+        self._limiter = RateLimiter(clock, config.relays[0].rate_limit)
+        self.on_capacity: Callable[[], None] = lambda: None
+        self.counters: Counter[str] = Counter()
+        if config.relays[0].transport == "maildir":
+            assert config.relays[0].path
+            ensure_maildir(config.relays[0].path)
+
+    # --- what the poller sees ---
+
+    @property
+    def max_connections(self) -> int:
+        return self.config.relays[0].max_connections
+
+    def capacity(self) -> int:
+        """How many more leases are welcome: enough to keep every connection busy."""
+        if self._stopping or not self.running:
+            return 0
+        target = max(self.config.queue.batch_size, 2 * self.max_connections)
+        return max(0, target - len(self._pending) - self._working)
+
+    @property
+    def busy(self) -> int:
+        return len(self._pending) + self._working
+
+    def submit(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            if self._idle:
+                waiter, timer = self._idle.popleft()
+                timer.cancel()
+                self._working += 1
+                waiter.callback(lease)
+            else:
+                self._pending.append(lease)
+        self._dispatch()
+
+    # --- workers ---
+
+    def _dispatch(self) -> None:
+        while self._pending and self._workers < self.max_connections and not self._stopping:
+            lease = self._pending.popleft()
+            self._working += 1
+            self._workers += 1
+            Deferred.fromCoroutine(self._work(lease)).addErrback(
+                lambda f: log.failure("delivery worker crashed", failure=f)
+            )
+
+    def _take(self) -> Deferred[Lease | None]:
+        """The next lease for an open connection: at once, or when one arrives, or None."""
+        if self._stopping:
+            return succeed(None)
+        if self._pending:
+            self._working += 1
+            return succeed(self._pending.popleft())
+        waiter: Deferred[Lease | None] = Deferred()
+
+        def give_up() -> None:
+            self._idle.remove(entry)
+            waiter.callback(None)
+
+        timer = self._clock.callLater(IDLE_TIMEOUT, give_up)
+        entry = (waiter, timer)
+        self._idle.append(entry)
+        return waiter
+
+    async def _open(self) -> Session:
+        first = self.config.relays[0]
+        if first.transport == "maildir":
+            assert self._blocking is not None
+            return _MaildirConnection(first, self._blocking)
+        assert self._connector is not None
+        problems = []
+        for relay in self.config.relays:
+            protocol = SMTPClientProtocol(self._clock, relay.timeout)
+            try:
+                await self._connector(relay, protocol)
+                peer = protocol.transport.getPeer()  # type: ignore[union-attr]
+                label = f"{relay.host}[{getattr(peer, 'host', '?')}]:{relay.port}"
+                session = SMTPSession(protocol, relay, relay.helo or self._helo, start_tls(relay))
+                connection = _SMTPConnection(session, label)
+                self._sessions.add(connection)
+                try:
+                    await session.open()
+                except BaseException:
+                    self._sessions.discard(connection)
+                    raise
+                return connection
+            except Exception as error:
+                protocol.abort()
+                problems.append(f"{relay.host}:{relay.port}: {describe_error(error)}")
+        raise SessionError("; ".join(problems))
+
+    async def _work(self, lease: Lease | None) -> None:
+        connection: Session | None = None
+        try:
+            try:
+                connection = await self._open()
+            except Exception as error:
+                assert lease is not None
+                self._defer_waiting(lease, describe_error(error))
+                return
+            self._sessions.add(connection)
+            limit = self.config.relays[0].max_messages_per_connection
+            while lease is not None:
+                wait = self._limiter.delay()
+                if wait > 0:
+                    await deferLater(self._clock, wait)  # type: ignore[arg-type]
+                try:
+                    results = await connection.deliver(lease)
+                except Exception as error:
+                    reason = describe_error(error)
+                    self._finish(lease, self._all(lease, "deferred", reason), connection.label)
+                    connection.abort()
+                    return
+                self._finish(lease, results, connection.label)
+                lease = None
+                if connection.delivered >= limit:
+                    break
+                lease = await self._take()
+            await connection.quit()
+        finally:
+            if connection is not None:
+                self._sessions.discard(connection)
+            self._workers -= 1
+            self._dispatch()
+            self._check_stopped()
+
+    @staticmethod
+    def _all(lease: Lease, status: str, reason: str) -> tuple[RecipientResult, ...]:
+        return tuple(RecipientResult(r, status, reason) for r in lease.recipients)
+
+    def _defer_waiting(self, lease: Lease, reason: str) -> None:
+        """No relay could be reached: every message waiting now would meet the same fate."""
+        label = self.config.relays[0].host
+        waiting = [lease, *self._pending]
+        self._working += len(self._pending)
+        self._pending.clear()
+        for each in waiting:
+            self._finish(each, self._all(each, "deferred", reason), f"{label}[none]")
+
+    def _finish(self, lease: Lease, results: tuple[RecipientResult, ...], relay: str) -> None:
+        self._working -= 1
+        sent_at = self._clock.seconds()
+        recording = self._writer.record(Outcome(lease, results, relay))
+        recording.addCallback(self._log_outcome, sent_at)
+        recording.addErrback(
+            lambda f: log.failure("could not record the outcome of {id}", failure=f, id=lease.id)
+        )
+        if len(self._pending) < self.max_connections:
+            self.on_capacity()
+
+    def _log_outcome(self, recorded: Recorded, sent_at: float) -> None:
+        outcome = recorded.outcome
+        lease = outcome.lease
+        if recorded.stale:
+            log.warn(
+                "id={id} outcome not recorded: the message is {state} now (lease lost)",
+                id=lease.id,
+                state=recorded.state,
+            )
+            return
+        expired = dict(recorded.expired)
+        for result in outcome.results:
+            status, reply = result.status, result.reply
+            if result.address in expired:
+                status, reply = "failed", f"{reply}; {expired[result.address]}"
+            self.counters[status] += 1
+            line = outcome_line(
+                lease.id,
+                result.address,
+                outcome.relay,
+                sent_at - lease.created,
+                recorded.attempts,
+                status,
+                reply,
+            )
+            (log.info if status == "sent" else log.warn)("{line}", line=line)
+
+    # --- service ---
+
+    def stopService(self) -> Deferred[None]:
+        """Take no new work, give back what has not started, bound the rest by
+        ``shutdown_timeout``, and return once every outcome is committed."""
+        super().stopService()
+        self._stopping = True
+        unstarted, self._pending = list(self._pending), deque()
+        released = self._release(unstarted) if unstarted else succeed(None)
+        while self._idle:
+            waiter, timer = self._idle.popleft()
+            timer.cancel()
+            waiter.callback(None)
+        finished: Deferred[None] = Deferred()
+        self._stopped_waiters.append(finished)
+        timer = self._clock.callLater(self.config.daemon.shutdown_timeout, self._abort_all)
+        self._check_stopped()
+
+        def cancel_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        finished.addBoth(cancel_timer)
+        finished.addCallback(lambda _: released)
+        finished.addCallback(lambda _: self._writer.flush())
+        return finished
+
+    def _abort_all(self) -> None:
+        log.warn("shutdown_timeout reached: aborting {n} connection(s)", n=len(self._sessions))
+        for connection in list(self._sessions):
+            connection.abort()
+
+    def _check_stopped(self) -> None:
+        if self._stopping and self._workers == 0:
+            waiters, self._stopped_waiters = self._stopped_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)

@@ -1,0 +1,214 @@
+"""The ESMTP dialogue with one relay: EHLO, STARTTLS, AUTH, then one transaction per message."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+
+from smtpmailer.config import RelayConfig
+from smtpmailer.delivery.protocol import Reply, SMTPClientProtocol
+from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
+
+
+class SessionError(Exception):
+    """The session cannot go on; ``permanent`` says whether retrying could ever help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _status_for(reply: Reply) -> str:
+    return RCPT_SENT if reply.positive else ("deferred" if reply.temporary else RCPT_FAILED)
+
+
+async def _await_all(waiters: list[Deferred[Reply]]) -> list[Reply]:
+    """Wait for every pipelined reply; re-raise the first failure only after all settled."""
+    results = await DeferredList(waiters, consumeErrors=True)
+    for ok, value in results:
+        if not ok:
+            value.raiseException()
+    return [value for _, value in results]
+
+
+class SMTPSession:
+    """Drives one connection. ``open()`` once, ``deliver()`` per message, ``quit()`` at the end.
+
+    ``start_tls`` is called with the protocol when STARTTLS was accepted; it switches the
+    transport to TLS with the relay's verified client options.
+    """
+
+    def __init__(
+        self,
+        protocol: SMTPClientProtocol,
+        relay: RelayConfig,
+        helo_name: str,
+        start_tls: Any = None,
+    ) -> None:
+        self.protocol = protocol
+        self.relay = relay
+        self.helo_name = helo_name
+        self._start_tls = start_tls
+        self.extensions: dict[str, str] = {}
+        self.tls = relay.security == "tls"
+        self.delivered = 0
+
+    async def open(self) -> None:
+        greeting = await self.protocol.greeting
+        if greeting.code != 220:
+            raise SessionError(f"relay refused the session: {greeting}", greeting.code >= 500)
+        await self._ehlo()
+        if self.relay.security == "starttls":
+            if "STARTTLS" not in self.extensions:
+                raise SessionError("relay does not offer STARTTLS (security = starttls)")
+            reply = await self.protocol.command("STARTTLS")
+            if reply.code != 220:
+                raise SessionError(f"STARTTLS refused: {reply}")
+            self._start_tls(self.protocol)
+            self.tls = True
+            await self._ehlo()
+        await self._authenticate()
+
+    async def _ehlo(self) -> None:
+        reply = await self.protocol.command(f"EHLO {self.helo_name}")
+        if reply.code == 250:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.partition(" ")
+                self.extensions[keyword.upper()] = params
+            return
+        if reply.code >= 500:
+            fallback = await self.protocol.command(f"HELO {self.helo_name}")
+            if fallback.code == 250:
+                self.extensions = {}
+                return
+            reply = fallback
+        raise SessionError(f"relay refused EHLO: {reply}", reply.code >= 500)
+
+    # --- AUTH ---
+
+    def _mechanism(self) -> str | None:
+        relay = self.relay
+        if relay.auth == "none" or not relay.username or relay.password is None:
+            return None
+        offered = self.extensions.get("AUTH", "").upper().split()
+        if relay.auth != "auto":
+            wanted = [relay.auth.upper()]
+        elif self.tls:
+            wanted = ["PLAIN", "LOGIN", "CRAM-MD5"]
+        else:
+            wanted = ["CRAM-MD5", "PLAIN", "LOGIN"]
+        for mechanism in wanted:
+            if mechanism in offered:
+                return mechanism
+        if not offered:
+            raise SessionError("relay does not offer AUTH, but a username is configured")
+        raise SessionError(
+            f"relay offers AUTH {' '.join(offered)}; none of {', '.join(wanted)} "
+            f"(auth = {relay.auth})"
+        )
+
+    async def _authenticate(self) -> None:
+        mechanism = self._mechanism()
+        if mechanism is None:
+            return
+        user = (self.relay.username or "").encode("utf-8")
+        secret = (self.relay.password or "").encode("utf-8")
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii")
+
+        # Replies are logged, commands never are: they carry the credentials.
+        if mechanism == "PLAIN":
+            reply = await self.protocol.command("AUTH PLAIN " + b64(b"\0" + user + b"\0" + secret))
+        elif mechanism == "LOGIN":
+            reply = await self.protocol.command("AUTH LOGIN")
+            if reply.code == 334:
+                reply = await self.protocol.command(b64(user))
+            if reply.code == 334:
+                reply = await self.protocol.command(b64(secret))
+        else:
+            reply = await self.protocol.command("AUTH CRAM-MD5")
+            if reply.code == 334:
+                challenge = base64.b64decode(reply.lines[0].strip() or "")
+                digest = hmac.new(secret, challenge, hashlib.md5).hexdigest()
+                reply = await self.protocol.command(b64(user + b" " + digest.encode("ascii")))
+        if reply.code != 235:
+            # A wrong password is the operator's to fix: defer, never fail the mail for it.
+            raise SessionError(f"authentication failed ({mechanism}): {reply}")
+
+    # --- transactions ---
+
+    def _mail_from(self, lease: Lease) -> str:
+        params = []
+        if "SIZE" in self.extensions:
+            params.append(f"SIZE={len(lease.data)}")
+        if "8BITMIME" in self.extensions and not lease.data.isascii():
+            params.append("BODY=8BITMIME")
+        return " ".join([f"MAIL FROM:<{lease.sender}>", *params])
+
+    async def deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
+        """One transaction. Returns a result per recipient; raises only when the connection
+        cannot be trusted any more (lost, timed out, garbled)."""
+        commands = [self._mail_from(lease), *(f"RCPT TO:<{r}>" for r in lease.recipients)]
+        if "PIPELINING" in self.extensions:
+            replies = await _await_all(self.protocol.send_commands(*commands, "DATA"))
+            mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
+        else:
+            mail = await self.protocol.command(commands[0])
+            rcpts, data = [], None
+            if mail.positive:
+                for command in commands[1:]:
+                    rcpts.append(await self.protocol.command(command))
+                if any(r.positive for r in rcpts):
+                    data = await self.protocol.command("DATA")
+        self.delivered += 1
+        if not mail.positive:
+            await self._abandon(data)
+            return tuple(
+                RecipientResult(r, _status_for(mail), f"MAIL FROM: {mail}") for r in lease.recipients
+            )
+        accepted = [r for r, reply in zip(lease.recipients, rcpts, strict=True) if reply.positive]
+        results = {
+            r: RecipientResult(r, _status_for(reply), str(reply))
+            for r, reply in zip(lease.recipients, rcpts, strict=True)
+            if not reply.positive
+        }
+        if not accepted:
+            await self._abandon(data)
+        elif data is None or data.code != 354:
+            await self._abandon(data)
+            assert data is not None
+            for r in accepted:
+                results[r] = RecipientResult(r, _status_for(data), f"DATA: {data}")
+        else:
+            final = await self.protocol.send_body(lease.data)
+            for r in accepted:
+                results[r] = RecipientResult(r, _status_for(final), str(final))
+            if not final.positive:
+                await self._reset()
+        return tuple(results[r] for r in lease.recipients)
+
+    async def _abandon(self, data: Reply | None) -> None:
+        """End a transaction that will carry no message; the connection stays usable."""
+        if data is not None and data.code == 354:
+            # The relay took DATA although nobody is to receive it: send an empty message
+            # (the relay has no recipients, so it delivers nothing) to get back in step.
+            await self.protocol.send_body(b"")
+        await self._reset()
+
+    async def _reset(self) -> None:
+        reply = await self.protocol.command("RSET")
+        if reply.code != 250:
+            raise SessionError(f"RSET refused: {reply}")
+
+    async def quit(self) -> None:
+        try:
+            await self.protocol.command("QUIT")
+        except Exception:
+            pass  # the relay closing first is as good as a 221
+        self.protocol.close()

@@ -1,0 +1,245 @@
+"""Building and checking messages: addresses, header values, MIME, raw RFC 5322 input."""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import mimetypes
+import os
+import re
+from collections.abc import Iterable, Sequence
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import attrs
+
+# 7bit transfer encodings for everything we build, so any relay takes it (8BITMIME or not).
+BUILD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
+_QUOTED_LOCAL = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LITERAL = re.compile(r"^\[(?:\d{1,3}\.){3}\d{1,3}\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+# Headers that the builder owns: a --header that sets one of these would contradict it.
+_BUILT_HEADERS = {"from", "to", "cc", "bcc", "subject", "content-type", "mime-version",
+                  "content-transfer-encoding"}
+
+
+class MessageError(ValueError):
+    """The input cannot become a message; the text says what to fix, in one line."""
+
+
+def _single_address(text: str, what: str) -> tuple[str, str]:
+    """Parse ``Name <a@b>`` or ``a@b``; a list of several addresses is an error here."""
+    pairs = email.utils.getaddresses([text])
+    if len(pairs) != 1:
+        raise MessageError(f"{what} {text!r} must be a single address")
+    return pairs[0]
+
+
+def normalize_address(text: str, what: str = "address") -> str:
+    """Return the bare addr-spec of ``text`` (``Name <a@b>`` allowed), or raise MessageError.
+
+    Internationalized domains become their ASCII (IDNA) form; a non-ASCII local part
+    would need SMTPUTF8 and is refused.
+    """
+    if "\r" in text or "\n" in text:
+        raise MessageError(f"{what} {text!r} contains a line break")
+    addr = _single_address(text, what)[1].strip()
+    if not addr or addr.count("@") < 1:
+        raise MessageError(f"{what} {text!r} is not an email address (expected user@domain)")
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain:
+        raise MessageError(f"{what} {text!r} is not an email address (expected user@domain)")
+    if not local.isascii():
+        raise MessageError(f"{what} {text!r}: non-ASCII local parts (SMTPUTF8) are not supported")
+    if len(local) > 64 or not (_LOCAL.match(local) or _QUOTED_LOCAL.match(local)):
+        raise MessageError(f"{what} {text!r} has an invalid local part {local!r}")
+    if not _LITERAL.match(domain):
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise MessageError(f"{what} {text!r} has an invalid domain {domain!r}") from None
+        labels = domain.rstrip(".").split(".")
+        if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
+            raise MessageError(f"{what} {text!r} has an invalid domain {domain!r}")
+        domain = domain.rstrip(".").lower()
+    return f"{local}@{domain}"
+
+
+def check_header_value(name: str, value: str) -> None:
+    """Refuse CR and LF in any value that becomes a header: that is header injection."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise MessageError(f"{name} contains a line break (CR/LF) or NUL; refusing header injection")
+
+
+def parse_header_option(text: str) -> tuple[str, str]:
+    """``'K: V'`` from ``--header`` to (K, V), checked."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _FIELD_NAME.match(name):
+        raise MessageError(f"--header {text!r} is not 'Name: value'")
+    if name.lower() in _BUILT_HEADERS:
+        raise MessageError(f"--header {name} is set by its own option, not by --header")
+    check_header_value(f"header {name}", value)
+    return name, value
+
+
+def unique(addresses: Iterable[str]) -> list[str]:
+    """Drop repeated recipients (case-insensitively), keeping the first spelling and order."""
+    seen: set[str] = set()
+    out = []
+    for address in addresses:
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            out.append(address)
+    return out
+
+
+@attrs.frozen
+class Attachment:
+    filename: str
+    data: bytes
+
+    @classmethod
+    def from_path(cls, path: str) -> Attachment:
+        try:
+            with open(path, "rb") as handle:
+                return cls(os.path.basename(path), handle.read())
+        except OSError as error:
+            raise MessageError(f"cannot read attachment {path}: {error.strerror}") from None
+
+
+@attrs.frozen
+class Envelope:
+    """What the queue stores: SMTP envelope plus the message bytes (CRLF line endings)."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+
+def _header_display(text: str, what: str) -> tuple[str, str]:
+    """Split ``Name <a@b>`` into a checked (display name, addr-spec)."""
+    check_header_value(what, text)
+    name, _ = _single_address(text, what)
+    return name, normalize_address(text, what)
+
+
+def build_message(
+    *,
+    sender: str,
+    to: Sequence[str],
+    cc: Sequence[str] = (),
+    bcc: Sequence[str] = (),
+    subject: str,
+    body: str = "",
+    html: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    headers: Sequence[tuple[str, str]] = (),
+    now: float,
+) -> Envelope:
+    """Build a MIME message with Date and Message-ID; Bcc recipients get it, unnamed."""
+    check_header_value("subject", subject)
+    from_name, from_addr = _header_display(sender, "--from")
+    if not to and not cc and not bcc:
+        raise MessageError("no recipients: give at least one --to, --cc or --bcc")
+    to_pairs = [_header_display(a, "--to") for a in to]
+    cc_pairs = [_header_display(a, "--cc") for a in cc]
+    bcc_pairs = [_header_display(a, "--bcc") for a in bcc]
+    message = EmailMessage(policy=BUILD_POLICY)
+    message["From"] = email.utils.formataddr((from_name, from_addr))
+    if to_pairs:
+        message["To"] = ", ".join(email.utils.formataddr(p) for p in to_pairs)
+    if cc_pairs:
+        message["Cc"] = ", ".join(email.utils.formataddr(p) for p in cc_pairs)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(now, localtime=True)
+    message["Message-ID"] = email.utils.make_msgid(domain=from_addr.rpartition("@")[2])
+    for name, value in headers:
+        message[name] = value
+    message.set_content(body if body.endswith("\n") or not body else body + "\n")
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    for attachment in attachments:
+        kind, _ = mimetypes.guess_type(attachment.filename)
+        maintype, subtype = (kind or "application/octet-stream").split("/", 1)
+        message.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    recipients = unique(p[1] for p in (*to_pairs, *cc_pairs, *bcc_pairs))
+    return Envelope(from_addr, tuple(recipients), message.as_bytes(policy=BUILD_POLICY))
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Normalize every line ending (LF, CR, CRLF) to CRLF, as SMTP wants."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    """Split at the first empty line; headers include their final CRLF."""
+    if data.startswith(b"\r\n"):
+        return b"", data
+    index = data.find(b"\r\n\r\n")
+    if index < 0:
+        return data if data.endswith(b"\r\n") else data + b"\r\n", b"\r\n"
+    return data[: index + 2], data[index + 2 :]
+
+
+def _drop_headers(head: bytes, names: set[str]) -> bytes:
+    """Remove every field (with its continuation lines) whose name is in ``names``."""
+    out: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(line)
+            continue
+        field = line.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        skipping = field in names
+        if not skipping:
+            out.append(line)
+    return b"\r\n".join(out)
+
+
+def prepare_raw(
+    data: bytes,
+    *,
+    recipients: Sequence[str] = (),
+    extract_recipients: bool = False,
+    sender: str | None = None,
+    now: float,
+) -> Envelope:
+    """Take an RFC 5322 message as given (stdin of ``send -t``/``send RCPT...``).
+
+    With ``extract_recipients`` the recipients come from To, Cc and Bcc and the Bcc header
+    is removed. Date and Message-ID are added when missing. The envelope sender is
+    ``sender``, else the From header's address.
+    """
+    data = to_crlf(data)
+    head, rest = _split_head(data)
+    parsed = BytesParser(policy=email.policy.compat32).parsebytes(head + b"\r\n", headersonly=True)
+    rcpts = [normalize_address(r, "recipient") for r in recipients]
+    if extract_recipients:
+        for field in ("to", "cc", "bcc"):
+            for _, address in email.utils.getaddresses(parsed.get_all(field, [])):
+                if address:
+                    rcpts.append(normalize_address(address, f"{field.title()} address"))
+    if not rcpts:
+        raise MessageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
+    if sender is None:
+        from_addresses = email.utils.getaddresses(parsed.get_all("from", []))
+        if not from_addresses or not from_addresses[0][1]:
+            raise MessageError("no sender: the message has no From header; give --from")
+        sender = from_addresses[0][1]
+    sender = normalize_address(sender, "sender")
+    additions = b""
+    if parsed.get("date") is None:
+        additions += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()
+    if parsed.get("message-id") is None:
+        domain = sender.rpartition("@")[2]
+        additions += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
+    if extract_recipients:
+        head = _drop_headers(head, {"bcc"})
+    return Envelope(sender, tuple(unique(rcpts)), head + additions + rest)

@@ -1,0 +1,111 @@
+"""QueuePoller: leases due messages, highest priority first, and hands them to delivery.
+
+It ticks every ``poll_interval`` but is also woken at once: by the CLI after it commits a
+message (a datagram on the wakeup socket), and by delivery when it has room again while
+more mail is due. So the poll interval is a safety net, not the latency floor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from smtpmailer.config import Config
+from smtpmailer.delivery.service import DeliveryService
+from smtpmailer.logs import log
+from smtpmailer.queue.runner import AsyncQueue
+
+# Sent messages are forgotten in slices, so one tick never holds the queue for long.
+PURGE_SLICE = 500
+PURGE_EVERY = 60.0
+
+
+def lease_seconds(config: Config) -> float:
+    """Long enough for any attempt to end by its own timeouts before the lease runs out."""
+    slowest = max(relay.timeout for relay in config.relays)
+    return max(600.0, 20 * slowest)
+
+
+class QueuePoller(TimerService):
+    name = "poller"
+
+    def __init__(
+        self,
+        config: Config,
+        queue: AsyncQueue,
+        delivery: DeliveryService,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(config.queue.poll_interval, self.tick)
+        self.clock = clock
+        self.config = config
+        self._queue = queue
+        self._delivery = delivery
+        self._busy = False
+        self._again = False
+        self._wakeup: IDelayedCall | None = None
+        self._last_purge = -PURGE_EVERY
+        self.last_batch_full = False
+        self.ticks = 0
+        delivery.on_capacity = self.wake_if_more
+
+    def wake(self) -> None:
+        """Poll as soon as the reactor is free (many wake-ups in a row make one poll)."""
+        if not self.running:
+            return
+        if self._busy:
+            self._again = True
+            return
+        if self._wakeup is None or not self._wakeup.active():
+            self._wakeup = self.clock.callLater(0, self.tick)
+
+    def wake_if_more(self) -> None:
+        if self.last_batch_full:
+            self.wake()
+
+    def tick(self) -> Deferred[None]:
+        """One poll. Never raises and never overlaps another (a TimerService whose call
+        fails stops for good)."""
+        if self._busy:
+            self._again = True
+            return succeed(None)
+        self._busy = True
+        self.ticks += 1
+        result = Deferred.fromCoroutine(self._poll())
+        result.addErrback(lambda failure: log.failure("queue poll failed", failure=failure))
+
+        def done(_: Any) -> None:
+            self._busy = False
+            if self._again:
+                self._again = False
+                self.wake()
+
+        result.addBoth(done)
+        return result
+
+    async def _poll(self) -> None:
+        capacity = self._delivery.capacity()
+        limit = min(self.config.queue.batch_size, capacity)
+        if limit <= 0:
+            self.last_batch_full = True  # no room to look: assume more is due
+        else:
+            now = self.clock.seconds()
+            leases = await self._queue.lease(now, limit, lease_seconds(self.config))
+            self.last_batch_full = len(leases) == limit
+            if leases:
+                log.debug("leased {n} message(s)", n=len(leases))
+                self._delivery.submit(leases)
+        now = self.clock.seconds()
+        if now - self._last_purge >= PURGE_EVERY:
+            self._last_purge = now
+            purged = await self._queue.purge_sent(now - self.config.queue.keep_sent, PURGE_SLICE)
+            if purged:
+                log.debug("forgot {n} sent message(s)", n=purged)
+
+    def stopService(self) -> Deferred[None]:
+        if self._wakeup is not None and self._wakeup.active():
+            self._wakeup.cancel()
+        return super().stopService()  # type: ignore[no-any-return]

@@ -1,0 +1,216 @@
+"""The queue's value types and the QueueStore interface that every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import attrs
+
+QUEUED = "queued"
+DEFERRED = "deferred"
+ACTIVE = "active"
+HELD = "held"
+FAILED = "failed"
+SENT = "sent"
+STATES = (QUEUED, DEFERRED, ACTIVE, HELD, FAILED, SENT)
+# States that still count against max_queue_size: mail we owe someone.
+PENDING_STATES = (QUEUED, DEFERRED, ACTIVE, HELD)
+
+# Per-recipient states.
+RCPT_PENDING = "pending"
+RCPT_SENT = "sent"
+RCPT_FAILED = "failed"
+
+PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
+
+
+def parse_priority(text: str) -> int:
+    """``high``/``normal``/``low`` or a digit 0-9 (9 is the most urgent)."""
+    value = text.strip().lower()
+    if value in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value]
+    if value.isdigit() and 0 <= int(value) <= 9:
+        return int(value)
+    raise ValueError(f"priority {text!r} is not high, normal, low or 0-9")
+
+
+def priority_name(value: int) -> str:
+    for name, number in PRIORITY_NAMES.items():
+        if number == value:
+            return name
+    return str(value)
+
+
+class QueueError(Exception):
+    """The queue cannot do what was asked; the message says why in one line."""
+
+
+class QueueFull(QueueError):
+    """max_queue_size is reached: nothing was written."""
+
+
+class NoSuchMessage(QueueError):
+    pass
+
+
+class WrongState(QueueError):
+    """The operation does not apply to the message in its current state."""
+
+
+@attrs.frozen
+class Recipient:
+    address: str
+    state: str
+    last_error: str | None = None
+
+
+@attrs.frozen
+class MessageInfo:
+    """What ``queue list`` and ``queue show`` report about one message."""
+
+    id: str
+    state: str
+    priority: int
+    sender: str
+    recipients: tuple[Recipient, ...]
+    created: float
+    next_attempt: float
+    attempts: int
+    size: int
+    last_error: str | None
+
+    def as_json(self, now: float) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "priority": priority_name(self.priority),
+            "sender": self.sender,
+            "recipients": [attrs.asdict(r) for r in self.recipients],
+            "created": self.created,
+            "age": round(max(0.0, now - self.created), 3),
+            "next_attempt": self.next_attempt if self.state == DEFERRED else None,
+            "attempts": self.attempts,
+            "size": self.size,
+            "last_error": self.last_error,
+        }
+
+
+@attrs.frozen
+class Lease:
+    """A message handed to one delivery attempt; ``token`` proves the lease is still ours."""
+
+    id: str
+    token: str
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    priority: int
+    attempts: int
+    created: float
+
+
+@attrs.frozen
+class RecipientResult:
+    """The relay's word on one recipient: ``sent``, ``deferred`` (4xx) or ``failed`` (5xx)."""
+
+    address: str
+    status: str
+    reply: str
+
+
+@attrs.frozen
+class Outcome:
+    """Everything one delivery attempt learnt about one leased message."""
+
+    lease: Lease
+    results: tuple[RecipientResult, ...]
+    relay: str
+
+
+@attrs.frozen
+class Recorded:
+    """What the store made of an outcome: the message's new state and attempt count."""
+
+    outcome: Outcome
+    state: str
+    attempts: int
+    # Recipients whose deferral became a failure (retries or age exhausted), with the reason.
+    expired: tuple[tuple[str, str], ...] = ()
+    stale: bool = False
+
+
+class QueueStore(Protocol):
+    """A durable queue. Every method is one transaction; all of them block (run off-reactor)."""
+
+    def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        priority: int,
+        now: float,
+        max_queue_size: int,
+    ) -> str: ...
+
+    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]: ...
+
+    def record(self, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy) -> list[Recorded]:
+        ...
+
+    def release_leases(self, leases: Sequence[Lease]) -> int: ...
+
+    def reclaim_all_leases(self) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def oldest_pending(self) -> float | None: ...
+
+    def recent_outcomes(self, since: float) -> dict[str, int]: ...
+
+    def messages(self, state: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
+        ...
+
+    def show(self, message_id: str) -> MessageInfo: ...
+
+    def body(self, message_id: str) -> bytes: ...
+
+    def retry(self, message_id: str, now: float) -> None: ...
+
+    def retry_all(self, now: float) -> int: ...
+
+    def hold(self, message_id: str) -> None: ...
+
+    def release(self, message_id: str, now: float) -> None: ...
+
+    def delete(self, message_id: str) -> None: ...
+
+    def purge_sent(self, before: float, limit: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+from smtpmailer.queue.retry import RetryPolicy  # noqa: E402  (the Protocol above names it)
+
+__all__ = [
+    "ACTIVE",
+    "DEFERRED",
+    "FAILED",
+    "HELD",
+    "PENDING_STATES",
+    "QUEUED",
+    "SENT",
+    "STATES",
+    "Lease",
+    "MessageInfo",
+    "NoSuchMessage",
+    "Outcome",
+    "QueueError",
+    "QueueFull",
+    "QueueStore",
+    "Recipient",
+    "RecipientResult",
+    "Recorded",
+    "RetryPolicy",
+    "WrongState",
+]

@@ -1,0 +1,140 @@
+"""Running the blocking QueueStore off the reactor, and group-committing delivery outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorThreads
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from smtpmailer.queue import Lease, Outcome, QueueStore, Recorded
+from smtpmailer.queue.retry import RetryPolicy
+
+T = TypeVar("T")
+Runner = Callable[..., "Deferred[Any]"]
+
+
+def synchronous_runner(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run in the calling thread: for tests, where the store is in memory and fast."""
+    return maybeDeferred(function, *args)
+
+
+class QueueThread:
+    """One thread owns the store: SQLite wants one writer, and the reactor must not block."""
+
+    def __init__(self, reactor: IReactorThreads) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="smtpmailer-queue")
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        self._pool.stop()
+
+    def __call__(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self._reactor, self._pool, function, *args)  # type: ignore[arg-type]
+
+
+class AsyncQueue:
+    """The store as the daemon's services see it: every call runs through ``run``.
+
+    The store itself is attached at service start, after twistd has forked: an SQLite
+    connection must not cross a fork.
+    """
+
+    def __init__(self, run: Runner, store: QueueStore | None = None) -> None:
+        self._run = run
+        self.store = store
+
+    def attach(self, store: QueueStore) -> None:
+        self.store = store
+
+    def _call(self, name: str, *args: Any) -> Deferred[Any]:
+        if self.store is None:
+            raise RuntimeError("queue store is not open")
+        return self._run(getattr(self.store, name), *args)
+
+    def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
+        return self._call("lease", now, limit, lease_seconds)
+
+    def record(
+        self, outcomes: list[Outcome], now: float, policy: RetryPolicy
+    ) -> Deferred[list[Recorded]]:
+        return self._call("record", outcomes, now, policy)
+
+    def release_leases(self, leases: list[Lease]) -> Deferred[int]:
+        return self._call("release_leases", leases)
+
+    def purge_sent(self, before: float, limit: int) -> Deferred[int]:
+        return self._call("purge_sent", before, limit)
+
+    def counts(self) -> Deferred[dict[str, int]]:
+        return self._call("counts")
+
+    def oldest_pending(self) -> Deferred[float | None]:
+        return self._call("oldest_pending")
+
+
+class OutcomeWriter:
+    """Records outcomes; all that arrive while a commit runs go together in the next one.
+
+    One fsync then covers many messages, and each caller's Deferred still fires only after
+    the commit that holds its outcome.
+    """
+
+    def __init__(
+        self,
+        queue: AsyncQueue,
+        clock_seconds: Callable[[], float],
+        policy: RetryPolicy,
+    ) -> None:
+        self._queue = queue
+        self._now = clock_seconds
+        self.policy = policy
+        self._batch: list[tuple[Outcome, Deferred[Recorded]]] = []
+        self._writing: Deferred[None] | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def record(self, outcome: Outcome) -> Deferred[Recorded]:
+        waiter: Deferred[Recorded] = Deferred()
+        self._batch.append((outcome, waiter))
+        if self._writing is None:
+            self._write_next()
+        return waiter
+
+    def _write_next(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            self._writing = None
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for idle in waiters:
+                idle.callback(None)
+            return
+        self._writing = self._queue.record(
+            [outcome for outcome, _ in batch], self._now(), self.policy
+        )
+
+        def written(recorded: list[Recorded]) -> None:
+            for (_, waiter), result in zip(batch, recorded, strict=True):
+                waiter.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _, waiter in batch:
+                waiter.errback(failure)
+
+        self._writing.addCallbacks(written, failed)
+        self._writing.addBoth(lambda _: self._write_next())
+
+    def flush(self) -> Deferred[None]:
+        """Fires once everything recorded so far is committed."""
+        if self._writing is None and not self._batch:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter

@@ -1,0 +1,504 @@
+"""The embedded queue: one SQLite file in WAL mode, every commit fsync'd before it counts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from smtpmailer.queue import (
+    ACTIVE,
+    DEFERRED,
+    FAILED,
+    HELD,
+    PENDING_STATES,
+    QUEUED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_SENT,
+    SENT,
+    STATES,
+    Lease,
+    MessageInfo,
+    NoSuchMessage,
+    Outcome,
+    QueueError,
+    QueueFull,
+    Recipient,
+    Recorded,
+    WrongState,
+)
+from smtpmailer.queue.retry import RetryPolicy
+
+SCHEMA_VERSION = 1
+# While a message is active, next_attempt holds its lease expiry: one index serves both
+# "deferred and due" and "active and expired".
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    created REAL NOT NULL,
+    age_from REAL NOT NULL,
+    next_attempt REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    last_error TEXT,
+    size INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
+CREATE INDEX IF NOT EXISTS messages_age ON messages (state, created);
+CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+CREATE INDEX IF NOT EXISTS messages_updated ON messages (state, updated);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (message_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bodies (message_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)
+    WITHOUT ROWID;
+INSERT OR IGNORE INTO state_counts (state, n) VALUES {", ".join(f"('{s}', 0)" for s in STATES)};
+CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON messages BEGIN
+    UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON messages BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF state ON messages
+    WHEN OLD.state != NEW.state BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+"""
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"  # no vowels: ids never spell words
+
+
+def new_message_id(now: float) -> str:
+    """12 characters, sortable by creation time to the millisecond, then random."""
+    number = (int(now * 1000) << 20) | secrets.randbits(20)
+    chars = []
+    for _ in range(12):
+        number, digit = divmod(number, len(_ID_ALPHABET))
+        chars.append(_ID_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+class SQLiteQueue:
+    """QueueStore on SQLite. Use from one thread at a time (the daemon's queue thread)."""
+
+    def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise QueueError(f"queue directory {directory} does not exist")
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            (version,) = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise QueueError(f"cannot open queue database {path}: {error}") from None
+        if int(version) != SCHEMA_VERSION:
+            raise QueueError(
+                f"queue database {path} has schema version {version}, this smtpmailer "
+                f"knows {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front, so no transaction has to retry."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            raise QueueError(f"queue database {self.path} is busy: {error}") from None
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # --- input ---
+
+    def enqueue(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        priority: int,
+        now: float,
+        max_queue_size: int,
+    ) -> str:
+        if not recipients:
+            raise QueueError("a message needs at least one recipient")
+        message_id = new_message_id(now)
+        with self._transaction() as db:
+            placeholders = ", ".join("?" for _ in PENDING_STATES)
+            (pending,) = db.execute(
+                f"SELECT sum(n) FROM state_counts WHERE state IN ({placeholders})",
+                PENDING_STATES,
+            ).fetchone()
+            if pending >= max_queue_size:
+                raise QueueFull(
+                    f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
+                )
+            db.execute(
+                "INSERT INTO messages (id, state, priority, sender, created, age_from,"
+                " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
+            )
+            db.executemany(
+                "INSERT INTO recipients (message_id, position, address, state)"
+                " VALUES (?, ?, ?, ?)",
+                [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
+            )
+            db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
+        return message_id
+
+    # --- the delivery loop ---
+
+    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+        """Hand out up to ``limit`` due messages, highest priority first, oldest first."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE messages SET state = ?, lease_token = NULL"
+                " WHERE state = ? AND next_attempt <= ?",
+                (QUEUED, ACTIVE, now),
+            )
+            db.execute(
+                "UPDATE messages SET state = ? WHERE state = ? AND next_attempt <= ?",
+                (QUEUED, DEFERRED, now),
+            )
+            rows = db.execute(
+                "SELECT id, sender, priority, attempts, created FROM messages"
+                " WHERE state = ? ORDER BY priority DESC, created, id LIMIT ?",
+                (QUEUED, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            tokens = {row[0]: secrets.token_hex(8) for row in rows}
+            db.executemany(
+                "UPDATE messages SET state = ?, lease_token = ?, next_attempt = ?, updated = ?"
+                " WHERE id = ?",
+                [(ACTIVE, tokens[row[0]], now + lease_seconds, now, row[0]) for row in rows],
+            )
+            ids = [row[0] for row in rows]
+            marks = ", ".join("?" for _ in ids)
+            recipients: dict[str, list[str]] = {i: [] for i in ids}
+            for message_id, address in db.execute(
+                f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks})"
+                f" AND state = ? ORDER BY message_id, position",
+                (*ids, RCPT_PENDING),
+            ):
+                recipients[message_id].append(address)
+            bodies = dict(
+                db.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})", ids)
+            )
+        return [
+            Lease(
+                id=row[0],
+                token=tokens[row[0]],
+                sender=row[1],
+                recipients=tuple(recipients[row[0]]),
+                data=bytes(bodies[row[0]]),
+                priority=row[2],
+                attempts=row[3],
+                created=row[4],
+            )
+            for row in rows
+        ]
+
+    def record(
+        self, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy
+    ) -> list[Recorded]:
+        """Write the outcomes of many attempts in one transaction (one fsync for all)."""
+        recorded = []
+        with self._transaction() as db:
+            for outcome in outcomes:
+                recorded.append(self._record_one(db, outcome, now, policy))
+        return recorded
+
+    def _record_one(
+        self, db: sqlite3.Connection, outcome: Outcome, now: float, policy: RetryPolicy
+    ) -> Recorded:
+        lease = outcome.lease
+        row = db.execute(
+            "SELECT state, lease_token, attempts, age_from FROM messages WHERE id = ?",
+            (lease.id,),
+        ).fetchone()
+        if row is None or row[0] != ACTIVE or row[1] != lease.token:
+            # The lease expired and someone else has the message now, or an operator
+            # deleted it: this attempt's word no longer counts.
+            return Recorded(outcome, row[0] if row else "deleted", row[2] if row else 0, stale=True)
+        attempts = row[2] + 1
+        last_error = None
+        for result in outcome.results:
+            if result.status == RCPT_SENT:
+                state, error = RCPT_SENT, None
+            elif result.status == RCPT_FAILED:
+                state, error = RCPT_FAILED, result.reply
+            else:
+                state, error = RCPT_PENDING, result.reply
+            if error and last_error is None:
+                last_error = error
+            db.execute(
+                "UPDATE recipients SET state = ?, last_error = ?"
+                " WHERE message_id = ? AND address = ? AND state = ?",
+                (state, error, lease.id, result.address, RCPT_PENDING),
+            )
+        pending = [
+            address
+            for (address,) in db.execute(
+                "SELECT address FROM recipients WHERE message_id = ? AND state = ?",
+                (lease.id, RCPT_PENDING),
+            )
+        ]
+        expired: tuple[tuple[str, str], ...] = ()
+        next_attempt = now
+        if pending:
+            reason = policy.give_up_reason(attempts, row[3], now)
+            if reason:
+                new_state = FAILED
+                expired = tuple((address, reason) for address in pending)
+                db.execute(
+                    "UPDATE recipients SET state = ?,"
+                    " last_error = coalesce(last_error || '; ', '') || ?"
+                    " WHERE message_id = ? AND state = ?",
+                    (RCPT_FAILED, reason, lease.id, RCPT_PENDING),
+                )
+                last_error = f"{last_error}; {reason}" if last_error else reason
+            else:
+                new_state = DEFERRED
+                next_attempt = policy.next_attempt(attempts, row[3], now)
+        else:
+            (failures,) = db.execute(
+                "SELECT count(*) FROM recipients WHERE message_id = ? AND state = ?",
+                (lease.id, RCPT_FAILED),
+            ).fetchone()
+            new_state = FAILED if failures else SENT
+        db.execute(
+            "UPDATE messages SET state = ?, attempts = ?, next_attempt = ?, lease_token = NULL,"
+            " last_error = ?, updated = ? WHERE id = ?",
+            (new_state, attempts, next_attempt, last_error, now, lease.id),
+        )
+        if new_state == SENT:
+            db.execute("DELETE FROM bodies WHERE message_id = ?", (lease.id,))
+        return Recorded(outcome, new_state, attempts, expired)
+
+    def release_leases(self, leases: Sequence[Lease]) -> int:
+        """Give back leases that were never attempted (a stop before their turn)."""
+        with self._transaction() as db:
+            cursor = db.executemany(
+                "UPDATE messages SET state = ?, lease_token = NULL"
+                " WHERE id = ? AND state = ? AND lease_token = ?",
+                [(QUEUED, lease.id, ACTIVE, lease.token) for lease in leases],
+            )
+            return cursor.rowcount
+
+    def reclaim_all_leases(self) -> int:
+        """At daemon start, under the daemon lock: every active lease is a crashed attempt's."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE messages SET state = ?, lease_token = NULL WHERE state = ?",
+                (QUEUED, ACTIVE),
+            ).rowcount
+
+    # --- inspection ---
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, n FROM state_counts").fetchall())
+
+    def oldest_pending(self) -> float | None:
+        oldest = None
+        for state in PENDING_STATES:
+            (created,) = self._db.execute(
+                "SELECT min(created) FROM messages WHERE state = ?", (state,)
+            ).fetchone()
+            if created is not None and (oldest is None or created < oldest):
+                oldest = created
+        return oldest
+
+    def recent_outcomes(self, since: float) -> dict[str, int]:
+        """How many messages became sent, failed or deferred since ``since`` (index ranges)."""
+        return {
+            state: self._db.execute(
+                "SELECT count(*) FROM messages WHERE state = ? AND updated >= ?", (state, since)
+            ).fetchone()[0]
+            for state in (SENT, FAILED, DEFERRED)
+        }
+
+    def messages(self, state: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
+        """Oldest first; streamed, so a million-message queue is never in memory at once."""
+        query = (
+            "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
+            " last_error FROM messages"
+        )
+        args: list[object] = []
+        if state:
+            query += " WHERE state = ?"
+            args.append(state)
+        query += " ORDER BY created, id"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        # A cursor of its own, so that the recipient look-ups below do not disturb it.
+        cursor = self._db.cursor()
+        cursor.arraysize = 500
+        for row in cursor.execute(query, args):
+            yield self._info(row)
+
+    def _info(self, row: tuple) -> MessageInfo:  # type: ignore[type-arg]
+        recipients = tuple(
+            Recipient(address, state, error)
+            for address, state, error in self._db.execute(
+                "SELECT address, state, last_error FROM recipients WHERE message_id = ?"
+                " ORDER BY position",
+                (row[0],),
+            )
+        )
+        return MessageInfo(
+            id=row[0],
+            state=row[1],
+            priority=row[2],
+            sender=row[3],
+            recipients=recipients,
+            created=row[4],
+            next_attempt=row[5],
+            attempts=row[6],
+            size=row[7],
+            last_error=row[8],
+        )
+
+    def show(self, message_id: str) -> MessageInfo:
+        row = self._db.execute(
+            "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
+            " last_error FROM messages WHERE id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            raise NoSuchMessage(f"no message {message_id} in the queue")
+        return self._info(row)
+
+    def body(self, message_id: str) -> bytes:
+        row = self._db.execute(
+            "SELECT data FROM bodies WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        if row is None:
+            self.show(message_id)  # raises NoSuchMessage when the message itself is gone
+            raise WrongState(f"message {message_id} was sent; its content is no longer kept")
+        return bytes(row[0])
+
+    # --- operator actions ---
+
+    def _state_of(self, db: sqlite3.Connection, message_id: str) -> str:
+        row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise NoSuchMessage(f"no message {message_id} in the queue")
+        return str(row[0])
+
+    def retry(self, message_id: str, now: float) -> None:
+        """Attempt again now. A failed message gets its failed recipients back, not the sent."""
+        with self._transaction() as db:
+            state = self._state_of(db, message_id)
+            if state == DEFERRED or state == QUEUED:
+                db.execute(
+                    "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE id = ?",
+                    (QUEUED, now, now, message_id),
+                )
+            elif state == FAILED:
+                db.execute(
+                    "UPDATE recipients SET state = ? WHERE message_id = ? AND state = ?",
+                    (RCPT_PENDING, message_id, RCPT_FAILED),
+                )
+                db.execute(
+                    "UPDATE messages SET state = ?, next_attempt = ?, attempts = 0, age_from = ?,"
+                    " updated = ? WHERE id = ?",
+                    (QUEUED, now, now, now, message_id),
+                )
+            else:
+                raise WrongState(f"message {message_id} is {state}; only deferred or failed "
+                                 "messages can be retried")
+
+    def retry_all(self, now: float) -> int:
+        """The flush: every deferred message becomes due now."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE state = ?",
+                (QUEUED, now, now, DEFERRED),
+            ).rowcount
+
+    def hold(self, message_id: str) -> None:
+        with self._transaction() as db:
+            state = self._state_of(db, message_id)
+            if state not in (QUEUED, DEFERRED):
+                raise WrongState(f"message {message_id} is {state}; only queued or deferred "
+                                 "messages can be held")
+            db.execute("UPDATE messages SET state = ? WHERE id = ?", (HELD, message_id))
+
+    def release(self, message_id: str, now: float) -> None:
+        with self._transaction() as db:
+            state = self._state_of(db, message_id)
+            if state != HELD:
+                raise WrongState(f"message {message_id} is {state}, not held")
+            db.execute(
+                "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE id = ?",
+                (QUEUED, now, now, message_id),
+            )
+
+    def delete(self, message_id: str) -> None:
+        with self._transaction() as db:
+            state = self._state_of(db, message_id)
+            if state == ACTIVE:
+                raise WrongState(f"message {message_id} is being delivered; try again shortly")
+            self._delete_rows(db, [message_id])
+
+    @staticmethod
+    def _delete_rows(db: sqlite3.Connection, ids: Sequence[str]) -> None:
+        rows = [(i,) for i in ids]
+        db.executemany("DELETE FROM recipients WHERE message_id = ?", rows)
+        db.executemany("DELETE FROM bodies WHERE message_id = ?", rows)
+        db.executemany("DELETE FROM messages WHERE id = ?", rows)
+
+    def purge_sent(self, before: float, limit: int) -> int:
+        """Forget up to ``limit`` messages that were sent before ``before``."""
+        with self._transaction() as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM messages WHERE state = ? AND updated < ? LIMIT ?",
+                    (SENT, before, limit),
+                )
+            ]
+            self._delete_rows(db, ids)
+        return len(ids)
+
+
+def open_queue(path: str) -> SQLiteQueue:
+    """Open (creating if needed) the queue at ``path``."""
+    return SQLiteQueue(path)
+
+
+__all__ = ["SQLiteQueue", "new_message_id", "open_queue"]

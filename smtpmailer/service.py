@@ -1,0 +1,136 @@
+"""MailerService: the daemon's MultiService, with its named children and their start/stop order."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.protocol import DatagramProtocol
+
+from smtpmailer import __version__
+from smtpmailer.config import Config
+from smtpmailer.delivery.service import Connector, DeliveryService
+from smtpmailer.logs import log, set_level
+from smtpmailer.poller import QueuePoller
+from smtpmailer.queue import QueueStore
+from smtpmailer.queue.retry import RetryPolicy
+from smtpmailer.queue.runner import AsyncQueue, OutcomeWriter, Runner
+from smtpmailer.stats import StatsService
+
+
+class _Wakeup(DatagramProtocol):
+    """Any datagram on the wakeup socket means: new mail may be due, poll now."""
+
+    noisy = False
+
+    def __init__(self, poller: QueuePoller) -> None:
+        self._poller = poller
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self._poller.wake()
+
+
+class MailerService(MultiService):
+    """Delivery, poller and stats as named children over one queue.
+
+    ``open_store`` runs at start (after twistd forked); ``run`` moves store calls off the
+    reactor thread; both are injected so tests can run everything in memory.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        open_store: Any,
+        reactor: Any,
+        run: Runner,
+        blocking: Runner,
+        connector: Connector | None = None,
+        listen_wakeup: bool = True,
+        on_start: Any = None,
+        on_stop: Any = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._open_store = open_store
+        self._reactor = reactor
+        self._listen_wakeup = listen_wakeup
+        self._on_start = on_start
+        self._on_stop = on_stop
+        self._wakeup_port: Any = None
+        self.queue = AsyncQueue(run)
+        self.writer = OutcomeWriter(
+            self.queue, reactor.seconds, RetryPolicy.from_config(config.queue)
+        )
+        self.delivery = DeliveryService(
+            config,
+            self.writer,
+            release=self.queue.release_leases,
+            clock=reactor,
+            connector=connector,
+            blocking=blocking,
+        )
+        self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
+        self.stats = StatsService(config, self.queue, self.delivery, reactor)
+        for child in (self.delivery, self.poller, self.stats):
+            child.setServiceParent(self)
+
+    @property
+    def store(self) -> QueueStore | None:
+        return self.queue.store
+
+    def startService(self) -> None:
+        set_level(self.config.logging.level)
+        for warning in self.config.warnings:
+            log.warn("config: {warning}", warning=warning)
+        if self._on_start is not None:
+            self._on_start()
+        store: QueueStore = self._open_store()
+        self.queue.attach(store)
+        reclaimed = store.reclaim_all_leases()
+        if reclaimed:
+            log.warn("{n} message(s) were being delivered when the daemon last stopped; "
+                     "they are queued again", n=reclaimed)
+        if self._listen_wakeup:
+            path = self.config.wakeup_socket
+            if os.path.exists(path):
+                os.unlink(path)
+            self._wakeup_port = self._reactor.listenUNIXDatagram(path, _Wakeup(self.poller))
+            os.chmod(path, 0o666)
+        counts = store.counts()
+        relays = ", ".join(
+            f"{r.label}:{r.port}" if r.transport == "smtp" else r.label for r in self.config.relays
+        )
+        log.info(
+            "smtpmailer {version} ready: queue={queue} relay={relays} queued={queued} "
+            "deferred={deferred} held={held}",
+            version=__version__.public(),
+            queue=self.config.queue.path,
+            relays=relays,
+            queued=counts.get("queued", 0),
+            deferred=counts.get("deferred", 0),
+            held=counts.get("held", 0),
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop leasing first, then let delivery finish (bounded), then close the queue."""
+        self.running = False
+
+        async def stop() -> None:
+            await DeferredList([maybeDeferred(self.stats.stopService),
+                                maybeDeferred(self.poller.stopService)])
+            await maybeDeferred(self.delivery.stopService)
+            if self._wakeup_port is not None:
+                await maybeDeferred(self._wakeup_port.stopListening)
+                if os.path.exists(self.config.wakeup_socket):
+                    os.unlink(self.config.wakeup_socket)
+            await self.writer.flush()
+            if self._on_stop is not None:
+                self._on_stop()
+            if self.queue.store is not None:
+                self.queue.store.close()
+            log.info("smtpmailer stopped")
+
+        return Deferred.fromCoroutine(stop())

@@ -1,0 +1,106 @@
+"""``twistd smtpmailer``: Options load and check everything; makeService builds the tree."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from typing import IO, Any
+
+from twisted.python import usage
+
+from smtpmailer.config import Config, default_config_path, load_config
+from smtpmailer.ini import ConfigError
+from smtpmailer.queue import QueueError
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Deliver the smtpmailer queue through the configured relays. The config file "
+        "defaults to $SMTPMAILER_CONFIG, then /etc/smtpmailer/smtpmailer.conf."
+    )
+    optParameters = [["config", "c", None, "path to the config file"]]
+
+    config: Config
+    lock: IO[str]
+
+    def postOptions(self) -> None:
+        """Every start-up problem becomes a one-line UsageError here, before any fork."""
+        try:
+            self.config = load_config(self["config"] or default_config_path())
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        self.lock = prepare_state_dir(self.config)
+        check_queue(self.config)
+
+
+def prepare_state_dir(config: Config) -> IO[str]:
+    """Create ``state_dir`` if needed and take the daemon lock in it.
+
+    The lock (flock, inherited across twistd's fork) keeps a second daemon off the same
+    queue, which lets start-up safely take back every lease a crash left behind.
+    """
+    state_dir = config.daemon.state_dir
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise usage.UsageError(
+            f"state_dir {state_dir}: cannot create it: {error.strerror}"
+        ) from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"state_dir {state_dir} is not writable by this user")
+    path = os.path.join(state_dir, "smtpmailer.lock")
+    try:
+        lock = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
+    except OSError as error:
+        raise usage.UsageError(f"{path}: {error.strerror}") from None
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        lock.close()
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise usage.UsageError(
+                f"another smtpmailer daemon is already using state_dir {state_dir}"
+            ) from None
+        raise usage.UsageError(f"{path}: {error.strerror}") from None
+    return lock
+
+
+def check_queue(config: Config) -> None:
+    """Open the queue once to report a corrupt or unusable file now, not after the fork."""
+    from smtpmailer.queue.sqlite import SQLiteQueue
+
+    try:
+        SQLiteQueue(config.queue.path).close()
+    except QueueError as error:
+        raise usage.UsageError(str(error)) from None
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThreadPool
+
+    from smtpmailer.delivery.service import tcp_connector
+    from smtpmailer.queue.runner import QueueThread
+    from smtpmailer.queue.sqlite import SQLiteQueue
+    from smtpmailer.service import MailerService
+
+    config = options.config
+    queue_thread = QueueThread(reactor)  # type: ignore[arg-type]
+
+    def blocking(function: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)  # type: ignore[attr-defined]
+
+    service = MailerService(
+        config,
+        open_store=lambda: SQLiteQueue(config.queue.path),
+        reactor=reactor,
+        run=queue_thread,
+        blocking=blocking,
+        connector=tcp_connector(reactor),
+        on_start=queue_thread.start,
+        on_stop=queue_thread.stop,
+    )
+    service.lock = options.lock  # type: ignore[attr-defined]
+    return service
