@@ -84,8 +84,6 @@ class MailerService(MultiService):
         set_level(self.config.logging.level)
         for warning in self.config.warnings:
             log.warn("config: {warning}", warning=warning)
-        if self._on_start is not None:
-            self._on_start()
         store: QueueStore = self._open_store()
         self.queue.attach(store)
         reclaimed = store.reclaim_all_leases()
@@ -93,15 +91,14 @@ class MailerService(MultiService):
             log.warn("{n} message(s) were being delivered when the daemon last stopped; "
                      "they are queued again", n=reclaimed)
         if self._listen_wakeup:
-            path = self.config.wakeup_socket
-            if os.path.exists(path):
-                os.unlink(path)
-            self._wakeup_port = self._reactor.listenUNIXDatagram(path, _Wakeup(self.poller))
-            os.chmod(path, 0o666)
+            self._wakeup_port = self._listen_for_wakeups()
         counts = store.counts()
         relays = ", ".join(
             f"{r.label}:{r.port}" if r.transport == "smtp" else r.label for r in self.config.relays
         )
+        # Threads start last: one left running by a failed start would keep the process alive.
+        if self._on_start is not None:
+            self._on_start()
         log.info(
             "smtpmailer {version} ready: queue={queue} relay={relays} queued={queued} "
             "deferred={deferred} held={held}",
@@ -113,6 +110,22 @@ class MailerService(MultiService):
             held=counts.get("held", 0),
         )
         super().startService()
+
+    def _listen_for_wakeups(self) -> Any:
+        """Bind the wakeup socket. Without it mail still flows, one poll interval later."""
+        from twisted.internet.error import CannotListenError
+
+        path = self.config.wakeup_socket
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            port = self._reactor.listenUNIXDatagram(path, _Wakeup(self.poller))
+            os.chmod(path, 0o666)
+        except (CannotListenError, OSError) as error:
+            log.warn("wakeup socket {path} unavailable ({error}); new mail waits for the "
+                     "next poll", path=path, error=getattr(error, "socketError", error))
+            return None
+        return port
 
     def stopService(self) -> Deferred[None]:
         """Stop leasing first, then let delivery finish (bounded), then close the queue."""

@@ -1,0 +1,167 @@
+"""A real SMTP server for end-to-end tests: aiosmtpd on 127.0.0.1, an ephemeral port, its own
+thread. It records what it receives and can be told to misbehave the way relays do."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from email import message_from_bytes
+from typing import Any
+
+import attrs
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+
+# aiosmtpd logs every TLS handshake a test makes fail on purpose; keep test output readable.
+logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+
+
+@attrs.define
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+    authenticated_as: str | None
+    tls: bool
+
+    def header(self, name: str) -> str | None:
+        return message_from_bytes(self.data).get(name)
+
+
+class Behaviour:
+    """What the relay does. Tests flip these between phases; all access is under a lock."""
+
+    def __init__(self) -> None:
+        self.reject_rcpt: dict[str, str] = {}  # address -> reply, e.g. "550 5.1.1 no such user"
+        self.tempfail_data = 0  # answer the next N DATA with 451
+        self.drop_in_data = 0  # close the next N connections after the body, before replying
+        self.stall_data = False  # never answer after the body
+        self.greeting_refusal: str | None = None
+
+
+class _Handler:
+    def __init__(self, peer: SMTPPeer) -> None:
+        self.peer = peer
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        with self.peer.lock:
+            reply = self.peer.behaviour.reject_rcpt.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.peer.lock:
+            behaviour = self.peer.behaviour
+            if behaviour.stall_data:
+                stall = True
+            else:
+                stall = False
+            if behaviour.drop_in_data > 0:
+                behaviour.drop_in_data -= 1
+                assert server.transport is not None
+                server.transport.abort()
+                self.peer.dropped += 1
+                return "421 dropped"
+            if behaviour.tempfail_data > 0:
+                behaviour.tempfail_data -= 1
+                self.peer.tempfailed += 1
+                return "451 4.3.0 try again later"
+        if stall:
+            await self.peer.unstall.wait()
+            return "451 4.4.2 stalled"
+        content = envelope.original_content or envelope.content or b""
+        assert isinstance(content, bytes)
+        received = Received(
+            sender=envelope.mail_from or "",
+            recipients=list(envelope.rcpt_tos),
+            data=content,
+            authenticated_as=(
+                session.auth_data.login.decode() if session.auth_data is not None else None
+            ),
+            tls=session.ssl is not None,
+        )
+        with self.peer.lock:
+            self.peer.received.append(received)
+        return "250 2.0.0 OK queued"
+
+
+class SMTPPeer:
+    """``start()`` returns the port. ``users`` turns on AUTH (PLAIN, LOGIN) and requires it."""
+
+    def __init__(
+        self,
+        tls_cert: tuple[str, str] | None = None,
+        users: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.behaviour = Behaviour()
+        self.received: list[Received] = []
+        self.dropped = 0
+        self.tempfailed = 0
+        self.connections = 0
+        self._users = users
+        self._tls: ssl.SSLContext | None = None
+        if tls_cert:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(*tls_cert)
+        self.loop = asyncio.new_event_loop()
+        self.unstall = asyncio.Event()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = port
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self._users is not None
+        ok = self._users.get(data.login.decode()) == data.password.decode()
+        return AuthResult(success=ok, handled=False, auth_data=data)
+
+    def _protocol(self) -> SMTP:
+        with self.lock:
+            self.connections += 1
+        return SMTP(
+            _Handler(self),
+            hostname="relay.test",
+            tls_context=self._tls,
+            require_starttls=self._tls is not None,
+            authenticator=self._authenticate if self._users else None,
+            auth_required=bool(self._users),
+            auth_require_tls=self._tls is not None,
+            timeout=60,
+        )
+
+    async def _serve(self) -> int:
+        self._server = await self.loop.create_server(
+            self._protocol, "127.0.0.1", self.port, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def start(self) -> int:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(10)
+        return self.port
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.unstall.set()
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def messages(self) -> list[Received]:
+        with self.lock:
+            return list(self.received)
+
+    def set(self, **changes: Any) -> None:
+        with self.lock:
+            for key, value in changes.items():
+                setattr(self.behaviour, key, value)

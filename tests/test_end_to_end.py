@@ -1,0 +1,279 @@
+"""End to end: real ``twistd -n smtpmailer`` processes against a real SMTP server (aiosmtpd)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+
+from twisted.trial.unittest import TestCase
+
+from tests.certs import TestCA
+from tests.daemon import Daemon, wait_until
+from tests.smtp_peer import SMTPPeer
+
+OUTCOME = re.compile(
+    r"id=(?P<id>\w+) to=<(?P<to>[^>]+)> relay=(?P<relay>\S+) delay=\d+\.\d\d "
+    r"attempts=(?P<attempts>\d+) status=(?P<status>\w+) \((?P<reply>.*)\)$",
+    re.MULTILINE,
+)
+
+
+class EndToEndCase(TestCase):
+    """Starts a TLS+AUTH relay and a daemon configured for it; both are torn down."""
+
+    timeout = 120
+
+    def relay_section(self, port: int, **overrides: str) -> str:
+        keys = {
+            "host": "localhost",
+            "port": str(port),
+            "security": "starttls",
+            "ca_file": self.ca.ca_file,
+            "auth": "auto",
+            "username": "app",
+            "password_file": self.secret,
+            "timeout": "3s",
+            "max_connections": "2",
+        }
+        keys.update(overrides)
+        return "[Relay]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v)
+
+    def setUp(self) -> None:
+        # Short paths: a UNIX socket path must fit in 108 bytes.
+        self.home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.ca = TestCA(os.path.join(self.home, "ca"))
+        self.server_cert = self.ca.issue("localhost", dns=("localhost",))
+        self.secret = os.path.join(self.home, "relay-password")
+        with open(self.secret, "w") as handle:
+            handle.write("s3cret\n")
+        os.chmod(self.secret, 0o600)
+
+    def start_peer(self, port: int = 0, cert: tuple[str, str] | None = None) -> SMTPPeer:
+        peer = SMTPPeer(tls_cert=cert or self.server_cert, users={"app": "s3cret"}, port=port)
+        peer.start()
+        self.addCleanup(peer.stop)
+        return peer
+
+    def start_daemon(self, port: int, queue: str = "", **relay: str) -> Daemon:
+        daemon = Daemon(os.path.join(self.home, "d"), self.relay_section(port, **relay), queue)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def outcomes(self, daemon: Daemon, message_id: str) -> list[dict[str, str]]:
+        return [m.groupdict() for m in OUTCOME.finditer(daemon.log()) if m["id"] == message_id]
+
+
+class DeliveryTests(EndToEndCase):
+    def test_starttls_auth_and_connection_reuse(self) -> None:
+        """Messages go over verified STARTTLS with AUTH; the log has one line per recipient."""
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port).start()
+        first = daemon.send("--from", "App <app@example.com>", "--to", "a@example.org",
+                            "--to", "b@example.org", "--subject", "Grüße", "--body", "one")
+        second = daemon.send("--from", "app@example.com", "--to", "c@example.org",
+                             "--subject", "two", "--body", ".leading dot\n.\nend")
+        wait_until(lambda: len(peer.messages()) == 2, what="two messages at the relay")
+        got = {m.header("Subject"): m for m in peer.messages()}
+        self.assertEqual(sorted(got["=?utf-8?q?Gr=C3=BC=C3=9Fe?="].recipients),
+                         ["a@example.org", "b@example.org"])
+        for message in got.values():
+            self.assertTrue(message.tls)
+            self.assertEqual(message.authenticated_as, "app")
+            self.assertEqual(message.sender, "app@example.com")
+        # dot-stuffing undone by the relay: the body arrives as written
+        self.assertIn(b"\r\n.leading dot\r\n.\r\nend", got["two"].data)
+        wait_until(lambda: daemon.states() == {"sent": 2}, what="both marked sent")
+        lines = self.outcomes(daemon, first)
+        self.assertEqual(sorted(line["to"] for line in lines), ["a@example.org", "b@example.org"])
+        for line in lines + self.outcomes(daemon, second):
+            self.assertEqual(line["status"], "sent")
+            self.assertEqual(line["attempts"], "1")
+            self.assertEqual(line["relay"], f"localhost[127.0.0.1]:{peer.port}")
+            self.assertEqual(line["reply"], "250 2.0.0 OK queued")
+        self.assertNotIn("s3cret", daemon.log())
+
+    def test_one_recipient_rejected_fails_alone(self) -> None:
+        """A 550 for one recipient fails that recipient only; a retry never re-sends the others."""
+        peer = self.start_peer()
+        peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 no such user"})
+        daemon = self.start_daemon(peer.port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "good@example.org",
+                                 "--to", "bad@example.org", "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states() == {"failed": 1}, what="the message to fail")
+        info = daemon.message(message_id)
+        recipients = {r["address"]: r for r in info["recipients"]}
+        self.assertEqual(recipients["good@example.org"]["state"], "sent")
+        self.assertEqual(recipients["bad@example.org"]["state"], "failed")
+        self.assertIn("550 5.1.1 no such user", recipients["bad@example.org"]["last_error"])
+        self.assertEqual([m.recipients for m in peer.messages()], [["good@example.org"]])
+        # The operator fixes the mailbox and retries: only the failed recipient is tried again.
+        peer.set(reject_rcpt={})
+        self.assertEqual(daemon.cli("queue", "retry", message_id).returncode, 0)
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="the retry to succeed")
+        self.assertEqual([m.recipients for m in peer.messages()],
+                         [["good@example.org"], ["bad@example.org"]])
+
+    def test_temporary_failures_back_off_then_deliver(self) -> None:
+        """451 twice: deferred with the reason, retried with backoff, sent on attempt 3."""
+        peer = self.start_peer()
+        peer.set(tempfail_data=2)
+        daemon = self.start_daemon(peer.port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after two 451s")
+        statuses = [(line["attempts"], line["status"]) for line in self.outcomes(daemon, message_id)]
+        self.assertEqual(statuses, [("1", "deferred"), ("2", "deferred"), ("3", "sent")])
+        self.assertIn("451 4.3.0 try again later", self.outcomes(daemon, message_id)[0]["reply"])
+        self.assertEqual(len(peer.messages()), 1)
+
+    def test_relay_down_then_up(self) -> None:
+        """Connection refused defers with the reason; when the relay comes up, mail flows."""
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        port = closed.getsockname()[1]
+        daemon = self.start_daemon(port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("connection refused", daemon.message(message_id)["last_error"])
+        closed.close()
+        peer = self.start_peer(port=port)
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery once the relay is up")
+        self.assertEqual(len(peer.messages()), 1)
+
+    def test_wrong_certificate_name_is_never_sent(self) -> None:
+        """A certificate for another name fails verification: deferred, nothing sent."""
+        wrong = self.ca.issue("elsewhere", dns=("elsewhere.example",))
+        peer = self.start_peer(cert=wrong)
+        daemon = self.start_daemon(peer.port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertRegex(daemon.message(message_id)["last_error"], "TLS")
+        self.assertEqual(peer.messages(), [])
+
+    def test_untrusted_certificate_is_never_sent(self) -> None:
+        """Without ca_file, a private CA is not trusted."""
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port, ca_file="").start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("TLS", daemon.message(message_id)["last_error"])
+        self.assertEqual(peer.messages(), [])
+
+    def test_connection_dropped_mid_data(self) -> None:
+        """The relay hangs up after the body, before its reply: deferred, then delivered."""
+        peer = self.start_peer()
+        peer.set(drop_in_data=1)
+        daemon = self.start_daemon(peer.port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after the drop")
+        lines = self.outcomes(daemon, message_id)
+        self.assertEqual([line["status"] for line in lines], ["deferred", "sent"])
+        self.assertIn("connection closed", lines[0]["reply"])
+        self.assertEqual(peer.dropped, 1)
+
+    def test_relay_stalls_past_timeout(self) -> None:
+        """No reply after the body within timeout: deferred with the reason, never sent."""
+        peer = self.start_peer()
+        peer.set(stall_data=True)
+        daemon = self.start_daemon(peer.port, timeout="1s").start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("no reply from the relay within 1s", daemon.message(message_id)["last_error"])
+
+    def test_wrong_password_defers(self) -> None:
+        """A rejected login is the operator's to fix: the mail waits, it does not fail."""
+        peer = self.start_peer()
+        with open(self.secret, "w") as handle:
+            handle.write("wrong\n")
+        daemon = self.start_daemon(peer.port).start()
+        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
+                                 "--subject", "s", "--body", "b")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("authentication failed", daemon.message(message_id)["last_error"])
+        self.assertNotIn("wrong", daemon.log().replace("wrong password", ""))
+
+
+class CrashTests(EndToEndCase):
+    def enqueue_many(self, daemon: Daemon, count: int) -> None:
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        os.makedirs(daemon.state_dir, exist_ok=True)
+        store = SQLiteQueue(os.path.join(daemon.state_dir, "queue.sqlite3"))
+        for number in range(count):
+            body = (f"From: app@example.com\r\nTo: a@example.org\r\nX-Seq: {number}\r\n"
+                    f"Subject: bulk {number}\r\n\r\n" + "x" * 900 + "\r\n").encode()
+            store.enqueue("app@example.com", ["a@example.org"], body, 5, float(number), 10**6)
+        store.close()
+
+    def test_kill_9_during_delivery_loses_nothing(self) -> None:
+        """kill -9 while 1,000 messages drain; after a restart every one arrives, and
+        duplicates are no more than the messages that were in flight at the kill."""
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port, max_connections="4")
+        self.enqueue_many(daemon, 1000)
+        daemon.start()
+        wait_until(lambda: len(peer.messages()) >= 200, what="200 deliveries")
+        daemon.kill(signal.SIGKILL)
+        in_flight = daemon.states().get("active", 0)
+        received_at_kill = len(peer.messages())
+        self.assertLess(received_at_kill, 1000, "the kill came too late to test anything")
+        daemon.start()
+        wait_until(lambda: daemon.states() == {"sent": 1000}, timeout=90, what="all 1000 sent")
+        sequence = [int(m.header("X-Seq") or -1) for m in peer.messages()]
+        self.assertEqual(set(sequence), set(range(1000)))
+        duplicates = len(sequence) - 1000
+        self.assertLessEqual(duplicates, in_flight)
+        self.assertIn("were being delivered when the daemon last stopped", daemon.log())
+
+    def test_kill_9_of_send_leaves_no_partial_message(self) -> None:
+        """send killed at any point: either the whole message is queued, or nothing."""
+        import subprocess
+        import sys
+
+        from tests.daemon import environment
+
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port, queue="max_message_size = 64MB")
+        os.makedirs(daemon.state_dir)
+        body = os.path.join(self.home, "big.txt")
+        with open(body, "w") as handle:
+            handle.write(("y" * 76 + "\n") * 200_000)  # ~15 MB: the commit takes a while
+        for attempt in range(6):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "smtpmailer.cli", "--config", daemon.config_path, "send",
+                 "--from", "app@example.com", "--to", "a@example.org",
+                 "--subject", f"big {attempt}", "--body-file", body],
+                env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            wal = os.path.join(daemon.state_dir, "queue.sqlite3-wal")
+            # Kill once the WAL has begun to grow by this attempt's write (mid-transaction).
+            start = os.path.getsize(wal) if os.path.exists(wal) else 0
+            wait_until(lambda: process.poll() is not None
+                       or (os.path.exists(wal) and os.path.getsize(wal) > start + 4096 * (1 + attempt)),
+                       what="the write to begin")
+            process.kill()
+            process.communicate()
+        with daemon.db() as db:
+            self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            rows = db.execute(
+                "SELECT m.id, m.size, length(b.data) FROM messages m "
+                "LEFT JOIN bodies b ON b.message_id = m.id"
+            ).fetchall()
+        for message_id, size, stored in rows:
+            self.assertEqual(size, stored, f"{message_id} is half-written")
+        daemon.start()
+        wait_until(lambda: daemon.states() == ({"sent": len(rows)} if rows else {}),
+                   what="whatever was committed to be delivered")
+        for message in peer.messages():
+            self.assertIn(b"y" * 76, message.data)
+            self.assertGreater(len(message.data), 15_000_000)
