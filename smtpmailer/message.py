@@ -32,6 +32,8 @@ class MessageError(ValueError):
 
 def _single_address(text: str, what: str) -> tuple[str, str]:
     """Parse ``Name <a@b>`` or ``a@b``; a list of several addresses is an error here."""
+    if text.count("<") != text.count(">") or text.count("<") > 1:
+        raise MessageError(f"{what} {text!r} has unbalanced angle brackets")
     pairs = email.utils.getaddresses([text])
     if len(pairs) != 1:
         raise MessageError(f"{what} {text!r} must be a single address")

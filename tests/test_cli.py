@@ -1,0 +1,174 @@
+"""The smtpmailer command, run in-process: exit codes, one-line reasons, nothing half-queued."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.cli import main
+from smtpmailer.queue.sqlite import SQLiteQueue
+
+
+class CLITestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dir, "var"))
+        self.config = os.path.join(self.dir, "smtpmailer.conf")
+        self.write_config()
+
+    def write_config(self, queue: str = "") -> None:
+        with open(self.config, "w") as handle:
+            handle.write(f"[Daemon]\nstate_dir = var\n[Queue]\n{queue}\n"
+                         "[Relay]\ntransport = maildir\npath = var/md\n")
+
+    def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        stdin_stream = io.TextIOWrapper(io.BytesIO(stdin))
+        saved = sys.stderr, sys.stdin
+        sys.stderr, sys.stdin = err, stdin_stream
+        try:
+            code = main(["--config", self.config, *args], out=out)
+        except SystemExit as exit:
+            code = int(exit.code or 0)
+        finally:
+            sys.stderr, sys.stdin = saved
+        return code, out.getvalue(), err.getvalue()
+
+    def queued(self) -> list[dict[str, object]]:
+        code, out, _ = self.run_cli("queue", "list", "--json")
+        self.assertEqual(code, 0)
+        return list(json.loads(out))
+
+    def send(self, *args: str) -> str:
+        code, out, err = self.run_cli("send", "--from", "app@example.com", *args)
+        self.assertEqual((code, err), (0, ""))
+        return out.strip()
+
+
+class SendTests(CLITestCase):
+    def test_send_prints_the_committed_id(self) -> None:
+        message_id = self.send("--to", "a@example.org", "--subject", "s", "--body", "b",
+                               "--priority", "high")
+        store = SQLiteQueue(os.path.join(self.dir, "var", "queue.sqlite3"))
+        self.addCleanup(store.close)
+        info = store.show(message_id)
+        self.assertEqual((info.state, info.priority, info.sender), ("queued", 9, "app@example.com"))
+        self.assertIn(b"Subject: s\r\n", store.body(message_id))
+
+    def test_refusals_are_one_line_exit_1_and_queue_nothing(self) -> None:
+        big = os.path.join(self.dir, "big.txt")
+        with open(big, "w") as handle:
+            handle.write("x" * 3000)
+        self.write_config("max_message_size = 2KB")
+        cases = [
+            (["--to", "not an address", "--subject", "s"], "is not an email address"),
+            (["--to", "a b@example.org", "--subject", "s"], "invalid local part"),
+            (["--to", "a@example.org", "--subject", "s\r\nBcc: v@example.org"], "CR/LF"),
+            (["--to", "a@example.org", "--subject", "s", "--header", "X-A: 1\nBcc: v@x.org"],
+             "CR/LF"),
+            (["--to", "a@example.org", "--subject", "s", "--body-file", big],
+             "over max_message_size (2KB)"),
+            (["--to", "a@example.org", "--subject", "s", "--attach", "/nonexistent/file"],
+             "cannot read attachment /nonexistent/file"),
+            (["--to", "a@example.org"], "--subject is required"),
+            (["--to", "a@example.org", "--subject", "s", "--priority", "urgent"], "priority"),
+        ]
+        for args, reason in cases:
+            code, out, err = self.run_cli("send", "--from", "app@example.com", *args)
+            self.assertEqual(code, 1, args)
+            self.assertEqual(out, "")
+            self.assertIn(reason, err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertTrue(err.startswith("smtpmailer: "))
+        self.assertEqual(self.queued(), [])
+
+    def test_full_queue(self) -> None:
+        self.write_config("max_queue_size = 1")
+        self.send("--to", "a@example.org", "--subject", "s")
+        code, _, err = self.run_cli("send", "--from", "app@example.com", "--to", "a@example.org",
+                                    "--subject", "s")
+        self.assertEqual(code, 1)
+        self.assertIn("queue is full (1 messages, max_queue_size = 1)", err)
+        self.assertEqual(len(self.queued()), 1)
+
+    def test_raw_with_t(self) -> None:
+        code, out, err = self.run_cli(
+            "send", "-t", stdin=b"From: a@example.com\nTo: b@example.org\nBcc: c@example.org\n"
+                                b"Subject: raw\n\nhello\n")
+        self.assertEqual((code, err), (0, ""))
+        (info,) = self.queued()
+        self.assertEqual([r["address"] for r in info["recipients"]],  # type: ignore[index, union-attr]
+                         ["b@example.org", "c@example.org"])
+
+    def test_raw_with_recipients(self) -> None:
+        code, _, _ = self.run_cli("send", "x@example.org",
+                                  stdin=b"From: a@example.com\nSubject: r\n\nhi\n")
+        self.assertEqual(code, 0)
+
+    def test_usage_errors_exit_2(self) -> None:
+        self.assertEqual(self.run_cli("frobnicate")[0], 2)
+        self.assertEqual(self.run_cli("queue")[0], 2)
+
+
+class QueueCommandTests(CLITestCase):
+    def test_list_show_hold_release_delete(self) -> None:
+        message_id = self.send("--to", "a@example.org", "--to", "b@example.org",
+                               "--subject", "hello", "--body", "b")
+        code, out, _ = self.run_cli("queue", "list")
+        self.assertEqual(code, 0)
+        self.assertIn(message_id, out)
+        self.assertIn("<app@example.com>", out)
+        self.assertIn("-> <b@example.org>", out)
+        self.assertIn("-- 1 message", out)
+        code, out, _ = self.run_cli("queue", "show", message_id)
+        self.assertIn("Subject: hello", out)
+        self.assertEqual(self.run_cli("queue", "hold", message_id)[:2], (0, f"{message_id}: held\n"))
+        self.assertEqual(self.queued()[0]["state"], "held")
+        code, out, _ = self.run_cli("queue", "list", "--state", "queued")
+        self.assertIn("Mail queue is empty", out)
+        code, _, err = self.run_cli("queue", "hold", message_id)
+        self.assertEqual(code, 1)
+        self.assertIn("only queued or deferred messages can be held", err)
+        self.assertEqual(self.run_cli("queue", "release", message_id)[0], 0)
+        self.assertEqual(self.run_cli("queue", "delete", message_id)[0], 0)
+        self.assertEqual(self.queued(), [])
+        code, _, err = self.run_cli("queue", "show", message_id)
+        self.assertEqual(code, 1)
+        self.assertIn(f"no message {message_id} in the queue", err)
+
+    def test_stats(self) -> None:
+        self.send("--to", "a@example.org", "--subject", "s")
+        code, out, _ = self.run_cli("queue", "stats", "--json")
+        stats = json.loads(out)
+        self.assertEqual(stats["counts"]["queued"], 1)
+        self.assertGreaterEqual(stats["oldest_pending_age"], 0)
+        code, out, _ = self.run_cli("queue", "stats")
+        self.assertIn("queued             1", out)
+
+    def test_retry_needs_id_or_all(self) -> None:
+        code, _, err = self.run_cli("queue", "retry")
+        self.assertEqual(code, 1)
+        self.assertIn("give a message ID or --all", err)
+        code, out, _ = self.run_cli("queue", "retry", "--all")
+        self.assertEqual((code, out), (0, "0 deferred messages queued for delivery\n"))
+
+
+class ConfigCommandTests(CLITestCase):
+    def test_check_ok_and_broken(self) -> None:
+        self.assertEqual(self.run_cli("config", "--check")[:2], (0, f"{self.config}: OK\n"))
+        with open(self.config, "a") as handle:
+            handle.write("max_conections = 3\n")
+        code, out, err = self.run_cli("config", "--check")
+        self.assertEqual(code, 1)
+        self.assertEqual(err, f"smtpmailer: {self.config}:8: unknown key 'max_conections' in "
+                              "[Relay] (did you mean 'max_connections'?)\n")
+
+    def test_effective_config(self) -> None:
+        code, out, _ = self.run_cli("config")
+        self.assertEqual(code, 0)
+        self.assertIn(f"state_dir = {self.dir}/var", out)
+        self.assertIn("transport = maildir", out)

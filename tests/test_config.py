@@ -1,0 +1,184 @@
+"""Config: every key validated, errors as FILE:LINE with hints, secrets never shown."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.config import load_config, parse_config, render_config
+from smtpmailer.ini import ConfigError
+from smtpmailer.units import format_duration, parse_duration, parse_rate, parse_size
+
+MINIMAL = "[Relay]\nhost = smtp.example.com\n"
+
+
+class UnitTests(SynchronousTestCase):
+    def test_durations(self) -> None:
+        self.assertEqual(parse_duration("30"), 30)
+        self.assertEqual(parse_duration("30s"), 30)
+        self.assertEqual(parse_duration("5m"), 300)
+        self.assertEqual(parse_duration("2h"), 7200)
+        self.assertEqual(parse_duration("5d"), 432000)
+        self.assertEqual(parse_duration("250ms"), 0.25)
+        for bad in ("", "5x", "-1s", "m", "1.2.3s"):
+            self.assertRaises(ValueError, parse_duration, bad)
+
+    def test_sizes(self) -> None:
+        self.assertEqual(parse_size("10MB"), 10 * 1024 * 1024)
+        self.assertEqual(parse_size("512KB"), 512 * 1024)
+        self.assertEqual(parse_size("1gb"), 1024**3)
+        self.assertEqual(parse_size("100"), 100)
+        self.assertRaises(ValueError, parse_size, "ten MB")
+
+    def test_rates(self) -> None:
+        self.assertEqual(parse_rate("100/m"), (100, 60.0))
+        self.assertEqual(parse_rate("5/s"), (5, 1.0))
+        for bad in ("0/m", "100", "1/y"):
+            self.assertRaises(ValueError, parse_rate, bad)
+
+    def test_format_duration_round_trips(self) -> None:
+        for text in ("30s", "5m", "2h", "5d", "90s"):
+            self.assertEqual(parse_duration(format_duration(parse_duration(text))),
+                             parse_duration(text))
+
+
+class ConfigTests(SynchronousTestCase):
+    def error(self, text: str) -> str:
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(text, "/etc/smtpmailer/smtpmailer.conf")
+        return str(caught.exception)
+
+    def test_defaults(self) -> None:
+        config = parse_config(MINIMAL, "/etc/smtpmailer/smtpmailer.conf")
+        self.assertEqual(config.daemon.state_dir, "/var/lib/smtpmailer")
+        self.assertEqual(config.queue.path, "/var/lib/smtpmailer/queue.sqlite3")
+        self.assertEqual(config.queue.retry_delay, 60)
+        self.assertEqual(config.queue.max_message_size, 25 * 1024 * 1024)
+        (relay,) = config.relays
+        self.assertEqual((relay.port, relay.security, relay.verify), (587, "starttls", True))
+        self.assertEqual(relay.max_connections, 4)
+
+    def test_port_follows_security(self) -> None:
+        text = "[Relay]\nhost = h\nsecurity = tls\n"
+        self.assertEqual(parse_config(text, "c").relays[0].port, 465)
+
+    def test_unknown_key_has_line_and_hint(self) -> None:
+        text = "[Queue]\npoll_interval = 1s\nretry_dealy = 5m\n" + MINIMAL
+        self.assertEqual(
+            self.error(text),
+            "/etc/smtpmailer/smtpmailer.conf:3: unknown key 'retry_dealy' in [Queue] "
+            "(did you mean 'retry_delay'?)",
+        )
+
+    def test_unknown_section_has_hint(self) -> None:
+        self.assertIn(":1: unknown section [Releay] (did you mean 'Relay'?)",
+                      self.error("[Releay]\nhost = x\n"))
+
+    def test_bad_values_name_the_line(self) -> None:
+        cases = {
+            "[Queue]\nretry_delay = soon\n": ":2: retry_delay: 'soon' is not a duration",
+            "[Queue]\nbatch_size = 0\n": ":2: batch_size: 0 is out of range",
+            "[Queue]\nmax_message_size = big\n": ":2: max_message_size: 'big' is not a size",
+            "[Queue]\nbackend = mysql\n": ":2: backend: 'mysql' is not one of",
+            "[Relay]\nhost = h\nsecurity = ssl\n": ":3: security: 'ssl' is not one of",
+            "[Relay]\nhost = h\nport = 99999\n": ":3: port: 99999 is out of range",
+            "[Relay]\nhost = h\nverify = maybe\n": ":3: verify: 'maybe' is not a boolean",
+            "[Relay]\nhost = h\nrate_limit = lots\n": ":3: rate_limit: 'lots' is not a rate",
+        }
+        for text, expected in cases.items():
+            message = self.error(text if "[Relay]" in text else text + MINIMAL)
+            self.assertIn(expected, message)
+
+    def test_structure_errors(self) -> None:
+        self.assertIn("no [Relay] section", self.error("[Queue]\n"))
+        self.assertIn(":1: [Relay] needs a host", self.error("[Relay]\nport = 25\n"))
+        self.assertIn(":3: key 'host' appears twice (first at line 2)",
+                      self.error("[Relay]\nhost = a\nhost = b\n"))
+        self.assertIn(":1: key outside any [Section]", self.error("host = a\n"))
+        self.assertIn(":2: expected 'key = value'", self.error("[Relay]\nhost\n"))
+        self.assertIn("name each: [Relay:NAME]",
+                      self.error("[Relay]\nhost = a\n[Relay:b]\nhost = b\n"))
+        self.assertIn("max_retry_delay is shorter than retry_delay",
+                      self.error("[Queue]\nretry_delay = 1h\nmax_retry_delay = 1m\n" + MINIMAL))
+
+    def test_not_yet_built_sections_are_refused_not_ignored(self) -> None:
+        self.assertIn("[Status]: the status HTTP service is not implemented yet",
+                      self.error(MINIMAL + "[Status]\nlisten = tcp:8025\n"))
+        self.assertIn("postgresql is not implemented yet",
+                      self.error("[Queue]\nbackend = postgresql\n" + MINIMAL))
+
+    def test_inline_comments(self) -> None:
+        config = parse_config("[Relay]\nhost = smtp.example.com   ; the smarthost\n", "c")
+        self.assertEqual(config.relays[0].host, "smtp.example.com")
+
+    def test_several_relays_sorted_by_priority(self) -> None:
+        text = ("[Relay:backup]\nhost = b.example\npriority = 10\n"
+                "[Relay:main]\nhost = a.example\npriority = 1\n")
+        config = parse_config(text, "c")
+        self.assertEqual([r.name for r in config.relays], ["main", "backup"])
+
+    def test_relative_paths_follow_the_config_file(self) -> None:
+        text = "[Daemon]\nstate_dir = ../var\n[Relay]\ntransport = maildir\npath = ../var/md\n"
+        config = parse_config(text, "/srv/app/conf/smtpmailer.conf")
+        self.assertEqual(config.daemon.state_dir, "/srv/app/var")
+        self.assertEqual(config.relays[0].path, "/srv/app/var/md")
+
+
+class SecretTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+
+    def write(self, name: str, text: str, mode: int = 0o600) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def test_password_file_is_read_and_redacted(self) -> None:
+        secret = self.write("pw", "hunter2\n")
+        path = self.write("c.conf", f"[Relay]\nhost = h\nusername = u\npassword_file = {secret}\n")
+        config = load_config(path)
+        self.assertEqual(config.relays[0].password, "hunter2")
+        rendered = render_config(config)
+        self.assertNotIn("hunter2", rendered)
+        self.assertIn("password = <redacted>", rendered)
+        self.assertNotIn("hunter2", repr(config))
+        self.assertEqual(config.warnings, ())
+
+    def test_password_env(self) -> None:
+        os.environ["SMTPMAILER_TEST_PW"] = "from-env"
+        self.addCleanup(os.environ.pop, "SMTPMAILER_TEST_PW")
+        path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\n"
+                                    "password_env = SMTPMAILER_TEST_PW\n")
+        self.assertEqual(load_config(path).relays[0].password, "from-env")
+        path = self.write("d.conf", "[Relay]\nhost = h\nusername = u\npassword_env = NOPE_X\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path)
+        self.assertIn("d.conf:4: password_env: environment variable NOPE_X is not set",
+                      str(caught.exception))
+
+    def test_world_readable_secrets_are_warned_about(self) -> None:
+        path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword = pw\n", 0o644)
+        (warning,) = load_config(path).warnings
+        self.assertIn("c.conf:4: the file holds a password and is world-readable", warning)
+        self.assertNotIn("pw\n", warning)
+
+    def test_missing_password_file(self) -> None:
+        path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword_file = nope\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path)
+        self.assertIn("c.conf:4: password_file: cannot read", str(caught.exception))
+
+    def test_auth_needs_credentials(self) -> None:
+        path = self.write("c.conf", "[Relay]\nhost = h\nauth = plain\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(path)
+        self.assertIn("auth = plain needs username and a password", str(caught.exception))
+
+    def test_missing_and_unreadable_files(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            load_config(os.path.join(self.dir, "absent.conf"))
+        self.assertIn("absent.conf: no such config file", str(caught.exception))

@@ -1,0 +1,243 @@
+"""The SQLite queue: every state transition, ordering, leases, per-recipient outcomes."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.queue import (
+    NoSuchMessage,
+    Outcome,
+    QueueError,
+    QueueFull,
+    RecipientResult,
+    RetryPolicy,
+    WrongState,
+)
+from smtpmailer.queue.sqlite import SQLiteQueue, new_message_id
+
+POLICY = RetryPolicy(retry_delay=60, backoff_factor=2, max_retry_delay=600, max_retries=3,
+                     max_age=86400, random=lambda: 0.0)
+
+
+def results(lease: object, *pairs: tuple[str, str]) -> tuple[RecipientResult, ...]:
+    return tuple(RecipientResult(address, status, reply) for address, status, reply in
+                 [(a, s, f"{'250' if s == 'sent' else '451' if s == 'deferred' else '550'} x")
+                  for a, s in pairs])
+
+
+class RetryPolicyTests(SynchronousTestCase):
+    def test_exponential_capped(self) -> None:
+        delays = [POLICY.delay(n) for n in range(1, 8)]
+        self.assertEqual(delays, [60, 120, 240, 480, 600, 600, 600])
+
+    def test_jitter_shortens_by_at_most_a_fifth(self) -> None:
+        policy = RetryPolicy(60, 2, 600, 3, 86400, random=lambda: 1.0)
+        self.assertAlmostEqual(policy.delay(1), 48.0)
+        self.assertAlmostEqual(policy.delay(9), 480.0)
+
+    def test_give_up(self) -> None:
+        self.assertIsNone(POLICY.give_up_reason(3, age_from=0, now=100))
+        self.assertIn("retries exhausted after 4 attempts", POLICY.give_up_reason(4, 0, 100) or "")
+        self.assertIn("older than max_age", POLICY.give_up_reason(1, 0, 86400) or "")
+
+    def test_next_attempt_never_past_expiry(self) -> None:
+        self.assertEqual(POLICY.next_attempt(5, age_from=0, now=86300), 86400)
+
+
+class StoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "queue.sqlite3")
+        self.store = SQLiteQueue(self.path)
+        self.addCleanup(self.store.close)
+
+    def add(self, *rcpts: str, priority: int = 5, now: float = 100.0) -> str:
+        return self.store.enqueue("s@x.org", list(rcpts) or ["r@y.org"], b"Subject: t\r\n\r\nb\r\n",
+                                  priority, now, 1000)
+
+    def test_ids_are_unique_and_time_ordered(self) -> None:
+        ids = [new_message_id(1000.0 + i) for i in range(50)]
+        self.assertEqual(len(set(ids)), 50)
+        self.assertEqual(ids, sorted(ids))
+
+    def test_enqueue_and_counts(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org")
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "queued")
+        self.assertEqual([r.address for r in info.recipients], ["a@y.org", "b@y.org"])
+        self.assertEqual(self.store.counts()["queued"], 1)
+        self.assertEqual(self.store.body(message_id), b"Subject: t\r\n\r\nb\r\n")
+
+    def test_queue_full_writes_nothing(self) -> None:
+        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        with self.assertRaises(QueueFull) as caught:
+            self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        self.assertIn("max_queue_size = 2", str(caught.exception))
+        self.assertEqual(sum(1 for _ in self.store.messages()), 2)
+
+    def test_priority_first_then_oldest(self) -> None:
+        low = self.add(priority=1, now=1)
+        old_normal = self.add(priority=5, now=2)
+        new_normal = self.add(priority=5, now=3)
+        high = self.add(priority=9, now=4)
+        leases = self.store.lease(now=10, limit=3, lease_seconds=60)
+        self.assertEqual([lease.id for lease in leases], [high, old_normal, new_normal])
+        self.assertEqual([lease.id for lease in self.store.lease(10, 10, 60)], [low])
+        self.assertEqual(self.store.lease(10, 10, 60), [])
+
+    def test_sent(self) -> None:
+        message_id = self.add("a@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        self.assertEqual(self.store.show(message_id).state, "active")
+        (recorded,) = self.store.record([Outcome(lease, results(lease, ("a@y.org", "sent")), "r")],
+                                        201, POLICY)
+        self.assertEqual((recorded.state, recorded.attempts), ("sent", 1))
+        self.assertEqual(self.store.counts()["sent"], 1)
+        self.assertRaises(WrongState, self.store.body, message_id)  # content is not kept
+
+    def test_deferred_recipients_only_are_retried(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org", "c@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        outcome = results(lease, ("a@y.org", "sent"), ("b@y.org", "deferred"), ("c@y.org", "failed"))
+        (recorded,) = self.store.record([Outcome(lease, outcome, "r")], 200, POLICY)
+        self.assertEqual(recorded.state, "deferred")
+        info = self.store.show(message_id)
+        self.assertEqual(info.next_attempt, 260)
+        self.assertEqual({r.address: r.state for r in info.recipients},
+                         {"a@y.org": "sent", "b@y.org": "pending", "c@y.org": "failed"})
+        self.assertEqual(self.store.lease(259, 10, 60), [])  # not due yet
+        (again,) = self.store.lease(260, 10, 60)
+        self.assertEqual(again.recipients, ("b@y.org",))
+        self.store.record([Outcome(again, results(again, ("b@y.org", "sent")), "r")], 261, POLICY)
+        self.assertEqual(self.store.show(message_id).state, "failed")  # c failed for good
+
+    def test_backoff_between_attempts(self) -> None:
+        message_id = self.add()
+        now = 200.0
+        for expected_delay in (60, 120, 240):
+            (lease,) = self.store.lease(now, 10, 60)
+            self.store.record([Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")],
+                              now, POLICY)
+            info = self.store.show(message_id)
+            self.assertEqual(info.next_attempt - now, expected_delay)
+            now = info.next_attempt
+
+    def test_max_retries_ends_in_failed(self) -> None:
+        message_id = self.add()
+        now = 200.0
+        for _ in range(4):  # the first attempt and max_retries = 3 retries
+            (lease,) = self.store.lease(now, 10, 60)
+            (recorded,) = self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY)
+            now += 10_000
+        self.assertEqual(recorded.state, "failed")
+        self.assertEqual(recorded.expired[0][0], "r@y.org")
+        info = self.store.show(message_id)
+        self.assertIn("retries exhausted after 4 attempts", info.last_error or "")
+        self.assertIn("451 x", info.recipients[0].last_error or "")
+
+    def test_max_age_ends_in_failed(self) -> None:
+        self.add(now=0)
+        (lease,) = self.store.lease(86400, 10, 60)
+        (recorded,) = self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 86400, POLICY)
+        self.assertEqual(recorded.state, "failed")
+
+    def test_expired_lease_returns(self) -> None:
+        message_id = self.add()
+        (first,) = self.store.lease(200, 10, lease_seconds=60)
+        self.assertEqual(self.store.lease(259, 10, 60), [])
+        (second,) = self.store.lease(261, 10, 60)
+        self.assertEqual(second.id, message_id)
+        self.assertNotEqual(first.token, second.token)
+        # The first attempt's late word is ignored: the lease is no longer its own.
+        (stale,) = self.store.record([Outcome(first, results(first, ("r@y.org", "sent")), "r")],
+                                     262, POLICY)
+        self.assertTrue(stale.stale)
+        self.assertEqual(self.store.show(message_id).state, "active")
+
+    def test_reclaim_and_release(self) -> None:
+        a, b = self.add(now=1), self.add(now=2)
+        leases = self.store.lease(10, 10, 600)
+        self.assertEqual(self.store.release_leases(leases[:1]), 1)
+        self.assertEqual(self.store.show(a).state, "queued")
+        self.assertEqual(self.store.reclaim_all_leases(), 1)
+        self.assertEqual(self.store.show(b).state, "queued")
+
+    def test_counts_survive_reopen(self) -> None:
+        self.add()
+        self.add()
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.store.close()
+        self.store = SQLiteQueue(self.path)
+        self.assertEqual(self.store.counts(), {"queued": 0, "deferred": 0, "active": 1, "held": 0,
+                                               "failed": 0, "sent": 1})
+
+    def test_hold_release_retry_delete(self) -> None:
+        message_id = self.add()
+        self.store.hold(message_id)
+        self.assertEqual(self.store.lease(200, 10, 60), [])
+        self.assertRaises(WrongState, self.store.hold, message_id)
+        self.store.release(message_id, 300)
+        self.assertRaises(WrongState, self.store.release, message_id, 300)
+        (lease,) = self.store.lease(300, 10, 60)
+        self.assertRaises(WrongState, self.store.delete, message_id)  # being delivered
+        self.assertRaises(WrongState, self.store.hold, message_id)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "failed")), "r")], 301, POLICY)
+        self.store.retry(message_id, 400)
+        info = self.store.show(message_id)
+        self.assertEqual((info.state, info.attempts), ("queued", 0))
+        self.assertEqual(info.recipients[0].state, "pending")
+        self.store.delete(message_id)
+        self.assertRaises(NoSuchMessage, self.store.show, message_id)
+        self.assertEqual(sum(self.store.counts().values()), 0)
+
+    def test_retry_all_flushes_deferred(self) -> None:
+        for _ in range(3):
+            self.add()
+        for lease in self.store.lease(200, 10, 60):
+            self.store.record([Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")],
+                              200, POLICY)
+        self.assertEqual(self.store.lease(201, 10, 60), [])
+        self.assertEqual(self.store.retry_all(201), 3)
+        self.assertEqual(len(self.store.lease(201, 10, 60)), 3)
+
+    def test_purge_sent(self) -> None:
+        self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.assertEqual(self.store.purge_sent(before=201, limit=10), 0)
+        self.assertEqual(self.store.purge_sent(before=202, limit=10), 1)
+        self.assertEqual(self.store.counts()["sent"], 0)
+
+    def test_recent_outcomes_and_oldest(self) -> None:
+        self.add(now=50)
+        self.add(now=60)
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.assertEqual(self.store.recent_outcomes(since=100),
+                         {"sent": 1, "failed": 0, "deferred": 0})
+        self.assertEqual(self.store.oldest_pending(), 60)
+
+    def test_corrupt_file_is_a_clear_error(self) -> None:
+        self.store.close()
+        with open(self.path, "wb") as handle:
+            handle.write(b"this is not a database" * 100)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.remove(self.path + suffix)
+        with self.assertRaises(QueueError) as caught:
+            SQLiteQueue(self.path)
+        self.assertIn(f"cannot open queue database {self.path}: file is not a database",
+                      str(caught.exception))
+        self.store = SQLiteQueue(os.path.join(os.path.dirname(self.path), "fresh.sqlite3"))
+
+    def test_missing_directory_is_a_clear_error(self) -> None:
+        with self.assertRaises(QueueError) as caught:
+            SQLiteQueue("/nonexistent/dir/q.sqlite3")
+        self.assertIn("queue directory /nonexistent/dir does not exist", str(caught.exception))
