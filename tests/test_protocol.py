@@ -1,0 +1,319 @@
+"""Our ESMTP client in memory: against Twisted's ESMTP server (iosim), and scripted replies
+(StringTransport) for pipelining, timeouts and garbage. Time is a task.Clock."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+import attrs
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import CramMD5Credentials
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.mail import smtp
+from twisted.mail._cred import PLAINCredentials
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpmailer.config import RelayConfig
+from smtpmailer.delivery.protocol import (
+    SMTPClientProtocol,
+    SMTPProtocolError,
+    SMTPTimeout,
+    encode_body,
+)
+from smtpmailer.delivery.session import SessionError, SMTPSession
+from smtpmailer.queue import Lease
+
+
+def relay(**overrides: Any) -> RelayConfig:
+    values: dict[str, Any] = {
+        "name": "default", "transport": "smtp", "host": "relay.test", "port": 25,
+        "security": "none", "verify": True, "ca_file": None, "auth": "auto", "username": None,
+        "password": None, "helo": "", "max_connections": 1, "max_messages_per_connection": 100,
+        "rate_limit": None, "timeout": 30.0, "priority": 0, "path": None,
+    }
+    values.update(overrides)
+    return RelayConfig(**values)
+
+
+def lease(*recipients: str, data: bytes = b"Subject: t\r\n\r\nhello\r\n") -> Lease:
+    return Lease(id="Q1", token="t", sender="app@example.com",
+                 recipients=recipients or ("a@example.org",), data=data, priority=5,
+                 attempts=0, created=0.0)
+
+
+@attrs.define
+class _Message:
+    lines: list[bytes]
+    store: list[bytes]
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def eomReceived(self) -> Deferred[bytes]:
+        self.store.append(b"\n".join(self.lines))
+        return succeed(b"queued")
+
+    def connectionLost(self) -> None:
+        pass
+
+
+@implementer(smtp.IMessageDelivery)
+class _Delivery:
+    """Accepts everything except the addresses it is told to refuse, with the given code."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.refuse: dict[str, int] = {}
+        self.refuse_sender = False
+        self.recipients: list[str] = []
+
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
+        return b"Received: test"
+
+    def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
+        if self.refuse_sender:
+            raise smtp.SMTPBadSender(origin)
+        return origin
+
+    def validateTo(self, user: smtp.User) -> Any:
+        address = str(user.dest)
+        if address in self.refuse:
+            raise smtp.SMTPBadRcpt(user, code=self.refuse[address])
+        self.recipients.append(address)
+        return lambda: _Message([], self.messages)
+
+
+@implementer(IRealm)
+class _Realm:
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        return smtp.IMessageDelivery, self.delivery, lambda: None
+
+    delivery: _Delivery
+
+
+class TwistedServerTests(SynchronousTestCase):
+    """The client talks to twisted.mail's ESMTP server; iosim moves the bytes."""
+
+    def connect(self, config: RelayConfig, users: dict[str, str] | None = None) -> SMTPSession:
+        self.delivery = _Delivery()
+        challengers = {b"LOGIN": smtp.LOGINCredentials, b"PLAIN": PLAINCredentials,
+                       b"CRAM-MD5": CramMD5Credentials}
+        server = smtp.ESMTP(chal=challengers if users else {})
+        server.host = b"server.test"
+        if users:
+            realm = _Realm()
+            realm.delivery = self.delivery
+            checker = InMemoryUsernamePasswordDatabaseDontUse(
+                **{k: v.encode() for k, v in users.items()})
+            server.portal = Portal(realm, [checker])
+        else:
+            server.delivery = self.delivery
+        self.clock = Clock()
+        client = SMTPClientProtocol(self.clock, config.timeout)
+        server_address = IPv4Address("TCP", "127.0.0.1", 25)
+        client_address = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.pump = iosim.connect(
+            server, iosim.FakeTransport(server, True, server_address, client_address),
+            client, iosim.FakeTransport(client, False, client_address, server_address))
+        return SMTPSession(client, config, "client.test")
+
+    def drive(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        result = Deferred.fromCoroutine(coroutine)
+        for _ in range(100):
+            if result.called:
+                break
+            self.pump.pump()
+        return self.successResultOf(result)
+
+    def test_several_messages_on_one_connection(self) -> None:
+        session = self.connect(relay())
+        self.drive(session.open())
+        first = self.drive(session.deliver(lease("a@example.org", "b@example.org")))
+        second = self.drive(session.deliver(lease(data=b"Subject: 2\r\n\r\n.dot first\r\n.\r\n")))
+        self.assertEqual([r.status for r in first + second], ["sent", "sent", "sent"])
+        self.assertEqual(first[0].reply.split()[0], "250")
+        # Twisted's server stores one copy per recipient: a, b, then the second message.
+        self.assertEqual(len(self.delivery.messages), 3)
+        self.assertIn(b"\n.dot first\n.", self.delivery.messages[2])
+        self.assertEqual(session.delivered, 2)
+        self.drive(session.quit())
+
+    def test_per_recipient_outcomes(self) -> None:
+        session = self.connect(relay())
+        self.delivery.refuse = {"bad@example.org": 550, "later@example.org": 451}
+        self.drive(session.open())
+        results = self.drive(session.deliver(
+            lease("good@example.org", "bad@example.org", "later@example.org")))
+        self.assertEqual([(r.address, r.status) for r in results],
+                         [("good@example.org", "sent"), ("bad@example.org", "failed"),
+                          ("later@example.org", "deferred")])
+        self.assertTrue(results[1].reply.startswith("550"))
+        self.assertEqual(len(self.delivery.messages), 1)
+
+    def test_no_recipient_accepted_keeps_the_connection_usable(self) -> None:
+        session = self.connect(relay())
+        self.delivery.refuse = {"bad@example.org": 550}
+        self.drive(session.open())
+        (refused,) = self.drive(session.deliver(lease("bad@example.org")))
+        self.assertEqual(refused.status, "failed")
+        (accepted,) = self.drive(session.deliver(lease("ok@example.org")))
+        self.assertEqual(accepted.status, "sent")
+        self.assertEqual(len(self.delivery.messages), 1)
+
+    def test_sender_refused_fails_every_recipient(self) -> None:
+        session = self.connect(relay())
+        self.delivery.refuse_sender = True
+        self.drive(session.open())
+        results = self.drive(session.deliver(lease("a@example.org", "b@example.org")))
+        self.assertEqual([r.status for r in results], ["failed", "failed"])
+        self.assertTrue(results[0].reply.startswith("MAIL FROM: 550"))
+
+    def test_auth_mechanisms(self) -> None:
+        for mechanism in ("plain", "login", "cram-md5"):
+            config = relay(auth=mechanism, username="app", password="s3cret")
+            session = self.connect(config, users={"app": "s3cret"})
+            self.drive(session.open())
+            (result,) = self.drive(session.deliver(lease()))
+            self.assertEqual(result.status, "sent", mechanism)
+
+    def test_auth_auto_without_tls_prefers_cram_md5(self) -> None:
+        session = self.connect(relay(username="app", password="s3cret"), users={"app": "s3cret"})
+        self.drive(session.open())
+        self.assertEqual(session._mechanism(), "CRAM-MD5")
+
+    def test_wrong_password(self) -> None:
+        session = self.connect(relay(auth="plain", username="app", password="nope"),
+                               users={"app": "s3cret"})
+        result = Deferred.fromCoroutine(session.open())
+        for _ in range(20):
+            self.pump.pump()
+        failure = self.failureResultOf(result, SessionError)
+        self.assertIn("authentication failed (PLAIN): 535", str(failure.value))
+        self.assertFalse(failure.value.permanent)
+
+    def test_starttls_required_but_not_offered(self) -> None:
+        session = self.connect(relay(security="starttls"))
+        result = Deferred.fromCoroutine(session.open())
+        for _ in range(20):
+            self.pump.pump()
+        failure = self.failureResultOf(result, SessionError)
+        self.assertIn("relay does not offer STARTTLS", str(failure.value))
+
+
+class ScriptedServerTests(SynchronousTestCase):
+    """Replies written by the test, byte for byte, to check exactly what the client sends."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.protocol = SMTPClientProtocol(self.clock, timeout=10)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.session = SMTPSession(self.protocol, relay(), "client.test")
+
+    def reply(self, *lines: str) -> None:
+        self.protocol.dataReceived("".join(line + "\r\n" for line in lines).encode())
+
+    def sent(self) -> bytes:
+        value = self.transport.value()
+        self.transport.clear()
+        return bytes(value)
+
+    def opened(self, *extensions: str) -> None:
+        result = Deferred.fromCoroutine(self.session.open())
+        self.reply("220 relay.test ESMTP")
+        self.assertEqual(self.sent(), b"EHLO client.test\r\n")
+        self.reply("250-relay.test", *[f"250-{e}" for e in extensions[:-1]],
+                   f"250 {extensions[-1]}" if extensions else "250 OK")
+        self.successResultOf(result)
+
+    def test_pipelining_sends_the_envelope_in_one_write(self) -> None:
+        self.opened("PIPELINING", "SIZE 1000000", "8BITMIME")
+        data = "Subject: ü\r\n\r\n.x\r\nend".encode()
+        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org", "b@x.org", data=data)))
+        self.assertEqual(self.sent(), (f"MAIL FROM:<app@example.com> SIZE={len(data)} BODY=8BITMIME\r\n"
+                                       "RCPT TO:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n").encode())
+        self.reply("250 ok", "250 ok", "550 no such user", "354 go ahead")
+        self.assertEqual(self.sent(), "Subject: ü\r\n\r\n..x\r\nend\r\n.\r\n".encode())
+        self.reply("250 2.0.0 queued as X")
+        results = self.successResultOf(result)
+        self.assertEqual([(r.status, r.reply) for r in results],
+                         [("sent", "250 2.0.0 queued as X"), ("failed", "550 no such user")])
+
+    def test_pipelining_with_every_recipient_refused(self) -> None:
+        self.opened("PIPELINING")
+        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org")))
+        self.sent()
+        self.reply("250 ok", "451 4.7.1 greylisted", "554 no valid recipients")
+        self.assertEqual(self.sent(), b"RSET\r\n")
+        self.reply("250 reset")
+        (result_a,) = self.successResultOf(result)
+        self.assertEqual((result_a.status, result_a.reply), ("deferred", "451 4.7.1 greylisted"))
+
+    def test_without_pipelining_commands_wait_for_replies(self) -> None:
+        self.opened("SIZE")
+        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org")))
+        size = len(lease().data)
+        self.assertEqual(self.sent(), f"MAIL FROM:<app@example.com> SIZE={size}\r\n".encode())
+        self.reply("250 ok")
+        self.assertEqual(self.sent(), b"RCPT TO:<a@x.org>\r\n")
+        self.reply("250 ok")
+        self.assertEqual(self.sent(), b"DATA\r\n")
+        self.reply("354 go")
+        self.sent()
+        self.reply("452 4.3.1 out of space")
+        self.assertEqual(self.sent(), b"RSET\r\n")
+        self.reply("250 ok")
+        (only,) = self.successResultOf(result)
+        self.assertEqual(only.status, "deferred")
+
+    def test_timeout_aborts_and_fails_the_wait(self) -> None:
+        result = Deferred.fromCoroutine(self.session.open())
+        self.clock.advance(9.9)
+        self.assertNoResult(result)
+        self.reply("220 hi")  # a reply resets the clock
+        self.clock.advance(9.9)
+        self.assertNoResult(result)
+        self.clock.advance(0.2)
+        failure = self.failureResultOf(result, SMTPTimeout)
+        self.assertIn("within 10s", str(failure.value))
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_garbage_reply(self) -> None:
+        result = Deferred.fromCoroutine(self.session.open())
+        self.reply("HTTP/1.1 400 Bad Request")
+        self.failureResultOf(result, SMTPProtocolError)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_multiline_greeting_and_ehlo_fallback(self) -> None:
+        result = Deferred.fromCoroutine(self.session.open())
+        self.reply("220-relay.test", "220 welcome")
+        self.assertEqual(self.sent(), b"EHLO client.test\r\n")
+        self.reply("502 what")
+        self.assertEqual(self.sent(), b"HELO client.test\r\n")
+        self.reply("250 hello")
+        self.successResultOf(result)
+        self.assertEqual(self.session.extensions, {})
+
+    def test_refusing_greeting(self) -> None:
+        result = Deferred.fromCoroutine(self.session.open())
+        self.reply("554 go away")
+        failure = self.failureResultOf(result, SessionError)
+        self.assertTrue(failure.value.permanent)
+
+    def test_commands_with_line_breaks_are_refused(self) -> None:
+        self.assertRaises(ValueError, self.protocol.command, "RCPT TO:<a@b>\r\nDATA")
+
+
+class EncodeBodyTests(SynchronousTestCase):
+    def test_dot_stuffing_and_line_endings(self) -> None:
+        self.assertEqual(encode_body(b".a\n..b\r\nc.\r.\n"), b"..a\r\n...b\r\nc.\r\n..\r\n.\r\n")
+        self.assertEqual(encode_body(b"no newline"), b"no newline\r\n.\r\n")
+        self.assertEqual(encode_body(b""), b"\r\n.\r\n")
