@@ -1,0 +1,167 @@
+"""An in-memory SMTP relay for delivery tests: replies arrive through a task.Clock.
+
+Replies are scheduled with ``callLater(0)`` rather than given back inside ``write()``, so
+the client never re-enters itself; ``settle()`` runs everything that is due now.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from smtpmailer.config import RelayConfig
+from smtpmailer.delivery.protocol import SMTPClientProtocol
+
+
+class _Transport:
+    """Carries client bytes to the fake relay's line handler."""
+
+    def __init__(self, relay: FakeRelay, connection: _Connection) -> None:
+        self.relay = relay
+        self.connection = connection
+        self.disconnected = False
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnected:
+            self.connection.received(data)
+
+    def writeSequence(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def loseConnection(self) -> None:
+        self._close(error.ConnectionDone())
+
+    def abortConnection(self) -> None:
+        self._close(error.ConnectionAborted())
+
+    def _close(self, reason: Exception) -> None:
+        if not self.disconnected:
+            self.disconnected = self.disconnecting = True
+            self.relay.open_connections -= 1
+            from twisted.python.failure import Failure
+
+            self.relay.clock.callLater(0, self.connection.client.connectionLost, Failure(reason))
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "192.0.2.25", self.relay.port)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.connection.nodelay = enabled
+
+
+class _Connection:
+    def __init__(self, relay: FakeRelay, client: SMTPClientProtocol) -> None:
+        self.relay = relay
+        self.client = client
+        self.buffer = b""
+        self.in_data = False
+        self.body: list[bytes] = []
+        self.sender = ""
+        self.recipients: list[str] = []
+        self.nodelay = False
+        self.transport = _Transport(relay, self)
+
+    def send(self, *lines: str) -> None:
+        data = "".join(line + "\r\n" for line in lines).encode()
+        self.relay.clock.callLater(0, self._deliver, data)
+
+    def _deliver(self, data: bytes) -> None:
+        if not self.transport.disconnected:
+            self.client.dataReceived(data)
+
+    def received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            self.line(line.decode("utf-8", "replace"))
+
+    def line(self, line: str) -> None:
+        relay = self.relay
+        if self.in_data:
+            if line == ".":
+                self.in_data = False
+                if relay.hang_after_body:
+                    return
+                reply = relay.data_replies.pop(0) if relay.data_replies else "250 2.0.0 OK"
+                if reply.startswith("2"):
+                    relay.messages.append((self.sender, list(self.recipients), b"\r\n".join(self.body)))
+                self.send(reply)
+            else:
+                self.body.append(line[1:].encode() if line.startswith(".") else line.encode())
+            return
+        verb = line.split(" ", 1)[0].upper()
+        relay.commands.append(line)
+        if verb == "EHLO":
+            self.send("250-fake.test", "250-PIPELINING", "250 SIZE 100000000")
+        elif verb == "MAIL":
+            self.sender, self.recipients, self.body = line[11:-1], [], []
+            self.send("250 2.1.0 OK")
+        elif verb == "RCPT":
+            address = line[9:-1]
+            reply = relay.rcpt_replies.get(address, "250 2.1.5 OK")
+            if reply.startswith("2"):
+                self.recipients.append(address)
+            self.send(reply)
+        elif verb == "DATA":
+            if self.recipients:
+                self.in_data = True
+                self.send("354 go ahead")
+            else:
+                self.send("554 5.5.1 no valid recipients")
+        elif verb == "RSET":
+            self.send("250 2.0.0 OK")
+        elif verb == "QUIT":
+            relay.quits += 1
+            self.send("221 bye")
+            relay.clock.callLater(0, self.transport.loseConnection)
+        else:
+            self.send("502 5.5.2 unknown command")
+
+
+class FakeRelay:
+    """Counts connections and keeps every accepted message as (sender, recipients, body)."""
+
+    def __init__(self, clock: Clock, port: int = 25) -> None:
+        self.clock = clock
+        self.port = port
+        self.refuse = False
+        self.hang_after_body = False
+        self.rcpt_replies: dict[str, str] = {}
+        self.data_replies: list[str] = []
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.commands: list[str] = []
+        self.connections = 0
+        self.open_connections = 0
+        self.most_open = 0
+        self.quits = 0
+        self.live: list[_Connection] = []
+
+    def connect(self, relay: RelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
+        if self.refuse:
+            return fail(error.ConnectionRefusedError())
+        self.connections += 1
+        self.open_connections += 1
+        self.most_open = max(self.most_open, self.open_connections)
+        connection = _Connection(self, client)
+        self.live.append(connection)
+        client.makeConnection(connection.transport)  # type: ignore[arg-type]
+        connection.send("220 fake.test ESMTP")
+        return succeed(client)
+
+
+def settle(clock: Clock, rounds: int = 10_000) -> None:
+    """Run every call that is due now, including the ones those calls schedule for now."""
+    for _ in range(rounds):
+        due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+        if not due:
+            return
+        clock.advance(0)
+    raise AssertionError("the clock never settled")

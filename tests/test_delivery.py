@@ -1,0 +1,305 @@
+"""DeliveryService and QueuePoller over a real SQLite queue and an in-memory relay,
+with time driven by task.Clock: no sleeps, no sockets."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.config import parse_config
+from smtpmailer.delivery.protocol import SMTPClientProtocol
+from smtpmailer.delivery.service import IDLE_TIMEOUT
+from smtpmailer.queue.runner import synchronous_runner
+from smtpmailer.queue.sqlite import SQLiteQueue
+from smtpmailer.service import MailerService
+from tests.fake_relay import FakeRelay, settle
+
+
+class DeliveryCase(SynchronousTestCase):
+    relay_keys = ""
+    queue_keys = ""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.relays = {"a.test": FakeRelay(self.clock, 25), "b.test": FakeRelay(self.clock, 26)}
+        self.relay = self.relays["a.test"]
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "smtpmailer" and "line" in event:
+                self.lines.append(event["line"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def configure(self, relays: str | None = None, queue: str = "") -> None:
+        relays = relays or ("[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n"
+                            + self.relay_keys)
+        text = (f"[Daemon]\nstate_dir = {self.dir}\nshutdown_timeout = 10s\n"
+                f"[Queue]\npoll_interval = 5s\nretry_delay = 60s\nmax_retry_delay = 10m\n"
+                f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
+                "[Logging]\nstats_interval = 0\n")
+        self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
+        self.store = SQLiteQueue(self.config.queue.path)
+
+    def connect(self, relay: Any, client: SMTPClientProtocol) -> Deferred[Any]:
+        return self.relays[relay.host].connect(relay, client)
+
+    def start(self) -> MailerService:
+        self.service = MailerService(
+            self.config,
+            open_store=lambda: self.store,
+            reactor=self.clock,
+            run=synchronous_runner,
+            blocking=synchronous_runner,
+            connector=self.connect,
+            listen_wakeup=False,
+        )
+        self.service.startService()
+        self.addCleanup(self.stop)
+        settle(self.clock)
+        return self.service
+
+    def stop(self) -> None:
+        if self.service.running:
+            result = self.service.stopService()
+            settle(self.clock)
+            self.clock.advance(60)
+            settle(self.clock)
+            self.successResultOf(result)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "stop left timers behind")
+
+    def enqueue(self, *recipients: str, priority: int = 5, body: bytes = b"hi") -> str:
+        data = b"Subject: test\r\n\r\n" + body + b"\r\n"
+        return self.store.enqueue("app@example.com", list(recipients) or ["r@example.org"], data,
+                                  priority, self.clock.seconds(), 10_000)
+
+    def state(self, message_id: str) -> str:
+        """Read through a connection of its own: the service closes its store on stop."""
+        reader = SQLiteQueue(self.config.queue.path)
+        try:
+            return reader.show(message_id).state
+        finally:
+            reader.close()
+
+
+class DeliveryTests(DeliveryCase):
+    def test_delivers_and_reuses_one_connection(self) -> None:
+        self.configure()
+        ids = [self.enqueue() for _ in range(3)]
+        self.start()
+        self.assertEqual([self.state(i) for i in ids], ["sent"] * 3)
+        self.assertEqual(len(self.relay.messages), 3)
+        self.assertLessEqual(self.relay.connections, 3)
+        self.assertTrue(all(c.nodelay for c in self.relay.live), "TCP_NODELAY is set")
+        self.assertEqual(len(self.lines), 3)
+        self.assertRegex(self.lines[0], r"^id=\w{12} to=<r@example.org> relay=a.test\[192.0.2.25\]:25 "
+                                        r"delay=0.00 attempts=1 status=sent \(250 2.0.0 OK\)$")
+        # Idle connections are kept briefly for the next message, then closed with QUIT.
+        self.clock.advance(IDLE_TIMEOUT)
+        settle(self.clock)
+        self.assertEqual(self.relay.open_connections, 0)
+        self.assertEqual(self.relay.quits, self.relay.connections)
+
+    def test_an_idle_connection_takes_the_next_message(self) -> None:
+        self.configure()
+        self.enqueue()
+        service = self.start()
+        self.enqueue()
+        service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(len(self.relay.messages), 2)
+        self.assertEqual(self.relay.connections, 1)
+
+    def test_max_messages_per_connection(self) -> None:
+        self.relay_keys = "max_connections = 1\nmax_messages_per_connection = 2\n"
+        self.configure()
+        for _ in range(5):
+            self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relay.messages), 5)
+        self.assertEqual(self.relay.connections, 3)
+
+    def test_max_connections_in_parallel(self) -> None:
+        self.relay_keys = "max_connections = 3\n"
+        self.configure()
+        for _ in range(20):
+            self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relay.messages), 20)
+        self.assertEqual(self.relay.most_open, 3)
+
+    def test_highest_priority_first(self) -> None:
+        self.relay_keys = "max_connections = 1\n"
+        self.configure()
+        self.enqueue("low@example.org", priority=1)
+        self.enqueue("normal@example.org", priority=5)
+        self.enqueue("high@example.org", priority=9)
+        self.start()
+        self.assertEqual([m[1][0] for m in self.relay.messages],
+                         ["high@example.org", "normal@example.org", "low@example.org"])
+
+    def test_wake_delivers_without_waiting_for_the_poll(self) -> None:
+        self.configure()
+        service = self.start()
+        message_id = self.enqueue()
+        service.poller.wake()
+        settle(self.clock)  # no time passes
+        self.assertEqual(self.state(message_id), "sent")
+
+    def test_the_poll_finds_mail_without_a_wakeup(self) -> None:
+        self.configure()
+        self.start()
+        message_id = self.enqueue()
+        self.clock.advance(4.9)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "queued")
+        self.clock.advance(0.1)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "sent")
+
+    def test_temporary_failure_backs_off_then_fails(self) -> None:
+        self.configure()
+        self.relay.data_replies = ["451 4.3.0 later"] * 3
+        message_id = self.enqueue()
+        self.start()
+        self.assertEqual(self.state(message_id), "deferred")
+        first = self.store.show(message_id).next_attempt - self.clock.seconds()
+        self.assertTrue(48 <= first <= 60, first)
+        self.clock.advance(first + 5)
+        settle(self.clock)
+        self.assertEqual(self.store.show(message_id).attempts, 2)
+        self.clock.advance(240)
+        settle(self.clock)
+        info = self.store.show(message_id)
+        self.assertEqual((info.state, info.attempts), ("failed", 3))
+        self.assertIn("retries exhausted after 3 attempts", info.last_error or "")
+        self.assertIn("status=failed (451 4.3.0 later; retries exhausted after 3 attempts)",
+                      self.lines[-1])
+
+    def test_relay_down_defers_everything_waiting_at_once(self) -> None:
+        self.configure()
+        self.relay.refuse = True
+        ids = [self.enqueue() for _ in range(30)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"deferred"})
+        self.assertEqual(self.store.show(ids[0]).last_error, "a.test:25: connection refused")
+        self.relay.refuse = False
+        self.clock.advance(61)
+        settle(self.clock)
+        self.assertEqual({self.state(i) for i in ids}, {"sent"})
+
+    def test_fails_over_to_the_next_relay(self) -> None:
+        self.configure("[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
+                       "[Relay:backup]\nhost = b.test\nsecurity = none\nport = 26\npriority = 2\n")
+        self.relays["a.test"].refuse = True
+        message_id = self.enqueue()
+        self.start()
+        self.assertEqual(self.state(message_id), "sent")
+        self.assertEqual(len(self.relays["b.test"].messages), 1)
+        self.assertIn("relay=b.test[192.0.2.25]:26", self.lines[0])
+
+    def test_per_recipient_outcomes_are_kept(self) -> None:
+        self.configure()
+        self.relay.rcpt_replies = {"bad@example.org": "550 5.1.1 unknown",
+                                   "grey@example.org": "450 4.7.1 greylisted"}
+        message_id = self.enqueue("ok@example.org", "bad@example.org", "grey@example.org")
+        self.start()
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual({r.address: r.state for r in info.recipients},
+                         {"ok@example.org": "sent", "bad@example.org": "failed",
+                          "grey@example.org": "pending"})
+        self.relay.rcpt_replies = {}
+        self.clock.advance(61)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "failed")  # bad@ stays failed
+        self.assertEqual([m[1] for m in self.relay.messages],
+                         [["ok@example.org"], ["grey@example.org"]])
+
+    def test_rate_limit_spaces_messages(self) -> None:
+        self.relay_keys = "rate_limit = 2/s\nmax_connections = 1\n"
+        self.configure()
+        for _ in range(4):
+            self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relay.messages), 1)
+        self.clock.advance(0.5)
+        settle(self.clock)
+        self.assertEqual(len(self.relay.messages), 2)
+        self.clock.advance(1.0)
+        settle(self.clock)
+        self.assertEqual(len(self.relay.messages), 4)
+
+    def test_timeout_defers(self) -> None:
+        self.configure()
+        self.relay.hang_after_body = True
+        message_id = self.enqueue()
+        self.start()
+        self.assertEqual(self.state(message_id), "active")
+        self.clock.advance(30)
+        settle(self.clock)
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual(info.last_error, "no reply from the relay within 30s")
+
+    def test_poll_errors_are_logged_and_polling_goes_on(self) -> None:
+        self.configure()
+        original = self.store.lease
+        calls = []
+
+        def broken_once(*args: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("disk trouble")
+            return original(*args)
+
+        self.store.lease = broken_once  # type: ignore[method-assign]
+        message_id = self.enqueue()
+        service = self.start()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(service.poller.running)
+        self.clock.advance(5)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "sent")
+
+
+class StopTests(DeliveryCase):
+    def test_stop_gives_back_unstarted_and_bounds_in_flight(self) -> None:
+        self.relay_keys = "max_connections = 1\n"
+        self.configure()
+        self.relay.hang_after_body = True
+        first, second = self.enqueue(), self.enqueue()
+        service = self.start()
+        self.assertEqual((self.state(first), self.state(second)), ("active", "active"))
+        stopping = service.stopService()
+        settle(self.clock)
+        self.assertNoResult(stopping)
+        self.assertEqual(self.state(second), "queued")  # never started: given back
+        self.clock.advance(10)  # shutdown_timeout: the hung connection is aborted
+        settle(self.clock)
+        self.successResultOf(stopping)
+        self.assertEqual(self.state(first), "deferred")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_waits_for_in_flight_delivery(self) -> None:
+        self.configure()
+        self.relay.hang_after_body = True
+        message_id = self.enqueue()
+        service = self.start()
+        stopping = service.stopService()
+        settle(self.clock)
+        self.assertNoResult(stopping)
+        self.relay.hang_after_body = False
+        self.relay.live[0].send("250 2.0.0 OK late")
+        settle(self.clock)
+        self.successResultOf(stopping)
+        self.assertEqual(self.state(message_id), "sent")
