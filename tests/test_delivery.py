@@ -277,7 +277,9 @@ class StopTests(DeliveryCase):
         self.relay_keys = "max_connections = 1\n"
         self.configure()
         self.relay.hang_after_body = True
-        first, second = self.enqueue(), self.enqueue()
+        first = self.enqueue()
+        self.clock.advance(1)  # older first: the first is on the wire, the second waits
+        second = self.enqueue()
         service = self.start()
         self.assertEqual((self.state(first), self.state(second)), ("active", "active"))
         stopping = service.stopService()
