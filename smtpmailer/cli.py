@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from smtpmailer.queue.sqlite import SQLiteQueue
 
 
-class Failure(Exception):
+class CommandError(Exception):
     """A failure the user must fix: printed as one line on stderr, exit status 1."""
 
 
@@ -30,9 +30,9 @@ def _read_text(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
     except OSError as error:
-        raise Failure(f"cannot read {what} {path}: {error.strerror}") from None
+        raise CommandError(f"cannot read {what} {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise Failure(f"{what} {path} is not UTF-8 text") from None
+        raise CommandError(f"{what} {path} is not UTF-8 text") from None
 
 
 def _open_queue(config: Config) -> SQLiteQueue:
@@ -49,12 +49,14 @@ def cmd_send(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     try:
         priority = parse_priority(args.priority)
     except ValueError as error:
-        raise Failure(str(error)) from None
+        raise CommandError(str(error)) from None
     now = time.time()
     if args.extract or args.recipients:
         if args.subject is not None or args.to or args.cc or args.bcc or args.attach:
-            raise Failure("-t and RCPT arguments read a whole message from stdin; "
-                          "--to/--cc/--bcc/--subject/--attach build one instead")
+            raise CommandError(
+                "-t and RCPT arguments read a whole message from stdin; "
+                "--to/--cc/--bcc/--subject/--attach build one instead"
+            )
         data = sys.stdin.buffer.read()
         envelope = prepare_raw(
             data,
@@ -65,11 +67,11 @@ def cmd_send(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
         )
     else:
         if not args.sender:
-            raise Failure("--from is required")
+            raise CommandError("--from is required")
         if args.subject is None:
-            raise Failure("--subject is required (or use -t to send a message from stdin)")
+            raise CommandError("--subject is required (or use -t to send a message from stdin)")
         if args.body is not None and args.body_file is not None:
-            raise Failure("give --body or --body-file, not both")
+            raise CommandError("give --body or --body-file, not both")
         body = args.body if args.body is not None else ""
         if args.body_file is not None:
             body = _read_text(args.body_file, "body file")
@@ -142,7 +144,7 @@ def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
         action = args.queue_command
         if action == "list":
             if args.state and args.state not in STATES:
-                raise Failure(f"--state {args.state!r} is not one of: {', '.join(STATES)}")
+                raise CommandError(f"--state {args.state!r} is not one of: {', '.join(STATES)}")
             messages = store.messages(state=args.state, limit=args.limit)
             if args.json:
                 _write_json_stream((m.as_json(now) for m in messages), out)
@@ -150,12 +152,19 @@ def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
             count = 0
             for info in messages:
                 if count == 0:
-                    print(f"{'ID':<13} {'STATE':<9} {'PRIO':<7} {'AGE':>5} {'TRIES':>5}  "
-                          f"{'SIZE':>8}  SENDER / RECIPIENTS", file=out)
+                    print(
+                        f"{'ID':<13} {'STATE':<9} {'PRIO':<7} {'AGE':>5} {'TRIES':>5}  "
+                        f"{'SIZE':>8}  SENDER / RECIPIENTS",
+                        file=out,
+                    )
                 _print_message(info, now, out)
                 count += 1
-            print(f"-- {count} message{'s' if count != 1 else ''}"
-                  if count else "Mail queue is empty", file=out)
+            print(
+                f"-- {count} message{'s' if count != 1 else ''}"
+                if count
+                else "Mail queue is empty",
+                file=out,
+            )
             return 0
         if action == "show":
             info = store.show(args.id)
@@ -177,11 +186,13 @@ def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
             return _stats(store, now, args.json, out)
         if action == "retry":
             if args.all == bool(args.id):
-                raise Failure("give a message ID or --all")
+                raise CommandError("give a message ID or --all")
             if args.all:
                 count = store.retry_all(now)
-                print(f"{count} deferred message{'s' if count != 1 else ''} queued for delivery",
-                      file=out)
+                print(
+                    f"{count} deferred message{'s' if count != 1 else ''} queued for delivery",
+                    file=out,
+                )
             else:
                 store.retry(args.id, now)
                 print(f"{args.id}: queued for delivery", file=out)
@@ -222,8 +233,10 @@ def _stats(store: SQLiteQueue, now: float, as_json: bool, out: IO[str]) -> int:
     for state in STATES:
         print(f"{state:<10} {counts.get(state, 0):>9}", file=out)
     print(f"{'oldest':<10} {_age(now - oldest) if oldest is not None else '-':>9}", file=out)
-    print(f"last hour: {rates['sent']} sent, {rates['failed']} failed, "
-          f"{rates['deferred']} deferred", file=out)
+    print(
+        f"last hour: {rates['sent']} sent, {rates['failed']} failed, {rates['deferred']} deferred",
+        file=out,
+    )
     return 0
 
 
@@ -243,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smtpmailer", description="Queue mail and manage the smtpmailer queue."
     )
-    parser.add_argument("--config", metavar="PATH",
-                        help="config file (default: $SMTPMAILER_CONFIG, then "
-                             "/etc/smtpmailer/smtpmailer.conf)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $SMTPMAILER_CONFIG, then /etc/smtpmailer/smtpmailer.conf)",
+    )
     parser.add_argument("--version", action="version", version=__version__.public())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -261,10 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--attach", action="append", default=[], metavar="FILE")
     send.add_argument("--header", action="append", default=[], metavar="'K: V'")
     send.add_argument("--priority", default="normal", help="high, normal, low or 0-9")
-    send.add_argument("-t", dest="extract", action="store_true",
-                      help="read a raw message from stdin; recipients from To/Cc/Bcc")
-    send.add_argument("recipients", nargs="*", metavar="RCPT",
-                      help="read a raw message from stdin and send it to these recipients")
+    send.add_argument(
+        "-t",
+        dest="extract",
+        action="store_true",
+        help="read a raw message from stdin; recipients from To/Cc/Bcc",
+    )
+    send.add_argument(
+        "recipients",
+        nargs="*",
+        metavar="RCPT",
+        help="read a raw message from stdin and send it to these recipients",
+    )
     send.set_defaults(handler=cmd_send)
 
     queue = commands.add_parser("queue", help="inspect and manage the queue")
@@ -280,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry = actions.add_parser("retry", help="attempt a message now; --all flushes deferred")
     retry.add_argument("id", nargs="?")
     retry.add_argument("--all", action="store_true")
-    for name, text in (("delete", "remove a message"), ("hold", "keep a message from delivery"),
-                       ("release", "let a held message go")):
+    for name, text in (
+        ("delete", "remove a message"),
+        ("hold", "keep a message from delivery"),
+        ("release", "let a held message go"),
+    ):
         actions.add_parser(name, help=text).add_argument("id")
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
     stats.add_argument("--json", action="store_true")
@@ -306,7 +332,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         for warning in config.warnings:
             print(f"smtpmailer: warning: {warning}", file=sys.stderr)
         return handler(args, config, out)
-    except (ConfigError, MessageError, QueueError, Failure) as error:
+    except (ConfigError, MessageError, QueueError, CommandError) as error:
         print(f"smtpmailer: {error}", file=sys.stderr)
         return 1
 

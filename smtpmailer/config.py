@@ -313,7 +313,9 @@ def _read_secret(reader: _Reader, base: str, warnings: list[str]) -> str | None:
         with open(secret_path, encoding="utf-8") as handle:
             secret = handle.read().rstrip("\r\n")
     except OSError as error:
-        raise reader.fail(key, f"password_file: cannot read {secret_path}: {error.strerror}")
+        raise reader.fail(
+            key, f"password_file: cannot read {secret_path}: {error.strerror}"
+        ) from None
     if _world_readable(secret_path):
         warnings.append(f"{secret_path}: password file is world-readable; chmod 0600 it")
     return secret
@@ -518,8 +520,10 @@ def render_config(config: Config) -> str:
         ],
     )
     for relay in config.relays:
-        title = "Relay" if len(config.relays) == 1 and relay.name == "default" else (
-            f"Relay:{relay.name}"
+        title = (
+            "Relay"
+            if len(config.relays) == 1 and relay.name == "default"
+            else (f"Relay:{relay.name}")
         )
         rate = (
             f"{relay.rate_limit[0]}/{format_duration(relay.rate_limit[1])[-1]}"

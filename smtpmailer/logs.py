@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -41,9 +42,9 @@ class Log:
     def error(self, text: str, **fields: object) -> None:
         self._emit(LogLevel.error, text, **fields)
 
-    def failure(self, text: str, **fields: object) -> None:
-        """Log the current exception with its traceback (always, whatever the level)."""
-        self._logger.failure(text, **fields)
+    def failure(self, text: str, failure: Failure | None = None, **fields: object) -> None:
+        """Log a failure with its traceback (always, whatever the level)."""
+        self._logger.failure(text, failure, LogLevel.critical, **fields)
 
 
 log = Log("smtpmailer")

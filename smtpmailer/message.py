@@ -22,8 +22,16 @@ _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _LITERAL = re.compile(r"^\[(?:\d{1,3}\.){3}\d{1,3}\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 # Headers that the builder owns: a --header that sets one of these would contradict it.
-_BUILT_HEADERS = {"from", "to", "cc", "bcc", "subject", "content-type", "mime-version",
-                  "content-transfer-encoding"}
+_BUILT_HEADERS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "content-type",
+    "mime-version",
+    "content-transfer-encoding",
+}
 
 
 class MessageError(ValueError):
@@ -73,7 +81,9 @@ def normalize_address(text: str, what: str = "address") -> str:
 def check_header_value(name: str, value: str) -> None:
     """Refuse CR and LF in any value that becomes a header: that is header injection."""
     if "\r" in value or "\n" in value or "\0" in value:
-        raise MessageError(f"{name} contains a line break (CR/LF) or NUL; refusing header injection")
+        raise MessageError(
+            f"{name} contains a line break (CR/LF) or NUL; refusing header injection"
+        )
 
 
 def parse_header_option(text: str) -> tuple[str, str]:

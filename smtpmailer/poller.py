@@ -40,7 +40,7 @@ class QueuePoller(TimerService):
         clock: IReactorTime,
     ) -> None:
         super().__init__(config.queue.poll_interval, self.tick)
-        self.clock = clock
+        self.clock = self._clock = clock
         self.config = config
         self._queue = queue
         self._delivery = delivery
@@ -60,7 +60,7 @@ class QueuePoller(TimerService):
             self._again = True
             return
         if self._wakeup is None or not self._wakeup.active():
-            self._wakeup = self.clock.callLater(0, self.tick)
+            self._wakeup = self._clock.callLater(0, self.tick)
 
     def wake_if_more(self) -> None:
         if self.last_batch_full:
@@ -92,13 +92,13 @@ class QueuePoller(TimerService):
         if limit <= 0:
             self.last_batch_full = True  # no room to look: assume more is due
         else:
-            now = self.clock.seconds()
+            now = self._clock.seconds()
             leases = await self._queue.lease(now, limit, lease_seconds(self.config))
             self.last_batch_full = len(leases) == limit
             if leases:
                 log.debug("leased {n} message(s)", n=len(leases))
                 self._delivery.submit(leases)
-        now = self.clock.seconds()
+        now = self._clock.seconds()
         if now - self._last_purge >= PURGE_EVERY:
             self._last_purge = now
             purged = await self._queue.purge_sent(now - self.config.queue.keep_sent, PURGE_SLICE)
@@ -108,4 +108,4 @@ class QueuePoller(TimerService):
     def stopService(self) -> Deferred[None]:
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
-        return super().stopService()  # type: ignore[no-any-return]
+        return super().stopService()

@@ -88,8 +88,11 @@ class MailerService(MultiService):
         self.queue.attach(store)
         reclaimed = store.reclaim_all_leases()
         if reclaimed:
-            log.warn("{n} message(s) were being delivered when the daemon last stopped; "
-                     "they are queued again", n=reclaimed)
+            log.warn(
+                "{n} message(s) were being delivered when the daemon last stopped; "
+                "they are queued again",
+                n=reclaimed,
+            )
         if self._listen_wakeup:
             self._wakeup_port = self._listen_for_wakeups()
         counts = store.counts()
@@ -122,8 +125,11 @@ class MailerService(MultiService):
             port = self._reactor.listenUNIXDatagram(path, _Wakeup(self.poller))
             os.chmod(path, 0o666)
         except (CannotListenError, OSError) as error:
-            log.warn("wakeup socket {path} unavailable ({error}); new mail waits for the "
-                     "next poll", path=path, error=getattr(error, "socketError", error))
+            log.warn(
+                "wakeup socket {path} unavailable ({error}); new mail waits for the next poll",
+                path=path,
+                error=getattr(error, "socketError", error),
+            )
             return None
         return port
 
@@ -132,8 +138,9 @@ class MailerService(MultiService):
         self.running = False
 
         async def stop() -> None:
-            await DeferredList([maybeDeferred(self.stats.stopService),
-                                maybeDeferred(self.poller.stopService)])
+            await DeferredList(
+                [maybeDeferred(self.stats.stopService), maybeDeferred(self.poller.stopService)]
+            )
             await maybeDeferred(self.delivery.stopService)
             if self._wakeup_port is not None:
                 await maybeDeferred(self._wakeup_port.stopListening)

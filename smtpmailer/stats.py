@@ -40,7 +40,7 @@ class StatsService(TimerService):
         # A zero interval turns the line off; TimerService needs a positive step anyway.
         self.enabled = config.logging.stats_interval > 0
         super().__init__(config.logging.stats_interval or 3600.0, self.tick)
-        self.clock = clock
+        self.clock = self._clock = clock
         self.config = config
         self._queue = queue
         self._delivery = delivery
@@ -62,7 +62,7 @@ class StatsService(TimerService):
     async def _log(self) -> None:
         counts = await self._queue.counts()
         oldest = await self._queue.oldest_pending()
-        now = self.clock.seconds()
+        now = self._clock.seconds()
         current = Counter(self._delivery.counters)
         outcomes = current - self._previous
         self._previous = current

@@ -22,8 +22,7 @@ def enqueue_envelope(
     limit = config.queue.max_message_size
     if len(envelope.data) > limit:
         raise MessageError(
-            f"message is {len(envelope.data)} bytes, over max_message_size "
-            f"({format_size(limit)})"
+            f"message is {len(envelope.data)} bytes, over max_message_size ({format_size(limit)})"
         )
     sender = normalize_address(envelope.sender, "sender")
     recipients = [normalize_address(r, "recipient") for r in envelope.recipients]

@@ -78,7 +78,7 @@ def check_queue(config: Config) -> None:
 
 
 def makeService(options: Options) -> Any:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed_reactor
     from twisted.internet.threads import deferToThreadPool
 
     from smtpmailer.delivery.service import tcp_connector
@@ -86,11 +86,12 @@ def makeService(options: Options) -> Any:
     from smtpmailer.queue.sqlite import SQLiteQueue
     from smtpmailer.service import MailerService
 
+    reactor: Any = installed_reactor
     config = options.config
-    queue_thread = QueueThread(reactor)  # type: ignore[arg-type]
+    queue_thread = QueueThread(reactor)
 
     def blocking(function: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)  # type: ignore[attr-defined]
+        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     service = MailerService(
         config,

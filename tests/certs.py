@@ -23,7 +23,7 @@ class TestCA:
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name("smtpmailer test CA"))
@@ -43,10 +43,12 @@ class TestCA:
         with open(self.ca_file, "wb") as handle:
             handle.write(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> tuple[str, str]:
+    def issue(
+        self, name: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()
+    ) -> tuple[str, str]:
         """Return (cert path, key path) for a server known by these names."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         cert = (

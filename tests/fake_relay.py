@@ -92,7 +92,9 @@ class _Connection:
                     return
                 reply = relay.data_replies.pop(0) if relay.data_replies else "250 2.0.0 OK"
                 if reply.startswith("2"):
-                    relay.messages.append((self.sender, list(self.recipients), b"\r\n".join(self.body)))
+                    relay.messages.append(
+                        (self.sender, list(self.recipients), b"\r\n".join(self.body))
+                    )
                 self.send(reply)
             else:
                 self.body.append(line[1:].encode() if line.startswith(".") else line.encode())

@@ -13,7 +13,6 @@ from typing import Any
 import attrs
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-
 # aiosmtpd logs every TLS handshake a test makes fail on purpose; keep test output readable.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 

@@ -22,8 +22,10 @@ class CLITestCase(SynchronousTestCase):
 
     def write_config(self, queue: str = "") -> None:
         with open(self.config, "w") as handle:
-            handle.write(f"[Daemon]\nstate_dir = var\n[Queue]\n{queue}\n"
-                         "[Relay]\ntransport = maildir\npath = var/md\n")
+            handle.write(
+                f"[Daemon]\nstate_dir = var\n[Queue]\n{queue}\n"
+                "[Relay]\ntransport = maildir\npath = var/md\n"
+            )
 
     def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -51,8 +53,9 @@ class CLITestCase(SynchronousTestCase):
 
 class SendTests(CLITestCase):
     def test_send_prints_the_committed_id(self) -> None:
-        message_id = self.send("--to", "a@example.org", "--subject", "s", "--body", "b",
-                               "--priority", "high")
+        message_id = self.send(
+            "--to", "a@example.org", "--subject", "s", "--body", "b", "--priority", "high"
+        )
         store = SQLiteQueue(os.path.join(self.dir, "var", "queue.sqlite3"))
         self.addCleanup(store.close)
         info = store.show(message_id)
@@ -68,12 +71,18 @@ class SendTests(CLITestCase):
             (["--to", "not an address", "--subject", "s"], "is not an email address"),
             (["--to", "a b@example.org", "--subject", "s"], "invalid local part"),
             (["--to", "a@example.org", "--subject", "s\r\nBcc: v@example.org"], "CR/LF"),
-            (["--to", "a@example.org", "--subject", "s", "--header", "X-A: 1\nBcc: v@x.org"],
-             "CR/LF"),
-            (["--to", "a@example.org", "--subject", "s", "--body-file", big],
-             "over max_message_size (2KB)"),
-            (["--to", "a@example.org", "--subject", "s", "--attach", "/nonexistent/file"],
-             "cannot read attachment /nonexistent/file"),
+            (
+                ["--to", "a@example.org", "--subject", "s", "--header", "X-A: 1\nBcc: v@x.org"],
+                "CR/LF",
+            ),
+            (
+                ["--to", "a@example.org", "--subject", "s", "--body-file", big],
+                "over max_message_size (2KB)",
+            ),
+            (
+                ["--to", "a@example.org", "--subject", "s", "--attach", "/nonexistent/file"],
+                "cannot read attachment /nonexistent/file",
+            ),
             (["--to", "a@example.org"], "--subject is required"),
             (["--to", "a@example.org", "--subject", "s", "--priority", "urgent"], "priority"),
         ]
@@ -89,24 +98,31 @@ class SendTests(CLITestCase):
     def test_full_queue(self) -> None:
         self.write_config("max_queue_size = 1")
         self.send("--to", "a@example.org", "--subject", "s")
-        code, _, err = self.run_cli("send", "--from", "app@example.com", "--to", "a@example.org",
-                                    "--subject", "s")
+        code, _, err = self.run_cli(
+            "send", "--from", "app@example.com", "--to", "a@example.org", "--subject", "s"
+        )
         self.assertEqual(code, 1)
         self.assertIn("queue is full (1 messages, max_queue_size = 1)", err)
         self.assertEqual(len(self.queued()), 1)
 
     def test_raw_with_t(self) -> None:
         code, out, err = self.run_cli(
-            "send", "-t", stdin=b"From: a@example.com\nTo: b@example.org\nBcc: c@example.org\n"
-                                b"Subject: raw\n\nhello\n")
+            "send",
+            "-t",
+            stdin=b"From: a@example.com\nTo: b@example.org\nBcc: c@example.org\n"
+            b"Subject: raw\n\nhello\n",
+        )
         self.assertEqual((code, err), (0, ""))
         (info,) = self.queued()
-        self.assertEqual([r["address"] for r in info["recipients"]],  # type: ignore[index, union-attr]
-                         ["b@example.org", "c@example.org"])
+        self.assertEqual(
+            [r["address"] for r in info["recipients"]],  # type: ignore[index, union-attr]
+            ["b@example.org", "c@example.org"],
+        )
 
     def test_raw_with_recipients(self) -> None:
-        code, _, _ = self.run_cli("send", "x@example.org",
-                                  stdin=b"From: a@example.com\nSubject: r\n\nhi\n")
+        code, _, _ = self.run_cli(
+            "send", "x@example.org", stdin=b"From: a@example.com\nSubject: r\n\nhi\n"
+        )
         self.assertEqual(code, 0)
 
     def test_usage_errors_exit_2(self) -> None:
@@ -116,8 +132,9 @@ class SendTests(CLITestCase):
 
 class QueueCommandTests(CLITestCase):
     def test_list_show_hold_release_delete(self) -> None:
-        message_id = self.send("--to", "a@example.org", "--to", "b@example.org",
-                               "--subject", "hello", "--body", "b")
+        message_id = self.send(
+            "--to", "a@example.org", "--to", "b@example.org", "--subject", "hello", "--body", "b"
+        )
         code, out, _ = self.run_cli("queue", "list")
         self.assertEqual(code, 0)
         self.assertIn(message_id, out)
@@ -126,7 +143,9 @@ class QueueCommandTests(CLITestCase):
         self.assertIn("-- 1 message", out)
         code, out, _ = self.run_cli("queue", "show", message_id)
         self.assertIn("Subject: hello", out)
-        self.assertEqual(self.run_cli("queue", "hold", message_id)[:2], (0, f"{message_id}: held\n"))
+        self.assertEqual(
+            self.run_cli("queue", "hold", message_id)[:2], (0, f"{message_id}: held\n")
+        )
         self.assertEqual(self.queued()[0]["state"], "held")
         code, out, _ = self.run_cli("queue", "list", "--state", "queued")
         self.assertIn("Mail queue is empty", out)
@@ -164,8 +183,11 @@ class ConfigCommandTests(CLITestCase):
             handle.write("max_conections = 3\n")
         code, out, err = self.run_cli("config", "--check")
         self.assertEqual(code, 1)
-        self.assertEqual(err, f"smtpmailer: {self.config}:8: unknown key 'max_conections' in "
-                              "[Relay] (did you mean 'max_connections'?)\n")
+        self.assertEqual(
+            err,
+            f"smtpmailer: {self.config}:8: unknown key 'max_conections' in "
+            "[Relay] (did you mean 'max_connections'?)\n",
+        )
 
     def test_effective_config(self) -> None:
         code, out, _ = self.run_cli("config")

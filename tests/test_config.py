@@ -39,8 +39,9 @@ class UnitTests(SynchronousTestCase):
 
     def test_format_duration_round_trips(self) -> None:
         for text in ("30s", "5m", "2h", "5d", "90s"):
-            self.assertEqual(parse_duration(format_duration(parse_duration(text))),
-                             parse_duration(text))
+            self.assertEqual(
+                parse_duration(format_duration(parse_duration(text))), parse_duration(text)
+            )
 
 
 class ConfigTests(SynchronousTestCase):
@@ -72,8 +73,10 @@ class ConfigTests(SynchronousTestCase):
         )
 
     def test_unknown_section_has_hint(self) -> None:
-        self.assertIn(":1: unknown section [Releay] (did you mean 'Relay'?)",
-                      self.error("[Releay]\nhost = x\n"))
+        self.assertIn(
+            ":1: unknown section [Releay] (did you mean 'Relay'?)",
+            self.error("[Releay]\nhost = x\n"),
+        )
 
     def test_bad_values_name_the_line(self) -> None:
         cases = {
@@ -93,28 +96,39 @@ class ConfigTests(SynchronousTestCase):
     def test_structure_errors(self) -> None:
         self.assertIn("no [Relay] section", self.error("[Queue]\n"))
         self.assertIn(":1: [Relay] needs a host", self.error("[Relay]\nport = 25\n"))
-        self.assertIn(":3: key 'host' appears twice (first at line 2)",
-                      self.error("[Relay]\nhost = a\nhost = b\n"))
+        self.assertIn(
+            ":3: key 'host' appears twice (first at line 2)",
+            self.error("[Relay]\nhost = a\nhost = b\n"),
+        )
         self.assertIn(":1: key outside any [Section]", self.error("host = a\n"))
         self.assertIn(":2: expected 'key = value'", self.error("[Relay]\nhost\n"))
-        self.assertIn("name each: [Relay:NAME]",
-                      self.error("[Relay]\nhost = a\n[Relay:b]\nhost = b\n"))
-        self.assertIn("max_retry_delay is shorter than retry_delay",
-                      self.error("[Queue]\nretry_delay = 1h\nmax_retry_delay = 1m\n" + MINIMAL))
+        self.assertIn(
+            "name each: [Relay:NAME]", self.error("[Relay]\nhost = a\n[Relay:b]\nhost = b\n")
+        )
+        self.assertIn(
+            "max_retry_delay is shorter than retry_delay",
+            self.error("[Queue]\nretry_delay = 1h\nmax_retry_delay = 1m\n" + MINIMAL),
+        )
 
     def test_not_yet_built_sections_are_refused_not_ignored(self) -> None:
-        self.assertIn("[Status]: the status HTTP service is not implemented yet",
-                      self.error(MINIMAL + "[Status]\nlisten = tcp:8025\n"))
-        self.assertIn("postgresql is not implemented yet",
-                      self.error("[Queue]\nbackend = postgresql\n" + MINIMAL))
+        self.assertIn(
+            "[Status]: the status HTTP service is not implemented yet",
+            self.error(MINIMAL + "[Status]\nlisten = tcp:8025\n"),
+        )
+        self.assertIn(
+            "postgresql is not implemented yet",
+            self.error("[Queue]\nbackend = postgresql\n" + MINIMAL),
+        )
 
     def test_inline_comments(self) -> None:
         config = parse_config("[Relay]\nhost = smtp.example.com   ; the smarthost\n", "c")
         self.assertEqual(config.relays[0].host, "smtp.example.com")
 
     def test_several_relays_sorted_by_priority(self) -> None:
-        text = ("[Relay:backup]\nhost = b.example\npriority = 10\n"
-                "[Relay:main]\nhost = a.example\npriority = 1\n")
+        text = (
+            "[Relay:backup]\nhost = b.example\npriority = 10\n"
+            "[Relay:main]\nhost = a.example\npriority = 1\n"
+        )
         config = parse_config(text, "c")
         self.assertEqual([r.name for r in config.relays], ["main", "backup"])
 
@@ -151,14 +165,16 @@ class SecretTests(SynchronousTestCase):
     def test_password_env(self) -> None:
         os.environ["SMTPMAILER_TEST_PW"] = "from-env"
         self.addCleanup(os.environ.pop, "SMTPMAILER_TEST_PW")
-        path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\n"
-                                    "password_env = SMTPMAILER_TEST_PW\n")
+        path = self.write(
+            "c.conf", "[Relay]\nhost = h\nusername = u\npassword_env = SMTPMAILER_TEST_PW\n"
+        )
         self.assertEqual(load_config(path).relays[0].password, "from-env")
         path = self.write("d.conf", "[Relay]\nhost = h\nusername = u\npassword_env = NOPE_X\n")
         with self.assertRaises(ConfigError) as caught:
             load_config(path)
-        self.assertIn("d.conf:4: password_env: environment variable NOPE_X is not set",
-                      str(caught.exception))
+        self.assertIn(
+            "d.conf:4: password_env: environment variable NOPE_X is not set", str(caught.exception)
+        )
 
     def test_world_readable_secrets_are_warned_about(self) -> None:
         path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword = pw\n", 0o644)

@@ -41,12 +41,15 @@ class DeliveryCase(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
     def configure(self, relays: str | None = None, queue: str = "") -> None:
-        relays = relays or ("[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n"
-                            + self.relay_keys)
-        text = (f"[Daemon]\nstate_dir = {self.dir}\nshutdown_timeout = 10s\n"
-                f"[Queue]\npoll_interval = 5s\nretry_delay = 60s\nmax_retry_delay = 10m\n"
-                f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
-                "[Logging]\nstats_interval = 0\n")
+        relays = relays or (
+            "[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n" + self.relay_keys
+        )
+        text = (
+            f"[Daemon]\nstate_dir = {self.dir}\nshutdown_timeout = 10s\n"
+            f"[Queue]\npoll_interval = 5s\nretry_delay = 60s\nmax_retry_delay = 10m\n"
+            f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
+            "[Logging]\nstats_interval = 0\n"
+        )
         self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
         self.store = SQLiteQueue(self.config.queue.path)
 
@@ -79,8 +82,14 @@ class DeliveryCase(SynchronousTestCase):
 
     def enqueue(self, *recipients: str, priority: int = 5, body: bytes = b"hi") -> str:
         data = b"Subject: test\r\n\r\n" + body + b"\r\n"
-        return self.store.enqueue("app@example.com", list(recipients) or ["r@example.org"], data,
-                                  priority, self.clock.seconds(), 10_000)
+        return self.store.enqueue(
+            "app@example.com",
+            list(recipients) or ["r@example.org"],
+            data,
+            priority,
+            self.clock.seconds(),
+            10_000,
+        )
 
     def state(self, message_id: str) -> str:
         """Read through a connection of its own: the service closes its store on stop."""
@@ -101,8 +110,11 @@ class DeliveryTests(DeliveryCase):
         self.assertLessEqual(self.relay.connections, 3)
         self.assertTrue(all(c.nodelay for c in self.relay.live), "TCP_NODELAY is set")
         self.assertEqual(len(self.lines), 3)
-        self.assertRegex(self.lines[0], r"^id=\w{12} to=<r@example.org> relay=a.test\[192.0.2.25\]:25 "
-                                        r"delay=0.00 attempts=1 status=sent \(250 2.0.0 OK\)$")
+        self.assertRegex(
+            self.lines[0],
+            r"^id=\w{12} to=<r@example.org> relay=a.test\[192.0.2.25\]:25 "
+            r"delay=0.00 attempts=1 status=sent \(250 2.0.0 OK\)$",
+        )
         # Idle connections are kept briefly for the next message, then closed with QUIT.
         self.clock.advance(IDLE_TIMEOUT)
         settle(self.clock)
@@ -144,8 +156,10 @@ class DeliveryTests(DeliveryCase):
         self.enqueue("normal@example.org", priority=5)
         self.enqueue("high@example.org", priority=9)
         self.start()
-        self.assertEqual([m[1][0] for m in self.relay.messages],
-                         ["high@example.org", "normal@example.org", "low@example.org"])
+        self.assertEqual(
+            [m[1][0] for m in self.relay.messages],
+            ["high@example.org", "normal@example.org", "low@example.org"],
+        )
 
     def test_wake_delivers_without_waiting_for_the_poll(self) -> None:
         self.configure()
@@ -182,8 +196,9 @@ class DeliveryTests(DeliveryCase):
         info = self.store.show(message_id)
         self.assertEqual((info.state, info.attempts), ("failed", 3))
         self.assertIn("retries exhausted after 3 attempts", info.last_error or "")
-        self.assertIn("status=failed (451 4.3.0 later; retries exhausted after 3 attempts)",
-                      self.lines[-1])
+        self.assertIn(
+            "status=failed (451 4.3.0 later; retries exhausted after 3 attempts)", self.lines[-1]
+        )
 
     def test_relay_down_defers_everything_waiting_at_once(self) -> None:
         self.configure()
@@ -198,8 +213,10 @@ class DeliveryTests(DeliveryCase):
         self.assertEqual({self.state(i) for i in ids}, {"sent"})
 
     def test_fails_over_to_the_next_relay(self) -> None:
-        self.configure("[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
-                       "[Relay:backup]\nhost = b.test\nsecurity = none\nport = 26\npriority = 2\n")
+        self.configure(
+            "[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
+            "[Relay:backup]\nhost = b.test\nsecurity = none\nport = 26\npriority = 2\n"
+        )
         self.relays["a.test"].refuse = True
         message_id = self.enqueue()
         self.start()
@@ -209,21 +226,25 @@ class DeliveryTests(DeliveryCase):
 
     def test_per_recipient_outcomes_are_kept(self) -> None:
         self.configure()
-        self.relay.rcpt_replies = {"bad@example.org": "550 5.1.1 unknown",
-                                   "grey@example.org": "450 4.7.1 greylisted"}
+        self.relay.rcpt_replies = {
+            "bad@example.org": "550 5.1.1 unknown",
+            "grey@example.org": "450 4.7.1 greylisted",
+        }
         message_id = self.enqueue("ok@example.org", "bad@example.org", "grey@example.org")
         self.start()
         info = self.store.show(message_id)
         self.assertEqual(info.state, "deferred")
-        self.assertEqual({r.address: r.state for r in info.recipients},
-                         {"ok@example.org": "sent", "bad@example.org": "failed",
-                          "grey@example.org": "pending"})
+        self.assertEqual(
+            {r.address: r.state for r in info.recipients},
+            {"ok@example.org": "sent", "bad@example.org": "failed", "grey@example.org": "pending"},
+        )
         self.relay.rcpt_replies = {}
         self.clock.advance(61)
         settle(self.clock)
         self.assertEqual(self.state(message_id), "failed")  # bad@ stays failed
-        self.assertEqual([m[1] for m in self.relay.messages],
-                         [["ok@example.org"], ["grey@example.org"]])
+        self.assertEqual(
+            [m[1] for m in self.relay.messages], [["ok@example.org"], ["grey@example.org"]]
+        )
 
     def test_rate_limit_spaces_messages(self) -> None:
         self.relay_keys = "rate_limit = 2/s\nmax_connections = 1\n"

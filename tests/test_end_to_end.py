@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -73,14 +74,34 @@ class DeliveryTests(EndToEndCase):
         """Messages go over verified STARTTLS with AUTH; the log has one line per recipient."""
         peer = self.start_peer()
         daemon = self.start_daemon(peer.port).start()
-        first = daemon.send("--from", "App <app@example.com>", "--to", "a@example.org",
-                            "--to", "b@example.org", "--subject", "Grüße", "--body", "one")
-        second = daemon.send("--from", "app@example.com", "--to", "c@example.org",
-                             "--subject", "two", "--body", ".leading dot\n.\nend")
+        first = daemon.send(
+            "--from",
+            "App <app@example.com>",
+            "--to",
+            "a@example.org",
+            "--to",
+            "b@example.org",
+            "--subject",
+            "Grüße",
+            "--body",
+            "one",
+        )
+        second = daemon.send(
+            "--from",
+            "app@example.com",
+            "--to",
+            "c@example.org",
+            "--subject",
+            "two",
+            "--body",
+            ".leading dot\n.\nend",
+        )
         wait_until(lambda: len(peer.messages()) == 2, what="two messages at the relay")
         got = {m.header("Subject"): m for m in peer.messages()}
-        self.assertEqual(sorted(got["=?utf-8?q?Gr=C3=BC=C3=9Fe?="].recipients),
-                         ["a@example.org", "b@example.org"])
+        self.assertEqual(
+            sorted(got["=?utf-8?q?Gr=C3=BC=C3=9Fe?="].recipients),
+            ["a@example.org", "b@example.org"],
+        )
         for message in got.values():
             self.assertTrue(message.tls)
             self.assertEqual(message.authenticated_as, "app")
@@ -102,8 +123,18 @@ class DeliveryTests(EndToEndCase):
         peer = self.start_peer()
         peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 no such user"})
         daemon = self.start_daemon(peer.port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "good@example.org",
-                                 "--to", "bad@example.org", "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from",
+            "app@example.com",
+            "--to",
+            "good@example.org",
+            "--to",
+            "bad@example.org",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+        )
         wait_until(lambda: daemon.states() == {"failed": 1}, what="the message to fail")
         info = daemon.message(message_id)
         recipients = {r["address"]: r for r in info["recipients"]}
@@ -115,18 +146,22 @@ class DeliveryTests(EndToEndCase):
         peer.set(reject_rcpt={})
         self.assertEqual(daemon.cli("queue", "retry", message_id).returncode, 0)
         wait_until(lambda: daemon.states() == {"sent": 1}, what="the retry to succeed")
-        self.assertEqual([m.recipients for m in peer.messages()],
-                         [["good@example.org"], ["bad@example.org"]])
+        self.assertEqual(
+            [m.recipients for m in peer.messages()], [["good@example.org"], ["bad@example.org"]]
+        )
 
     def test_temporary_failures_back_off_then_deliver(self) -> None:
         """451 twice: deferred with the reason, retried with backoff, sent on attempt 3."""
         peer = self.start_peer()
         peer.set(tempfail_data=2)
         daemon = self.start_daemon(peer.port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after two 451s")
-        statuses = [(line["attempts"], line["status"]) for line in self.outcomes(daemon, message_id)]
+        statuses = [
+            (line["attempts"], line["status"]) for line in self.outcomes(daemon, message_id)
+        ]
         self.assertEqual(statuses, [("1", "deferred"), ("2", "deferred"), ("3", "sent")])
         self.assertIn("451 4.3.0 try again later", self.outcomes(daemon, message_id)[0]["reply"])
         self.assertEqual(len(peer.messages()), 1)
@@ -137,8 +172,9 @@ class DeliveryTests(EndToEndCase):
         closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         port = closed.getsockname()[1]
         daemon = self.start_daemon(port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
         self.assertIn("connection refused", daemon.message(message_id)["last_error"])
         closed.close()
@@ -151,8 +187,9 @@ class DeliveryTests(EndToEndCase):
         wrong = self.ca.issue("elsewhere", dns=("elsewhere.example",))
         peer = self.start_peer(cert=wrong)
         daemon = self.start_daemon(peer.port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
         self.assertRegex(daemon.message(message_id)["last_error"], "TLS")
         self.assertEqual(peer.messages(), [])
@@ -161,8 +198,9 @@ class DeliveryTests(EndToEndCase):
         """Without ca_file, a private CA is not trusted."""
         peer = self.start_peer()
         daemon = self.start_daemon(peer.port, ca_file="").start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
         self.assertIn("TLS", daemon.message(message_id)["last_error"])
         self.assertEqual(peer.messages(), [])
@@ -172,8 +210,9 @@ class DeliveryTests(EndToEndCase):
         peer = self.start_peer()
         peer.set(drop_in_data=1)
         daemon = self.start_daemon(peer.port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after the drop")
         lines = self.outcomes(daemon, message_id)
         self.assertEqual([line["status"] for line in lines], ["deferred", "sent"])
@@ -185,8 +224,9 @@ class DeliveryTests(EndToEndCase):
         peer = self.start_peer()
         peer.set(stall_data=True)
         daemon = self.start_daemon(peer.port, timeout="1s").start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
         self.assertIn("no reply from the relay within 1s", daemon.message(message_id)["last_error"])
 
@@ -196,8 +236,9 @@ class DeliveryTests(EndToEndCase):
         with open(self.secret, "w") as handle:
             handle.write("wrong\n")
         daemon = self.start_daemon(peer.port).start()
-        message_id = daemon.send("--from", "app@example.com", "--to", "a@example.org",
-                                 "--subject", "s", "--body", "b")
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
+        )
         wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
         self.assertIn("authentication failed", daemon.message(message_id)["last_error"])
         self.assertNotIn("wrong", daemon.log().replace("wrong password", ""))
@@ -210,8 +251,10 @@ class CrashTests(EndToEndCase):
         os.makedirs(daemon.state_dir, exist_ok=True)
         store = SQLiteQueue(os.path.join(daemon.state_dir, "queue.sqlite3"))
         for number in range(count):
-            body = (f"From: app@example.com\r\nTo: a@example.org\r\nX-Seq: {number}\r\n"
-                    f"Subject: bulk {number}\r\n\r\n" + "x" * 900 + "\r\n").encode()
+            body = (
+                f"From: app@example.com\r\nTo: a@example.org\r\nX-Seq: {number}\r\n"
+                f"Subject: bulk {number}\r\n\r\n" + "x" * 900 + "\r\n"
+            ).encode()
             store.enqueue("app@example.com", ["a@example.org"], body, 5, float(number), 10**6)
         store.close()
 
@@ -248,21 +291,40 @@ class CrashTests(EndToEndCase):
         body = os.path.join(self.home, "big.txt")
         with open(body, "w") as handle:
             handle.write(("y" * 76 + "\n") * 200_000)  # ~15 MB: the commit takes a while
+        wal = os.path.join(daemon.state_dir, "queue.sqlite3-wal")
+        printed: set[str] = set()
+        killed = 0
         for attempt in range(6):
             process = subprocess.Popen(
-                [sys.executable, "-m", "smtpmailer.cli", "--config", daemon.config_path, "send",
-                 "--from", "app@example.com", "--to", "a@example.org",
-                 "--subject", f"big {attempt}", "--body-file", body],
-                env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [
+                    sys.executable,
+                    "-m",
+                    "smtpmailer.cli",
+                    "--config",
+                    daemon.config_path,
+                    "send",
+                    "--from",
+                    "app@example.com",
+                    "--to",
+                    "a@example.org",
+                    "--subject",
+                    f"big {attempt}",
+                    "--body-file",
+                    body,
+                ],
+                env=environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
-            wal = os.path.join(daemon.state_dir, "queue.sqlite3-wal")
             # Kill once the WAL has begun to grow by this attempt's write (mid-transaction).
             start = os.path.getsize(wal) if os.path.exists(wal) else 0
-            wait_until(lambda: process.poll() is not None
-                       or (os.path.exists(wal) and os.path.getsize(wal) > start + 4096 * (1 + attempt)),
-                       what="the write to begin")
+            wait_until(
+                _writing(process, wal, start + 4096 * (1 + attempt)), what="the write to begin"
+            )
             process.kill()
-            process.communicate()
+            out, _ = process.communicate()
+            printed.update(out.decode().split())
+            killed += process.returncode == -signal.SIGKILL
         with daemon.db() as db:
             self.assertEqual(db.execute("PRAGMA integrity_check").fetchone()[0], "ok")
             rows = db.execute(
@@ -271,9 +333,22 @@ class CrashTests(EndToEndCase):
             ).fetchall()
         for message_id, size, stored in rows:
             self.assertEqual(size, stored, f"{message_id} is half-written")
+        # Every id that send printed is queued; at least one kill landed before a commit.
+        self.assertLessEqual(printed, {row[0] for row in rows})
+        self.assertLess(len(rows), 6, "no kill landed mid-write: the test proved nothing")
+        self.assertGreater(killed, 0)
         daemon.start()
-        wait_until(lambda: daemon.states() == ({"sent": len(rows)} if rows else {}),
-                   what="whatever was committed to be delivered")
+        wait_until(
+            lambda: daemon.states() == ({"sent": len(rows)} if rows else {}),
+            what="whatever was committed to be delivered",
+        )
         for message in peer.messages():
             self.assertIn(b"y" * 76, message.data)
             self.assertGreater(len(message.data), 15_000_000)
+
+
+def _writing(process: Any, wal: str, size: int) -> Any:
+    """True once ``process`` ended or the WAL file grew past ``size`` bytes."""
+    return lambda: (
+        process.poll() is not None or (os.path.exists(wal) and os.path.getsize(wal) > size)
+    )

@@ -27,9 +27,20 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(normalize_address("u@[192.0.2.1]"), "u@[192.0.2.1]")
 
     def test_refused(self) -> None:
-        for bad in ("", "plain", "@example.org", "a@", "a b@example.org", "a..b@example.org",
-                    "a@-bad.example", "a@exa_mple.org", "a@b.org, c@d.org", "a@b.org\r\nRCPT TO:<x>",
-                    "jörg@example.org", "<a@b.org"):
+        for bad in (
+            "",
+            "plain",
+            "@example.org",
+            "a@",
+            "a b@example.org",
+            "a..b@example.org",
+            "a@-bad.example",
+            "a@exa_mple.org",
+            "a@b.org, c@d.org",
+            "a@b.org\r\nRCPT TO:<x>",
+            "jörg@example.org",
+            "<a@b.org",
+        ):
             with self.assertRaises(MessageError, msg=bad):
                 normalize_address(bad)
 
@@ -57,8 +68,10 @@ class BuildTests(SynchronousTestCase):
     def test_headers_and_envelope(self) -> None:
         envelope, message = self.build()
         self.assertEqual(envelope.sender, "joerg@example.com")  # type: ignore[attr-defined]
-        self.assertEqual(envelope.recipients,  # type: ignore[attr-defined]
-                         ("a@example.org", "c@example.org", "hidden@example.org"))
+        self.assertEqual(
+            envelope.recipients,  # type: ignore[attr-defined]
+            ("a@example.org", "c@example.org", "hidden@example.org"),
+        )
         self.assertEqual(message["Subject"], "Grüße — ünïcode")  # type: ignore[index]
         self.assertEqual(str(message["From"]), "Jörg Müller <joerg@example.com>")  # type: ignore[index]
         self.assertIsNone(message["Bcc"])  # type: ignore[index]
@@ -67,15 +80,19 @@ class BuildTests(SynchronousTestCase):
         raw = envelope.data  # type: ignore[attr-defined]
         self.assertTrue(raw.isascii(), "built messages are 7-bit clean")
         self.assertNotIn(b"\n", raw.replace(b"\r\n", b""))
-        self.assertIn("Grüße", str(make_header(decode_header(raw.split(b"Subject: ")[1]
-                                                             .split(b"\r\n")[0].decode()))))
+        self.assertIn(
+            "Grüße",
+            str(make_header(decode_header(raw.split(b"Subject: ")[1].split(b"\r\n")[0].decode()))),
+        )
 
     def test_html_and_attachments(self) -> None:
         _, message = self.build(
             html="<p>Hallo</p>",
-            attachments=[Attachment("report.pdf", b"%PDF-1.4 fake"),
-                         Attachment("notes.txt", b"plain notes"),
-                         Attachment("blob", b"\x00\x01")],
+            attachments=[
+                Attachment("report.pdf", b"%PDF-1.4 fake"),
+                Attachment("notes.txt", b"plain notes"),
+                Attachment("blob", b"\x00\x01"),
+            ],
         )
         parts = {part.get_filename(): part for part in message.iter_attachments()}  # type: ignore[attr-defined]
         self.assertEqual(parts["report.pdf"].get_content_type(), "application/pdf")
@@ -96,14 +113,24 @@ class BuildTests(SynchronousTestCase):
 
 
 class RawTests(SynchronousTestCase):
-    RAW = (b"From: App <app@example.com>\nTo: a@example.org, B <b@example.org>\n"
-           b"Cc: c@example.org\nBcc: secret@example.org\n  , other@example.org\n"
-           b"Subject: raw\n\nbody line\n.\n")
+    RAW = (
+        b"From: App <app@example.com>\nTo: a@example.org, B <b@example.org>\n"
+        b"Cc: c@example.org\nBcc: secret@example.org\n  , other@example.org\n"
+        b"Subject: raw\n\nbody line\n.\n"
+    )
 
     def test_extract_recipients_and_strip_bcc(self) -> None:
         envelope = prepare_raw(self.RAW, extract_recipients=True, now=0)
-        self.assertEqual(envelope.recipients, ("a@example.org", "b@example.org", "c@example.org",
-                                               "secret@example.org", "other@example.org"))
+        self.assertEqual(
+            envelope.recipients,
+            (
+                "a@example.org",
+                "b@example.org",
+                "c@example.org",
+                "secret@example.org",
+                "other@example.org",
+            ),
+        )
         self.assertEqual(envelope.sender, "app@example.com")
         self.assertNotIn(b"Bcc", envelope.data)
         self.assertNotIn(b"secret", envelope.data)
@@ -112,8 +139,9 @@ class RawTests(SynchronousTestCase):
         self.assertTrue(envelope.data.endswith(b"\r\n\r\nbody line\r\n.\r\n"))
 
     def test_explicit_recipients_keep_headers(self) -> None:
-        envelope = prepare_raw(self.RAW, recipients=["z@example.org"], sender="bounce@example.com",
-                               now=0)
+        envelope = prepare_raw(
+            self.RAW, recipients=["z@example.org"], sender="bounce@example.com", now=0
+        )
         self.assertEqual(envelope.recipients, ("z@example.org",))
         self.assertEqual(envelope.sender, "bounce@example.com")
         self.assertIn(b"Bcc: secret@example.org", envelope.data)
@@ -125,9 +153,16 @@ class RawTests(SynchronousTestCase):
         self.assertEqual(envelope.data.count(b"Message-ID:"), 1)
 
     def test_refusals(self) -> None:
-        self.assertRaises(MessageError, prepare_raw, b"Subject: x\n\nb\n", extract_recipients=True,
-                          now=0)
-        self.assertRaises(MessageError, prepare_raw, b"To: a@example.org\n\nb\n",
-                          extract_recipients=True, now=0)  # no From, no sender
-        self.assertRaises(MessageError, prepare_raw, b"From: a@b.org\nTo: bad address\n\nb\n",
-                          extract_recipients=True, now=0)
+        self.assertRaises(
+            MessageError, prepare_raw, b"Subject: x\n\nb\n", extract_recipients=True, now=0
+        )
+        self.assertRaises(
+            MessageError, prepare_raw, b"To: a@example.org\n\nb\n", extract_recipients=True, now=0
+        )  # no From, no sender
+        self.assertRaises(
+            MessageError,
+            prepare_raw,
+            b"From: a@b.org\nTo: bad address\n\nb\n",
+            extract_recipients=True,
+            now=0,
+        )

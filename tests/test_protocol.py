@@ -33,19 +33,39 @@ from smtpmailer.queue import Lease
 
 def relay(**overrides: Any) -> RelayConfig:
     values: dict[str, Any] = {
-        "name": "default", "transport": "smtp", "host": "relay.test", "port": 25,
-        "security": "none", "verify": True, "ca_file": None, "auth": "auto", "username": None,
-        "password": None, "helo": "", "max_connections": 1, "max_messages_per_connection": 100,
-        "rate_limit": None, "timeout": 30.0, "priority": 0, "path": None,
+        "name": "default",
+        "transport": "smtp",
+        "host": "relay.test",
+        "port": 25,
+        "security": "none",
+        "verify": True,
+        "ca_file": None,
+        "auth": "auto",
+        "username": None,
+        "password": None,
+        "helo": "",
+        "max_connections": 1,
+        "max_messages_per_connection": 100,
+        "rate_limit": None,
+        "timeout": 30.0,
+        "priority": 0,
+        "path": None,
     }
     values.update(overrides)
     return RelayConfig(**values)
 
 
 def lease(*recipients: str, data: bytes = b"Subject: t\r\n\r\nhello\r\n") -> Lease:
-    return Lease(id="Q1", token="t", sender="app@example.com",
-                 recipients=recipients or ("a@example.org",), data=data, priority=5,
-                 attempts=0, created=0.0)
+    return Lease(
+        id="Q1",
+        token="t",
+        sender="app@example.com",
+        recipients=recipients or ("a@example.org",),
+        data=data,
+        priority=5,
+        attempts=0,
+        created=0.0,
+    )
 
 
 @attrs.define
@@ -103,25 +123,33 @@ class TwistedServerTests(SynchronousTestCase):
 
     def connect(self, config: RelayConfig, users: dict[str, str] | None = None) -> SMTPSession:
         self.delivery = _Delivery()
-        challengers = {b"LOGIN": smtp.LOGINCredentials, b"PLAIN": PLAINCredentials,
-                       b"CRAM-MD5": CramMD5Credentials}
+        challengers = {
+            b"LOGIN": smtp.LOGINCredentials,
+            b"PLAIN": PLAINCredentials,
+            b"CRAM-MD5": CramMD5Credentials,
+        }
         server = smtp.ESMTP(chal=challengers if users else {})
         server.host = b"server.test"
         if users:
             realm = _Realm()
             realm.delivery = self.delivery
             checker = InMemoryUsernamePasswordDatabaseDontUse(
-                **{k: v.encode() for k, v in users.items()})
+                **{k: v.encode() for k, v in users.items()}
+            )
             server.portal = Portal(realm, [checker])
         else:
             server.delivery = self.delivery
         self.clock = Clock()
+        server.callLater = self.clock.callLater  # its idle timeout, off the global reactor
         client = SMTPClientProtocol(self.clock, config.timeout)
         server_address = IPv4Address("TCP", "127.0.0.1", 25)
         client_address = IPv4Address("TCP", "127.0.0.1", 40000)
         self.pump = iosim.connect(
-            server, iosim.FakeTransport(server, True, server_address, client_address),
-            client, iosim.FakeTransport(client, False, client_address, server_address))
+            server,
+            iosim.FakeTransport(server, True, server_address, client_address),
+            client,
+            iosim.FakeTransport(client, False, client_address, server_address),
+        )
         return SMTPSession(client, config, "client.test")
 
     def drive(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -149,11 +177,17 @@ class TwistedServerTests(SynchronousTestCase):
         session = self.connect(relay())
         self.delivery.refuse = {"bad@example.org": 550, "later@example.org": 451}
         self.drive(session.open())
-        results = self.drive(session.deliver(
-            lease("good@example.org", "bad@example.org", "later@example.org")))
-        self.assertEqual([(r.address, r.status) for r in results],
-                         [("good@example.org", "sent"), ("bad@example.org", "failed"),
-                          ("later@example.org", "deferred")])
+        results = self.drive(
+            session.deliver(lease("good@example.org", "bad@example.org", "later@example.org"))
+        )
+        self.assertEqual(
+            [(r.address, r.status) for r in results],
+            [
+                ("good@example.org", "sent"),
+                ("bad@example.org", "failed"),
+                ("later@example.org", "deferred"),
+            ],
+        )
         self.assertTrue(results[1].reply.startswith("550"))
         self.assertEqual(len(self.delivery.messages), 1)
 
@@ -189,8 +223,9 @@ class TwistedServerTests(SynchronousTestCase):
         self.assertEqual(session._mechanism(), "CRAM-MD5")
 
     def test_wrong_password(self) -> None:
-        session = self.connect(relay(auth="plain", username="app", password="nope"),
-                               users={"app": "s3cret"})
+        session = self.connect(
+            relay(auth="plain", username="app", password="nope"), users={"app": "s3cret"}
+        )
         result = Deferred.fromCoroutine(session.open())
         for _ in range(20):
             self.pump.pump()
@@ -229,22 +264,34 @@ class ScriptedServerTests(SynchronousTestCase):
         result = Deferred.fromCoroutine(self.session.open())
         self.reply("220 relay.test ESMTP")
         self.assertEqual(self.sent(), b"EHLO client.test\r\n")
-        self.reply("250-relay.test", *[f"250-{e}" for e in extensions[:-1]],
-                   f"250 {extensions[-1]}" if extensions else "250 OK")
+        self.reply(
+            "250-relay.test",
+            *[f"250-{e}" for e in extensions[:-1]],
+            f"250 {extensions[-1]}" if extensions else "250 OK",
+        )
         self.successResultOf(result)
 
     def test_pipelining_sends_the_envelope_in_one_write(self) -> None:
         self.opened("PIPELINING", "SIZE 1000000", "8BITMIME")
         data = "Subject: ü\r\n\r\n.x\r\nend".encode()
-        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org", "b@x.org", data=data)))
-        self.assertEqual(self.sent(), (f"MAIL FROM:<app@example.com> SIZE={len(data)} BODY=8BITMIME\r\n"
-                                       "RCPT TO:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n").encode())
+        result = Deferred.fromCoroutine(
+            self.session.deliver(lease("a@x.org", "b@x.org", data=data))
+        )
+        self.assertEqual(
+            self.sent(),
+            (
+                f"MAIL FROM:<app@example.com> SIZE={len(data)} BODY=8BITMIME\r\n"
+                "RCPT TO:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n"
+            ).encode(),
+        )
         self.reply("250 ok", "250 ok", "550 no such user", "354 go ahead")
         self.assertEqual(self.sent(), "Subject: ü\r\n\r\n..x\r\nend\r\n.\r\n".encode())
         self.reply("250 2.0.0 queued as X")
         results = self.successResultOf(result)
-        self.assertEqual([(r.status, r.reply) for r in results],
-                         [("sent", "250 2.0.0 queued as X"), ("failed", "550 no such user")])
+        self.assertEqual(
+            [(r.status, r.reply) for r in results],
+            [("sent", "250 2.0.0 queued as X"), ("failed", "550 no such user")],
+        )
 
     def test_pipelining_with_every_recipient_refused(self) -> None:
         self.opened("PIPELINING")

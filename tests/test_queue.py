@@ -17,14 +17,24 @@ from smtpmailer.queue import (
 )
 from smtpmailer.queue.sqlite import SQLiteQueue, new_message_id
 
-POLICY = RetryPolicy(retry_delay=60, backoff_factor=2, max_retry_delay=600, max_retries=3,
-                     max_age=86400, random=lambda: 0.0)
+POLICY = RetryPolicy(
+    retry_delay=60,
+    backoff_factor=2,
+    max_retry_delay=600,
+    max_retries=3,
+    max_age=86400,
+    random=lambda: 0.0,
+)
 
 
 def results(lease: object, *pairs: tuple[str, str]) -> tuple[RecipientResult, ...]:
-    return tuple(RecipientResult(address, status, reply) for address, status, reply in
-                 [(a, s, f"{'250' if s == 'sent' else '451' if s == 'deferred' else '550'} x")
-                  for a, s in pairs])
+    return tuple(
+        RecipientResult(address, status, reply)
+        for address, status, reply in [
+            (a, s, f"{'250' if s == 'sent' else '451' if s == 'deferred' else '550'} x")
+            for a, s in pairs
+        ]
+    )
 
 
 class RetryPolicyTests(SynchronousTestCase):
@@ -55,8 +65,9 @@ class StoreTests(SynchronousTestCase):
         self.addCleanup(self.store.close)
 
     def add(self, *rcpts: str, priority: int = 5, now: float = 100.0) -> str:
-        return self.store.enqueue("s@x.org", list(rcpts) or ["r@y.org"], b"Subject: t\r\n\r\nb\r\n",
-                                  priority, now, 1000)
+        return self.store.enqueue(
+            "s@x.org", list(rcpts) or ["r@y.org"], b"Subject: t\r\n\r\nb\r\n", priority, now, 1000
+        )
 
     def test_ids_are_unique_and_time_ordered(self) -> None:
         ids = [new_message_id(1000.0 + i) for i in range(50)]
@@ -93,8 +104,9 @@ class StoreTests(SynchronousTestCase):
         message_id = self.add("a@y.org")
         (lease,) = self.store.lease(200, 10, 60)
         self.assertEqual(self.store.show(message_id).state, "active")
-        (recorded,) = self.store.record([Outcome(lease, results(lease, ("a@y.org", "sent")), "r")],
-                                        201, POLICY)
+        (recorded,) = self.store.record(
+            [Outcome(lease, results(lease, ("a@y.org", "sent")), "r")], 201, POLICY
+        )
         self.assertEqual((recorded.state, recorded.attempts), ("sent", 1))
         self.assertEqual(self.store.counts()["sent"], 1)
         self.assertRaises(WrongState, self.store.body, message_id)  # content is not kept
@@ -102,13 +114,17 @@ class StoreTests(SynchronousTestCase):
     def test_deferred_recipients_only_are_retried(self) -> None:
         message_id = self.add("a@y.org", "b@y.org", "c@y.org")
         (lease,) = self.store.lease(200, 10, 60)
-        outcome = results(lease, ("a@y.org", "sent"), ("b@y.org", "deferred"), ("c@y.org", "failed"))
+        outcome = results(
+            lease, ("a@y.org", "sent"), ("b@y.org", "deferred"), ("c@y.org", "failed")
+        )
         (recorded,) = self.store.record([Outcome(lease, outcome, "r")], 200, POLICY)
         self.assertEqual(recorded.state, "deferred")
         info = self.store.show(message_id)
         self.assertEqual(info.next_attempt, 260)
-        self.assertEqual({r.address: r.state for r in info.recipients},
-                         {"a@y.org": "sent", "b@y.org": "pending", "c@y.org": "failed"})
+        self.assertEqual(
+            {r.address: r.state for r in info.recipients},
+            {"a@y.org": "sent", "b@y.org": "pending", "c@y.org": "failed"},
+        )
         self.assertEqual(self.store.lease(259, 10, 60), [])  # not due yet
         (again,) = self.store.lease(260, 10, 60)
         self.assertEqual(again.recipients, ("b@y.org",))
@@ -120,8 +136,9 @@ class StoreTests(SynchronousTestCase):
         now = 200.0
         for expected_delay in (60, 120, 240):
             (lease,) = self.store.lease(now, 10, 60)
-            self.store.record([Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")],
-                              now, POLICY)
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
+            )
             info = self.store.show(message_id)
             self.assertEqual(info.next_attempt - now, expected_delay)
             now = info.next_attempt
@@ -132,7 +149,8 @@ class StoreTests(SynchronousTestCase):
         for _ in range(4):  # the first attempt and max_retries = 3 retries
             (lease,) = self.store.lease(now, 10, 60)
             (recorded,) = self.store.record(
-                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY)
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
+            )
             now += 10_000
         self.assertEqual(recorded.state, "failed")
         self.assertEqual(recorded.expired[0][0], "r@y.org")
@@ -144,7 +162,8 @@ class StoreTests(SynchronousTestCase):
         self.add(now=0)
         (lease,) = self.store.lease(86400, 10, 60)
         (recorded,) = self.store.record(
-            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 86400, POLICY)
+            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 86400, POLICY
+        )
         self.assertEqual(recorded.state, "failed")
 
     def test_expired_lease_returns(self) -> None:
@@ -155,8 +174,9 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(second.id, message_id)
         self.assertNotEqual(first.token, second.token)
         # The first attempt's late word is ignored: the lease is no longer its own.
-        (stale,) = self.store.record([Outcome(first, results(first, ("r@y.org", "sent")), "r")],
-                                     262, POLICY)
+        (stale,) = self.store.record(
+            [Outcome(first, results(first, ("r@y.org", "sent")), "r")], 262, POLICY
+        )
         self.assertTrue(stale.stale)
         self.assertEqual(self.store.show(message_id).state, "active")
 
@@ -175,8 +195,10 @@ class StoreTests(SynchronousTestCase):
         self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
         self.store.close()
         self.store = SQLiteQueue(self.path)
-        self.assertEqual(self.store.counts(), {"queued": 0, "deferred": 0, "active": 1, "held": 0,
-                                               "failed": 0, "sent": 1})
+        self.assertEqual(
+            self.store.counts(),
+            {"queued": 0, "deferred": 0, "active": 1, "held": 0, "failed": 0, "sent": 1},
+        )
 
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
@@ -201,8 +223,9 @@ class StoreTests(SynchronousTestCase):
         for _ in range(3):
             self.add()
         for lease in self.store.lease(200, 10, 60):
-            self.store.record([Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")],
-                              200, POLICY)
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 200, POLICY
+            )
         self.assertEqual(self.store.lease(201, 10, 60), [])
         self.assertEqual(self.store.retry_all(201), 3)
         self.assertEqual(len(self.store.lease(201, 10, 60)), 3)
@@ -220,8 +243,9 @@ class StoreTests(SynchronousTestCase):
         self.add(now=60)
         (lease, _) = self.store.lease(200, 10, 60)
         self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
-        self.assertEqual(self.store.recent_outcomes(since=100),
-                         {"sent": 1, "failed": 0, "deferred": 0})
+        self.assertEqual(
+            self.store.recent_outcomes(since=100), {"sent": 1, "failed": 0, "deferred": 0}
+        )
         self.assertEqual(self.store.oldest_pending(), 60)
 
     def test_corrupt_file_is_a_clear_error(self) -> None:
@@ -233,8 +257,9 @@ class StoreTests(SynchronousTestCase):
                 os.remove(self.path + suffix)
         with self.assertRaises(QueueError) as caught:
             SQLiteQueue(self.path)
-        self.assertIn(f"cannot open queue database {self.path}: file is not a database",
-                      str(caught.exception))
+        self.assertIn(
+            f"cannot open queue database {self.path}: file is not a database", str(caught.exception)
+        )
         self.store = SQLiteQueue(os.path.join(os.path.dirname(self.path), "fresh.sqlite3"))
 
     def test_missing_directory_is_a_clear_error(self) -> None:

@@ -58,7 +58,9 @@ class Session(Protocol):
     """What a worker needs from a connection: deliver messages one by one, then quit."""
 
     label: str
-    delivered: int
+
+    @property
+    def delivered(self) -> int: ...
 
     def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]: ...
 
@@ -128,7 +130,8 @@ def start_tls(relay: RelayConfig) -> Callable[[SMTPClientProtocol], None]:
     def switch(protocol: SMTPClientProtocol) -> None:
         from smtpmailer.delivery.tls import client_tls_options
 
-        protocol.transport.startTLS(client_tls_options(relay))  # type: ignore[attr-defined]
+        transport: Any = protocol.transport
+        transport.startTLS(client_tls_options(relay))
 
     return switch
 
@@ -284,7 +287,7 @@ class DeliveryService(Service):
             while lease is not None:
                 wait = self._limiter.delay()
                 if wait > 0:
-                    await deferLater(self._clock, wait)  # type: ignore[arg-type]
+                    await deferLater(self._clock, wait)
                 try:
                     results = await connection.deliver(lease)
                 except Exception as error:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.python.failure import Failure
 
 from smtpmailer.config import RelayConfig
 from smtpmailer.delivery.protocol import Reply, SMTPClientProtocol
@@ -31,7 +32,7 @@ async def _await_all(waiters: list[Deferred[Reply]]) -> list[Reply]:
     results = await DeferredList(waiters, consumeErrors=True)
     for ok, value in results:
         if not ok:
-            value.raiseException()
+            cast(Failure, value).raiseException()
     return [value for _, value in results]
 
 
@@ -170,7 +171,8 @@ class SMTPSession:
         if not mail.positive:
             await self._abandon(data)
             return tuple(
-                RecipientResult(r, _status_for(mail), f"MAIL FROM: {mail}") for r in lease.recipients
+                RecipientResult(r, _status_for(mail), f"MAIL FROM: {mail}")
+                for r in lease.recipients
             )
         accepted = [r for r, reply in zip(lease.recipients, rcpts, strict=True) if reply.positive]
         results = {

@@ -5,18 +5,17 @@ from __future__ import annotations
 import re
 
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from smtpmailer.config import RelayConfig
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def client_tls_options(relay: RelayConfig) -> ssl.IOpenSSLClientConnectionCreator:
+def client_tls_options(relay: RelayConfig) -> IOpenSSLClientConnectionCreator:
     """Certificate and host name are checked (service_identity) unless ``verify = false``."""
     if not relay.verify:
-        return ssl.CertificateOptions(verify=False)  # type: ignore[return-value]
+        return ssl.CertificateOptions(verify=False)
     if relay.ca_file:
         with open(relay.ca_file, "rb") as handle:
             pem = handle.read()

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -25,7 +24,7 @@ def synchronous_runner(function: Callable[..., Any], *args: Any) -> Deferred[Any
 class QueueThread:
     """One thread owns the store: SQLite wants one writer, and the reactor must not block."""
 
-    def __init__(self, reactor: IReactorThreads) -> None:
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="smtpmailer-queue")
 
@@ -38,7 +37,7 @@ class QueueThread:
     def __call__(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         from twisted.internet.threads import deferToThreadPool
 
-        return deferToThreadPool(self._reactor, self._pool, function, *args)  # type: ignore[arg-type]
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
 
 
 class AsyncQueue:
@@ -98,7 +97,7 @@ class OutcomeWriter:
         self._now = clock_seconds
         self.policy = policy
         self._batch: list[tuple[Outcome, Deferred[Recorded]]] = []
-        self._writing: Deferred[None] | None = None
+        self._writing: Deferred[Any] | None = None
         self._idle_waiters: list[Deferred[None]] = []
 
     def record(self, outcome: Outcome) -> Deferred[Recorded]:
@@ -116,9 +115,8 @@ class OutcomeWriter:
             for idle in waiters:
                 idle.callback(None)
             return
-        self._writing = self._queue.record(
-            [outcome for outcome, _ in batch], self._now(), self.policy
-        )
+        writing = self._queue.record([outcome for outcome, _ in batch], self._now(), self.policy)
+        self._writing = writing
 
         def written(recorded: list[Recorded]) -> None:
             for (_, waiter), result in zip(batch, recorded, strict=True):
@@ -128,8 +126,8 @@ class OutcomeWriter:
             for _, waiter in batch:
                 waiter.errback(failure)
 
-        self._writing.addCallbacks(written, failed)
-        self._writing.addBoth(lambda _: self._write_next())
+        writing.addCallbacks(written, failed)
+        writing.addBoth(lambda _: self._write_next())
 
     def flush(self) -> Deferred[None]:
         """Fires once everything recorded so far is committed."""

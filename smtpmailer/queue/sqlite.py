@@ -7,6 +7,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from smtpmailer.queue import (
     ACTIVE,
@@ -171,8 +172,7 @@ class SQLiteQueue:
                 (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
             )
             db.executemany(
-                "INSERT INTO recipients (message_id, position, address, state)"
-                " VALUES (?, ?, ?, ?)",
+                "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, ?)",
                 [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
             )
             db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
@@ -215,7 +215,9 @@ class SQLiteQueue:
             ):
                 recipients[message_id].append(address)
             bodies = dict(
-                db.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})", ids)
+                db.execute(
+                    f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})", ids
+                )
             )
         return [
             Lease(
@@ -370,7 +372,7 @@ class SQLiteQueue:
         for row in cursor.execute(query, args):
             yield self._info(row)
 
-    def _info(self, row: tuple) -> MessageInfo:  # type: ignore[type-arg]
+    def _info(self, row: tuple[Any, ...]) -> MessageInfo:
         recipients = tuple(
             Recipient(address, state, error)
             for address, state, error in self._db.execute(
@@ -439,8 +441,10 @@ class SQLiteQueue:
                     (QUEUED, now, now, now, message_id),
                 )
             else:
-                raise WrongState(f"message {message_id} is {state}; only deferred or failed "
-                                 "messages can be retried")
+                raise WrongState(
+                    f"message {message_id} is {state}; only deferred or failed "
+                    "messages can be retried"
+                )
 
     def retry_all(self, now: float) -> int:
         """The flush: every deferred message becomes due now."""
@@ -454,8 +458,9 @@ class SQLiteQueue:
         with self._transaction() as db:
             state = self._state_of(db, message_id)
             if state not in (QUEUED, DEFERRED):
-                raise WrongState(f"message {message_id} is {state}; only queued or deferred "
-                                 "messages can be held")
+                raise WrongState(
+                    f"message {message_id} is {state}; only queued or deferred messages can be held"
+                )
             db.execute("UPDATE messages SET state = ? WHERE id = ?", (HELD, message_id))
 
     def release(self, message_id: str, now: float) -> None:
