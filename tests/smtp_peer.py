@@ -98,6 +98,7 @@ class SMTPPeer:
         tls_cert: tuple[str, str] | None = None,
         users: dict[str, str] | None = None,
         port: int = 0,
+        implicit_tls: bool = False,
     ) -> None:
         self.lock = threading.Lock()
         self.behaviour = Behaviour()
@@ -114,6 +115,7 @@ class SMTPPeer:
         self.unstall = asyncio.Event()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = port
+        self.implicit_tls = implicit_tls
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -125,20 +127,25 @@ class SMTPPeer:
     def _protocol(self) -> SMTP:
         with self.lock:
             self.connections += 1
+        starttls = self._tls if not self.implicit_tls else None
         return SMTP(
             _Handler(self),
             hostname="relay.test",
-            tls_context=self._tls,
-            require_starttls=self._tls is not None,
+            tls_context=starttls,
+            require_starttls=starttls is not None,
             authenticator=self._authenticate if self._users else None,
             auth_required=bool(self._users),
-            auth_require_tls=self._tls is not None,
+            auth_require_tls=starttls is not None,
             timeout=60,
         )
 
     async def _serve(self) -> int:
         self._server = await self.loop.create_server(
-            self._protocol, "127.0.0.1", self.port, reuse_address=True
+            self._protocol,
+            "127.0.0.1",
+            self.port,
+            reuse_address=True,
+            ssl=self._tls if self.implicit_tls else None,
         )
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -326,3 +326,26 @@ class StopTests(DeliveryCase):
         settle(self.clock)
         self.successResultOf(stopping)
         self.assertEqual(self.state(message_id), "sent")
+
+
+class StatsTests(DeliveryCase):
+    def test_a_statistics_line_every_interval(self) -> None:
+        text = (
+            f"[Daemon]\nstate_dir = {self.dir}\n[Relay]\nhost = a.test\nsecurity = none\n"
+            "[Logging]\nstats_interval = 1m\n"
+        )
+        self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
+        self.store = SQLiteQueue(self.config.queue.path)
+        self.relay.data_replies = ["451 later"]
+        for _ in range(3):
+            self.enqueue()
+        self.start()
+        self.assertFalse([line for line in self.lines if line.startswith("stats:")])
+        self.clock.advance(60)
+        settle(self.clock)
+        (stats,) = [line for line in self.lines if line.startswith("stats:")]
+        self.assertEqual(
+            stats,
+            "stats: queued=0 deferred=1 active=0 held=0 failed=0 sent=2 oldest=60s "
+            "sent_per_min=2.0 deferred_per_min=1.0 failed_per_min=0.0",
+        )

@@ -54,8 +54,15 @@ class EndToEndCase(TestCase):
             handle.write("s3cret\n")
         os.chmod(self.secret, 0o600)
 
-    def start_peer(self, port: int = 0, cert: tuple[str, str] | None = None) -> SMTPPeer:
-        peer = SMTPPeer(tls_cert=cert or self.server_cert, users={"app": "s3cret"}, port=port)
+    def start_peer(
+        self, port: int = 0, cert: tuple[str, str] | None = None, implicit_tls: bool = False
+    ) -> SMTPPeer:
+        peer = SMTPPeer(
+            tls_cert=cert or self.server_cert,
+            users={"app": "s3cret"},
+            port=port,
+            implicit_tls=implicit_tls,
+        )
         peer.start()
         self.addCleanup(peer.stop)
         return peer
@@ -117,6 +124,25 @@ class DeliveryTests(EndToEndCase):
             self.assertEqual(line["relay"], f"localhost[127.0.0.1]:{peer.port}")
             self.assertEqual(line["reply"], "250 2.0.0 OK queued")
         self.assertNotIn("s3cret", daemon.log())
+
+    def test_implicit_tls(self) -> None:
+        """security = tls: TLS from the first byte (port 465 style), verified, then AUTH."""
+        peer = self.start_peer(implicit_tls=True)
+        daemon = self.start_daemon(peer.port, security="tls").start()
+        daemon.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "tls")
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery over implicit TLS")
+        (message,) = peer.messages()
+        self.assertEqual(message.authenticated_as, "app")
+
+    def test_implicit_tls_wrong_name(self) -> None:
+        peer = self.start_peer(implicit_tls=True, cert=self.ca.issue("x", dns=("x.example",)))
+        daemon = self.start_daemon(peer.port, security="tls").start()
+        message_id = daemon.send(
+            "--from", "app@example.com", "--to", "a@example.org", "--subject", "tls"
+        )
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("TLS", daemon.message(message_id)["last_error"])
+        self.assertEqual(peer.messages(), [])
 
     def test_one_recipient_rejected_fails_alone(self) -> None:
         """A 550 for one recipient fails that recipient only; a retry never re-sends the others."""
