@@ -331,7 +331,8 @@ class StopTests(DeliveryCase):
 class StatsTests(DeliveryCase):
     def test_a_statistics_line_every_interval(self) -> None:
         text = (
-            f"[Daemon]\nstate_dir = {self.dir}\n[Relay]\nhost = a.test\nsecurity = none\n"
+            f"[Daemon]\nstate_dir = {self.dir}\n[Queue]\nretry_delay = 10m\nmax_retry_delay = 1h\n"
+            "[Relay]\nhost = a.test\nsecurity = none\n"
             "[Logging]\nstats_interval = 1m\n"
         )
         self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
