@@ -198,3 +198,28 @@ class SecretTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             load_config(os.path.join(self.dir, "absent.conf"))
         self.assertIn("absent.conf: no such config file", str(caught.exception))
+
+
+class ShippedConfigTests(SynchronousTestCase):
+    """The configs in conf/ stay valid: the example (with its password file supplied) and
+    the one `make run` uses."""
+
+    def test_example_config(self) -> None:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        secret = os.path.join(directory, "relay-password")
+        with open(secret, "w") as handle:
+            handle.write("pw\n")
+        os.chmod(secret, 0o600)
+        with open(os.path.join(repo, "conf", "smtpmailer.conf")) as handle:
+            text = handle.read().replace("/etc/smtpmailer/relay-password", secret)
+        config = parse_config(text, os.path.join(directory, "smtpmailer.conf"))
+        self.assertEqual(config.relays[0].host, "smtp.example.com")
+        self.assertEqual(config.relays[0].password, "pw")
+
+    def test_local_config(self) -> None:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = load_config(os.path.join(repo, "conf", "local.conf"))
+        self.assertEqual(config.daemon.state_dir, os.path.join(repo, "var"))
+        self.assertEqual(config.relays[0].transport, "maildir")
