@@ -23,12 +23,6 @@ PURGE_SLICE = 500
 PURGE_EVERY = 60.0
 
 
-def lease_seconds(config: Config) -> float:
-    """Long enough for any attempt to end by its own timeouts before the lease runs out."""
-    slowest = max(relay.timeout for relay in config.relays)
-    return max(600.0, 20 * slowest)
-
-
 class QueuePoller(TimerService):
     name = "poller"
 
@@ -93,7 +87,7 @@ class QueuePoller(TimerService):
             self.last_batch_full = True  # no room to look: assume more is due
         else:
             now = self._clock.seconds()
-            leases = await self._queue.lease(now, limit, lease_seconds(self.config))
+            leases = await self._queue.lease(now, limit, self._delivery.lease_seconds)
             self.last_batch_full = len(leases) == limit
             if leases:
                 log.debug("leased {n} message(s)", n=len(leases))

@@ -135,6 +135,7 @@ class FakeRelay:
         self.clock = clock
         self.port = port
         self.refuse = False
+        self.greeting = "220 fake.test ESMTP"
         self.hang_after_body = False
         self.rcpt_replies: dict[str, str] = {}
         self.data_replies: list[str] = []
@@ -155,7 +156,7 @@ class FakeRelay:
         connection = _Connection(self, client)
         self.live.append(connection)
         client.makeConnection(connection.transport)  # type: ignore[arg-type]
-        connection.send("220 fake.test ESMTP")
+        connection.send(self.greeting)
         return succeed(client)
 
 

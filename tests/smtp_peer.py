@@ -37,7 +37,6 @@ class Behaviour:
         self.tempfail_data = 0  # answer the next N DATA with 451
         self.drop_in_data = 0  # close the next N connections after the body, before replying
         self.stall_data = False  # never answer after the body
-        self.greeting_refusal: str | None = None
 
 
 class _Handler:

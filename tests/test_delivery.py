@@ -212,6 +212,35 @@ class DeliveryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual({self.state(i) for i in ids}, {"sent"})
 
+    def test_busy_relay_421_defers(self) -> None:
+        self.configure()
+        self.relay.greeting = "421 4.3.2 too busy, try later"
+        message_id = self.enqueue()
+        self.start()
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual(
+            info.last_error, "a.test:25: relay refused the session: 421 4.3.2 too busy, try later"
+        )
+        self.assertEqual(self.relay.messages, [])
+
+    def test_slow_rate_limit_leases_only_what_can_start_soon(self) -> None:
+        self.relay_keys = "rate_limit = 1/h\nmax_connections = 1\n"
+        self.configure()
+        ids = [self.enqueue() for _ in range(5)]
+        self.start()
+        # The first goes at once. lease_seconds is 600: at one message an hour, only one more
+        # lease may be held, waiting for its turn; the rest stay queued.
+        self.assertEqual(
+            sorted(self.state(i) for i in ids), ["active", "queued", "queued", "queued", "sent"]
+        )
+        stopping = self.service.stopService()
+        settle(self.clock)
+        self.successResultOf(stopping)  # the wait for the rate limit does not hold up a stop
+        self.assertEqual(
+            sorted(self.state(i) for i in ids), ["queued", "queued", "queued", "queued", "sent"]
+        )
+
     def test_fails_over_to_the_next_relay(self) -> None:
         self.configure(
             "[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 
@@ -136,6 +136,12 @@ def start_tls(relay: RelayConfig) -> Callable[[SMTPClientProtocol], None]:
     return switch
 
 
+def lease_seconds(config: Config) -> float:
+    """Long enough for any attempt to end by its own timeouts before the lease runs out."""
+    slowest = max(relay.timeout for relay in config.relays)
+    return max(600.0, 20 * slowest)
+
+
 class RateLimiter:
     """Spaces messages evenly: ``100/m`` lets one start every 0.6 s."""
 
@@ -181,9 +187,11 @@ class DeliveryService(Service):
         self._working = 0
         self._sessions: set[Session] = set()
         self._stopping = False
+        self._rate_waits: set[Deferred[None]] = set()
         self._stopped_waiters: list[Deferred[None]] = []
         self._limiter = RateLimiter(clock, config.relays[0].rate_limit)
         self.on_capacity: Callable[[], None] = lambda: None
+        self.lease_seconds = lease_seconds(config)
         self.counters: Counter[str] = Counter()
         if config.relays[0].transport == "maildir":
             assert config.relays[0].path
@@ -196,10 +204,15 @@ class DeliveryService(Service):
         return self.config.relays[0].max_connections
 
     def capacity(self) -> int:
-        """How many more leases are welcome: enough to keep every connection busy."""
+        """How many more leases are welcome: enough to keep every connection busy, but no
+        more than the rate limit lets start within half a lease (a lease that ran out while
+        its message waited here would let the poller hand the message out twice)."""
         if self._stopping or not self.running:
             return 0
         target = max(self.config.queue.batch_size, 2 * self.max_connections)
+        if self._limiter.interval:
+            startable = int(self.lease_seconds / 2 / self._limiter.interval)
+            target = min(target, max(1, startable))
         return max(0, target - len(self._pending) - self._working)
 
     @property
@@ -285,9 +298,11 @@ class DeliveryService(Service):
             self._sessions.add(connection)
             limit = self.config.relays[0].max_messages_per_connection
             while lease is not None:
-                wait = self._limiter.delay()
-                if wait > 0:
-                    await deferLater(self._clock, wait)
+                if not await self._rate_wait():
+                    # Stopping while the rate limit held this message back: give it back.
+                    self._working -= 1
+                    await self._release([lease])
+                    break
                 try:
                     results = await connection.deliver(lease)
                 except Exception as error:
@@ -307,6 +322,21 @@ class DeliveryService(Service):
             self._workers -= 1
             self._dispatch()
             self._check_stopped()
+
+    async def _rate_wait(self) -> bool:
+        """Wait for the rate limit; False if the service stopped meanwhile."""
+        wait = self._limiter.delay()
+        if wait <= 0:
+            return True
+        waiting = deferLater(self._clock, wait)
+        self._rate_waits.add(waiting)
+        try:
+            await waiting
+        except CancelledError:
+            return False
+        finally:
+            self._rate_waits.discard(waiting)
+        return True
 
     @staticmethod
     def _all(lease: Lease, status: str, reason: str) -> tuple[RecipientResult, ...]:
@@ -372,6 +402,8 @@ class DeliveryService(Service):
             waiter, timer = self._idle.popleft()
             timer.cancel()
             waiter.callback(None)
+        for waiting in list(self._rate_waits):
+            waiting.cancel()
         finished: Deferred[None] = Deferred()
         self._stopped_waiters.append(finished)
         timer = self._clock.callLater(self.config.daemon.shutdown_timeout, self._abort_all)
