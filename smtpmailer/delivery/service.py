@@ -328,7 +328,7 @@ class DeliveryService(Service):
         wait = self._limiter.delay()
         if wait <= 0:
             return True
-        waiting = deferLater(self._clock, wait)
+        waiting: Deferred[None] = deferLater(self._clock, wait)
         self._rate_waits.add(waiting)
         try:
             await waiting
