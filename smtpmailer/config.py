@@ -39,6 +39,7 @@ NOT_YET = {
 class DaemonConfig:
     state_dir: str
     pid_file: str
+    log_file: str
     shutdown_timeout: float
 
 
@@ -178,6 +179,7 @@ Schema = dict[str, tuple[Callable[[str], Any], str | None]]
 DAEMON_KEYS: Schema = {
     "state_dir": (_text, "/var/lib/smtpmailer"),
     "pid_file": (_text, "/run/smtpmailer/smtpmailer.pid"),
+    "log_file": (_text, "/var/log/smtpmailer/smtpmailer.log"),
     "shutdown_timeout": (parse_duration, "30s"),
 }
 QUEUE_KEYS: Schema = {
@@ -421,8 +423,6 @@ def parse_config(text: str, path: str) -> Config:
         raise queue.fail("dsn", "dsn is only for backend = postgresql")
     queue_path = queue.get("path")
     logging = _Reader(path, by_name.get("Logging"), LOGGING_KEYS)
-    if logging.get("format") == "json":
-        raise logging.fail("format", "format: json is not implemented yet (use text)")
     queue_config = QueueConfig(
         backend="sqlite",
         path=_resolve(base, queue_path) if queue_path else os.path.join(state_dir, "queue.sqlite3"),
@@ -451,6 +451,7 @@ def parse_config(text: str, path: str) -> Config:
         daemon=DaemonConfig(
             state_dir=state_dir,
             pid_file=_resolve(base, daemon.get("pid_file")),
+            log_file=_resolve(base, daemon.get("log_file")),
             shutdown_timeout=daemon.get("shutdown_timeout"),
         ),
         queue=queue_config,
@@ -483,6 +484,11 @@ def load_config(path: str | None = None) -> Config:
     return parse_config(text, path)
 
 
+def relay_title(config: Config, relay: RelayConfig) -> str:
+    """``Relay`` for a lone unnamed relay, else ``Relay:NAME``, as the file spells it."""
+    return "Relay" if len(config.relays) == 1 and relay.name == "default" else f"Relay:{relay.name}"
+
+
 def render_config(config: Config) -> str:
     """The effective configuration as an INI file, with secrets redacted."""
     out = [f"; effective configuration of {config.path}"]
@@ -499,6 +505,7 @@ def render_config(config: Config) -> str:
         [
             ("state_dir", d.state_dir),
             ("pid_file", d.pid_file),
+            ("log_file", d.log_file),
             ("shutdown_timeout", format_duration(d.shutdown_timeout)),
         ],
     )
@@ -520,11 +527,7 @@ def render_config(config: Config) -> str:
         ],
     )
     for relay in config.relays:
-        title = (
-            "Relay"
-            if len(config.relays) == 1 and relay.name == "default"
-            else (f"Relay:{relay.name}")
-        )
+        title = relay_title(config, relay)
         rate = (
             f"{relay.rate_limit[0]}/{format_duration(relay.rate_limit[1])[-1]}"
             if relay.rate_limit

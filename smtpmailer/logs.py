@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.logger import Logger, LogLevel
+import json
+import sys
+from typing import IO, Any
+
+import attrs
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -70,3 +76,66 @@ def outcome_line(
         f"id={message_id} to=<{recipient}> relay={relay} delay={delay:.2f} "
         f"attempts={attempts} status={status} ({reply})"
     )
+
+
+@attrs.frozen
+class LogTarget:
+    """Where twistd was told to log (``--logfile``, ``-n``): a JSON observer goes there too."""
+
+    logfile: str = ""
+    nodaemon: bool = True
+
+
+def _open_target(target: LogTarget) -> IO[str]:
+    """As twistd decides: stdout for ``-`` (or -n without --logfile), else a LogFile that
+    SIGUSR1 rotates."""
+    if target.logfile == "-" or (target.nodaemon and not target.logfile):
+        return sys.stdout
+    import signal
+
+    from twisted.python.logfile import LogFile
+
+    logfile = LogFile.fromFullPath(target.logfile or "twistd.log")
+
+    def rotate(signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        running: Any = reactor
+        running.callFromThread(logfile.rotate)
+
+    signal.signal(signal.SIGUSR1, rotate)
+    stream: Any = logfile
+    return stream
+
+
+def json_event(event: dict[str, Any]) -> dict[str, Any]:
+    """One log event as a flat JSON object: time, level, namespace, message, and the
+    event's own fields (an outcome line carries id, to, relay, status...)."""
+    level = event.get("log_level")
+    record: dict[str, Any] = {
+        "time": event.get("log_time"),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record or key in ("line", "format"):
+            continue
+        if isinstance(value, str | int | float | bool) or value is None:
+            record[key] = value
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return record
+
+
+def json_observer(target: LogTarget) -> ILogObserver:
+    """``[Logging] format = json``: one JSON object per line."""
+    stream = _open_target(target)
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        stream.write(json.dumps(json_event(event), default=str) + "\n")
+        stream.flush()
+
+    return observe

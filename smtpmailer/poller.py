@@ -17,6 +17,7 @@ from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.logs import log
 from smtpmailer.queue.runner import AsyncQueue
+from smtpmailer.timers import set_interval
 
 # Sent messages are forgotten in slices, so one tick never holds the queue for long.
 PURGE_SLICE = 500
@@ -98,6 +99,13 @@ class QueuePoller(TimerService):
             purged = await self._queue.purge_sent(now - self.config.queue.keep_sent, PURGE_SLICE)
             if purged:
                 log.debug("forgot {n} sent message(s)", n=purged)
+
+    def reconfigure(self, config: Config) -> None:
+        """poll_interval and batch_size apply from the next tick."""
+        self.config = config
+        if config.queue.poll_interval != self.step:
+            self.step = config.queue.poll_interval
+            set_interval(self, self.step)
 
     def stopService(self) -> Deferred[None]:
         if self._wakeup is not None and self._wakeup.active():

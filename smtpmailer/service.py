@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -12,12 +14,14 @@ from twisted.internet.protocol import DatagramProtocol
 from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import Connector, DeliveryService
-from smtpmailer.logs import log, set_level
+from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.poller import QueuePoller
 from smtpmailer.queue import QueueStore
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, OutcomeWriter, Runner
+from smtpmailer.reload import ReloadService
 from smtpmailer.stats import StatsService
+from smtpmailer.systemd import Notifier, SystemdService
 
 
 class _Wakeup(DatagramProtocol):
@@ -33,23 +37,27 @@ class _Wakeup(DatagramProtocol):
 
 
 class MailerService(MultiService):
-    """Delivery, poller and stats as named children over one queue.
+    """Delivery, poller, stats, reload and systemd as named children over one queue.
 
     ``open_store`` runs at start (after twistd forked); ``run`` moves store calls off the
-    reactor thread; both are injected so tests can run everything in memory.
+    reactor thread; signal installation and systemd notification are injected, so tests
+    run everything in memory without patching.
     """
 
     def __init__(
         self,
         config: Config,
-        open_store: Any,
+        open_store: Callable[[], QueueStore],
         reactor: Any,
         run: Runner,
         blocking: Runner,
         connector: Connector | None = None,
         listen_wakeup: bool = True,
-        on_start: Any = None,
-        on_stop: Any = None,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        install_handler: Callable[[int, Any], Any] | None = None,
+        notifier: Notifier | None = None,
+        log_target: LogTarget | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -58,6 +66,8 @@ class MailerService(MultiService):
         self._listen_wakeup = listen_wakeup
         self._on_start = on_start
         self._on_stop = on_stop
+        self._install = install_handler
+        self._log_target = log_target
         self._wakeup_port: Any = None
         self.queue = AsyncQueue(run)
         self.writer = OutcomeWriter(
@@ -73,12 +83,31 @@ class MailerService(MultiService):
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
-        for child in (self.delivery, self.poller, self.stats):
+        notifier = notifier or Notifier({})
+        self.reload = ReloadService(
+            self,
+            schedule=getattr(reactor, "callFromThread", lambda function: function()),
+            install_handler=install_handler or (lambda signum, handler: None),
+            notifier=notifier,
+        )
+        self.systemd = SystemdService(notifier, reactor)
+        for child in (self.delivery, self.poller, self.stats, self.reload, self.systemd):
             child.setServiceParent(self)
 
     @property
     def store(self) -> QueueStore | None:
         return self.queue.store
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd hands us its Application here: with ``format = json`` we give it our
+        log observer, which twistd then uses in place of its text one."""
+        if self.config.logging.format == "json" and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, json_observer(self._log_target or LogTarget()))
+        super().setServiceParent(parent)
+
+    # --- start and stop ---
 
     def startService(self) -> None:
         set_level(self.config.logging.level)
@@ -95,6 +124,9 @@ class MailerService(MultiService):
             )
         if self._listen_wakeup:
             self._wakeup_port = self._listen_for_wakeups()
+        if self._install is not None and hasattr(self._reactor, "callWhenRunning"):
+            # After twistd's own handlers, which the reactor installs as it starts.
+            self._reactor.callWhenRunning(self._install, signal.SIGINT, self._interrupt)
         counts = store.counts()
         relays = ", ".join(
             f"{r.label}:{r.port}" if r.transport == "smtp" else r.label for r in self.config.relays
@@ -133,13 +165,24 @@ class MailerService(MultiService):
             return None
         return port
 
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        """SIGINT: stop now. Messages on the wire go back to the queue, unfinished."""
+        self.delivery.immediate = True
+        self._reactor.callFromThread(self._reactor.stop)
+
     def stopService(self) -> Deferred[None]:
         """Stop leasing first, then let delivery finish (bounded), then close the queue."""
         self.running = False
+        log.info("smtpmailer stopping{how}", how=" now" if self.delivery.immediate else "")
 
         async def stop() -> None:
             await DeferredList(
-                [maybeDeferred(self.stats.stopService), maybeDeferred(self.poller.stopService)]
+                [
+                    maybeDeferred(self.reload.stopService),
+                    maybeDeferred(self.systemd.stopService),
+                    maybeDeferred(self.stats.stopService),
+                    maybeDeferred(self.poller.stopService),
+                ]
             )
             await maybeDeferred(self.delivery.stopService)
             if self._wakeup_port is not None:
@@ -154,3 +197,13 @@ class MailerService(MultiService):
             log.info("smtpmailer stopped")
 
         return Deferred.fromCoroutine(stop())
+
+    # --- reload ---
+
+    def reconfigure(self, config: Config) -> None:
+        """Hand a validated Config to every child; ours is replaced only at the end."""
+        set_level(config.logging.level)
+        self.writer.policy = RetryPolicy.from_config(config.queue)
+        for child in (self.delivery, self.poller, self.stats):
+            child.reconfigure(config)
+        self.config = config

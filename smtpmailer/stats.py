@@ -13,6 +13,7 @@ from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.logs import log
 from smtpmailer.queue import STATES
 from smtpmailer.queue.runner import AsyncQueue
+from smtpmailer.timers import set_interval
 
 
 def stats_line(
@@ -46,6 +47,14 @@ class StatsService(TimerService):
         self._delivery = delivery
         self._previous: Counter[str] = Counter()
         self._first = True
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.enabled = config.logging.stats_interval > 0
+        step = config.logging.stats_interval or 3600.0
+        if step != self.step:
+            self.step = step
+            set_interval(self, step)
 
     def tick(self) -> Deferred[None] | None:
         if self._first:

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from smtpmailer.config import Config, default_config_path, load_config
 from smtpmailer.ini import ConfigError
+from smtpmailer.logs import LogTarget
 from smtpmailer.queue import QueueError
 
 
@@ -24,6 +25,7 @@ class Options(usage.Options):
 
     config: Config
     lock: IO[str]
+    log_target: LogTarget
 
     def postOptions(self) -> None:
         """Every start-up problem becomes a one-line UsageError here, before any fork."""
@@ -33,6 +35,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         self.lock = prepare_state_dir(self.config)
         check_queue(self.config)
+        parent: Any = self.parent or {}
+        self.log_target = LogTarget(
+            logfile=parent.get("logfile") or "", nodaemon=bool(parent.get("nodaemon"))
+        )
 
 
 def prepare_state_dir(config: Config) -> IO[str]:
@@ -78,6 +84,8 @@ def check_queue(config: Config) -> None:
 
 
 def makeService(options: Options) -> Any:
+    import signal
+
     from twisted.internet import reactor as installed_reactor
     from twisted.internet.threads import deferToThreadPool
 
@@ -85,6 +93,7 @@ def makeService(options: Options) -> Any:
     from smtpmailer.queue.runner import QueueThread
     from smtpmailer.queue.sqlite import SQLiteQueue
     from smtpmailer.service import MailerService
+    from smtpmailer.systemd import Notifier
 
     reactor: Any = installed_reactor
     config = options.config
@@ -102,6 +111,9 @@ def makeService(options: Options) -> Any:
         connector=tcp_connector(reactor),
         on_start=queue_thread.start,
         on_stop=queue_thread.stop,
+        install_handler=signal.signal,
+        notifier=Notifier(),
+        log_target=options.log_target,
     )
     service.lock = options.lock  # type: ignore[attr-defined]
     return service

@@ -187,6 +187,7 @@ class DeliveryService(Service):
         self._working = 0
         self._sessions: set[Session] = set()
         self._stopping = False
+        self.immediate = False
         self._rate_waits: set[Deferred[None]] = set()
         self._stopped_waiters: list[Deferred[None]] = []
         self._limiter = RateLimiter(clock, config.relays[0].rate_limit)
@@ -296,7 +297,8 @@ class DeliveryService(Service):
                 self._defer_waiting(lease, describe_error(error))
                 return
             self._sessions.add(connection)
-            limit = self.config.relays[0].max_messages_per_connection
+            relays = self.config.relays
+            limit = relays[0].max_messages_per_connection
             while lease is not None:
                 if not await self._rate_wait():
                     # Stopping while the rate limit held this message back: give it back.
@@ -306,14 +308,19 @@ class DeliveryService(Service):
                 try:
                     results = await connection.deliver(lease)
                 except Exception as error:
+                    if self.immediate:
+                        # Cut off by SIGINT: not an attempt, back to the queue untouched.
+                        self._working -= 1
+                        await self._release([lease])
+                        return
                     reason = describe_error(error)
                     self._finish(lease, self._all(lease, "deferred", reason), connection.label)
                     connection.abort()
                     return
                 self._finish(lease, results, connection.label)
                 lease = None
-                if connection.delivered >= limit:
-                    break
+                if connection.delivered >= limit or self.config.relays != relays:
+                    break  # renewed, or the relay settings changed under a reload
                 lease = await self._take()
             await connection.quit()
         finally:
@@ -378,16 +385,40 @@ class DeliveryService(Service):
             if result.address in expired:
                 status, reply = "failed", f"{reply}; {expired[result.address]}"
             self.counters[status] += 1
+            delay = sent_at - lease.created
             line = outcome_line(
-                lease.id,
-                result.address,
-                outcome.relay,
-                sent_at - lease.created,
-                recorded.attempts,
-                status,
-                reply,
+                lease.id, result.address, outcome.relay, delay, recorded.attempts, status, reply
             )
-            (log.info if status == "sent" else log.warn)("{line}", line=line)
+            (log.info if status == "sent" else log.warn)(
+                "{line}",
+                line=line,
+                id=lease.id,
+                to=result.address,
+                relay=outcome.relay,
+                delay=round(delay, 3),
+                attempts=recorded.attempts,
+                status=status,
+                reply=reply,
+            )
+
+    # --- reload ---
+
+    def reconfigure(self, config: Config) -> None:
+        """New relay settings apply to new connections; connections open now finish the
+        message they carry on the old settings, then close instead of taking another."""
+        old = self.config
+        self.config = config
+        if old.relays[0].rate_limit != config.relays[0].rate_limit:
+            self._limiter = RateLimiter(self._clock, config.relays[0].rate_limit)
+        self.lease_seconds = lease_seconds(config)
+        if config.relays[0].transport == "maildir" and config.relays[0].path:
+            ensure_maildir(config.relays[0].path)
+        if old.relays != config.relays:
+            while self._idle:  # idle connections to the old relay: close them now
+                waiter, timer = self._idle.popleft()
+                timer.cancel()
+                waiter.callback(None)
+        self._dispatch()
 
     # --- service ---
 
@@ -406,7 +437,8 @@ class DeliveryService(Service):
             waiting.cancel()
         finished: Deferred[None] = Deferred()
         self._stopped_waiters.append(finished)
-        timer = self._clock.callLater(self.config.daemon.shutdown_timeout, self._abort_all)
+        grace = 0 if self.immediate else self.config.daemon.shutdown_timeout
+        timer = self._clock.callLater(grace, self._abort_all)
         self._check_stopped()
 
         def cancel_timer(result: object) -> object:
@@ -420,7 +452,8 @@ class DeliveryService(Service):
         return finished
 
     def _abort_all(self) -> None:
-        log.warn("shutdown_timeout reached: aborting {n} connection(s)", n=len(self._sessions))
+        if self._sessions and not self.immediate:
+            log.warn("shutdown_timeout reached: aborting {n} connection(s)", n=len(self._sessions))
         for connection in list(self._sessions):
             connection.abort()
 
