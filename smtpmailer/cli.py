@@ -250,6 +250,27 @@ def cmd_config(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     return 0
 
 
+def cmd_daemon(args: argparse.Namespace, out: IO[str]) -> int:
+    """start/stop/status/reload: these work even when the config file is broken now."""
+    from smtpmailer import control
+
+    target = control.find_daemon(args.config)
+    pidfile = args.pidfile or target.daemon.pid_file
+    action = args.command
+    if target.problem and action != "start":
+        print(f"smtpmailer: warning: {target.problem}", file=sys.stderr)
+    if action == "status":
+        result = control.status(pidfile)
+    elif action == "start":
+        result = control.start(target, pidfile)
+    elif action == "stop":
+        result = control.stop(target, pidfile)
+    else:
+        result = control.reload(target, pidfile)
+    print(result.message, file=out if result.code in (0, control.EXIT_NOT_RUNNING) else sys.stderr)
+    return result.code
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smtpmailer import __version__
 
@@ -312,6 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
     stats.add_argument("--json", action="store_true")
 
+    for name, text in (
+        ("start", "start the daemon in the background; returns once it is ready"),
+        ("stop", "stop the daemon (SIGTERM); in-flight deliveries may finish"),
+        ("status", "is the daemon running? exit 0 if so, 3 if not"),
+        ("reload", "re-read the config (SIGHUP) and report whether it was applied"),
+    ):
+        daemon = commands.add_parser(name, help=text)
+        daemon.add_argument("--pidfile", help="default: [Daemon] pid_file")
+        daemon.set_defaults(handler=None, daemon_handler=cmd_daemon)
+
     config = commands.add_parser("config", help="print the effective config (secrets redacted)")
     config.add_argument("--check", action="store_true", help="only validate")
     config.set_defaults(handler=cmd_config)
@@ -326,6 +357,8 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
 
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
+    if getattr(args, "daemon_handler", None):
+        return int(args.daemon_handler(args, out))
     handler: Callable[[argparse.Namespace, Config, IO[str]], int] = args.handler
     try:
         config = load_config(args.config)

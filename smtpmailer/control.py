@@ -1,0 +1,200 @@
+"""Managing the background daemon through its pidfile: start, stop, status, reload.
+
+``status`` exits as LSB init scripts do: 0 running, 3 not running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import attrs
+
+from smtpmailer.config import DAEMON_KEYS, Config, DaemonConfig, default_config_path, load_config
+from smtpmailer.ini import ConfigError, parse_ini
+
+EXIT_NOT_RUNNING = 3
+# How long `stop` waits beyond shutdown_timeout for the process to be gone.
+STOP_MARGIN = 10.0
+RELOAD_WAIT = 30.0
+START_WAIT = 120.0
+
+
+@attrs.frozen
+class Result:
+    code: int
+    message: str
+
+
+@attrs.frozen
+class Target:
+    """What managing a daemon needs: its config file and its [Daemon] settings."""
+
+    config_path: str
+    daemon: DaemonConfig
+    config: Config | None
+    problem: str | None = None
+
+
+def find_daemon(path: str | None) -> Target:
+    """The daemon's settings, even from a config file that has since been broken: stop,
+    status and reload must still reach a daemon that runs on the previous, valid file."""
+    path = path or default_config_path()
+    try:
+        config = load_config(path)
+        return Target(config.path, config.daemon, config)
+    except ConfigError as error:
+        problem = str(error)
+    values = {key: default for key, (_, default) in DAEMON_KEYS.items()}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for section in parse_ini(handle.read(), path):
+                if section.name == "Daemon":
+                    values.update({e.key: e.value for e in section.entries if e.key in values})
+    except (OSError, UnicodeDecodeError, ConfigError):
+        pass
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(value: str | None) -> str:
+        return os.path.normpath(os.path.join(base, value or ""))
+
+    try:
+        timeout = DAEMON_KEYS["shutdown_timeout"][0](values["shutdown_timeout"] or "30s")
+    except ValueError:
+        timeout = 30.0
+    daemon = DaemonConfig(
+        state_dir=resolve(values["state_dir"]),
+        pid_file=resolve(values["pid_file"]),
+        log_file=resolve(values["log_file"]),
+        shutdown_timeout=timeout,
+    )
+    return Target(path, daemon, None, problem)
+
+
+def read_pid(pidfile: str) -> int | None:
+    try:
+        with open(pidfile) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_running(pid: int) -> bool:
+    """The process exists, and (where /proc tells) it is a twistd/smtpmailer process, not
+    an unrelated one that inherited the number of a crashed daemon."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read()
+    except OSError:
+        return True
+    return b"twistd" in command or b"smtpmailer" in command
+
+
+def running_pid(pidfile: str) -> int | None:
+    pid = read_pid(pidfile)
+    return pid if pid is not None and is_running(pid) else None
+
+
+def _wait(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(condition())  # type: ignore[operator]
+
+
+def status(pidfile: str) -> Result:
+    pid = running_pid(pidfile)
+    if pid is None:
+        return Result(EXIT_NOT_RUNNING, "Daemon is not running")
+    return Result(0, f"Daemon is running (PID: {pid})")
+
+
+def start(target: Target, pidfile: str) -> Result:
+    """Run twistd in the background; it returns once our services started or failed."""
+    if target.problem:
+        return Result(1, target.problem)
+    pid = running_pid(pidfile)
+    if pid is not None:
+        return Result(1, f"Daemon is already running (PID: {pid})")
+    log_file = target.daemon.log_file
+    for path in (pidfile, log_file):
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+        except OSError as error:
+            return Result(1, f"cannot create {os.path.dirname(path)}: {error.strerror}")
+    command = [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        f"--pidfile={pidfile}",
+        f"--logfile={log_file}",
+        "smtpmailer",
+        "--config",
+        os.path.abspath(target.config_path),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=START_WAIT)
+    except subprocess.TimeoutExpired:
+        return Result(
+            1, f"the daemon did not report ready within {START_WAIT:.0f}s; see {log_file}"
+        )
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"twistd exited with status {done.returncode}"
+        return Result(1, f"Daemon failed to start: {reason}")
+    pid = read_pid(pidfile)
+    return Result(0, f"Daemon started (PID: {pid}), logging to {log_file}")
+
+
+def stop(target: Target, pidfile: str) -> Result:
+    """SIGTERM, then wait: in-flight deliveries get shutdown_timeout to finish."""
+    pid = running_pid(pidfile)
+    if pid is None:
+        return Result(0, "Daemon is not running")
+    os.kill(pid, signal.SIGTERM)
+    limit = target.daemon.shutdown_timeout + STOP_MARGIN
+    if _wait(lambda: not is_running(pid), limit):
+        return Result(0, f"Daemon stopped (PID: {pid})")
+    return Result(1, f"Daemon (PID: {pid}) did not stop within {limit:.0f}s")
+
+
+def _reload_status(target: Target) -> dict[str, object]:
+    try:
+        with open(os.path.join(target.daemon.state_dir, "reload.json")) as handle:
+            return dict(json.load(handle))
+    except (OSError, ValueError):
+        return {}
+
+
+def reload(target: Target, pidfile: str) -> Result:
+    """SIGHUP, then read the outcome the daemon writes back to state_dir/reload.json."""
+    pid = running_pid(pidfile)
+    if pid is None:
+        return Result(EXIT_NOT_RUNNING, "Daemon is not running")
+    before = _reload_status(target).get("generation", 0)
+    os.kill(pid, signal.SIGHUP)
+    reported: dict[str, object] = {}
+
+    def answered() -> bool:
+        reported.update(_reload_status(target))
+        return reported.get("generation", 0) != before and reported.get("pid") == pid
+
+    if not _wait(answered, RELOAD_WAIT):
+        return Result(
+            1,
+            f"sent SIGHUP to {pid}, but it did not report back within "
+            f"{RELOAD_WAIT:.0f}s; see {target.daemon.log_file}",
+        )
+    return Result(0 if reported.get("ok") else 1, str(reported.get("message")))
