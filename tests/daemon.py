@@ -147,3 +147,18 @@ class Daemon:
         import json
 
         return dict(json.loads(result.stdout))
+
+
+def fill_queue(daemon: Daemon, count: int) -> None:
+    """Queue ``count`` 1 KB messages numbered by an X-Seq header, straight into the store."""
+    from smtpmailer.queue.sqlite import SQLiteQueue
+
+    os.makedirs(daemon.state_dir, exist_ok=True)
+    store = SQLiteQueue(os.path.join(daemon.state_dir, "queue.sqlite3"))
+    for number in range(count):
+        body = (
+            f"From: app@example.com\r\nTo: a@example.org\r\nX-Seq: {number}\r\n"
+            f"Subject: bulk {number}\r\n\r\n" + "x" * 900 + "\r\n"
+        ).encode()
+        store.enqueue("app@example.com", ["a@example.org"], body, 5, float(number), 10**6)
+    store.close()

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.certs import TestCA
-from tests.daemon import Daemon, wait_until
+from tests.daemon import Daemon, fill_queue, wait_until
 from tests.smtp_peer import SMTPPeer
 
 OUTCOME = re.compile(
@@ -271,25 +271,12 @@ class DeliveryTests(EndToEndCase):
 
 
 class CrashTests(EndToEndCase):
-    def enqueue_many(self, daemon: Daemon, count: int) -> None:
-        from smtpmailer.queue.sqlite import SQLiteQueue
-
-        os.makedirs(daemon.state_dir, exist_ok=True)
-        store = SQLiteQueue(os.path.join(daemon.state_dir, "queue.sqlite3"))
-        for number in range(count):
-            body = (
-                f"From: app@example.com\r\nTo: a@example.org\r\nX-Seq: {number}\r\n"
-                f"Subject: bulk {number}\r\n\r\n" + "x" * 900 + "\r\n"
-            ).encode()
-            store.enqueue("app@example.com", ["a@example.org"], body, 5, float(number), 10**6)
-        store.close()
-
     def test_kill_9_during_delivery_loses_nothing(self) -> None:
         """kill -9 while 1,000 messages drain; after a restart every one arrives, and
         duplicates are no more than the messages that were in flight at the kill."""
         peer = self.start_peer()
         daemon = self.start_daemon(peer.port, max_connections="4")
-        self.enqueue_many(daemon, 1000)
+        fill_queue(daemon, 1000)
         daemon.start()
         wait_until(lambda: len(peer.messages()) >= 200, what="200 deliveries")
         daemon.kill(signal.SIGKILL)
