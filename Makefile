@@ -9,7 +9,10 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: run test check lint typecheck unit deps clean
+.PHONY: run test check lint typecheck unit deps system-deps clean
+
+# Debian packages the tests use: systemd-analyze (the unit file check).
+SYSTEM_TOOLS := systemd-analyze:systemd
 
 $(DEPS_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +23,19 @@ $(DEPS_STAMP):
 	touch $@
 
 deps: $(DEPS_STAMP)
+
+# Installs only what is missing; `apt-get update` runs once, and only if something is.
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair#*:}; \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 run: deps
 	mkdir -p var
@@ -32,7 +48,7 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
-unit: deps
+unit: deps system-deps
 	$(BIN)/python tools/run_trial.py tests
 
 test: lint typecheck unit
