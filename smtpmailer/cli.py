@@ -250,6 +250,55 @@ def cmd_config(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     return 0
 
 
+def status_url(config: Config) -> str:
+    """Where the running daemon's status service answers: what it wrote at start, else
+    what the config asks for."""
+    import os
+
+    from smtpmailer.listeners import parse_listen
+
+    try:
+        with open(os.path.join(config.daemon.state_dir, "status.url")) as handle:
+            return handle.read().strip()
+    except OSError:
+        pass
+    if not config.status.listen:
+        raise CommandError("the status service is off ([Status] listen is empty)")
+    spec = parse_listen(config.status.listen)
+    if spec.kind == "unix":
+        raise CommandError("the status service listens on a UNIX socket; use curl --unix-socket")
+    host = "127.0.0.1" if spec.interface in ("0.0.0.0", "::") else spec.interface
+    return f"http://{'[' + host + ']' if ':' in host else host}:{spec.port}"
+
+
+def cmd_health(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    """For monitors: one nagios-style line; exit 0 when /health says ok, else 1."""
+    import urllib.error
+    import urllib.request
+
+    url = status_url(config) + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:  # noqa: S310
+            report = json.load(response)
+    except urllib.error.HTTPError as error:
+        report = json.load(error) if error.code == 503 else {"reasons": [f"HTTP {error.code}"]}
+    except (OSError, ValueError) as error:
+        print(f"SMTPMAILER CRITICAL - cannot reach {url}: {error}", file=out)
+        return 1
+    queue = report.get("queue", {})
+    counts = " ".join(
+        f"{state}={queue.get(state, 0)}"
+        for state in ("queued", "deferred", "active", "held", "failed")
+    )
+    if report.get("status") == "ok":
+        oldest = report.get("oldest_pending_age")
+        age = f"{oldest:.0f}s" if oldest is not None else "-"
+        print(f"SMTPMAILER OK - {counts} oldest={age}", file=out)
+        return 0
+    print(f"SMTPMAILER CRITICAL - {'; '.join(report.get('reasons', []))} | {counts}", file=out)
+    return 1
+
+
 def cmd_daemon(args: argparse.Namespace, out: IO[str]) -> int:
     """start/stop/status/reload: these work even when the config file is broken now."""
     from smtpmailer import control
@@ -342,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
         daemon = commands.add_parser(name, help=text)
         daemon.add_argument("--pidfile", help="default: [Daemon] pid_file")
         daemon.set_defaults(handler=None, daemon_handler=cmd_daemon)
+
+    health = commands.add_parser("health", help="exit 0 if the daemon's /health is ok, else 1")
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    health.set_defaults(handler=cmd_health)
 
     config = commands.add_parser("config", help="print the effective config (secrets redacted)")
     config.add_argument("--check", action="store_true", help="only validate")

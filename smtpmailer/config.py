@@ -29,8 +29,6 @@ DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 NOT_YET = {
     "OAuth2": "AUTH XOAUTH2 is not implemented yet",
     "API": "HTTP API providers are not implemented yet",
-    "Status": "the status HTTP service is not implemented yet",
-    "Manhole": "the SSH manhole is not implemented yet",
     "Submission": "the SMTP submission listener is not implemented yet",
 }
 
@@ -95,12 +93,32 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class StatusConfig:
+    """The HTTP status service; ``listen`` empty turns it off."""
+
+    listen: str
+    token: str | None = attrs.field(repr=False)
+    stuck_after: float
+
+
+@attrs.frozen
+class ManholeConfig:
+    """The SSH console; on only when ``authorized_keys`` is set."""
+
+    listen: str
+    authorized_keys: str | None
+    host_key: str
+
+
+@attrs.frozen
 class Config:
     path: str
     daemon: DaemonConfig
     queue: QueueConfig
     relays: tuple[RelayConfig, ...]
     logging: LoggingConfig
+    status: StatusConfig = StatusConfig("", None, 3600.0)
+    manhole: ManholeConfig = ManholeConfig("", None, "")
     warnings: tuple[str, ...] = ()
 
     @property
@@ -222,11 +240,32 @@ LOGGING_KEYS: Schema = {
     "format": (_choice("text", "json"), "text"),
     "stats_interval": (parse_duration, "5m"),
 }
+
+
+def _listen(text: str) -> str:
+    from smtpmailer.listeners import parse_listen
+
+    parse_listen(text)
+    return text
+
+
+STATUS_KEYS: Schema = {
+    "listen": (_listen, "tcp:8025:interface=127.0.0.1"),
+    "token_file": (_text, None),
+    "stuck_after": (_positive_duration, "1h"),
+}
+MANHOLE_KEYS: Schema = {
+    "listen": (_listen, "tcp:8022:interface=127.0.0.1"),
+    "authorized_keys": (_text, None),
+    "host_key": (_text, None),
+}
 SECTIONS: dict[str, Schema] = {
     "Daemon": DAEMON_KEYS,
     "Queue": QUEUE_KEYS,
     "Relay": RELAY_KEYS,
     "Logging": LOGGING_KEYS,
+    "Status": STATUS_KEYS,
+    "Manhole": MANHOLE_KEYS,
 }
 SECRET_KEYS = frozenset({"password"})
 
@@ -264,6 +303,11 @@ class _Reader:
         if entry is not None and entry.value != "":
             return entry.value
         return self.schema[key][1]
+
+    def turned_off(self, key: str) -> bool:
+        """``key =`` written with nothing after it: for listeners, that means off."""
+        entry = self.entries.get(key)
+        return entry is not None and entry.value == ""
 
     def get(self, key: str) -> Any:
         raw = self.raw(key)
@@ -446,6 +490,21 @@ def parse_config(text: str, path: str) -> Config:
     transports = {relay.transport for relay in relay_configs}
     if len(transports) > 1:
         raise ConfigError(path, relays[1].line, "do not mix maildir and smtp relays")
+    status = _status(path, base, by_name.get("Status"), warnings)
+    manhole_reader = _Reader(path, by_name.get("Manhole"), MANHOLE_KEYS)
+    keys_file = manhole_reader.get("authorized_keys")
+    host_key = manhole_reader.get("host_key")
+    manhole = ManholeConfig(
+        listen="" if manhole_reader.turned_off("listen") else manhole_reader.get("listen"),
+        authorized_keys=_resolve(base, keys_file) if keys_file else None,
+        host_key=_resolve(base, host_key)
+        if host_key
+        else os.path.join(state_dir, "ssh_host_ed25519_key"),
+    )
+    if manhole.authorized_keys and not os.path.isfile(manhole.authorized_keys):
+        raise manhole_reader.fail(
+            "authorized_keys", f"authorized_keys: no such file {manhole.authorized_keys}"
+        )
     return Config(
         path=path,
         daemon=DaemonConfig(
@@ -461,8 +520,39 @@ def parse_config(text: str, path: str) -> Config:
             format=logging.get("format"),
             stats_interval=logging.get("stats_interval"),
         ),
+        status=status,
+        manhole=manhole,
         warnings=tuple(warnings),
     )
+
+
+def _status(path: str, base: str, section: Section | None, warnings: list[str]) -> StatusConfig:
+    from smtpmailer.listeners import parse_listen
+
+    reader = _Reader(path, section, STATUS_KEYS)
+    listen = "" if reader.turned_off("listen") else reader.get("listen")
+    token = None
+    token_file = reader.get("token_file")
+    if token_file:
+        token_path = _resolve(base, token_file)
+        try:
+            with open(token_path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as error:
+            raise reader.fail(
+                "token_file", f"token_file: cannot read {token_path}: {error.strerror}"
+            ) from None
+        if len(token) < 16:
+            raise reader.fail("token_file", "token_file: the token must be 16 characters or more")
+        if _world_readable(token_path):
+            warnings.append(f"{token_path}: token file is world-readable; chmod 0600 it")
+    if listen and not parse_listen(listen).loopback and token is None:
+        raise reader.fail(
+            "listen",
+            f"listen = {listen} is reachable from other hosts: set token_file "
+            "(a bearer token for /v1/* and /) or listen on 127.0.0.1",
+        )
+    return StatusConfig(listen=listen, token=token, stuck_after=reader.get("stuck_after"))
 
 
 def default_config_path() -> str:
@@ -562,6 +652,22 @@ def render_config(config: Config) -> str:
             ("level", lg.level),
             ("format", lg.format),
             ("stats_interval", format_duration(lg.stats_interval)),
+        ],
+    )
+    block(
+        "Status",
+        [
+            ("listen", config.status.listen),
+            ("token_file", "<redacted>" if config.status.token else None),
+            ("stuck_after", format_duration(config.status.stuck_after)),
+        ],
+    )
+    block(
+        "Manhole",
+        [
+            ("listen", config.manhole.listen),
+            ("authorized_keys", config.manhole.authorized_keys),
+            ("host_key", config.manhole.host_key),
         ],
     )
     return "\n".join(out) + "\n"

@@ -45,6 +45,9 @@ class QueuePoller(TimerService):
         self._last_purge = -PURGE_EVERY
         self.last_batch_full = False
         self.ticks = 0
+        self.lag = 0.0
+        self.paused = False
+        self.metrics = delivery.metrics
         delivery.on_capacity = self.wake_if_more
 
     def wake(self) -> None:
@@ -82,7 +85,7 @@ class QueuePoller(TimerService):
         return result
 
     async def _poll(self) -> None:
-        capacity = self._delivery.capacity()
+        capacity = 0 if self.paused else self._delivery.capacity()
         limit = min(self.config.queue.batch_size, capacity)
         if limit <= 0:
             self.last_batch_full = True  # no room to look: assume more is due
@@ -91,6 +94,9 @@ class QueuePoller(TimerService):
             leases = await self._queue.lease(now, limit, self._delivery.lease_seconds)
             self.last_batch_full = len(leases) == limit
             if leases:
+                self.lag = max(0.0, now - min(lease.due for lease in leases))
+                if self.metrics is not None:
+                    self.metrics.poller_lag.set(self.lag)
                 log.debug("leased {n} message(s)", n=len(leases))
                 self._delivery.submit(leases)
         now = self._clock.seconds()

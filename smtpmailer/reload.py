@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config import Config, load_config, relay_title, render_config
 from smtpmailer.ini import ConfigError
@@ -83,6 +83,13 @@ def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
         logging=attrs.evolve(new.logging, format=old.logging.format),
     )
     return kept, refused
+
+
+async def _call(function: Callable[[Config], Any], config: Config) -> None:
+    """Run a reconfigure that may be plain, return a Deferred, or be a coroutine."""
+    result = function(config)
+    if hasattr(result, "__await__"):
+        await result
 
 
 class ReloadService(Service):
@@ -150,8 +157,13 @@ class ReloadService(Service):
         finally:
             self._notifier.notify("READY=1", "STATUS=delivering")
         self.reloads += 1
+        metrics = getattr(self.mailer, "metrics", None)
+        if metrics is not None:
+            metrics.reloads.inc()
         if not ok:
             self.failures += 1
+            if metrics is not None:
+                metrics.reload_failures.inc()
             log.error("{line}", line=message)
         else:
             log.info("{line}", line=message)
@@ -173,11 +185,11 @@ class ReloadService(Service):
             suffix = f" (refused, restart needed: {', '.join(refused)})" if refused else ""
             return True, f"reload: no changes{suffix}"
         try:
-            await maybeDeferred(self.mailer.reconfigure, new)
+            await _call(self.mailer.reconfigure, new)
         except Exception as error:
             log.failure("reload: applying the new configuration failed")
             try:
-                await maybeDeferred(self.mailer.reconfigure, old)
+                await _call(self.mailer.reconfigure, old)
             except Exception:
                 log.failure("reload: could not put the previous configuration back")
             return (

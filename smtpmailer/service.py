@@ -15,6 +15,8 @@ from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import Connector, DeliveryService
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
+from smtpmailer.manhole import ManholeService
+from smtpmailer.metrics import Metrics
 from smtpmailer.poller import QueuePoller
 from smtpmailer.queue import QueueStore
 from smtpmailer.queue.retry import RetryPolicy
@@ -22,6 +24,7 @@ from smtpmailer.queue.runner import AsyncQueue, OutcomeWriter, Runner
 from smtpmailer.reload import ReloadService
 from smtpmailer.stats import StatsService
 from smtpmailer.systemd import Notifier, SystemdService
+from smtpmailer.web.service import StatusService
 
 
 class _Wakeup(DatagramProtocol):
@@ -58,6 +61,7 @@ class MailerService(MultiService):
         install_handler: Callable[[int, Any], Any] | None = None,
         notifier: Notifier | None = None,
         log_target: LogTarget | None = None,
+        listen: Callable[[str, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -69,6 +73,7 @@ class MailerService(MultiService):
         self._install = install_handler
         self._log_target = log_target
         self._wakeup_port: Any = None
+        self.metrics = Metrics()
         self.queue = AsyncQueue(run)
         self.writer = OutcomeWriter(
             self.queue, reactor.seconds, RetryPolicy.from_config(config.queue)
@@ -80,6 +85,7 @@ class MailerService(MultiService):
             clock=reactor,
             connector=connector,
             blocking=blocking,
+            metrics=self.metrics,
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
@@ -91,7 +97,21 @@ class MailerService(MultiService):
             notifier=notifier,
         )
         self.systemd = SystemdService(notifier, reactor)
-        for child in (self.delivery, self.poller, self.stats, self.reload, self.systemd):
+        self.status = StatusService(
+            config, self.queue, self.poller, self.delivery, self.metrics, reactor, listen
+        )
+        self.manhole = ManholeService(config, self, listen)
+        # Listeners start after delivery, so a port that cannot be bound fails the start
+        # before anything is leased; systemd's READY comes last.
+        for child in (
+            self.delivery,
+            self.poller,
+            self.stats,
+            self.status,
+            self.manhole,
+            self.reload,
+            self.systemd,
+        ):
             child.setServiceParent(self)
 
     @property
@@ -176,14 +196,18 @@ class MailerService(MultiService):
         log.info("smtpmailer stopping{how}", how=" now" if self.delivery.immediate else "")
 
         async def stop() -> None:
-            await DeferredList(
-                [
-                    maybeDeferred(self.reload.stopService),
-                    maybeDeferred(self.systemd.stopService),
-                    maybeDeferred(self.stats.stopService),
-                    maybeDeferred(self.poller.stopService),
-                ]
-            )
+            first: list[Deferred[Any]] = [
+                maybeDeferred(child.stopService)
+                for child in (
+                    self.reload,
+                    self.systemd,
+                    self.status,
+                    self.manhole,
+                    self.stats,
+                    self.poller,
+                )
+            ]
+            await DeferredList(first)
             await maybeDeferred(self.delivery.stopService)
             if self._wakeup_port is not None:
                 await maybeDeferred(self._wakeup_port.stopListening)
@@ -200,10 +224,12 @@ class MailerService(MultiService):
 
     # --- reload ---
 
-    def reconfigure(self, config: Config) -> None:
+    async def reconfigure(self, config: Config) -> None:
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
         self.writer.policy = RetryPolicy.from_config(config.queue)
         for child in (self.delivery, self.poller, self.stats):
             child.reconfigure(config)
+        await self.status.reconfigure(config)
+        await self.manhole.reconfigure(config)
         self.config = config

@@ -90,6 +90,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet.threads import deferToThreadPool
 
     from smtpmailer.delivery.service import tcp_connector
+    from smtpmailer.listeners import listen_now
     from smtpmailer.queue.runner import QueueThread
     from smtpmailer.queue.sqlite import SQLiteQueue
     from smtpmailer.service import MailerService
@@ -112,6 +113,7 @@ def makeService(options: Options) -> Any:
         on_start=queue_thread.start,
         on_stop=queue_thread.stop,
         install_handler=signal.signal,
+        listen=lambda text, factory: listen_now(reactor, text, factory),
         notifier=Notifier(),
         log_target=options.log_target,
     )

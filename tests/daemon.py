@@ -41,20 +41,23 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
 class Daemon:
     """One smtpmailer installation in a temporary folder: config, state_dir, log, process."""
 
-    def __init__(self, directory: str, relay: str, queue: str = "", extra: str = "") -> None:
+    def __init__(
+        self, directory: str, relay: str, queue: str = "", extra: str = "", status: str = ""
+    ) -> None:
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.state_dir = os.path.join(self.directory, "state")
         self.config_path = os.path.join(self.directory, "smtpmailer.conf")
         self.log_path = os.path.join(self.directory, "twistd.log")
-        self.write_config(relay, queue, extra)
+        self.write_config(relay, queue, extra, status)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def write_config(self, relay: str, queue: str = "", extra: str = "") -> None:
+    def write_config(self, relay: str, queue: str = "", extra: str = "", status: str = "") -> None:
         text = (
             "[Daemon]\nstate_dir = state\nshutdown_timeout = 5s\n\n"
             "[Queue]\npoll_interval = 1s\nretry_delay = 1s\nmax_retry_delay = 2s\n"
             f"{queue}\n\n{relay}\n\n[Logging]\nstats_interval = 0\n{extra}\n"
+            f"[Status]\nlisten = tcp:0:interface=127.0.0.1\n{status}\n"
         )
         with open(self.config_path, "w") as handle:
             handle.write(text)

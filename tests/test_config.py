@@ -112,8 +112,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_not_yet_built_sections_are_refused_not_ignored(self) -> None:
         self.assertIn(
-            "[Status]: the status HTTP service is not implemented yet",
-            self.error(MINIMAL + "[Status]\nlisten = tcp:8025\n"),
+            "[Submission]: the SMTP submission listener is not implemented yet",
+            self.error(MINIMAL + "[Submission]\nlisten = tcp:2525\n"),
         )
         self.assertIn(
             "postgresql is not implemented yet",

@@ -7,6 +7,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.queue import (
+    STATES,
     NoSuchMessage,
     Outcome,
     QueueError,
@@ -197,8 +198,33 @@ class StoreTests(SynchronousTestCase):
         self.store = SQLiteQueue(self.path)
         self.assertEqual(
             self.store.counts(),
-            {"queued": 0, "deferred": 0, "active": 1, "held": 0, "failed": 0, "sent": 1},
+            {
+                "queued": 0,
+                "deferred": 0,
+                "active": 1,
+                "held": 0,
+                "failed": 0,
+                "sent": 1,
+                "accepted": 2,
+            },
         )
+
+    def test_migration_from_schema_1_counts_what_was_accepted(self) -> None:
+        self.add()
+        self.add()
+        db = self.store._db
+        db.execute("DROP TRIGGER count_insert")
+        db.execute(
+            "CREATE TRIGGER count_insert AFTER INSERT ON messages BEGIN"
+            " UPDATE state_counts SET n = n + 1 WHERE state = NEW.state; END"
+        )
+        db.execute("DELETE FROM state_counts WHERE state = 'accepted'")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        self.store.close()
+        self.store = SQLiteQueue(self.path)
+        self.assertEqual(self.store.counts()["accepted"], 2)
+        self.add()
+        self.assertEqual(self.store.counts()["accepted"], 3)
 
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
@@ -217,7 +243,9 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(info.recipients[0].state, "pending")
         self.store.delete(message_id)
         self.assertRaises(NoSuchMessage, self.store.show, message_id)
-        self.assertEqual(sum(self.store.counts().values()), 0)
+        counts = self.store.counts()
+        self.assertEqual(sum(counts[state] for state in STATES), 0)
+        self.assertEqual(counts["accepted"], 1)  # history: it was accepted once
 
     def test_retry_all_flushes_deferred(self) -> None:
         for _ in range(3):

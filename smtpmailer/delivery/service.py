@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
@@ -25,6 +26,7 @@ from smtpmailer.delivery.maildir import deliver_to_maildir, ensure_maildir
 from smtpmailer.delivery.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
 from smtpmailer.delivery.session import SessionError, SMTPSession
 from smtpmailer.logs import log, outcome_line
+from smtpmailer.metrics import Metrics
 from smtpmailer.queue import Lease, Outcome, RecipientResult, Recorded
 from smtpmailer.queue.runner import OutcomeWriter, Runner
 
@@ -58,6 +60,7 @@ class Session(Protocol):
     """What a worker needs from a connection: deliver messages one by one, then quit."""
 
     label: str
+    relay_name: str
 
     @property
     def delivered(self) -> int: ...
@@ -73,6 +76,7 @@ class _SMTPConnection:
     def __init__(self, session: SMTPSession, label: str) -> None:
         self.session = session
         self.label = label
+        self.relay_name = session.relay.label
 
     @property
     def delivered(self) -> int:
@@ -93,7 +97,7 @@ class _MaildirConnection:
 
     def __init__(self, relay: RelayConfig, blocking: Runner) -> None:
         self.path = relay.path or ""
-        self.label = relay.label
+        self.label = self.relay_name = relay.label
         self.delivered = 0
         self._blocking = blocking
 
@@ -159,6 +163,20 @@ class RateLimiter:
         return start - now
 
 
+@attrs.define
+class RelayState:
+    """What the dashboard and /health show about one relay."""
+
+    name: str
+    connections: int = 0
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
 class DeliveryService(Service):
     """Delivers leased messages; records every outcome through the OutcomeWriter."""
 
@@ -173,6 +191,7 @@ class DeliveryService(Service):
         connector: Connector | None = None,
         blocking: Runner | None = None,
         helo_name: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self._writer = writer
@@ -192,6 +211,9 @@ class DeliveryService(Service):
         self._stopped_waiters: list[Deferred[None]] = []
         self._limiter = RateLimiter(clock, config.relays[0].rate_limit)
         self.on_capacity: Callable[[], None] = lambda: None
+        self.metrics = metrics
+        self.relays: dict[str, RelayState] = {}
+        self.last_success: float | None = None
         self.lease_seconds = lease_seconds(config)
         self.counters: Counter[str] = Counter()
         if config.relays[0].transport == "maildir":
@@ -284,8 +306,27 @@ class DeliveryService(Service):
                 return connection
             except Exception as error:
                 protocol.abort()
-                problems.append(f"{relay.host}:{relay.port}: {describe_error(error)}")
+                problem = describe_error(error)
+                self._relay_failed(relay.label, problem)
+                problems.append(f"{relay.host}:{relay.port}: {problem}")
         raise SessionError("; ".join(problems))
+
+    def relay_state(self, name: str) -> RelayState:
+        if name not in self.relays:
+            self.relays[name] = RelayState(name)
+        return self.relays[name]
+
+    def _relay_failed(self, name: str, problem: str) -> None:
+        state = self.relay_state(name)
+        state.last_error, state.last_error_at = problem, self._clock.seconds()
+        if self.metrics is not None:
+            self.metrics.connection_failures.labels(name).inc()
+
+    def _connections_changed(self, name: str, delta: int) -> None:
+        state = self.relay_state(name)
+        state.connections += delta
+        if self.metrics is not None:
+            self.metrics.connections.labels(name).set(state.connections)
 
     async def _work(self, lease: Lease | None) -> None:
         connection: Session | None = None
@@ -297,6 +338,7 @@ class DeliveryService(Service):
                 self._defer_waiting(lease, describe_error(error))
                 return
             self._sessions.add(connection)
+            self._connections_changed(connection.relay_name, +1)
             relays = self.config.relays
             limit = relays[0].max_messages_per_connection
             while lease is not None:
@@ -305,8 +347,13 @@ class DeliveryService(Service):
                     self._working -= 1
                     await self._release([lease])
                     break
+                began = self._clock.seconds()
                 try:
                     results = await connection.deliver(lease)
+                    if self.metrics is not None:
+                        self.metrics.delivery_seconds.labels(connection.relay_name).observe(
+                            self._clock.seconds() - began
+                        )
                 except Exception as error:
                     if self.immediate:
                         # Cut off by SIGINT: not an attempt, back to the queue untouched.
@@ -314,10 +361,15 @@ class DeliveryService(Service):
                         await self._release([lease])
                         return
                     reason = describe_error(error)
-                    self._finish(lease, self._all(lease, "deferred", reason), connection.label)
+                    self._finish(
+                        lease,
+                        self._all(lease, "deferred", reason),
+                        connection.label,
+                        connection.relay_name,
+                    )
                     connection.abort()
                     return
-                self._finish(lease, results, connection.label)
+                self._finish(lease, results, connection.label, connection.relay_name)
                 lease = None
                 if connection.delivered >= limit or self.config.relays != relays:
                     break  # renewed, or the relay settings changed under a reload
@@ -326,6 +378,7 @@ class DeliveryService(Service):
         finally:
             if connection is not None:
                 self._sessions.discard(connection)
+                self._connections_changed(connection.relay_name, -1)
             self._workers -= 1
             self._dispatch()
             self._check_stopped()
@@ -351,25 +404,29 @@ class DeliveryService(Service):
 
     def _defer_waiting(self, lease: Lease, reason: str) -> None:
         """No relay could be reached: every message waiting now would meet the same fate."""
-        label = self.config.relays[0].host
+        relay = self.config.relays[0]
         waiting = [lease, *self._pending]
         self._working += len(self._pending)
         self._pending.clear()
         for each in waiting:
-            self._finish(each, self._all(each, "deferred", reason), f"{label}[none]")
+            self._finish(
+                each, self._all(each, "deferred", reason), f"{relay.host}[none]", relay.label
+            )
 
-    def _finish(self, lease: Lease, results: tuple[RecipientResult, ...], relay: str) -> None:
+    def _finish(
+        self, lease: Lease, results: tuple[RecipientResult, ...], relay: str, relay_name: str
+    ) -> None:
         self._working -= 1
         sent_at = self._clock.seconds()
         recording = self._writer.record(Outcome(lease, results, relay))
-        recording.addCallback(self._log_outcome, sent_at)
+        recording.addCallback(self._log_outcome, sent_at, relay_name)
         recording.addErrback(
             lambda f: log.failure("could not record the outcome of {id}", failure=f, id=lease.id)
         )
         if len(self._pending) < self.max_connections:
             self.on_capacity()
 
-    def _log_outcome(self, recorded: Recorded, sent_at: float) -> None:
+    def _log_outcome(self, recorded: Recorded, sent_at: float, relay_name: str) -> None:
         outcome = recorded.outcome
         lease = outcome.lease
         if recorded.stale:
@@ -379,12 +436,15 @@ class DeliveryService(Service):
                 state=recorded.state,
             )
             return
+        if recorded.state == "sent" and self.metrics is not None:
+            self.metrics.residence_seconds.observe(sent_at - lease.created)
         expired = dict(recorded.expired)
         for result in outcome.results:
             status, reply = result.status, result.reply
             if result.address in expired:
                 status, reply = "failed", f"{reply}; {expired[result.address]}"
             self.counters[status] += 1
+            self._count(relay_name, status, reply, sent_at)
             delay = sent_at - lease.created
             line = outcome_line(
                 lease.id, result.address, outcome.relay, delay, recorded.attempts, status, reply
@@ -400,6 +460,15 @@ class DeliveryService(Service):
                 status=status,
                 reply=reply,
             )
+
+    def _count(self, relay_name: str, status: str, reply: str, at: float) -> None:
+        state = self.relay_state(relay_name)
+        if status == "sent":
+            state.last_success = self.last_success = at
+        else:
+            state.last_error, state.last_error_at = reply, at
+        if self.metrics is not None:
+            self.metrics.recipients.labels(relay_name, status).inc()
 
     # --- reload ---
 

@@ -108,6 +108,8 @@ class Lease:
     priority: int
     attempts: int
     created: float
+    # When the message became due: the poller's lag is how long it then waited.
+    due: float = 0.0
 
 
 @attrs.frozen
@@ -174,6 +176,12 @@ class QueueStore(Protocol):
     ) -> Iterator[MessageInfo]: ...
 
     def show(self, message_id: str) -> MessageInfo: ...
+
+    def page(
+        self, state: str | None, limit: int, after: tuple[float, str] | None
+    ) -> list[MessageInfo]: ...
+
+    def recent_problems(self, limit: int) -> list[MessageInfo]: ...
 
     def body(self, message_id: str) -> bytes: ...
 

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from smtpmailer.queue import Lease, Outcome, QueueStore, Recorded
+from smtpmailer.queue import Lease, MessageInfo, Outcome, QueueStore, Recorded
 from smtpmailer.queue.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -78,6 +78,17 @@ class AsyncQueue:
 
     def oldest_pending(self) -> Deferred[float | None]:
         return self._call("oldest_pending")
+
+    def page(
+        self, state: str | None, limit: int, after: tuple[float, str] | None
+    ) -> Deferred[list[MessageInfo]]:
+        return self._call("page", state, limit, after)
+
+    def show(self, message_id: str) -> Deferred[MessageInfo]:
+        return self._call("show", message_id)
+
+    def recent_problems(self, limit: int) -> Deferred[list[MessageInfo]]:
+        return self._call("recent_problems", limit)
 
 
 class OutcomeWriter:

@@ -33,7 +33,8 @@ from smtpmailer.queue import (
 )
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_COUNTED = ", ".join(f"('{state}', 0)" for state in (*STATES, "accepted"))
 # While a message is active, next_attempt holds its lease expiry: one index serves both
 # "deferred and due" and "active and expired".
 SCHEMA = f"""
@@ -68,9 +69,10 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE TABLE IF NOT EXISTS bodies (message_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)
     WITHOUT ROWID;
-INSERT OR IGNORE INTO state_counts (state, n) VALUES {", ".join(f"('{s}', 0)" for s in STATES)};
+INSERT OR IGNORE INTO state_counts (state, n) VALUES {_COUNTED};
 CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON messages BEGIN
     UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;
+    UPDATE state_counts SET n = n + 1 WHERE state = 'accepted';
 END;
 CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON messages BEGIN
     UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
@@ -108,14 +110,19 @@ class SQLiteQueue:
             )
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+            fresh = not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'messages'"
+            ).fetchone()
             self._db.executescript(SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
+                (str(SCHEMA_VERSION if fresh else 1),),
             )
             (version,) = self._db.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
+            if int(version) == 1:
+                version = self._migrate_to_2()
         except sqlite3.DatabaseError as error:
             raise QueueError(f"cannot open queue database {path}: {error}") from None
         if int(version) != SCHEMA_VERSION:
@@ -123,6 +130,22 @@ class SQLiteQueue:
                 f"queue database {path} has schema version {version}, this smtpmailer "
                 f"knows {SCHEMA_VERSION}"
             )
+
+    def _migrate_to_2(self) -> int:
+        """Version 2 counts every message ever accepted (for the metrics)."""
+        with self._transaction() as db:
+            db.execute("DROP TRIGGER IF EXISTS count_insert")
+            db.execute(
+                "CREATE TRIGGER count_insert AFTER INSERT ON messages BEGIN"
+                " UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;"
+                " UPDATE state_counts SET n = n + 1 WHERE state = 'accepted'; END"
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO state_counts (state, n)"
+                " SELECT 'accepted', count(*) FROM messages"
+            )
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        return 2
 
     def close(self) -> None:
         self._db.close()
@@ -193,7 +216,7 @@ class SQLiteQueue:
                 (QUEUED, DEFERRED, now),
             )
             rows = db.execute(
-                "SELECT id, sender, priority, attempts, created FROM messages"
+                "SELECT id, sender, priority, attempts, created, next_attempt FROM messages"
                 " WHERE state = ? ORDER BY priority DESC, created, id LIMIT ?",
                 (QUEUED, limit),
             ).fetchall()
@@ -229,6 +252,7 @@ class SQLiteQueue:
                 priority=row[2],
                 attempts=row[3],
                 created=row[4],
+                due=row[5],
             )
             for row in rows
         ]
@@ -331,6 +355,7 @@ class SQLiteQueue:
     # --- inspection ---
 
     def counts(self) -> dict[str, int]:
+        """Messages by state, and under "accepted" how many were ever queued (O(1))."""
         return dict(self._db.execute("SELECT state, n FROM state_counts").fetchall())
 
     def oldest_pending(self) -> float | None:
@@ -352,16 +377,46 @@ class SQLiteQueue:
             for state in (SENT, FAILED, DEFERRED)
         }
 
-    def messages(self, state: str | None = None, limit: int | None = None) -> Iterator[MessageInfo]:
+    def page(
+        self, state: str | None, limit: int, after: tuple[float, str] | None = None
+    ) -> list[MessageInfo]:
+        """One page of ``messages()``: oldest first, starting after (created, id)."""
+        return list(self.messages(state, limit, after))
+
+    def recent_problems(self, limit: int) -> list[MessageInfo]:
+        """The messages that most recently failed or were deferred, newest first."""
+        rows = []
+        for state in (FAILED, DEFERRED):
+            rows += self._db.execute(
+                "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
+                " last_error, updated FROM messages WHERE state = ?"
+                " ORDER BY updated DESC LIMIT ?",
+                (state, limit),
+            ).fetchall()
+        rows.sort(key=lambda row: row[9], reverse=True)
+        return [self._info(row[:9]) for row in rows[:limit]]
+
+    def messages(
+        self,
+        state: str | None = None,
+        limit: int | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> Iterator[MessageInfo]:
         """Oldest first; streamed, so a million-message queue is never in memory at once."""
         query = (
             "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
             " last_error FROM messages"
         )
         args: list[object] = []
+        where = []
         if state:
-            query += " WHERE state = ?"
+            where.append("state = ?")
             args.append(state)
+        if after is not None:
+            where.append("(created > ? OR (created = ? AND id > ?))")
+            args += [after[0], after[0], after[1]]
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY created, id"
         if limit is not None:
             query += " LIMIT ?"

@@ -1,0 +1,1 @@
+"""The status HTTP service: health, metrics, queue API and dashboard."""

@@ -1,0 +1,206 @@
+"""StatusService: the HTTP status listener, its health rules and its hour of history."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.web.server import Site
+
+from smtpmailer import __version__
+from smtpmailer.config import Config
+from smtpmailer.delivery.service import DeliveryService
+from smtpmailer.listeners import describe_port
+from smtpmailer.logs import log
+from smtpmailer.metrics import Metrics
+from smtpmailer.poller import QueuePoller
+from smtpmailer.queue import STATES
+from smtpmailer.queue.runner import AsyncQueue
+from smtpmailer.web.dashboard import DashboardView, Sample
+from smtpmailer.web.resources import Root
+
+STATUS_URL_FILE = "status.url"
+SAMPLE_EVERY = 30.0
+HISTORY = int(3600 / SAMPLE_EVERY) + 1
+Listen = Callable[[str, Any], Any]
+
+
+class StatusService(Service):
+    """Serves /health, /metrics, /v1/queue and the dashboard on ``[Status] listen``.
+
+    ``/health`` fails (503) when the queue store does not answer, the poller is not running,
+    delivery is paused, or delivery is stuck: the oldest message waiting (queued or deferred)
+    is older than ``stuck_after`` and no delivery succeeded within ``stuck_after``.
+    """
+
+    name = "status"
+
+    def __init__(
+        self,
+        config: Config,
+        queue: AsyncQueue,
+        poller: QueuePoller,
+        delivery: DeliveryService,
+        metrics: Metrics,
+        clock: Any,
+        listen: Listen | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.poller = poller
+        self.delivery = delivery
+        self.metrics = metrics
+        self.clock = clock
+        self._listen = listen
+        self.port: Any = None
+        self.started = clock.seconds()
+        self.history: deque[Sample] = deque(maxlen=HISTORY)
+        self._last_outcomes: Counter[str] = Counter()
+        self._sampler: LoopingCall | None = None
+        self.site = Site(Root(self))
+        self.site.displayTracebacks = False
+        self.site.noisy = False
+
+    # --- listening ---
+
+    def startService(self) -> None:
+        super().startService()
+        self.started = self.clock.seconds()
+        if self._listen is not None and self.config.status.listen:
+            self.port = self._bind(self.config.status.listen)
+        self._sampler = LoopingCall(self._sample)
+        self._sampler.clock = self.clock
+        self._sampler.start(SAMPLE_EVERY, now=True).addErrback(
+            lambda failure: log.failure("status sampling stopped", failure=failure)
+        )
+
+    def _bind(self, listen: str) -> Any:
+        assert self._listen is not None
+        port = self._listen(listen, self.site)
+        address = describe_port(port)
+        log.info("status service listening on {address}", address=address)
+        self._publish(port)
+        return port
+
+    def _publish(self, port: Any) -> None:
+        """Write the URL we answer on to state_dir/status.url, for `smtpmailer health`
+        (the port may have been chosen by the system: tcp:0)."""
+        host = getattr(port.getHost(), "host", None)
+        path = os.path.join(self.config.daemon.state_dir, STATUS_URL_FILE)
+        if host is None:
+            return
+        host = f"[{host}]" if ":" in host else host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        try:
+            with open(path + ".tmp", "w") as handle:
+                handle.write(f"http://{host}:{port.getHost().port}\n")
+            os.replace(path + ".tmp", path)
+        except OSError as error:
+            log.warn("could not write {path}: {error}", path=path, error=error)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._sampler is not None and self._sampler.running:
+            self._sampler.stop()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return maybeDeferred(port.stopListening)
+        return None
+
+    async def reconfigure(self, config: Config) -> None:
+        """A new ``listen`` is bound before the old one is closed; the rest is read per
+        request."""
+        old = self.config.status.listen
+        if config.status.listen != old and self.running and self._listen is not None:
+            new_port = self._bind(config.status.listen) if config.status.listen else None
+            if self.port is not None:
+                await maybeDeferred(self.port.stopListening)
+            self.port = new_port
+        self.config = config
+
+    # --- data ---
+
+    def _sample(self) -> Deferred[None]:
+        """Every 30 s: counts by state and deliveries per minute since the last sample."""
+
+        async def sample() -> None:
+            counts = await self.queue.counts()
+            outcomes = Counter(self.delivery.counters)
+            previous = self.history[-1].time if self.history else self.started
+            minutes = max((self.clock.seconds() - previous) / 60, 1e-9)
+            delta = outcomes - self._last_outcomes
+            self._last_outcomes = outcomes
+            rates = {k: delta.get(k, 0) / minutes for k in ("sent", "deferred", "failed")}
+            if not self.history:
+                rates = {k: 0.0 for k in rates}
+            self.history.append(Sample(self.clock.seconds(), counts, rates))
+
+        result = Deferred.fromCoroutine(sample())
+        result.addErrback(lambda failure: log.failure("status sample failed", failure=failure))
+        return result
+
+    async def health(self) -> dict[str, Any]:
+        now = self.clock.seconds()
+        reasons = []
+        counts: dict[str, int] = {}
+        oldest = None
+        try:
+            counts = await self.queue.counts()
+            oldest = await self.queue.oldest_pending()
+        except Exception as error:
+            reasons.append(f"the queue store does not answer: {error}")
+        if not self.poller.running:
+            reasons.append("the queue poller is not running")
+        if self.poller.paused:
+            reasons.append("delivery is paused (manhole: resume())")
+        stuck_after = self.config.status.stuck_after
+        oldest_age = now - oldest if oldest is not None else None
+        last = self.delivery.last_success
+        since_success = now - last if last is not None else now - self.started
+        if oldest_age is not None and oldest_age > stuck_after and since_success > stuck_after:
+            reasons.append(
+                f"delivery is stuck: the oldest message has waited {oldest_age:.0f}s and no "
+                f"delivery succeeded in {since_success:.0f}s (stuck_after = {stuck_after:.0f}s)"
+            )
+        return {
+            "status": "fail" if reasons else "ok",
+            "reasons": reasons,
+            "version": __version__.public(),
+            "queue": {state: counts.get(state, 0) for state in STATES},
+            "oldest_pending_age": round(oldest_age, 3) if oldest_age is not None else None,
+            "last_success_age": round(now - last, 3) if last is not None else None,
+            "poller_lag": round(self.poller.lag, 3),
+            "paused": self.poller.paused,
+        }
+
+    async def refresh_metrics(self) -> None:
+        counts = await self.queue.counts()
+        oldest = await self.queue.oldest_pending()
+        self.metrics.queue.counts = counts
+        self.metrics.queue.oldest_age = (
+            self.clock.seconds() - oldest if oldest is not None else None
+        )
+        self.metrics.paused.set(1 if self.poller.paused else 0)
+
+    async def dashboard_view(self) -> DashboardView:
+        health = await self.health()
+        problems = await self.queue.recent_problems(10)
+        counts = await self.queue.counts()
+        return DashboardView(
+            version=__version__.public(),
+            now=self.clock.seconds(),
+            started=self.started,
+            counts=counts,
+            oldest_age=health["oldest_pending_age"],
+            health=health,
+            history=tuple(self.history),
+            problems=tuple(problems),
+            relays=tuple(state.as_json() for state in self.delivery.relays.values()),
+            paused=self.poller.paused,
+        )
