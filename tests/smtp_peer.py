@@ -154,6 +154,9 @@ class SMTPPeer:
         return self.port
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
         async def close() -> None:
             self.unstall.set()
             self._server.close()

@@ -84,7 +84,7 @@ def line_chart(
         f'<line x1="40" y1="{CHART_HEIGHT - 20}" x2="{CHART_WIDTH - 10}" '
         f'y2="{CHART_HEIGHT - 20}" stroke="#999"/>',
         f'<line x1="40" y1="20" x2="40" y2="{CHART_HEIGHT - 20}" stroke="#999"/>',
-        f'<text x="4" y="24" font-size="11">{top:g}{html.escape(unit)}</text>',
+        f'<text x="4" y="24" font-size="11">{top:.3g}{html.escape(unit)}</text>',
         f'<text x="4" y="{CHART_HEIGHT - 22}" font-size="11">0</text>',
         f'<text x="40" y="{CHART_HEIGHT - 4}" font-size="11">-60m</text>',
         f'<text x="{CHART_WIDTH - 40}" y="{CHART_HEIGHT - 4}" font-size="11">now</text>',
@@ -96,6 +96,9 @@ def line_chart(
             f'<polyline class="series" data-series="{name}" fill="none" stroke="{colour}" '
             f'stroke-width="2" points="{coordinates}"/>'
         )
+        if line:  # the latest value as a dot: visible even before there is a line
+            t, v = line[-1]
+            parts.append(f'<circle cx="{x(t)}" cy="{y(v)}" r="3" fill="{colour}"/>')
         parts.append(
             f'<text x="{60 + index * 90}" y="14" font-size="11" fill="{colour}">'
             f"&#9632; {name}</text>"

@@ -131,19 +131,21 @@ class StatusService(Service):
 
         async def sample() -> None:
             counts = await self.queue.counts()
-            outcomes = Counter(self.delivery.counters)
-            previous = self.history[-1].time if self.history else self.started
-            minutes = max((self.clock.seconds() - previous) / 60, 1e-9)
-            delta = outcomes - self._last_outcomes
-            self._last_outcomes = outcomes
-            rates = {k: delta.get(k, 0) / minutes for k in ("sent", "deferred", "failed")}
-            if not self.history:
-                rates = {k: 0.0 for k in rates}
-            self.history.append(Sample(self.clock.seconds(), counts, rates))
+            self.history.append(self._sample_now(counts))
+            self._last_outcomes = Counter(self.delivery.counters)
 
         result = Deferred.fromCoroutine(sample())
         result.addErrback(lambda failure: log.failure("status sample failed", failure=failure))
         return result
+
+    def _sample_now(self, counts: dict[str, int]) -> Sample:
+        """Counts as given, and outcomes per minute since the last sample."""
+        now = self.clock.seconds()
+        previous = self.history[-1].time if self.history else self.started
+        minutes = max((now - previous) / 60, 1e-9)
+        delta = Counter(self.delivery.counters) - self._last_outcomes
+        rates = {k: delta.get(k, 0) / minutes for k in ("sent", "deferred", "failed")}
+        return Sample(now, counts, rates)
 
     async def health(self) -> dict[str, Any]:
         now = self.clock.seconds()
@@ -199,7 +201,8 @@ class StatusService(Service):
             counts=counts,
             oldest_age=health["oldest_pending_age"],
             health=health,
-            history=tuple(self.history),
+            # The hour of samples, and the present as its last point.
+            history=(*self.history, self._sample_now(counts)),
             problems=tuple(problems),
             relays=tuple(state.as_json() for state in self.delivery.relays.values()),
             paused=self.poller.paused,
