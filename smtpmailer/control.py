@@ -151,11 +151,25 @@ def start(target: Target, pidfile: str) -> Result:
             1, f"the daemon did not report ready within {START_WAIT:.0f}s; see {log_file}"
         )
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"twistd exited with status {done.returncode}"
-        return Result(1, f"Daemon failed to start: {reason}")
+        return Result(1, f"Daemon failed to start: {_start_failure(done, log_file)}")
     pid = read_pid(pidfile)
     return Result(0, f"Daemon started (PID: {pid}), logging to {log_file}")
+
+
+def _start_failure(done: subprocess.CompletedProcess[str], log_file: str) -> str:
+    """The reason twistd gave: its own last line, or, when it only says "Please look at
+    log file", the last error the log file holds."""
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"twistd exited with status {done.returncode}"
+    if "look at log file" in reason:
+        try:
+            with open(log_file, encoding="utf-8", errors="replace") as handle:
+                errors = [line for line in handle if "Error:" in line or "error:" in line]
+        except OSError:
+            errors = []
+        if errors:
+            reason = errors[-1].split("] ", 1)[-1].strip()
+    return reason
 
 
 def stop(target: Target, pidfile: str) -> Result:

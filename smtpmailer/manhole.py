@@ -255,10 +255,14 @@ class ManholeService(Service):
     def _wanted(config: Config) -> bool:
         return bool(config.manhole.authorized_keys and config.manhole.listen)
 
+    def bind(self) -> None:
+        """Bind now (see StatusService.bind)."""
+        if self.port is None and self._listen is not None and self._wanted(self.config):
+            self.port = self._bind(self.config)
+
     def startService(self) -> None:
         super().startService()
-        if self._listen is not None and self._wanted(self.config):
-            self.port = self._bind(self.config)
+        self.bind()
 
     def stopService(self) -> Any:
         super().stopService()

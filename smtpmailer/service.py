@@ -151,7 +151,14 @@ class MailerService(MultiService):
         relays = ", ".join(
             f"{r.label}:{r.port}" if r.transport == "smtp" else r.label for r in self.config.relays
         )
-        # Threads start last: one left running by a failed start would keep the process alive.
+        # Listeners bind first (a port that cannot be bound fails the start), threads start
+        # last: a thread left running by a failed start would keep the process alive.
+        try:
+            self.status.bind()
+            self.manhole.bind()
+        except Exception:
+            self._abandon_start()
+            raise
         if self._on_start is not None:
             self._on_start()
         log.info(
@@ -165,6 +172,14 @@ class MailerService(MultiService):
             held=counts.get("held", 0),
         )
         super().startService()
+
+    def _abandon_start(self) -> None:
+        """Undo what a failed start did, so the process can exit."""
+        for port in (self.status.port, self.manhole.port, self._wakeup_port):
+            if port is not None:
+                port.stopListening()
+        if self.queue.store is not None:
+            self.queue.store.close()
 
     def _listen_for_wakeups(self) -> Any:
         """Bind the wakeup socket. Without it mail still flows, one poll interval later."""

@@ -65,6 +65,38 @@ class StartupTests(TestCase):
         )
         self.assertIsNone(first.process.poll() if first.process else 0)
 
+    def test_a_port_that_cannot_be_bound_stops_the_start(self) -> None:
+        """The status port is taken: twistd exits at once (no thread keeps it alive), and
+        `smtpmailer start` names the reason."""
+        import socket
+
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        daemon = Daemon(self.home, MAILDIR_RELAY, status="")
+        text = (
+            open(daemon.config_path)
+            .read()
+            .replace(
+                "listen = tcp:0:interface=127.0.0.1", f"listen = tcp:{port}:interface=127.0.0.1"
+            )
+        )
+        with open(daemon.config_path, "w") as handle:
+            handle.write(text)
+        daemon.start(wait=False)
+        assert daemon.process is not None
+        self.assertEqual(daemon.process.wait(timeout=30), 1)
+        self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", daemon.log())
+        started = daemon.cli("start", "--pidfile", os.path.join(self.home, "p.pid"))
+        self.assertEqual(started.returncode, 1)
+        self.assertIn(
+            f"Daemon failed to start: twisted.internet.error.CannotListenError: "
+            f"Couldn't listen on 127.0.0.1:{port}",
+            started.stderr,
+        )
+
     def test_missing_database_is_created(self) -> None:
         daemon = Daemon(self.home, MAILDIR_RELAY)
         self.addCleanup(daemon.stop)

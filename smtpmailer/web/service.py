@@ -68,11 +68,16 @@ class StatusService(Service):
 
     # --- listening ---
 
+    def bind(self) -> None:
+        """Bind ``listen`` now; MailerService calls this early, so a port that cannot be
+        bound stops the start before anything else runs."""
+        if self.port is None and self._listen is not None and self.config.status.listen:
+            self.port = self._bind(self.config.status.listen)
+
     def startService(self) -> None:
         super().startService()
         self.started = self.clock.seconds()
-        if self._listen is not None and self.config.status.listen:
-            self.port = self._bind(self.config.status.listen)
+        self.bind()
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = self.clock
         self._sampler.start(SAMPLE_EVERY, now=True).addErrback(
