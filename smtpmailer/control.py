@@ -157,19 +157,25 @@ def start(target: Target, pidfile: str) -> Result:
 
 
 def _start_failure(done: subprocess.CompletedProcess[str], log_file: str) -> str:
-    """The reason twistd gave: its own last line, or, when it only says "Please look at
-    log file", the last error the log file holds."""
+    """The reason twistd gave. In background mode its child reports the error through a
+    pipe, cut at 100 characters ("An error has occurred: b'...'"); the whole line is then
+    taken from the log file when it is there already."""
+    import ast
+
     lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    reason = lines[-1] if lines else f"twistd exited with status {done.returncode}"
-    if "look at log file" in reason:
-        try:
-            with open(log_file, encoding="utf-8", errors="replace") as handle:
-                errors = [line for line in handle if "Error:" in line or "error:" in line]
-        except OSError:
-            errors = []
-        if errors:
-            reason = errors[-1].split("] ", 1)[-1].strip()
-    return reason
+    for line in lines:
+        if line.startswith("An error has occurred: "):
+            try:
+                reason = ast.literal_eval(line.split(": ", 1)[1]).decode("utf-8", "replace")
+            except (ValueError, SyntaxError, AttributeError):
+                reason = line.split(": ", 1)[1]
+            try:
+                with open(log_file, encoding="utf-8", errors="replace") as handle:
+                    whole = [entry for entry in handle if reason in entry]
+            except OSError:
+                whole = []
+            return whole[-1].split("] ", 1)[-1].strip() if whole else reason
+    return lines[-1] if lines else f"twistd exited with status {done.returncode}"
 
 
 def stop(target: Target, pidfile: str) -> Result:
