@@ -237,3 +237,77 @@ class DiffTests(SynchronousTestCase):
         self.assertEqual(changed_keys(old, new), ["[Relay] password"])
         kept, refused = keep_restart_only(old, new)
         self.assertEqual(refused, [])
+
+
+class _Port:
+    def __init__(self, events: list[str], text: str) -> None:
+        self.events = events
+        self.text = text
+
+    def stopListening(self) -> None:
+        self.events.append(f"close {self.text}")
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("TCP", "127.0.0.1", int(self.text.split(":")[1]))
+
+
+class ListenerReloadTests(ReloadCase):
+    def test_listeners_are_rebound_new_before_old(self) -> None:
+        events: list[str] = []
+        keys = os.path.join(self.dir, "authorized_keys")
+        with open(keys, "w") as handle:
+            handle.write("")
+
+        def listen(text: str, factory: Any) -> _Port:
+            events.append(f"bind {text}")
+            return _Port(events, text)
+
+        self.path = os.path.join(self.dir, "smtpmailer.conf")
+        sections = (
+            "[Status]\nlisten = tcp:{status}:interface=127.0.0.1\n"
+            "[Manhole]\nlisten = tcp:{manhole}:interface=127.0.0.1\n"
+            f"authorized_keys = {keys}\n"
+        )
+        self.write(extra=sections.format(status=8101, manhole=8201))
+        self.config = load_config(self.path)
+        self.store = SQLiteQueue(self.config.queue.path)
+        self.handlers: dict[int, Any] = {}
+
+        def install(signum: int, handler: Any) -> Any:
+            self.handlers[signum] = handler
+
+        self.service = MailerService(
+            self.config,
+            open_store=lambda: self.store,
+            reactor=self.clock,
+            run=synchronous_runner,
+            blocking=synchronous_runner,
+            connector=self.connect,
+            listen_wakeup=False,
+            install_handler=install,
+            listen=listen,
+        )
+        self.service.startService()
+        self.addCleanup(self.stop)
+        self.assertEqual(
+            events, ["bind tcp:8101:interface=127.0.0.1", "bind tcp:8201:interface=127.0.0.1"]
+        )
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "ssh_host_ed25519_key")))
+        del events[:]
+        self.write(extra=sections.format(status=8102, manhole=8202))
+        self.sighup()
+        self.assertEqual(
+            events,
+            [
+                "bind tcp:8102:interface=127.0.0.1",
+                "close tcp:8101:interface=127.0.0.1",
+                "bind tcp:8202:interface=127.0.0.1",
+                "close tcp:8201:interface=127.0.0.1",
+            ],
+        )
+        self.assertIn("[Manhole] listen", self.status()["message"])
+        del events[:]
+        self.sighup()  # unchanged: nothing is touched
+        self.assertEqual(events, [])
