@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         daemon.add_argument("--pidfile", help="default: [Daemon] pid_file")
         daemon.set_defaults(handler=None, daemon_handler=cmd_daemon)
 
+    # Routed before argparse (sendmail's syntax); listed here for --help.
+    commands.add_parser(
+        "sendmail", help="sendmail-compatible: -t, -i/-oi, -f, -F, -bp, -q; message on stdin"
+    )
     health = commands.add_parser("health", help="exit 0 if the daemon's /health is ok, else 1")
     health.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     health.set_defaults(handler=cmd_health)
@@ -402,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sendmail_arguments(argv: list[str]) -> list[str] | None:
+    """``[--config P] sendmail ARGS``: sendmail's syntax is not argparse's, so route it first."""
+    prefix: list[str] = []
+    rest = argv
+    if rest[:1] == ["--config"] and len(rest) >= 2:
+        prefix, rest = [f"--config={rest[1]}"], rest[2:]
+    elif rest[:1] and rest[0].startswith("--config="):
+        prefix, rest = rest[:1], rest[1:]
+    if rest[:1] != ["sendmail"]:
+        return None
+    return [*prefix, *rest[1:]]
+
+
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     from smtpmailer.config import load_config
     from smtpmailer.ini import ConfigError
@@ -409,6 +426,12 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     from smtpmailer.queue import QueueError
 
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sendmail_args = _sendmail_arguments(argv)
+    if sendmail_args is not None:
+        from smtpmailer.sendmail import run
+
+        return run(sendmail_args, sys.stdin.buffer, out, sys.stderr)
     args = build_parser().parse_args(argv)
     if getattr(args, "daemon_handler", None):
         return int(args.daemon_handler(args, out))

@@ -7,11 +7,12 @@ listeners are bound synchronously in startService (TCP and UNIX endpoints listen
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.interfaces import IListeningPort
-from twisted.python.failure import Failure
+
+if TYPE_CHECKING:  # config validation uses this module: it must not import Twisted
+    from twisted.internet.interfaces import IListeningPort
 
 
 @attrs.frozen
@@ -74,6 +75,7 @@ def parse_listen(text: str) -> ListenSpec:
 def listen_now(reactor: Any, text: str, factory: Any) -> IListeningPort:
     """Bind at once; raise the CannotListenError instead of leaving it in a Deferred."""
     from twisted.internet.endpoints import serverFromString
+    from twisted.python.failure import Failure
 
     result = serverFromString(reactor, text).listen(factory)
     outcome: list[Any] = []

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
-import mimetypes
 import os
 import re
-from collections.abc import Iterable, Sequence
-from email.message import EmailMessage
-from email.parser import BytesParser
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 
-# 7bit transfer encodings for everything we build, so any relay takes it (8BITMIME or not).
-BUILD_POLICY = email.policy.SMTP.clone(cte_type="7bit")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
@@ -46,6 +41,14 @@ def _single_address(text: str, what: str) -> tuple[str, str]:
     if len(pairs) != 1:
         raise MessageError(f"{what} {text!r} must be a single address")
     return pairs[0]
+
+
+def build_policy() -> Any:
+    """7bit transfer encodings for everything we build, so any relay takes it (8BITMIME or
+    not). Imported on use: email.policy costs 20 ms, and sendmail's path does not need it."""
+    import email.policy
+
+    return email.policy.SMTP.clone(cte_type="7bit")
 
 
 def normalize_address(text: str, what: str = "address") -> str:
@@ -160,7 +163,11 @@ def build_message(
     to_pairs = [_header_display(a, "--to") for a in to]
     cc_pairs = [_header_display(a, "--cc") for a in cc]
     bcc_pairs = [_header_display(a, "--bcc") for a in bcc]
-    message = EmailMessage(policy=BUILD_POLICY)
+    import mimetypes
+    from email.message import EmailMessage
+
+    policy = build_policy()
+    message = EmailMessage(policy=policy)
     message["From"] = email.utils.formataddr((from_name, from_addr))
     if to_pairs:
         message["To"] = ", ".join(email.utils.formataddr(p) for p in to_pairs)
@@ -181,7 +188,7 @@ def build_message(
             attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename
         )
     recipients = unique(p[1] for p in (*to_pairs, *cc_pairs, *bcc_pairs))
-    return Envelope(from_addr, tuple(recipients), message.as_bytes(policy=BUILD_POLICY))
+    return Envelope(from_addr, tuple(recipients), message.as_bytes(policy=policy))
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -222,6 +229,7 @@ def prepare_raw(
     extract_recipients: bool = False,
     sender: str | None = None,
     now: float,
+    qualify: Callable[[str], str] = lambda address: address,
 ) -> Envelope:
     """Take an RFC 5322 message as given (stdin of ``send -t``/``send RCPT...``).
 
@@ -231,13 +239,15 @@ def prepare_raw(
     """
     data = to_crlf(data)
     head, rest = _split_head(data)
-    parsed = BytesParser(policy=email.policy.compat32).parsebytes(head + b"\r\n", headersonly=True)
-    rcpts = [normalize_address(r, "recipient") for r in recipients]
+    from email.parser import BytesParser
+
+    parsed = BytesParser().parsebytes(head + b"\r\n", headersonly=True)
+    rcpts = [normalize_address(qualify(r), "recipient") for r in recipients]
     if extract_recipients:
         for field in ("to", "cc", "bcc"):
             for _, address in email.utils.getaddresses(parsed.get_all(field, [])):
                 if address:
-                    rcpts.append(normalize_address(address, f"{field.title()} address"))
+                    rcpts.append(normalize_address(qualify(address), f"{field.title()} address"))
     if not rcpts:
         raise MessageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
     if sender is None:
@@ -245,7 +255,7 @@ def prepare_raw(
         if not from_addresses or not from_addresses[0][1]:
             raise MessageError("no sender: the message has no From header; give --from")
         sender = from_addresses[0][1]
-    sender = normalize_address(sender, "sender")
+    sender = normalize_address(qualify(sender), "sender")
     additions = b""
     if parsed.get("date") is None:
         additions += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()

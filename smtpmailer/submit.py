@@ -11,23 +11,36 @@ from smtpmailer.queue import QueueStore
 from smtpmailer.units import format_size
 
 
-def enqueue_envelope(
-    store: QueueStore, config: Config, envelope: Envelope, priority: int, now: float
-) -> str:
-    """Check size and addresses, commit durably, and return the queue id.
-
-    Raises MessageError for bad input and QueueFull/QueueError when the queue cannot take
-    it; in every such case nothing was written.
-    """
+def check_envelope(config: Config, envelope: Envelope) -> Envelope:
+    """Size and addresses, before anything touches the queue; MessageError if wrong."""
     limit = config.queue.max_message_size
     if len(envelope.data) > limit:
         raise MessageError(
             f"message is {len(envelope.data)} bytes, over max_message_size ({format_size(limit)})"
         )
-    sender = normalize_address(envelope.sender, "sender")
-    recipients = [normalize_address(r, "recipient") for r in envelope.recipients]
+    return Envelope(
+        normalize_address(envelope.sender, "sender"),
+        tuple(normalize_address(r, "recipient") for r in envelope.recipients),
+        envelope.data,
+    )
+
+
+def enqueue_envelope(
+    store: QueueStore, config: Config, envelope: Envelope, priority: int, now: float
+) -> str:
+    """Check, commit durably, and return the queue id.
+
+    Raises MessageError for bad input and QueueFull/QueueError when the queue cannot take
+    it; in every such case nothing was written.
+    """
+    checked = check_envelope(config, envelope)
     return store.enqueue(
-        sender, recipients, envelope.data, priority, now, config.queue.max_queue_size
+        checked.sender,
+        list(checked.recipients),
+        checked.data,
+        priority,
+        now,
+        config.queue.max_queue_size,
     )
 
 

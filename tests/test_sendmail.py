@@ -1,0 +1,161 @@
+"""The sendmail-compatible command: sendmail's options and exit codes, fed the way cron
+and PHP feed it, each message checked byte for byte at a real SMTP server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from smtpmailer.sendmail import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    UsageError,
+    parse_arguments,
+    read_message,
+)
+from tests.daemon import Daemon, environment, wait_until
+from tests.smtp_peer import SMTPPeer
+
+
+class ArgumentTests(SynchronousTestCase):
+    def test_what_real_callers_pass(self) -> None:
+        php = parse_arguments(["-t", "-i"])  # PHP's default sendmail_path
+        self.assertEqual((php.extract, php.ignore_dots), (True, True))
+        cron = parse_arguments(["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"])
+        self.assertEqual(
+            (cron.full_name, cron.ignore_dots, cron.recipients), ("CronDaemon", True, ["root"])
+        )
+        git = parse_arguments(["-i", "-f", "dev@example.com", "--", "a@x.org", "b@x.org"])
+        self.assertEqual((git.sender, git.recipients), ("dev@example.com", ["a@x.org", "b@x.org"]))
+        joined = parse_arguments(["-fme@example.com", "-odb", "-oi", "-v", "x@y.org"])
+        self.assertEqual(
+            (joined.sender, joined.ignore_dots, joined.verbose), ("me@example.com", True, True)
+        )
+        self.assertEqual(parse_arguments(["-r", "r@example.com"]).sender, "r@example.com")
+        self.assertEqual(parse_arguments(["-bp"]).mode, "list")
+        self.assertEqual(parse_arguments(["-q"]).mode, "flush")
+        self.assertEqual(parse_arguments(["-ti"]).ignore_dots, True)
+
+    def test_refusals(self) -> None:
+        for bad in (["-Z"], ["-f"], ["-bs"], ["-bd"]):
+            self.assertRaises(UsageError, parse_arguments, bad)
+
+    def test_a_lone_dot_ends_the_message_unless_i(self) -> None:
+        import io
+
+        data = b"Subject: s\n\nline\n.\nafter\n"
+        self.assertEqual(read_message(io.BytesIO(data), ignore_dots=False), b"Subject: s\n\nline\n")
+        self.assertEqual(read_message(io.BytesIO(data), ignore_dots=True), data)
+        self.assertEqual(read_message(io.BytesIO(b"a\r\n.\r\nb\r\n"), False), b"a\r\n")
+
+
+class CommandTests(TestCase):
+    """Real processes: `python -m smtpmailer.sendmail` is what the console script runs."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.peer = SMTPPeer()
+        self.peer.start()
+        self.addCleanup(self.peer.stop)
+        self.daemon = Daemon(
+            os.path.join(self.home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {self.peer.port}\nsecurity = none\n",
+            queue="max_message_size = 64KB\nmax_queue_size = 5",
+        )
+        self.addCleanup(self.daemon.stop)
+
+    def sendmail(
+        self, data: bytes, *args: str, config: str | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = config or self.daemon.config_path
+        return subprocess.run(
+            [sys.executable, "-m", "smtpmailer.sendmail", *args],
+            input=data,
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+
+    def test_cron_and_php_style_mail_arrives_byte_for_byte(self) -> None:
+        self.daemon.start()
+        body_8bit = "Grüße aus der Crontab — ünïcödé\n.leading dot\n..two dots\n".encode()
+        cron = (
+            b"From: root (Cron Daemon)\nTo: root@example.org\n"
+            b"Subject: Cron <root@host> run-parts /etc/cron.daily\n"
+            b"Content-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\n"
+            + body_8bit
+        )
+        result = self.sendmail(cron, "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root@example.org")
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        php = (
+            b"To: user@example.org\r\nSubject: Your order\r\nBcc: audit@example.org\r\n"
+            b"From: shop@example.com\r\n\r\nThank you.\r\n"
+        )
+        result = self.sendmail(php, "-t", "-i")
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        wait_until(lambda: len(self.peer.messages()) == 2, what="both messages")
+        by_rcpt = {tuple(m.recipients): m for m in self.peer.messages()}
+        arrived = by_rcpt[("root@example.org",)]
+        host = socket.gethostname()
+        self.assertEqual(arrived.sender, f"root@{host if '.' in host else host + '.localdomain'}")
+        self.assertTrue(arrived.data.endswith(body_8bit.replace(b"\n", b"\r\n")))
+        head = arrived.data.split(b"\r\n\r\n", 1)[0]
+        self.assertIn(b"Subject: Cron <root@host> run-parts /etc/cron.daily\r\n", head + b"\r\n")
+        self.assertIn(b"\r\nDate: ", head)
+        self.assertIn(b"\r\nMessage-ID: <", head)
+        order = by_rcpt[("user@example.org", "audit@example.org")]
+        self.assertEqual(order.sender, "shop@example.com")
+        self.assertNotIn(b"Bcc", order.data)
+        self.assertNotIn(b"audit@", order.data)
+        self.assertTrue(order.data.endswith(b"\r\n\r\nThank you.\r\n"))
+
+    def test_from_header_is_added_when_missing(self) -> None:
+        self.daemon.start()
+        result = self.sendmail(
+            b"Subject: no from\n\nhi\n",
+            "-f",
+            "ops@example.com",
+            "-F",
+            "Ops Team",
+            "admin@example.org",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        wait_until(lambda: len(self.peer.messages()) == 1, what="the message")
+        (message,) = self.peer.messages()
+        self.assertEqual(message.sender, "ops@example.com")
+        self.assertTrue(message.data.startswith(b"From: Ops Team <ops@example.com>\r\n"))
+
+    def test_exit_codes(self) -> None:
+        os.makedirs(self.daemon.state_dir)
+        self.assertEqual(self.sendmail(b"x", "-Z").returncode, EX_USAGE)
+        self.assertEqual(self.sendmail(b"x").returncode, EX_USAGE)  # no recipients
+        missing = self.sendmail(b"x", "a@example.org", config=os.path.join(self.home, "nope.conf"))
+        self.assertEqual(missing.returncode, EX_CONFIG)
+        bad = self.sendmail(b"From: a@example.com\n\nb\n", "not an address")
+        self.assertEqual(bad.returncode, EX_DATAERR)
+        self.assertIn(b"has an invalid local part", bad.stderr)
+        big = self.sendmail(b"From: a@example.com\n\n" + b"x" * 70_000 + b"\n", "a@example.org")
+        self.assertEqual(big.returncode, EX_DATAERR)
+        self.assertIn(b"over max_message_size (64KB)", big.stderr)
+        for _ in range(5):
+            self.assertEqual(
+                self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org").returncode, 0
+            )
+        full = self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org")
+        self.assertEqual(full.returncode, EX_TEMPFAIL)
+        self.assertIn(b"queue is full", full.stderr)
+        listing = self.sendmail(b"", "-bp")
+        self.assertEqual(listing.returncode, 0)
+        self.assertIn(b"-- 5 messages", listing.stdout)
