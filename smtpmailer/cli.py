@@ -271,6 +271,22 @@ def status_url(config: Config) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{spec.port}"
 
 
+def cmd_hash_password(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    """``user:$(smtpmailer hash-password)`` is a users_file line."""
+    import bcrypt
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise CommandError("empty password")
+    print(bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode(), file=out)
+    return 0
+
+
 def cmd_health(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     """For monitors: one nagios-style line; exit 0 when /health says ok, else 1."""
     import urllib.error
@@ -391,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         daemon = commands.add_parser(name, help=text)
         daemon.add_argument("--pidfile", help="default: [Daemon] pid_file")
         daemon.set_defaults(handler=None, daemon_handler=cmd_daemon)
+
+    hashing = commands.add_parser(
+        "hash-password", help="print a bcrypt hash for [Submission] users_file (reads stdin)"
+    )
+    hashing.set_defaults(handler=cmd_hash_password)
 
     # Routed before argparse (sendmail's syntax); listed here for --help.
     commands.add_parser(

@@ -29,7 +29,6 @@ DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 NOT_YET = {
     "OAuth2": "AUTH XOAUTH2 is not implemented yet",
     "API": "HTTP API providers are not implemented yet",
-    "Submission": "the SMTP submission listener is not implemented yet",
 }
 
 
@@ -111,6 +110,18 @@ class ManholeConfig:
 
 
 @attrs.frozen
+class SubmissionConfig:
+    """The local ESMTP listener; ``listen`` empty turns it off."""
+
+    listen: str
+    tls_cert: str | None
+    tls_key: str | None
+    users_file: str | None
+    max_recipients: int
+    max_connections_per_client: int
+
+
+@attrs.frozen
 class Config:
     path: str
     daemon: DaemonConfig
@@ -119,6 +130,7 @@ class Config:
     logging: LoggingConfig
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
+    submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 10)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -259,6 +271,14 @@ MANHOLE_KEYS: Schema = {
     "authorized_keys": (_text, None),
     "host_key": (_text, None),
 }
+SUBMISSION_KEYS: Schema = {
+    "listen": (_listen, None),
+    "tls_cert": (_text, None),
+    "tls_key": (_text, None),
+    "users_file": (_text, None),
+    "max_recipients": (_int(1, 100000), "100"),
+    "max_connections_per_client": (_int(1, 100000), "10"),
+}
 SECTIONS: dict[str, Schema] = {
     "Daemon": DAEMON_KEYS,
     "Queue": QUEUE_KEYS,
@@ -266,6 +286,7 @@ SECTIONS: dict[str, Schema] = {
     "Logging": LOGGING_KEYS,
     "Status": STATUS_KEYS,
     "Manhole": MANHOLE_KEYS,
+    "Submission": SUBMISSION_KEYS,
 }
 SECRET_KEYS = frozenset({"password"})
 
@@ -522,7 +543,56 @@ def parse_config(text: str, path: str) -> Config:
         ),
         status=status,
         manhole=manhole,
+        submission=_submission(path, base, by_name.get("Submission")),
         warnings=tuple(warnings),
+    )
+
+
+def _submission(path: str, base: str, section: Section | None) -> SubmissionConfig:
+    from smtpmailer.listeners import parse_listen
+
+    reader = _Reader(path, section, SUBMISSION_KEYS)
+
+    def existing(key: str) -> str | None:
+        value = reader.get(key)
+        if not value:
+            return None
+        resolved = _resolve(base, value)
+        if not os.path.isfile(resolved):
+            raise reader.fail(key, f"{key}: no such file {resolved}")
+        return resolved
+
+    listen = reader.get("listen") or ""
+    cert, key, users = existing("tls_cert"), existing("tls_key"), existing("users_file")
+    if users:
+        with open(users, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, _, stored = line.partition(":")
+                if not name or not stored.startswith(("$2a$", "$2b$", "$2y$", "$argon2")):
+                    raise ConfigError(
+                        users,
+                        number,
+                        "expected 'user:HASH' with a bcrypt or argon2 hash (plain-text "
+                        "passwords are refused; make one with: smtpmailer hash-password)",
+                    )
+    if listen and not parse_listen(listen).loopback and not users:
+        raise reader.fail(
+            "listen",
+            f"listen = {listen} is reachable from other hosts: set users_file (AUTH) "
+            "or listen on 127.0.0.1",
+        )
+    if key and not cert:
+        raise reader.fail("tls_key", "tls_key without tls_cert")
+    return SubmissionConfig(
+        listen=listen,
+        tls_cert=cert,
+        tls_key=key,
+        users_file=users,
+        max_recipients=reader.get("max_recipients"),
+        max_connections_per_client=reader.get("max_connections_per_client"),
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 
 from smtpmailer import __version__
@@ -16,13 +16,16 @@ from smtpmailer.config import Config
 from smtpmailer.delivery.service import Connector, DeliveryService
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
+from smtpmailer.message import Envelope, MessageError
 from smtpmailer.metrics import Metrics
 from smtpmailer.poller import QueuePoller
-from smtpmailer.queue import QueueStore
+from smtpmailer.queue import PRIORITY_NAMES, QueueStore
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, OutcomeWriter, Runner
 from smtpmailer.reload import ReloadService
 from smtpmailer.stats import StatsService
+from smtpmailer.submission import SubmissionService
+from smtpmailer.submit import check_envelope
 from smtpmailer.systemd import Notifier, SystemdService
 from smtpmailer.web.service import StatusService
 
@@ -101,14 +104,15 @@ class MailerService(MultiService):
             config, self.queue, self.poller, self.delivery, self.metrics, reactor, listen
         )
         self.manhole = ManholeService(config, self, listen)
-        # Listeners start after delivery, so a port that cannot be bound fails the start
-        # before anything is leased; systemd's READY comes last.
+        self.submission = SubmissionService(config, self.submit, reactor, blocking, listen)
+        # Listeners bind early in startService (see there); systemd's READY comes last.
         for child in (
             self.delivery,
             self.poller,
             self.stats,
             self.status,
             self.manhole,
+            self.submission,
             self.reload,
             self.systemd,
         ):
@@ -156,6 +160,7 @@ class MailerService(MultiService):
         try:
             self.status.bind()
             self.manhole.bind()
+            self.submission.bind()
         except Exception:
             self._abandon_start()
             raise
@@ -175,7 +180,7 @@ class MailerService(MultiService):
 
     def _abandon_start(self) -> None:
         """Undo what a failed start did, so the process can exit."""
-        for port in (self.status.port, self.manhole.port, self._wakeup_port):
+        for port in (self.status.port, self.manhole.port, self.submission.port, self._wakeup_port):
             if port is not None:
                 port.stopListening()
         if self.queue.store is not None:
@@ -218,6 +223,7 @@ class MailerService(MultiService):
                     self.systemd,
                     self.status,
                     self.manhole,
+                    self.submission,
                     self.stats,
                     self.poller,
                 )
@@ -237,6 +243,30 @@ class MailerService(MultiService):
 
         return Deferred.fromCoroutine(stop())
 
+    # --- input ---
+
+    def submit(self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]) -> Deferred[str]:
+        """The daemon's way into the queue (SMTP submission, HTTP): the same checks as
+        `smtpmailer send`, a durable commit on the queue thread, then a poll."""
+        try:
+            checked = check_envelope(self.config, envelope)
+        except MessageError:
+            return fail()
+        committed = self.queue.enqueue(
+            checked.sender,
+            list(checked.recipients),
+            checked.data,
+            priority,
+            self._reactor.seconds(),
+            self.config.queue.max_queue_size,
+        )
+
+        def queued(message_id: str) -> str:
+            self.poller.wake()
+            return message_id
+
+        return committed.addCallback(queued)
+
     # --- reload ---
 
     async def reconfigure(self, config: Config) -> None:
@@ -247,4 +277,5 @@ class MailerService(MultiService):
             child.reconfigure(config)
         await self.status.reconfigure(config)
         await self.manhole.reconfigure(config)
+        await self.submission.reconfigure(config)
         self.config = config

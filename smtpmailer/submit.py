@@ -19,7 +19,8 @@ def check_envelope(config: Config, envelope: Envelope) -> Envelope:
             f"message is {len(envelope.data)} bytes, over max_message_size ({format_size(limit)})"
         )
     return Envelope(
-        normalize_address(envelope.sender, "sender"),
+        # An empty sender is SMTP's null reverse-path (<>), as bounces use.
+        normalize_address(envelope.sender, "sender") if envelope.sender else "",
         tuple(normalize_address(r, "recipient") for r in envelope.recipients),
         envelope.data,
     )

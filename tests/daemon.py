@@ -83,7 +83,7 @@ class Daemon:
         )
         if wait:
             wait_until(
-                lambda: "ready:" in self.log() or self.process.poll() is not None,  # type: ignore[union-attr]
+                lambda: "ready:" in self.new_log() or self.process.poll() is not None,  # type: ignore[union-attr]
                 what="the daemon to be ready",
             )
             if self.process.poll() is not None:
@@ -102,6 +102,10 @@ class Daemon:
                 return handle.read()
         except FileNotFoundError:
             return ""
+
+    def new_log(self) -> str:
+        """What this run of the daemon logged (the file may hold earlier runs)."""
+        return self.log()[getattr(self, "log_offset", 0) :]
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.process is not None

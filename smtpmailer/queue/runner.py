@@ -59,6 +59,17 @@ class AsyncQueue:
             raise RuntimeError("queue store is not open")
         return self._run(getattr(self.store, name), *args)
 
+    def enqueue(
+        self,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        priority: int,
+        now: float,
+        max_queue_size: int,
+    ) -> Deferred[str]:
+        return self._call("enqueue", sender, recipients, data, priority, now, max_queue_size)
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
 

@@ -1,0 +1,397 @@
+"""SubmissionService: a local ESMTP listener that queues what applications hand it.
+
+Built on twisted.mail.smtp's ESMTP server, which gives one IMessage per recipient and a
+generic reply. Ours collects one message per transaction, answers ``250 2.0.0 queued as ID``
+only after the commit, maps refusals to the right codes (452 full, 552 too big, 553 bad
+address, 452 too many recipients), checks SIZE up front, holds pipelined commands back while
+a commit runs, and offers AUTH (bcrypt or argon2 hashes, checked off the reactor) only after
+STARTTLS when TLS is configured.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import Counter
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.mail import smtp
+from twisted.mail._cred import LOGINCredentials, PLAINCredentials
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from smtpmailer.config import Config
+from smtpmailer.listeners import describe_port
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope, MessageError, normalize_address, to_crlf
+from smtpmailer.queue import QueueFull
+from smtpmailer.units import format_size
+
+_SIZE = re.compile(rb"(?:^|\s)SIZE=(\d+)", re.IGNORECASE)
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """bcrypt ($2a$/$2b$/$2y$) or argon2 ($argon2id$...) hashes; never plain text."""
+    if stored.startswith("$2"):
+        import bcrypt
+
+        return bool(bcrypt.checkpw(password.encode(), stored.encode()))
+    if stored.startswith("$argon2"):
+        from argon2 import PasswordHasher
+        from argon2.exceptions import VerificationError
+
+        try:
+            return bool(PasswordHasher().verify(stored, password))
+        except (VerificationError, ValueError):
+            return False
+    return False
+
+
+def read_users(path: str) -> dict[str, str]:
+    users = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, stored = line.partition(":")
+                users[name.strip()] = stored.strip()
+    return users
+
+
+@implementer(ICredentialsChecker)
+class UsersFileChecker:
+    """Checks a login against ``[Submission] users_file``; hashing runs in a thread."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, path: str, blocking: Any) -> None:
+        self.path = path
+        self._blocking = blocking
+
+    def requestAvatarId(self, creds: Any) -> Any:
+        try:
+            stored = read_users(self.path).get(creds.username.decode("utf-8", "replace"))
+        except OSError as error:
+            log.warn("submission: cannot read {path}: {error}", path=self.path, error=error)
+            return fail(cred_error.UnauthorizedLogin())
+        if stored is None:
+            return fail(cred_error.UnauthorizedLogin())
+        password = creds.password.decode("utf-8", "replace")
+
+        def checked(ok: bool) -> bytes:
+            if not ok:
+                raise cred_error.UnauthorizedLogin()
+            return bytes(creds.username)
+
+        return self._blocking(verify_password, password, stored).addCallback(checked)
+
+
+@implementer(IRealm)
+class _Realm:
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        return smtp.IMessageDelivery, avatar_id, lambda: None
+
+
+class _Collector:
+    """The one message of a transaction: lines in, durable enqueue at the end."""
+
+    def __init__(self, server: SubmissionProtocol, sender: str, recipients: list[str]) -> None:
+        self.server = server
+        self.sender = sender
+        self.recipients = recipients
+        self.lines: list[bytes] = []
+        self.size = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self.size += len(line) + 2
+        limit = self.server.config.queue.max_message_size
+        if self.size > limit:
+            # Twisted writes this reply as given at the final dot: bytes, not str.
+            raise smtp.SMTPServerError(
+                552, f"5.3.4 Message too big for this system (max {format_size(limit)})".encode()
+            )
+        self.lines.append(line)
+
+    def eomReceived(self) -> Deferred[str]:
+        data = to_crlf(b"\r\n".join(self.lines) + b"\r\n")
+        envelope = Envelope(self.sender, tuple(self.recipients), data)
+        return self.server.factory.enqueue(envelope)
+
+    def connectionLost(self) -> None:
+        self.lines = []
+
+
+class _Silent:
+    """Stands for the other recipients: Twisted wants one IMessage per recipient."""
+
+    def __init__(self, collector: _Collector) -> None:
+        self.collector = collector
+
+    def lineReceived(self, line: bytes) -> None:
+        pass
+
+    def eomReceived(self) -> Deferred[None]:
+        return succeed(None)
+
+    def connectionLost(self) -> None:
+        pass
+
+
+class SubmissionProtocol(smtp.ESMTP):
+    factory: SubmissionFactory
+
+    def __init__(self, factory: SubmissionFactory) -> None:
+        challengers = {b"PLAIN": PLAINCredentials, b"LOGIN": LOGINCredentials}
+        super().__init__(
+            chal=challengers if factory.portal is not None else {},
+            contextFactory=factory.tls,
+        )
+        self.factory = factory
+        self.config = factory.config
+        self.portal = factory.portal  # type: ignore[assignment]
+        self.host = factory.hostname.encode()
+        self.timeout = 300
+        self.callLater = factory.clock.callLater  # type: ignore[method-assign]
+        self._collector: _Collector | None = None
+        self._held: list[bytes] | None = None
+
+    # --- connections ---
+
+    def connectionMade(self) -> None:
+        peer = getattr(self.transport.getPeer(), "host", "?")  # type: ignore[union-attr]
+        self._peer = peer
+        count = self.factory.open_connections[peer]
+        if count >= self.factory.per_client:
+            self.transport.write(b"421 4.7.0 Too many connections from your address\r\n")  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._counted = False
+            return
+        self._counted = True
+        self.factory.open_connections[peer] += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if getattr(self, "_counted", False):
+            self.factory.open_connections[self._peer] -= 1
+            self._counted = False
+        super().connectionLost(reason)
+
+    # --- EHLO ---
+
+    def extensions(self) -> dict[bytes, Any]:
+        extensions = super().extensions()
+        if self.canStartTLS and not self.startedTLS and self.factory.tls_required_for_auth:
+            extensions.pop(b"AUTH", None)  # no passwords in the clear
+        if not self.challengers:
+            extensions.pop(b"AUTH", None)
+        extensions[b"PIPELINING"] = None
+        extensions[b"8BITMIME"] = None
+        extensions[b"ENHANCEDSTATUSCODES"] = None
+        extensions[b"SIZE"] = [str(self.config.queue.max_message_size).encode()]
+        return extensions
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        if self.canStartTLS and not self.startedTLS and self.factory.tls_required_for_auth:
+            self.sendCode(538, b"5.7.11 Encryption required: STARTTLS first")
+            return
+        super().ext_AUTH(rest)
+
+    # --- envelope ---
+
+    def do_MAIL(self, rest: bytes) -> None:
+        size = _SIZE.search(rest)
+        if size and int(size.group(1)) > self.config.queue.max_message_size:
+            limit = format_size(self.config.queue.max_message_size)
+            self.sendCode(552, f"5.3.4 Message too big for this system (max {limit})".encode())
+            return
+        super().do_MAIL(rest)
+
+    def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
+        if self.factory.auth_required and not self.authenticated:
+            raise smtp.SMTPBadSender(origin, 530, "5.7.0 Authentication required")
+        text = str(origin)
+        if text:
+            try:
+                normalize_address(text, "sender")
+            except MessageError as error:
+                raise smtp.SMTPBadSender(origin, 553, f"5.1.7 {error}") from None
+        self._collector = None
+        self._recipients: list[str] = []
+        return origin
+
+    def validateTo(self, user: smtp.User) -> Any:
+        if len(self._to) >= self.factory.max_recipients:
+            raise smtp.SMTPBadRcpt(user, 452, "4.5.3 Too many recipients")
+        try:
+            address = normalize_address(str(user.dest), "recipient")
+        except MessageError as error:
+            raise smtp.SMTPBadRcpt(user, 553, f"5.1.3 {error}") from None
+        sender = str(self._from) if self._from else ""
+        self._recipients.append(address)
+        recipients = self._recipients  # Twisted empties self._to before DATA builds messages
+
+        def message() -> Any:
+            if self._collector is None:
+                self._collector = _Collector(self, sender, list(recipients))
+                return self._collector
+            return _Silent(self._collector)
+
+        return message
+
+    def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes | None:
+        if self._collector is None or self._collector.lines:
+            return None  # once, into the collector, right after it was made
+        client = helo[0].decode("ascii", "replace") if helo and helo[0] else "unknown"
+        ip = helo[1] if helo and len(helo) > 1 else self._peer
+        ip = ip.decode("ascii", "replace") if isinstance(ip, bytes) else ip
+        # RFC 3848: S for TLS, A for authenticated.
+        with_ = "ESMTP" + ("S" if self.startedTLS else "") + ("A" if self.authenticated else "")
+        stamp = smtp.rfc822date().decode()
+        return (
+            f"Received: from {client} ({ip}) by {self.factory.hostname} (smtpmailer) "
+            f"with {with_}; {stamp}"
+        ).encode()
+
+    # --- the end of DATA: reply only after the commit ---
+
+    def lineReceived(self, line: bytes) -> Any:
+        if self._held is not None:  # a commit is running: pipelined commands wait
+            self._held.append(line)
+            return None
+        return super().lineReceived(line)
+
+    def dataLineReceived(self, line: bytes) -> None:
+        if line == b"." and not self.datafailed:
+            self._held = []  # until _messageHandled answers; a failed DATA answers at once
+        super().dataLineReceived(line)
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.sendCode(250, b"2.0.0 OK")
+
+    state_DATA = dataLineReceived
+
+    def _messageHandled(self, results: list[tuple[bool, Any]]) -> None:
+        collector, self._collector = self._collector, None
+        failures = [value for ok, value in results if not ok]
+        if failures:
+            failure = failures[0]
+            if failure.check(QueueFull):
+                self.sendCode(452, b"4.3.1 Queue full, try again later")
+            elif failure.check(MessageError):
+                self.sendCode(554, f"5.6.0 {failure.getErrorMessage()}".encode())
+            else:
+                log.failure("submission: could not queue a message", failure=failure)
+                self.sendCode(451, b"4.3.0 Could not queue the message, try again later")
+        else:
+            message_id = next(value for ok, value in results if ok and value)
+            self.sendCode(250, f"2.0.0 Ok: queued as {message_id}".encode())
+            log.info(
+                "submission: queued {id} from <{sender}> for {n} recipient(s) ({peer})",
+                id=message_id,
+                sender=collector.sender if collector else "",
+                n=len(collector.recipients) if collector else 0,
+                peer=self._peer,
+            )
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        for line in held:
+            if self._held is not None:  # another DATA ended inside the held lines
+                self._held.append(line)
+            else:
+                self.lineReceived(line)
+
+
+class SubmissionFactory(protocol.ServerFactory):
+    noisy = False
+
+    def __init__(self, config: Config, enqueue: Any, clock: Any, blocking: Any) -> None:
+        self.config = config
+        self.enqueue = enqueue
+        self.clock = clock
+        self.hostname = socket.gethostname()
+        self.open_connections: Counter[str] = Counter()
+        settings = config.submission
+        self.per_client = settings.max_connections_per_client
+        self.max_recipients = settings.max_recipients
+        self.portal = (
+            Portal(_Realm(), [UsersFileChecker(settings.users_file, blocking)])
+            if settings.users_file
+            else None
+        )
+        self.auth_required = settings.users_file is not None
+        self.tls = _server_tls(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        self.tls_required_for_auth = self.tls is not None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return SubmissionProtocol(self)
+
+
+def _server_tls(cert: str, key: str | None) -> Any:
+    from twisted.internet import ssl
+
+    with open(cert, "rb") as handle:
+        pem = handle.read()
+    if key:
+        with open(key, "rb") as handle:
+            pem += b"\n" + handle.read()
+    return ssl.PrivateCertificate.loadPEM(pem).options()
+
+
+class SubmissionService(Service):
+    """Listens on ``[Submission] listen`` (off when empty)."""
+
+    name = "submission"
+
+    def __init__(
+        self, config: Config, queue_enqueue: Any, clock: Any, blocking: Any, listen: Any = None
+    ) -> None:
+        self.config = config
+        self._enqueue = queue_enqueue
+        self._clock = clock
+        self._blocking = blocking
+        self._listen = listen
+        self.port: Any = None
+        self.factory: SubmissionFactory | None = None
+
+    def _build(self, config: Config) -> SubmissionFactory:
+        return SubmissionFactory(config, self._enqueue, self._clock, self._blocking)
+
+    def bind(self) -> None:
+        if self.port is None and self._listen is not None and self.config.submission.listen:
+            self.factory = self._build(self.config)
+            self.port = self._listen(self.config.submission.listen, self.factory)
+            log.info("submission listening on {address}", address=describe_port(self.port))
+
+    def startService(self) -> None:
+        super().startService()
+        self.bind()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return maybeDeferred(port.stopListening)
+        return None
+
+    async def reconfigure(self, config: Config) -> None:
+        changed = config.submission != self.config.submission
+        self.config = config
+        if self.factory is not None:
+            self.factory.config = config
+        if not changed or not self.running or self._listen is None:
+            return
+        old = self.port
+        self.port = None
+        self.bind()
+        if old is not None:
+            await maybeDeferred(old.stopListening)

@@ -1,0 +1,266 @@
+"""The SMTP submission listener with real clients (Python's smtplib, swaks) against a real
+twistd, each message checked byte for byte where it arrives (aiosmtpd)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import smtplib
+import ssl
+import subprocess
+import tempfile
+
+import bcrypt
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from smtpmailer.config import parse_config
+from smtpmailer.ini import ConfigError
+from smtpmailer.submission import verify_password
+from tests.certs import TestCA
+from tests.daemon import Daemon, wait_until
+from tests.smtp_peer import SMTPPeer
+
+
+class PasswordTests(SynchronousTestCase):
+    def test_bcrypt_and_argon2(self) -> None:
+        from argon2 import PasswordHasher
+
+        stored = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+        self.assertTrue(verify_password("pw", stored))
+        self.assertFalse(verify_password("nope", stored))
+        argon = PasswordHasher().hash("pw")
+        self.assertTrue(verify_password("pw", argon))
+        self.assertFalse(verify_password("nope", argon))
+        self.assertFalse(verify_password("pw", "pw"))  # plain text never matches
+
+    def test_plain_text_users_file_is_refused(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as handle:
+            handle.write("# users\napp:secret\n")
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(
+                f"[Relay]\nhost = h\n[Submission]\nlisten = tcp:2525:interface=127.0.0.1"
+                f"\nusers_file = {users}\n",
+                os.path.join(directory, "c.conf"),
+            )
+        self.assertIn(
+            f"{users}:2: expected 'user:HASH' with a bcrypt or argon2 hash", str(caught.exception)
+        )
+
+    def test_public_listener_needs_users(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse_config("[Relay]\nhost = h\n[Submission]\nlisten = tcp:2525\n", "c.conf")
+        self.assertIn("reachable from other hosts: set users_file", str(caught.exception))
+
+
+class SubmissionTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.relay = SMTPPeer()
+        self.relay.start()
+        self.addCleanup(self.relay.stop)
+        ca = TestCA(os.path.join(self.home, "ca"))
+        self.ca_file = ca.ca_file
+        cert, key = ca.issue("localhost", dns=("localhost",))
+        users = os.path.join(self.home, "users")
+        with open(users, "w") as handle:
+            handle.write(f"app:{bcrypt.hashpw(b'app-pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+        self.daemon = Daemon(
+            os.path.join(self.home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {self.relay.port}\nsecurity = none\n"
+            f"[Submission]\nlisten = tcp:0:interface=127.0.0.1\ntls_cert = {cert}\n"
+            f"tls_key = {key}\nusers_file = {users}\nmax_recipients = 3\n"
+            "max_connections_per_client = 4\n",
+            queue="max_message_size = 32KB",
+        )
+        self.addCleanup(self.daemon.stop)
+        self.daemon.start()
+        found = wait_until(
+            lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", self.daemon.log()),
+            what="the listener",
+        )
+        self.port = int(found.group(1))
+
+    def client(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("localhost", self.port, timeout=30)
+        self.addCleanup(lambda: client.close())
+        client.ehlo("app.test")
+        client.starttls(context=ssl.create_default_context(cafile=self.ca_file))
+        client.ehlo("app.test")
+        client.login("app", "app-pw")
+        return client
+
+    def test_smtplib_with_starttls_and_auth_byte_for_byte(self) -> None:
+        client = self.client()
+        self.assertIn("pipelining", client.esmtp_features)
+        self.assertEqual(client.esmtp_features["size"], str(32 * 1024))
+        body = (
+            "Subject: via SMTP\r\nFrom: app@example.com\r\nTo: a@example.org\r\n\r\n"
+            "line one\r\n.line with a dot\r\n\u00fcber 8-bit\r\n"
+        ).encode()
+        refused = client.sendmail(
+            "app@example.com",
+            ["a@example.org", "b@example.org"],
+            body,
+            mail_options=["BODY=8BITMIME"],
+        )
+        self.assertEqual(refused, {})
+        code, reply = client.docmd("NOOP")
+        self.assertEqual(code, 250)
+        wait_until(lambda: len(self.relay.messages()) == 1, what="delivery to the relay")
+        (arrived,) = self.relay.messages()
+        self.assertEqual(arrived.recipients, ["a@example.org", "b@example.org"])
+        self.assertEqual(arrived.sender, "app@example.com")
+        received, rest = arrived.data.split(b"\r\n", 1)
+        self.assertTrue(received.startswith(b"Received: from app.test"), received)
+        self.assertIn(b"with ESMTPSA", received)
+        # Byte for byte what the client sent, after the one Received line we add.
+        self.assertEqual(rest, body)
+
+    def test_the_250_means_queued(self) -> None:
+        client = self.client()
+        client.mail("app@example.com")
+        client.rcpt("a@example.org")
+        code, reply = client.data(b"Subject: s\r\n\r\nb\r\n")
+        self.assertEqual(code, 250)
+        message_id = re.search(rb"queued as (\w+)", reply).group(1).decode()  # type: ignore[union-attr]
+        self.assertIn(self.daemon.message(message_id)["state"], ("queued", "active", "sent"))
+
+    def test_refusals(self) -> None:
+        plain = smtplib.SMTP("localhost", self.port, timeout=30)
+        self.addCleanup(plain.close)
+        plain.ehlo("x")
+        self.assertNotIn("auth", plain.esmtp_features, "no AUTH before STARTTLS")
+        self.assertEqual(plain.docmd("AUTH", "PLAIN AGFwcABhcHAtcHc=")[0], 538)
+        self.assertEqual(plain.docmd("MAIL", "FROM:<app@example.com>")[0], 530)
+
+        client = self.client()
+        self.assertEqual(client.docmd("MAIL", "FROM:<app@example.com> SIZE=999999")[0], 552)
+        self.assertEqual(client.docmd("MAIL", "FROM:<not valid@example.com>")[0], 501)
+        self.assertEqual(client.docmd("MAIL", "FROM:<app@example.com>")[0], 250)
+        self.assertEqual(client.docmd("RCPT", "TO:<a..b@example.org>")[0], 553)
+        for name in ("a", "b", "c"):
+            self.assertEqual(client.docmd("RCPT", f"TO:<{name}@example.org>")[0], 250)
+        code, reply = client.docmd("RCPT", "TO:<d@example.org>")
+        self.assertEqual((code, reply), (452, b"4.5.3 Too many recipients"))
+        self.assertEqual(client.docmd("DATA")[0], 354)
+        client.send(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 600 + b".\r\n")
+        code, reply = client.getreply()
+        self.assertEqual(code, 552)
+        self.assertIn(b"Message too big", reply)
+        self.assertEqual(self.daemon.states(), {})
+
+    def test_wrong_password(self) -> None:
+        client = smtplib.SMTP("localhost", self.port, timeout=30)
+        self.addCleanup(client.close)
+        client.ehlo("x")
+        client.starttls(context=ssl.create_default_context(cafile=self.ca_file))
+        client.ehlo("x")
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            client.login("app", "wrong")
+
+    def test_connections_per_client_are_limited(self) -> None:
+        clients = [smtplib.SMTP("127.0.0.1", self.port, timeout=30) for _ in range(4)]
+        for client in clients:
+            self.addCleanup(client.close)
+        with self.assertRaises(smtplib.SMTPConnectError) as caught:
+            smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+        self.assertEqual(caught.exception.smtp_code, 421)
+
+    def test_swaks(self) -> None:
+        swaks = shutil.which("swaks")
+        if swaks is None:
+            self.fail("swaks is missing: `make test` installs Debian's swaks")
+        result = subprocess.run(
+            [
+                swaks,
+                "--server",
+                f"127.0.0.1:{self.port}",
+                "--tls",
+                "--tls-verify",
+                "--tls-ca-path",
+                self.ca_file,
+                "--tls-sni",
+                "localhost",
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                "app",
+                "--auth-password",
+                "app-pw",
+                "--from",
+                "swaks@example.com",
+                "--to",
+                "s@example.org",
+                "--pipeline",
+                "--header",
+                "Subject: from swaks",
+                "--body",
+                "swaks body",
+                "--helo",
+                "swaks.test",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertRegex(result.stdout, r"<~  250 2.0.0 Ok: queued as \w+")
+        wait_until(lambda: len(self.relay.messages()) == 1, what="the swaks message")
+        (arrived,) = self.relay.messages()
+        self.assertEqual(
+            (arrived.sender, arrived.recipients), ("swaks@example.com", ["s@example.org"])
+        )
+        self.assertIn(b"Subject: from swaks\r\n", arrived.data)
+        self.assertIn(b"\r\n\r\nswaks body\r\n", arrived.data)
+
+    def test_pipelined_commands_wait_for_the_commit(self) -> None:
+        """A plain socket, to control what arrives in one write: commands pipelined after
+        the final dot are answered after the commit's 250, in order."""
+        import socket
+
+        # Off TLS, without AUTH: a daemon whose listener needs neither.
+        self.daemon.stop()
+        text = open(self.daemon.config_path).read()
+        text = re.sub(r"tls_cert = .*\n|tls_key = .*\n|users_file = .*\n", "", text)
+        with open(self.daemon.config_path, "w") as handle:
+            handle.write(text)
+        self.daemon.start()
+        found = wait_until(
+            lambda: re.findall(r"submission listening on 127.0.0.1:(\d+)", self.daemon.new_log()),
+            what="the restarted listener",
+        )
+        port = int(found[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+
+            def reply() -> bytes:
+                lines = []
+                while True:
+                    line = reader.readline()
+                    lines.append(line)
+                    if line[3:4] != b"-":
+                        return b"".join(lines)
+
+            self.assertTrue(reply().startswith(b"220"))
+            sock.sendall(b"EHLO pipe.test\r\n")
+            self.assertIn(b"PIPELINING", reply())
+            sock.sendall(
+                b"MAIL FROM:<p@example.com>\r\nRCPT TO:<a@example.org>\r\n"
+                b"RCPT TO:<b@example.org>\r\nDATA\r\n"
+            )
+            self.assertEqual([reply()[:3] for _ in range(4)], [b"250", b"250", b"250", b"354"])
+            sock.sendall(
+                b"Subject: piped\r\n\r\nbody\r\n.\r\nMAIL FROM:<p@example.com>\r\nQUIT\r\n"
+            )
+            queued = reply()
+            self.assertRegex(queued, rb"^250 2.0.0 Ok: queued as \w+")
+            self.assertTrue(reply().startswith(b"250"))  # the MAIL after the dot, in order
+            self.assertTrue(reply().startswith(b"221"))
+        wait_until(lambda: len(self.relay.messages()) == 1, what="the piped message")
