@@ -101,7 +101,14 @@ class MailerService(MultiService):
         )
         self.systemd = SystemdService(notifier, reactor)
         self.status = StatusService(
-            config, self.queue, self.poller, self.delivery, self.metrics, reactor, listen
+            config,
+            self.queue,
+            self.poller,
+            self.delivery,
+            self.metrics,
+            reactor,
+            listen,
+            submit=self.submit,
         )
         self.manhole = ManholeService(config, self, listen)
         self.submission = SubmissionService(config, self.submit, reactor, blocking, listen)

@@ -104,10 +104,11 @@ class _Connection:
         if verb == "EHLO":
             self.send("250-fake.test", "250-PIPELINING", "250 SIZE 100000000")
         elif verb == "MAIL":
-            self.sender, self.recipients, self.body = line[11:-1], [], []
+            self.sender = line.split("<", 1)[1].split(">", 1)[0]  # MAIL FROM:<x> SIZE=n
+            self.recipients, self.body = [], []
             self.send("250 2.1.0 OK")
         elif verb == "RCPT":
-            address = line[9:-1]
+            address = line.split("<", 1)[1].split(">", 1)[0]
             reply = relay.rcpt_replies.get(address, "250 2.1.5 OK")
             if reply.startswith("2"):
                 self.recipients.append(address)

@@ -29,10 +29,32 @@ def json_response(code: int, body: object) -> Response:
     return code, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n", JSON
 
 
+def render_method(resource: Resource, request: Request) -> Any:
+    """Dispatch on the method; one we do not serve gets 405, an Allow header and JSON
+    (Twisted answers 501 for anything outside GET, HEAD and POST)."""
+    method = (request.method or b"GET").decode("ascii", "replace")
+    methods = getattr(resource, "methods", ("GET",))
+    served = {m: getattr(resource, f"render_{m}") for m in methods}
+    if "GET" in served:
+        served["HEAD"] = served["GET"]  # twisted.web drops the body of a HEAD
+    handler = served.get(method)
+    if handler is None:
+        allowed = ", ".join(m for m in ("GET", "HEAD", "POST") if m in served)
+        request.setResponseCode(405)
+        request.setHeader(b"allow", allowed.encode())
+        request.setHeader(b"content-type", JSON)
+        return b'{"error": "method not allowed"}\n'
+    return handler(request)
+
+
 class AsyncResource(Resource):
     """Runs an ``async`` handler and writes what it returns; never leaves a request hanging."""
 
     isLeaf = True
+    methods: tuple[str, ...] = ("GET",)
+
+    def render(self, request: Request) -> Any:
+        return render_method(self, request)
 
     def __init__(self, status: StatusService, guarded: bool) -> None:
         super().__init__()
@@ -43,6 +65,9 @@ class AsyncResource(Resource):
         raise NotImplementedError
 
     def render_GET(self, request: Request) -> Any:
+        return self._render(request)
+
+    def _render(self, request: Request) -> Any:
         if self.guarded and not self._authorized(request):
             request.setResponseCode(401)
             request.setHeader(b"www-authenticate", b'Bearer realm="smtpmailer"')
@@ -107,17 +132,23 @@ class Queue(AsyncResource):
 
         def argument(name: str) -> str | None:
             values = request.args.get(name.encode())
+            if values and len(values) > 1:
+                raise ValueError(f"give {name} once")
             return values[0].decode("utf-8", "replace") if values else None
 
-        state = argument("state")
+        try:
+            state, limit_text, cursor = argument("state"), argument("limit"), argument("after")
+        except ValueError as error:
+            return json_response(400, {"error": str(error)})
         if state is not None and state not in STATES:
             return json_response(400, {"error": f"state must be one of {', '.join(STATES)}"})
         try:
-            limit = min(PAGE_LIMIT, max(1, int(argument("limit") or 50)))
+            limit = int(limit_text) if limit_text is not None else 50
         except ValueError:
-            return json_response(400, {"error": "limit must be a number"})
+            limit = 0
+        if not 1 <= limit <= PAGE_LIMIT:
+            return json_response(400, {"error": f"limit must be a number from 1 to {PAGE_LIMIT}"})
         after = None
-        cursor = argument("after")
         if cursor:
             created, _, message_id = cursor.partition(",")
             try:
@@ -135,6 +166,28 @@ class Queue(AsyncResource):
                 "next": f"{last.created!r},{last.id}" if last else None,
             },
         )
+
+
+class Messages(AsyncResource):
+    """``POST /v1/messages``: only with a token configured (it takes mail from anyone who
+    can reach it)."""
+
+    methods = ("POST",)
+
+    def render_POST(self, request: Request) -> Any:
+        return self._render(request)
+
+    async def respond(self, request: Request) -> Response:
+        if self.status.config.status.token is None:
+            return json_response(
+                403, {"error": "HTTP submission needs a bearer token: set [Status] token_file"}
+            )
+        if request.postpath not in ([], [b""]):
+            return json_response(404, {"error": "no such resource"})
+        from smtpmailer.web.submit import submit
+
+        code, body = await submit(self.status, request)
+        return json_response(code, body)
 
 
 class Dashboard(AsyncResource):
@@ -164,10 +217,16 @@ class Root(Resource):
             if rest[:1] == [b"queue"]:
                 rest.pop(0)
                 return Queue(self.status, guarded=True)
+            if rest[:1] == [b"messages"]:
+                rest.pop(0)
+                return Messages(self.status, guarded=True)
             return _NotFound(self.status, guarded=True)
         if path == b"":
             return Dashboard(self.status, guarded=True)
         return _NotFound(self.status, guarded=False)
+
+    def render(self, request: Request) -> Any:
+        return render_method(self, request)
 
     def render_GET(self, request: Request) -> Any:
         return Dashboard(self.status, guarded=True).render_GET(request)

@@ -49,6 +49,7 @@ class StatusService(Service):
         metrics: Metrics,
         clock: Any,
         listen: Listen | None = None,
+        submit: Any = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -57,6 +58,7 @@ class StatusService(Service):
         self.metrics = metrics
         self.clock = clock
         self._listen = listen
+        self.submit = submit
         self.port: Any = None
         self.started = clock.seconds()
         self.history: deque[Sample] = deque(maxlen=HISTORY)

@@ -1,0 +1,149 @@
+"""``POST /v1/messages``: queue a message over HTTP, as JSON or as a raw RFC 5322 message.
+
+The same checks and the same durable commit as `smtpmailer send` and the SMTP listener;
+202 with the queue id only after the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+from smtpmailer.message import Attachment, MessageError, build_message, parse_header_option
+from smtpmailer.message import prepare_raw as prepare_raw_message
+from smtpmailer.queue import QueueFull, parse_priority
+
+JSON_FIELDS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "text",
+    "html",
+    "headers",
+    "attachments",
+    "priority",
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _addresses(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(400, f"'{key}' must be an address or a list of addresses")
+    return value
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    """A string field; absent gives the default, but null or a number is an error."""
+    if key not in body:
+        return default
+    value = body[key]
+    if not isinstance(value, str):
+        raise BadRequest(400, f"'{key}' must be a string")
+    return value
+
+
+def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise BadRequest(400, f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, "the body must be a JSON object")
+    unknown = set(body) - JSON_FIELDS
+    if unknown:
+        raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    sender = _text(body, "from")
+    subject = _text(body, "subject")
+    if not sender or subject is None:
+        raise BadRequest(400, "'from' and 'subject' are required")
+    headers = body.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise BadRequest(400, "'headers' must be an object of strings")
+    attachments = []
+    items = body.get("attachments", [])
+    if not isinstance(items, list):
+        raise BadRequest(400, "'attachments' must be a list")
+    for item in items:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("filename"), str)
+            or not (isinstance(item.get("content"), str))
+        ):
+            raise BadRequest(400, "each attachment needs 'filename' and base64 'content'")
+        try:
+            data = base64.b64decode(item["content"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(
+                400, f"attachment {item['filename']!r}: content is not base64"
+            ) from None
+        attachments.append(Attachment(item["filename"], data))
+    try:
+        given = body.get("priority", "normal")
+        if isinstance(given, bool) or not isinstance(given, str | int):
+            raise BadRequest(400, "'priority' is high, normal, low or 0-9")
+        priority = parse_priority(str(given))
+        envelope = build_message(
+            sender=sender,
+            to=_addresses(body, "to"),
+            cc=_addresses(body, "cc"),
+            bcc=_addresses(body, "bcc"),
+            subject=subject,
+            body=_text(body, "text", "") or "",
+            html=_text(body, "html"),
+            attachments=attachments,
+            headers=[parse_header_option(f"{k}: {v}") for k, v in headers.items()],
+            now=now,
+        )
+    except (MessageError, ValueError) as error:
+        raise BadRequest(400, str(error)) from None
+    return envelope, priority
+
+
+async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
+    """Parse, check, commit; the status code and JSON body to answer with."""
+    limit = status.config.queue.max_message_size
+    # JSON carries attachments in base64 (4/3 larger); anything beyond that is refused unread.
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
+        return 413, {"error": "the message is over max_message_size"}
+    assert request.content is not None
+    raw = request.content.read()
+    kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    now = status.clock.seconds()
+    try:
+        if kind == b"application/json":
+            envelope, priority = envelope_from_json(raw, now)
+        elif kind == b"message/rfc822":
+            try:
+                envelope = prepare_raw_message(raw, extract_recipients=True, now=now)
+            except MessageError as error:
+                raise BadRequest(400, str(error)) from None
+            priority = parse_priority("normal")
+        else:
+            raise BadRequest(415, "send application/json or message/rfc822")
+    except BadRequest as error:
+        return error.code, {"error": str(error)}
+    try:
+        message_id = await status.submit(envelope, priority)
+    except QueueFull as error:
+        return 507, {"error": str(error)}
+    except MessageError as error:
+        code = 413 if "max_message_size" in str(error) else 400
+        return code, {"error": str(error)}
+    return 202, {"id": message_id, "recipients": list(envelope.recipients)}
