@@ -51,7 +51,10 @@ def build_policy() -> Any:
     return email.policy.SMTP.clone(cte_type="7bit")
 
 
-def normalize_address(text: str, what: str = "address") -> str:
+_UTF8_LOCAL_FORBIDDEN = re.compile(r'[\s()<>\[\]\\,;:"@\x00-\x1f\x7f]')
+
+
+def normalize_address(text: str, what: str = "address", allow_utf8: bool = False) -> str:
     """Return the bare addr-spec of ``text`` (``Name <a@b>`` allowed), or raise MessageError.
 
     Internationalized domains become their ASCII (IDNA) form; a non-ASCII local part
@@ -66,8 +69,14 @@ def normalize_address(text: str, what: str = "address") -> str:
     if not local or not domain:
         raise MessageError(f"{what} {text!r} is not an email address (expected user@domain)")
     if not local.isascii():
-        raise MessageError(f"{what} {text!r}: non-ASCII local parts (SMTPUTF8) are not supported")
-    if len(local) > 64 or not (_LOCAL.match(local) or _QUOTED_LOCAL.match(local)):
+        if not allow_utf8:
+            raise MessageError(
+                f"{what} {text!r}: a non-ASCII local part needs SMTPUTF8 (send it as a raw "
+                "message, or over SMTP with SMTPUTF8)"
+            )
+        if _UTF8_LOCAL_FORBIDDEN.search(local) or local.startswith(".") or ".." in local:
+            raise MessageError(f"{what} {text!r} has an invalid local part {local!r}")
+    elif len(local) > 64 or not (_LOCAL.match(local) or _QUOTED_LOCAL.match(local)):
         raise MessageError(f"{what} {text!r} has an invalid local part {local!r}")
     if not _LITERAL.match(domain):
         try:
@@ -242,12 +251,14 @@ def prepare_raw(
     from email.parser import BytesParser
 
     parsed = BytesParser().parsebytes(head + b"\r\n", headersonly=True)
-    rcpts = [normalize_address(qualify(r), "recipient") for r in recipients]
+    rcpts = [normalize_address(qualify(r), "recipient", allow_utf8=True) for r in recipients]
     if extract_recipients:
         for field in ("to", "cc", "bcc"):
             for _, address in email.utils.getaddresses(parsed.get_all(field, [])):
                 if address:
-                    rcpts.append(normalize_address(qualify(address), f"{field.title()} address"))
+                    rcpts.append(
+                        normalize_address(qualify(address), f"{field.title()} address", True)
+                    )
     if not rcpts:
         raise MessageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
     if sender is None:
@@ -255,7 +266,7 @@ def prepare_raw(
         if not from_addresses or not from_addresses[0][1]:
             raise MessageError("no sender: the message has no From header; give --from")
         sender = from_addresses[0][1]
-    sender = normalize_address(qualify(sender), "sender")
+    sender = normalize_address(qualify(sender), "sender", allow_utf8=True)
     additions = b""
     if parsed.get("date") is None:
         additions += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()

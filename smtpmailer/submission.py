@@ -36,6 +36,22 @@ from smtpmailer.queue import QueueFull
 from smtpmailer.units import format_size
 
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d+)", re.IGNORECASE)
+# Twisted's own grammar refuses UTF-8 addresses, which SMTPUTF8 (RFC 6531) allows.
+_PATH = re.compile(rb"^\s*(FROM|TO):\s*<([^<>]*)>\s*(.*)$", re.IGNORECASE)
+
+
+class _Path:
+    """An envelope address as Twisted's server code expects one (str() gives it)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.dest = self
+
+    def __str__(self) -> str:
+        return self.address
+
+    def __bytes__(self) -> bytes:
+        return self.address.encode("utf-8")
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -162,6 +178,7 @@ class SubmissionProtocol(smtp.ESMTP):
         self.callLater = factory.clock.callLater  # type: ignore[method-assign]
         self._collector: _Collector | None = None
         self._held: list[bytes] | None = None
+        self._smtputf8 = False
 
     # --- connections ---
 
@@ -194,6 +211,7 @@ class SubmissionProtocol(smtp.ESMTP):
             extensions.pop(b"AUTH", None)
         extensions[b"PIPELINING"] = None
         extensions[b"8BITMIME"] = None
+        extensions[b"SMTPUTF8"] = None
         extensions[b"ENHANCEDSTATUSCODES"] = None
         extensions[b"SIZE"] = [str(self.config.queue.max_message_size).encode()]
         return extensions
@@ -206,34 +224,80 @@ class SubmissionProtocol(smtp.ESMTP):
 
     # --- envelope ---
 
+    def _path(self, rest: bytes, kind: bytes) -> tuple[str, list[bytes]] | None:
+        """Parse ``FROM:<address> PARAMS``; None after answering the client."""
+        match = _PATH.match(rest)
+        if not match or match.group(1).upper() != kind:
+            self.sendCode(
+                501,
+                f"5.5.4 Syntax: {'MAIL FROM' if kind == b'FROM' else 'RCPT TO'}:<address>".encode(),
+            )
+            return None
+        params = match.group(3).upper().split()
+        try:
+            address = match.group(2).decode("utf-8")
+        except UnicodeDecodeError:
+            self.sendCode(553, b"5.6.7 The address is not UTF-8")
+            return None
+        if (
+            not address.isascii()
+            and not (kind == b"TO" and self._smtputf8)
+            and not (kind == b"FROM" and b"SMTPUTF8" in params)
+        ):
+            self.sendCode(553, b"5.6.7 A non-ASCII address needs SMTPUTF8")
+            return None
+        return address, params
+
     def do_MAIL(self, rest: bytes) -> None:
-        size = _SIZE.search(rest)
+        if self._from:
+            self.sendCode(503, b"5.5.1 Only one sender per message, please")
+            return
+        parsed = self._path(rest, b"FROM")
+        if parsed is None:
+            return
+        address, params = parsed
+        size = _SIZE.search(b" " + b" ".join(params))
         if size and int(size.group(1)) > self.config.queue.max_message_size:
             limit = format_size(self.config.queue.max_message_size)
             self.sendCode(552, f"5.3.4 Message too big for this system (max {limit})".encode())
             return
-        super().do_MAIL(rest)
+        self._to = []
+        self._smtputf8 = b"SMTPUTF8" in params
+        validated = maybeDeferred(self.validateFrom, self._helo, _Path(address))
+        validated.addCallbacks(self._cbFromValidate, self._ebFromValidate)
 
-    def validateFrom(self, helo: Any, origin: smtp.Address) -> smtp.Address:
+    def do_RCPT(self, rest: bytes) -> None:
+        if not self._from:
+            self.sendCode(503, b"5.5.1 Must have sender before recipient")
+            return
+        parsed = self._path(rest, b"TO")
+        if parsed is None:
+            return
+        user = _Path(parsed[0])
+        validated = maybeDeferred(self.validateTo, user)
+        validated.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
+
+    def validateFrom(self, helo: Any, origin: Any) -> Any:
+        # SMTPServerError, not SMTPBadSender: Twisted formats the latter with quoteaddr.
         if self.factory.auth_required and not self.authenticated:
-            raise smtp.SMTPBadSender(origin, 530, "5.7.0 Authentication required")
+            raise smtp.SMTPServerError(530, "5.7.0 Authentication required")
         text = str(origin)
         if text:
             try:
-                normalize_address(text, "sender")
+                normalize_address(text, "sender", allow_utf8=True)
             except MessageError as error:
-                raise smtp.SMTPBadSender(origin, 553, f"5.1.7 {error}") from None
+                raise smtp.SMTPServerError(553, _ascii(f"5.1.7 {error}")) from None
         self._collector = None
         self._recipients: list[str] = []
         return origin
 
-    def validateTo(self, user: smtp.User) -> Any:
+    def validateTo(self, user: Any) -> Any:
         if len(self._to) >= self.factory.max_recipients:
-            raise smtp.SMTPBadRcpt(user, 452, "4.5.3 Too many recipients")
+            raise smtp.SMTPServerError(452, "4.5.3 Too many recipients")
         try:
-            address = normalize_address(str(user.dest), "recipient")
+            address = normalize_address(str(user.dest), "recipient", allow_utf8=True)
         except MessageError as error:
-            raise smtp.SMTPBadRcpt(user, 553, f"5.1.3 {error}") from None
+            raise smtp.SMTPServerError(553, _ascii(f"5.1.3 {error}")) from None
         sender = str(self._from) if self._from else ""
         self._recipients.append(address)
         recipients = self._recipients  # Twisted empties self._to before DATA builds messages
@@ -309,6 +373,11 @@ class SubmissionProtocol(smtp.ESMTP):
                 self._held.append(line)
             else:
                 self.lineReceived(line)
+
+
+def _ascii(text: str) -> str:
+    """Replies go out as ASCII (Twisted encodes them so): escape what is not."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 class SubmissionFactory(protocol.ServerFactory):

@@ -20,8 +20,9 @@ def check_envelope(config: Config, envelope: Envelope) -> Envelope:
         )
     return Envelope(
         # An empty sender is SMTP's null reverse-path (<>), as bounces use.
-        normalize_address(envelope.sender, "sender") if envelope.sender else "",
-        tuple(normalize_address(r, "recipient") for r in envelope.recipients),
+        # UTF-8 local parts are taken here; delivering them needs a relay with SMTPUTF8.
+        normalize_address(envelope.sender, "sender", allow_utf8=True) if envelope.sender else "",
+        tuple(normalize_address(r, "recipient", allow_utf8=True) for r in envelope.recipients),
         envelope.data,
     )
 

@@ -98,6 +98,7 @@ class SMTPPeer:
         users: dict[str, str] | None = None,
         port: int = 0,
         implicit_tls: bool = False,
+        smtputf8: bool = False,
     ) -> None:
         self.lock = threading.Lock()
         self.behaviour = Behaviour()
@@ -115,6 +116,7 @@ class SMTPPeer:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = port
         self.implicit_tls = implicit_tls
+        self.smtputf8 = smtputf8
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -130,6 +132,7 @@ class SMTPPeer:
         return SMTP(
             _Handler(self),
             hostname="relay.test",
+            enable_SMTPUTF8=self.smtputf8,
             tls_context=starttls,
             require_starttls=starttls is not None,
             authenticator=self._authenticate if self._users else None,

@@ -142,7 +142,8 @@ class SubmissionTests(TestCase):
 
         client = self.client()
         self.assertEqual(client.docmd("MAIL", "FROM:<app@example.com> SIZE=999999")[0], 552)
-        self.assertEqual(client.docmd("MAIL", "FROM:<not valid@example.com>")[0], 501)
+        self.assertEqual(client.docmd("MAIL", "FROM:<not valid@example.com>")[0], 553)
+        self.assertEqual(client.docmd("MAIL", "FROM:not-in-brackets")[0], 501)
         self.assertEqual(client.docmd("MAIL", "FROM:<app@example.com>")[0], 250)
         self.assertEqual(client.docmd("RCPT", "TO:<a..b@example.org>")[0], 553)
         for name in ("a", "b", "c"):
@@ -264,3 +265,86 @@ class SubmissionTests(TestCase):
             self.assertTrue(reply().startswith(b"250"))  # the MAIL after the dot, in order
             self.assertTrue(reply().startswith(b"221"))
         wait_until(lambda: len(self.relay.messages()) == 1, what="the piped message")
+
+
+class SMTPUTF8Tests(TestCase):
+    """RFC 6531 end to end: UTF-8 addresses in through SMTPUTF8, out only with SMTPUTF8."""
+
+    timeout = 120
+
+    def run_through(self, relay_offers: bool) -> tuple[SMTPPeer, Daemon, str]:
+        home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, home, True)
+        relay = SMTPPeer(smtputf8=relay_offers)
+        relay.start()
+        self.addCleanup(relay.stop)
+        daemon = Daemon(
+            os.path.join(home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {relay.port}\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = int(
+            wait_until(
+                lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.log())
+            ).group(1)
+        )
+        client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        self.addCleanup(client.close)
+        client.ehlo("utf8.test")
+        self.assertIn("smtputf8", client.esmtp_features)
+        message = (
+            "From: Jörg <jörg@example.com>\r\nTo: ünïcode@bücher.example\r\n"
+            "Subject: Grüße\r\n\r\nHallo\r\n"
+        )
+        client.sendmail(
+            "jörg@example.com",
+            ["ünïcode@bücher.example"],
+            message.encode(),
+            mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+        )
+        found = wait_until(
+            lambda: re.search(r"submission: queued (\w+)", daemon.log()), what="the queued line"
+        )
+        return relay, daemon, found.group(1)
+
+    def test_delivered_with_smtputf8(self) -> None:
+        relay, daemon, _ = self.run_through(relay_offers=True)
+        wait_until(lambda: len(relay.messages()) == 1, what="delivery")
+        (arrived,) = relay.messages()
+        self.assertEqual(arrived.sender, "jörg@example.com")
+        self.assertEqual(arrived.recipients, ["ünïcode@xn--bcher-kva.example"])
+        self.assertIn("Subject: Grüße".encode(), arrived.data)
+
+    def test_fails_where_the_relay_lacks_smtputf8(self) -> None:
+        relay, daemon, message_id = self.run_through(relay_offers=False)
+        wait_until(lambda: daemon.states() == {"failed": 1}, what="the failure")
+        info = daemon.message(message_id)
+        self.assertIn("5.6.7 the relay does not offer SMTPUTF8", info["last_error"])
+        self.assertEqual(relay.messages(), [])
+
+    def test_utf8_address_without_smtputf8_is_refused(self) -> None:
+        home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, home, True)
+        daemon = Daemon(
+            os.path.join(home, "d"),
+            "[Relay]\nhost = 127.0.0.1\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = int(
+            wait_until(
+                lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.log())
+            ).group(1)
+        )
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall("EHLO x\r\nMAIL FROM:<jörg@example.com>\r\n".encode())
+            while not reader.readline().startswith(b"250 "):
+                pass
+            self.assertTrue(reader.readline().startswith(b"553 5.6.7"))

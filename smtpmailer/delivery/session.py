@@ -36,6 +36,15 @@ async def _await_all(waiters: list[Deferred[Reply]]) -> list[Reply]:
     return [value for _, value in results]
 
 
+def smtputf8(lease: Lease) -> tuple[bool, bool]:
+    """(required, wanted): UTF-8 in an envelope address cannot go without SMTPUTF8; UTF-8
+    only in the header section asks for it when offered and is sent as it is otherwise
+    (as Postfix does: relays take such mail every day)."""
+    required = not (lease.sender + "".join(lease.recipients)).isascii()
+    head = lease.data.split(b"\r\n\r\n", 1)[0]
+    return required, required or not head.isascii()
+
+
 class SMTPSession:
     """Drives one connection. ``open()`` once, ``deliver()`` per message, ``quit()`` at the end.
 
@@ -144,18 +153,26 @@ class SMTPSession:
 
     # --- transactions ---
 
-    def _mail_from(self, lease: Lease) -> str:
+    def _mail_from(self, lease: Lease, utf8: bool) -> str:
         params = []
         if "SIZE" in self.extensions:
             params.append(f"SIZE={len(lease.data)}")
         if "8BITMIME" in self.extensions and not lease.data.isascii():
             params.append("BODY=8BITMIME")
+        if utf8:
+            params.append("SMTPUTF8")
         return " ".join([f"MAIL FROM:<{lease.sender}>", *params])
 
     async def deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
         """One transaction. Returns a result per recipient; raises only when the connection
         cannot be trusted any more (lost, timed out, garbled)."""
-        commands = [self._mail_from(lease), *(f"RCPT TO:<{r}>" for r in lease.recipients)]
+        required, wanted = smtputf8(lease)
+        offered = "SMTPUTF8" in self.extensions
+        if required and not offered:
+            reason = "5.6.7 the relay does not offer SMTPUTF8, which this message's addresses need"
+            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients)
+        utf8 = wanted and offered
+        commands = [self._mail_from(lease, utf8), *(f"RCPT TO:<{r}>" for r in lease.recipients)]
         if "PIPELINING" in self.extensions:
             replies = await _await_all(self.protocol.send_commands(*commands, "DATA"))
             mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
