@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 
 from twisted.internet import ssl
@@ -13,7 +15,18 @@ _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE----
 
 
 def client_tls_options(relay: RelayConfig) -> IOpenSSLClientConnectionCreator:
-    """Certificate and host name are checked (service_identity) unless ``verify = false``."""
+    """Certificate and host name are checked (service_identity) unless ``verify = false``.
+
+    Built once per relay and ca_file version, not per connection: reading and parsing the
+    CA file is blocking work on the reactor thread. A rotated ca_file (new mtime) is read
+    again at the next connection.
+    """
+    mtime = os.stat(relay.ca_file).st_mtime_ns if relay.ca_file and relay.verify else 0
+    return _options(relay, mtime)
+
+
+@functools.lru_cache(maxsize=32)
+def _options(relay: RelayConfig, ca_mtime: int) -> IOpenSSLClientConnectionCreator:
     if not relay.verify:
         return ssl.CertificateOptions(verify=False)
     if relay.ca_file:
