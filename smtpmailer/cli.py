@@ -271,6 +271,53 @@ def status_url(config: Config) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{spec.port}"
 
 
+def cmd_test(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    """Connect to each relay (or --relay NAME): EHLO, STARTTLS, AUTH, QUIT, step by step."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    from smtpmailer.delivery.protocol import SMTPClientProtocol
+    from smtpmailer.delivery.service import describe_error, start_tls, tcp_connector
+    from smtpmailer.delivery.session import SMTPSession
+
+    relays = [r for r in config.relays if args.relay in (None, r.name)]
+    if not relays:
+        names = ", ".join(r.name for r in config.relays)
+        raise CommandError(f"no relay named {args.relay!r} (relays: {names})")
+    failures = 0
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    async def probe() -> None:
+        nonlocal failures
+        connect = tcp_connector(reactor)
+        for relay in relays:
+            if relay.transport == "maildir":
+                say(f"[{relay.name}] maildir {relay.path}: nothing to connect to")
+                continue
+            say(f"[{relay.name}] {relay.host}:{relay.port} security={relay.security}")
+            protocol = SMTPClientProtocol(reactor, relay.timeout)
+            try:
+                await connect(relay, protocol)
+                peer = protocol.transport.getPeer()  # type: ignore[union-attr]
+                say(f"  connect: ok ({getattr(peer, 'host', '?')})")
+                session = SMTPSession(protocol, relay, relay.helo or "localhost", start_tls(relay))
+                await session.open(lambda step: say(f"  {step}"))
+                await session.quit()
+                say("  QUIT: ok")
+            except Exception as error:
+                failures += 1
+                protocol.abort()
+                say(f"  FAILED: {describe_error(error)}")
+
+    finished = Deferred.fromCoroutine(probe())
+    finished.addErrback(lambda failure: say(f"FAILED: {failure.getErrorMessage()}"))
+    finished.addBoth(lambda _: reactor.callLater(0, reactor.stop))
+    reactor.run()
+    return 1 if failures else 0
+
+
 def cmd_hash_password(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     """``user:$(smtpmailer hash-password)`` is a users_file line."""
     import bcrypt
@@ -407,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
         daemon = commands.add_parser(name, help=text)
         daemon.add_argument("--pidfile", help="default: [Daemon] pid_file")
         daemon.set_defaults(handler=None, daemon_handler=cmd_daemon)
+
+    probe = commands.add_parser("test", help="connect to the relay(s): EHLO, STARTTLS, AUTH, QUIT")
+    probe.add_argument("--relay", metavar="NAME", help="only this [Relay:NAME]")
+    probe.set_defaults(handler=cmd_test)
 
     hashing = commands.add_parser(
         "hash-password", help="print a bcrypt hash for [Submission] users_file (reads stdin)"

@@ -365,3 +365,34 @@ def _writing(process: Any, wal: str, size: int) -> Any:
     return lambda: (
         process.poll() is not None or (os.path.exists(wal) and os.path.getsize(wal) > size)
     )
+
+
+class RelayTestCommandTests(EndToEndCase):
+    """`smtpmailer test`: every step against a real relay, and the one that fails."""
+
+    def test_reports_each_step(self) -> None:
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port)
+        result = daemon.cli("test")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], f"[default] localhost:{peer.port} security=starttls")
+        self.assertRegex(result.stdout, r"connect: ok \((127\.0\.0\.1|::1)\)")
+        self.assertIn("greeting: 220 relay.test", result.stdout)
+        self.assertIn("STARTTLS: ok, certificate verified", result.stdout)
+        self.assertIn("AUTH PLAIN: ok", result.stdout)
+        self.assertEqual(lines[-1], "  QUIT: ok")
+        self.assertNotIn("s3cret", result.stdout)
+
+    def test_says_which_step_failed(self) -> None:
+        peer = self.start_peer()
+        with open(self.secret, "w") as handle:
+            handle.write("wrong\n")
+        daemon = self.start_daemon(peer.port)
+        result = daemon.cli("test")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("STARTTLS: ok", result.stdout)
+        self.assertIn("FAILED: authentication failed (PLAIN): 535", result.stdout)
+        unknown = daemon.cli("test", "--relay", "nope")
+        self.assertEqual(unknown.returncode, 1)
+        self.assertIn("no relay named 'nope' (relays: default)", unknown.stderr)

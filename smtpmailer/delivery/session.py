@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -67,11 +68,15 @@ class SMTPSession:
         self.tls = relay.security == "tls"
         self.delivered = 0
 
-    async def open(self) -> None:
+    async def open(self, report: Callable[[str], None] = lambda step: None) -> None:
+        """Greeting, EHLO, STARTTLS, AUTH. ``report`` hears each step that succeeded
+        (``smtpmailer test`` prints them)."""
         greeting = await self.protocol.greeting
         if greeting.code != 220:
             raise SessionError(f"relay refused the session: {greeting}", greeting.code >= 500)
+        report(f"greeting: {greeting}")
         await self._ehlo()
+        report(f"EHLO: {' '.join(sorted(self.extensions)) or '(no extensions)'}")
         if self.relay.security == "starttls":
             if "STARTTLS" not in self.extensions:
                 raise SessionError("relay does not offer STARTTLS (security = starttls)")
@@ -80,8 +85,12 @@ class SMTPSession:
                 raise SessionError(f"STARTTLS refused: {reply}")
             self._start_tls(self.protocol)
             self.tls = True
-            await self._ehlo()
+            await self._ehlo()  # the handshake, and the certificate check, happen here
+            verified = "certificate verified" if self.relay.verify else "NOT verified"
+            report(f"STARTTLS: ok, {verified}; EHLO again: {' '.join(sorted(self.extensions))}")
+        mechanism = self._mechanism()
         await self._authenticate()
+        report(f"AUTH {mechanism}: ok" if mechanism else "AUTH: not used")
 
     async def _ehlo(self) -> None:
         reply = await self.protocol.command(f"EHLO {self.helo_name}")
