@@ -98,6 +98,10 @@ def cmd_send(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     return 0
 
 
+def _count(number: int) -> str:
+    return f"{number} message{'s' if number != 1 else ''}"
+
+
 def _age(seconds: float) -> str:
     seconds = max(0, int(seconds))
     for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
@@ -198,13 +202,21 @@ def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
                 print(f"{args.id}: queued for delivery", file=out)
             wake_daemon(config)
             return 0
-        if action == "hold":
-            store.hold(args.id)
-            print(f"{args.id}: held", file=out)
-            return 0
-        if action == "release":
-            store.release(args.id, now)
-            print(f"{args.id}: released", file=out)
+        if action in ("hold", "release"):
+            if args.all == bool(args.id):
+                raise CommandError("give a message ID or --all")
+            if action == "hold":
+                if args.all:
+                    print(f"{_count(store.hold_all())} held", file=out)
+                else:
+                    store.hold(args.id)
+                    print(f"{args.id}: held", file=out)
+                return 0
+            if args.all:
+                print(f"{_count(store.release_all(now))} released", file=out)
+            else:
+                store.release(args.id, now)
+                print(f"{args.id}: released", file=out)
             wake_daemon(config)
             return 0
         if action == "delete":
@@ -436,12 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     retry = actions.add_parser("retry", help="attempt a message now; --all flushes deferred")
     retry.add_argument("id", nargs="?")
     retry.add_argument("--all", action="store_true")
+    actions.add_parser("delete", help="remove a message").add_argument("id")
     for name, text in (
-        ("delete", "remove a message"),
-        ("hold", "keep a message from delivery"),
-        ("release", "let a held message go"),
+        ("hold", "keep a message (or --all) from delivery"),
+        ("release", "let a held message (or --all) go"),
     ):
-        actions.add_parser(name, help=text).add_argument("id")
+        held = actions.add_parser(name, help=text)
+        held.add_argument("id", nargs="?")
+        held.add_argument("--all", action="store_true")
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
     stats.add_argument("--json", action="store_true")
 

@@ -130,7 +130,7 @@ class Config:
     logging: LoggingConfig
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
-    submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 10)
+    submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -277,7 +277,7 @@ SUBMISSION_KEYS: Schema = {
     "tls_key": (_text, None),
     "users_file": (_text, None),
     "max_recipients": (_int(1, 100000), "100"),
-    "max_connections_per_client": (_int(1, 100000), "10"),
+    "max_connections_per_client": (_int(1, 100000), "50"),  # as Postfix's smtpd
 }
 SECTIONS: dict[str, Schema] = {
     "Daemon": DAEMON_KEYS,

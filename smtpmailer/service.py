@@ -19,9 +19,9 @@ from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope, MessageError
 from smtpmailer.metrics import Metrics
 from smtpmailer.poller import QueuePoller
-from smtpmailer.queue import PRIORITY_NAMES, QueueStore
+from smtpmailer.queue import PRIORITY_NAMES, NewMessage, QueueStore
 from smtpmailer.queue.retry import RetryPolicy
-from smtpmailer.queue.runner import AsyncQueue, OutcomeWriter, Runner
+from smtpmailer.queue.runner import AsyncQueue, GroupCommit, OutcomeWriter, Runner
 from smtpmailer.reload import ReloadService
 from smtpmailer.stats import StatsService
 from smtpmailer.submission import SubmissionService
@@ -78,6 +78,12 @@ class MailerService(MultiService):
         self._wakeup_port: Any = None
         self.metrics = Metrics()
         self.queue = AsyncQueue(run)
+        # Submissions over SMTP and HTTP that arrive together share one commit.
+        self._enqueuer: GroupCommit[NewMessage, str] = GroupCommit(
+            lambda items: self.queue.enqueue_many(
+                items, reactor.seconds(), self.config.queue.max_queue_size
+            )
+        )
         self.writer = OutcomeWriter(
             self.queue, reactor.seconds, RetryPolicy.from_config(config.queue)
         )
@@ -241,6 +247,7 @@ class MailerService(MultiService):
                 await maybeDeferred(self._wakeup_port.stopListening)
                 if os.path.exists(self.config.wakeup_socket):
                     os.unlink(self.config.wakeup_socket)
+            await self._enqueuer.flush()
             await self.writer.flush()
             if self._on_stop is not None:
                 self._on_stop()
@@ -259,13 +266,8 @@ class MailerService(MultiService):
             checked = check_envelope(self.config, envelope)
         except MessageError:
             return fail()
-        committed = self.queue.enqueue(
-            checked.sender,
-            list(checked.recipients),
-            checked.data,
-            priority,
-            self._reactor.seconds(),
-            self.config.queue.max_queue_size,
+        committed = self._enqueuer.submit(
+            NewMessage(checked.sender, checked.recipients, checked.data, priority)
         )
 
         def queued(message_id: str) -> str:

@@ -194,3 +194,18 @@ class ConfigCommandTests(CLITestCase):
         self.assertEqual(code, 0)
         self.assertIn(f"state_dir = {self.dir}/var", out)
         self.assertIn("transport = maildir", out)
+
+
+class HoldAllTests(CLITestCase):
+    def test_hold_and_release_everything(self) -> None:
+        for _ in range(3):
+            self.send("--to", "a@example.org", "--subject", "s")
+        self.assertEqual(self.run_cli("queue", "hold", "--all")[:2], (0, "3 messages held\n"))
+        self.assertEqual({m["state"] for m in self.queued()}, {"held"})
+        self.assertEqual(
+            self.run_cli("queue", "release", "--all")[:2], (0, "3 messages released\n")
+        )
+        self.assertEqual({m["state"] for m in self.queued()}, {"queued"})
+        code, _, err = self.run_cli("queue", "hold")
+        self.assertEqual(code, 1)
+        self.assertIn("give a message ID or --all", err)

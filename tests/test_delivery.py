@@ -379,3 +379,39 @@ class StatsTests(DeliveryCase):
             "stats: queued=0 deferred=1 active=0 held=0 failed=0 sent=2 oldest=60s "
             "sent_per_min=2.0 deferred_per_min=1.0 failed_per_min=0.0",
         )
+
+
+class GroupCommitTests(DeliveryCase):
+    def test_submissions_arriving_together_share_one_commit(self) -> None:
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        commits = []
+        original = self.store.enqueue_many
+
+        def counting(items: Any, *args: Any) -> Any:
+            commits.append(len(items))
+            return original(items, *args)
+
+        self.store.enqueue_many = counting  # type: ignore[method-assign]
+        # A commit that does not finish at once, as on the queue thread: park the first one.
+        from twisted.internet.defer import Deferred
+
+        parked: list[Deferred[Any]] = []
+        run = service.queue._run
+        self.addCleanup(setattr, service.queue, "_run", run)
+        service.queue._run = lambda f, *a: (  # type: ignore[method-assign]
+            parked.append(Deferred()) or parked[-1].addCallback(lambda _: f(*a))
+        )
+        answers = [
+            service.submit(Envelope("a@example.com", (f"r{i}@example.org",), b"x\r\n"))
+            for i in range(5)
+        ]
+        self.assertEqual(commits, [])
+        parked[0].callback(None)  # the first commit (one message) finishes...
+        self.assertEqual(commits, [1])
+        parked[1].callback(None)  # ...and the four that waited go in one
+        self.assertEqual(commits, [1, 4])
+        ids = [self.successResultOf(answer) for answer in answers]
+        self.assertEqual(len(set(ids)), 5)

@@ -294,3 +294,22 @@ class StoreTests(SynchronousTestCase):
         with self.assertRaises(QueueError) as caught:
             SQLiteQueue("/nonexistent/dir/q.sqlite3")
         self.assertIn("queue directory /nonexistent/dir does not exist", str(caught.exception))
+
+
+class EnqueueManyTests(StoreTests):
+    def test_one_transaction_each_item_its_own_answer(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage("s@x.org", ("a@y.org",), b"one", 5),
+            NewMessage("s@x.org", (), b"no recipients", 5),
+            NewMessage("s@x.org", ("b@y.org",), b"two", 9),
+            NewMessage("s@x.org", ("c@y.org",), b"over the limit", 5),
+        ]
+        results = self.store.enqueue_many(items, 100.0, max_queue_size=2)
+        self.assertIsInstance(results[0], str)
+        self.assertEqual(str(results[1]), "a message needs at least one recipient")
+        self.assertIsInstance(results[2], str)
+        self.assertIsInstance(results[3], QueueFull)
+        self.assertEqual(self.store.counts()["queued"], 2)
+        self.assertEqual(self.store.body(results[2]), b"two")  # type: ignore[arg-type]

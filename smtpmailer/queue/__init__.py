@@ -97,6 +97,16 @@ class MessageInfo:
 
 
 @attrs.frozen
+class NewMessage:
+    """One message to enqueue: its envelope, content and priority."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    priority: int
+
+
+@attrs.frozen
 class Lease:
     """A message handed to one delivery attempt; ``token`` proves the lease is still ours."""
 
@@ -155,6 +165,10 @@ class QueueStore(Protocol):
         max_queue_size: int,
     ) -> str: ...
 
+    def enqueue_many(
+        self, items: Sequence[NewMessage], now: float, max_queue_size: int
+    ) -> list[str | QueueError]: ...
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]: ...
 
     def record(
@@ -191,6 +205,10 @@ class QueueStore(Protocol):
 
     def hold(self, message_id: str) -> None: ...
 
+    def hold_all(self) -> int: ...
+
+    def release_all(self, now: float) -> int: ...
+
     def release(self, message_id: str, now: float) -> None: ...
 
     def delete(self, message_id: str) -> None: ...
@@ -213,6 +231,7 @@ __all__ = [
     "STATES",
     "Lease",
     "MessageInfo",
+    "NewMessage",
     "NoSuchMessage",
     "Outcome",
     "QueueError",

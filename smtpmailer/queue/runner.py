@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from smtpmailer.queue import Lease, MessageInfo, Outcome, QueueStore, Recorded
+from smtpmailer.queue import (
+    Lease,
+    MessageInfo,
+    NewMessage,
+    Outcome,
+    QueueError,
+    QueueStore,
+    Recorded,
+)
 from smtpmailer.queue.retry import RetryPolicy
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 Runner = Callable[..., "Deferred[Any]"]
 
 
@@ -59,16 +69,10 @@ class AsyncQueue:
             raise RuntimeError("queue store is not open")
         return self._run(getattr(self.store, name), *args)
 
-    def enqueue(
-        self,
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-        priority: int,
-        now: float,
-        max_queue_size: int,
-    ) -> Deferred[str]:
-        return self._call("enqueue", sender, recipients, data, priority, now, max_queue_size)
+    def enqueue_many(
+        self, items: list[NewMessage], now: float, max_queue_size: int
+    ) -> Deferred[list[str | QueueError]]:
+        return self._call("enqueue_many", items, now, max_queue_size)
 
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
@@ -102,29 +106,23 @@ class AsyncQueue:
         return self._call("recent_problems", limit)
 
 
-class OutcomeWriter:
-    """Records outcomes; all that arrive while a commit runs go together in the next one.
+class GroupCommit(Generic[Item, Result]):
+    """Everything submitted while a commit runs goes together into the next one.
 
-    One fsync then covers many messages, and each caller's Deferred still fires only after
-    the commit that holds its outcome.
+    One fsync then covers many items, and each caller's Deferred still fires only after the
+    commit that holds its item. ``commit`` takes a list of items and returns a Deferred list
+    of results in the same order; a result that is an Exception fails only its own caller.
     """
 
-    def __init__(
-        self,
-        queue: AsyncQueue,
-        clock_seconds: Callable[[], float],
-        policy: RetryPolicy,
-    ) -> None:
-        self._queue = queue
-        self._now = clock_seconds
-        self.policy = policy
-        self._batch: list[tuple[Outcome, Deferred[Recorded]]] = []
+    def __init__(self, commit: Callable[[list[Item]], Deferred[list[Any]]]) -> None:
+        self._commit = commit
+        self._batch: list[tuple[Item, Deferred[Result]]] = []
         self._writing: Deferred[Any] | None = None
         self._idle_waiters: list[Deferred[None]] = []
 
-    def record(self, outcome: Outcome) -> Deferred[Recorded]:
-        waiter: Deferred[Recorded] = Deferred()
-        self._batch.append((outcome, waiter))
+    def submit(self, item: Item) -> Deferred[Result]:
+        waiter: Deferred[Result] = Deferred()
+        self._batch.append((item, waiter))
         if self._writing is None:
             self._write_next()
         return waiter
@@ -137,12 +135,15 @@ class OutcomeWriter:
             for idle in waiters:
                 idle.callback(None)
             return
-        writing = self._queue.record([outcome for outcome, _ in batch], self._now(), self.policy)
+        writing = self._commit([item for item, _ in batch])
         self._writing = writing
 
-        def written(recorded: list[Recorded]) -> None:
-            for (_, waiter), result in zip(batch, recorded, strict=True):
-                waiter.callback(result)
+        def written(results: list[Any]) -> None:
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    waiter.errback(Failure(result))
+                else:
+                    waiter.callback(result)
 
         def failed(failure: Failure) -> None:
             for _, waiter in batch:
@@ -152,9 +153,30 @@ class OutcomeWriter:
         writing.addBoth(lambda _: self._write_next())
 
     def flush(self) -> Deferred[None]:
-        """Fires once everything recorded so far is committed."""
+        """Fires once everything submitted so far is committed."""
         if self._writing is None and not self._batch:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idle_waiters.append(waiter)
         return waiter
+
+
+class OutcomeWriter:
+    """Records delivery outcomes, group-committed."""
+
+    def __init__(
+        self,
+        queue: AsyncQueue,
+        clock_seconds: Callable[[], float],
+        policy: RetryPolicy,
+    ) -> None:
+        self.policy = policy
+        self._group: GroupCommit[Outcome, Recorded] = GroupCommit(
+            lambda outcomes: queue.record(outcomes, clock_seconds(), self.policy)
+        )
+
+    def record(self, outcome: Outcome) -> Deferred[Recorded]:
+        return self._group.submit(outcome)
+
+    def flush(self) -> Deferred[None]:
+        return self._group.flush()

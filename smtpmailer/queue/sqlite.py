@@ -23,6 +23,7 @@ from smtpmailer.queue import (
     STATES,
     Lease,
     MessageInfo,
+    NewMessage,
     NoSuchMessage,
     Outcome,
     QueueError,
@@ -176,29 +177,53 @@ class SQLiteQueue:
         now: float,
         max_queue_size: int,
     ) -> str:
-        if not recipients:
-            raise QueueError("a message needs at least one recipient")
-        message_id = new_message_id(now)
+        (result,) = self.enqueue_many(
+            [NewMessage(sender, tuple(recipients), data, priority)], now, max_queue_size
+        )
+        if isinstance(result, QueueError):
+            raise result
+        return result
+
+    def enqueue_many(
+        self, items: Sequence[NewMessage], now: float, max_queue_size: int
+    ) -> list[str | QueueError]:
+        """Many messages in one transaction (one fsync): group commit for submissions.
+        Each gets its id, or the error that refused it alone (a full queue, no recipient)."""
+        results: list[str | QueueError] = []
         with self._transaction() as db:
             placeholders = ", ".join("?" for _ in PENDING_STATES)
             (pending,) = db.execute(
                 f"SELECT sum(n) FROM state_counts WHERE state IN ({placeholders})",
                 PENDING_STATES,
             ).fetchone()
-            if pending >= max_queue_size:
-                raise QueueFull(
-                    f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
-                )
-            db.execute(
-                "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-                " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
-            )
-            db.executemany(
-                "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, ?)",
-                [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
-            )
-            db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
+            for item in items:
+                if not item.recipients:
+                    results.append(QueueError("a message needs at least one recipient"))
+                elif pending >= max_queue_size:
+                    results.append(
+                        QueueFull(
+                            f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
+                        )
+                    )
+                else:
+                    results.append(self._insert(db, item, now))
+                    pending += 1
+        return results
+
+    def _insert(self, db: sqlite3.Connection, item: NewMessage, now: float) -> str:
+        message_id = new_message_id(now)
+        sender, recipients, data, priority = item.sender, item.recipients, item.data, item.priority
+        # One INSERT each for the message, its recipients and its content.
+        db.execute(
+            "INSERT INTO messages (id, state, priority, sender, created, age_from,"
+            " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
+        )
+        db.executemany(
+            "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, ?)",
+            [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
+        )
+        db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
         return message_id
 
     # --- the delivery loop ---
@@ -507,6 +532,21 @@ class SQLiteQueue:
             return db.execute(
                 "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE state = ?",
                 (QUEUED, now, now, DEFERRED),
+            ).rowcount
+
+    def release_all(self, now: float) -> int:
+        """Every held message becomes due now (postsuper -H ALL)."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE state = ?",
+                (QUEUED, now, now, HELD),
+            ).rowcount
+
+    def hold_all(self) -> int:
+        """Every queued or deferred message is held (postsuper -h ALL)."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE messages SET state = ? WHERE state IN (?, ?)", (HELD, QUEUED, DEFERRED)
             ).rowcount
 
     def hold(self, message_id: str) -> None:
