@@ -51,8 +51,11 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
     sink = find_smtp_sink()
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen([sink, *user, f"127.0.0.1:{port}", "256"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sink, *user, f"127.0.0.1:{port}", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def listening() -> bool:
         try:
@@ -68,8 +71,10 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def message(number: int, size: int) -> bytes:
-    head = (f"From: bench@example.com\r\nTo: sink@example.org\r\nSubject: bench {number}\r\n"
-            f"Message-ID: <{number}@bench.example>\r\n\r\n").encode()
+    head = (
+        f"From: bench@example.com\r\nTo: sink@example.org\r\nSubject: bench {number}\r\n"
+        f"Message-ID: <{number}@bench.example>\r\n\r\n"
+    ).encode()
     line = b"x" * 76 + b"\r\n"
     return head + line * max(1, (size - len(head)) // len(line))
 
