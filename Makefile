@@ -12,9 +12,10 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 .PHONY: run test check lint typecheck unit deps system-deps clean
 
 # Debian packages the tests use, as tool:package: systemd-analyze (the unit file check),
-# the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client).
+# the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client),
+# Postfix (smtp-sink and smtp-source for the benchmarks).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
-	swaks:swaks
+	swaks:swaks smtp-sink:postfix smtp-source:postfix
 
 $(DEPS_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

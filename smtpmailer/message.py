@@ -200,9 +200,16 @@ def build_message(
     return Envelope(from_addr, tuple(recipients), message.as_bytes(policy=policy))
 
 
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
 def to_crlf(data: bytes) -> bytes:
-    """Normalize every line ending (LF, CR, CRLF) to CRLF, as SMTP wants."""
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    """Normalize every line ending (LF, CR, CRLF) to CRLF, as SMTP wants. Data that is
+    CRLF already (most of it) is returned after a cheap check, not a regex pass."""
+    rest = data.replace(b"\r\n", b"")
+    if b"\r" not in rest and b"\n" not in rest:
+        return data
+    return _LINE_ENDS.sub(b"\r\n", data)
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:

@@ -162,6 +162,7 @@ class _Silent:
 
 
 class SubmissionProtocol(smtp.ESMTP):
+    noisy = False  # Twisted logs every message otherwise
     factory: SubmissionFactory
 
     def __init__(self, factory: SubmissionFactory) -> None:

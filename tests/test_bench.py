@@ -1,0 +1,50 @@
+"""The benchmarks in a tiny mode, so they cannot rot: each must finish and write its JSON.
+They measure nothing here (timings belong to bench/, on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import TestCase
+
+from tests.daemon import REPO, environment
+
+BENCH = os.path.join(REPO, "bench")
+
+
+class TinyBenchTests(TestCase):
+    timeout = 600
+
+    def bench(self, name: str, *args: str) -> dict[str, object]:
+        directory = tempfile.mkdtemp(prefix="smtpm-bench-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        output = os.path.join(directory, f"{name}.json")
+        result = subprocess.run(
+            [sys.executable, os.path.join(BENCH, name), *args, "--json", output],
+            capture_output=True,
+            text=True,
+            env=environment(),
+            timeout=550,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
+        with open(output) as handle:
+            return dict(json.load(handle))
+
+    def test_throughput(self) -> None:
+        report = self.bench("throughput", "--messages", "200")
+        self.assertEqual((report["messages"], report["failed_or_deferred"]), (200, 0))
+
+    def test_latency(self) -> None:
+        report = self.bench("latency", "--messages", "5")
+        self.assertEqual(report["messages"], 5)
+
+    def test_relay_against_postfix(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("bench/relay reconfigures the system's Postfix: it needs root")
+        report = self.bench("relay", "--messages", "200", "--sizes", "1024", "--runs", "1")
+        self.assertEqual(sorted(report["results"]), ["drain 1024B", "end_to_end 1024B"])  # type: ignore[call-overload]
