@@ -10,6 +10,7 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
+from typing import Any
 
 import bcrypt
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -348,3 +349,67 @@ class SMTPUTF8Tests(TestCase):
             while not reader.readline().startswith(b"250 "):
                 pass
             self.assertTrue(reader.readline().startswith(b"553 5.6.7"))
+
+
+class BulkDataTests(SynchronousTestCase):
+    """DATA read in bulk, fed in awkward pieces through a StringTransport."""
+
+    def setUp(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from smtpmailer.submission import SubmissionFactory
+
+        config = parse_config("[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n", "c.conf")
+        self.queued: list[Any] = []
+
+        def enqueue(envelope: Any) -> Any:
+            self.queued.append(envelope)
+            return succeed(f"Q{len(self.queued)}")
+
+        factory = SubmissionFactory(config, enqueue, Clock(), None)
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        self.protocol.makeConnection(self.transport)
+
+    def feed(self, *pieces: bytes) -> list[bytes]:
+        self.transport.clear()
+        for piece in pieces:
+            self.protocol.dataReceived(piece)
+        return [line for line in self.transport.value().split(b"\r\n") if line]
+
+    def transaction(self) -> None:
+        self.feed(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n")
+        self.assertEqual(self.feed(b"DATA\r\n")[-1][:3], b"354")
+
+    def body(self, index: int = 0) -> bytes:
+        return bytes(self.queued[index].data.split(b"\r\n", 1)[1])  # after Received:
+
+    def test_end_marker_split_across_pieces_and_dots_unstuffed(self) -> None:
+        self.transaction()
+        replies = self.feed(b"Subject: s\r\n\r\n..lead", b"ing dot\r\nmid\r", b"\n.", b"\r", b"\n")
+        self.assertEqual(replies, [b"250 2.0.0 Ok: queued as Q1"])
+        self.assertEqual(self.body(), b"Subject: s\r\n\r\n.leading dot\r\nmid\r\n")
+
+    def test_content_in_the_same_piece_as_data_and_commands_after_the_end(self) -> None:
+        self.feed(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n")
+        replies = self.feed(b"DATA\r\nSubject: one\r\n\r\nbody\r\n.\r\nRSET\r\nNOOP\r\n")
+        self.assertEqual([r[:3] for r in replies], [b"354", b"250", b"250", b"250"])
+        self.assertIn(b"queued as Q1", replies[1])
+        self.assertEqual(self.body(), b"Subject: one\r\n\r\nbody\r\n")
+
+    def test_empty_message(self) -> None:
+        self.transaction()
+        self.assertEqual(self.feed(b".\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
+        self.assertEqual(self.body(), b"")
+
+    def test_too_big_is_refused_and_the_session_goes_on(self) -> None:
+        self.transaction()
+        replies = self.feed(*([b"x" * 500 + b"\r\n"] * 10), b".\r\n")
+        self.assertEqual(len(replies), 1)
+        self.assertTrue(replies[0].startswith(b"552 5.3.4 Message too big"))
+        self.assertEqual(self.queued, [])
+        self.transaction()
+        self.assertEqual(self.feed(b"small\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
