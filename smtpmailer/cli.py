@@ -114,16 +114,16 @@ def _print_message(info: MessageInfo, now: float, out: IO[str]) -> None:
     from smtpmailer.queue import DEFERRED, priority_name
 
     print(
-        f"{info.id:<13} {info.state:<9} {priority_name(info.priority):<7} "
+        f"{info.id:<15} {info.state:<9} {priority_name(info.priority):<7} "
         f"{_age(now - info.created):>5} {info.attempts:>5}  {info.size:>8}  <{info.sender}>",
         file=out,
     )
     for rcpt in info.recipients:
         note = f" ({rcpt.state})" if rcpt.state != "pending" else ""
         error = f"  {rcpt.last_error}" if rcpt.last_error else ""
-        print(f"{'':14}-> <{rcpt.address}>{note}{error}", file=out)
+        print(f"{'':16}-> <{rcpt.address}>{note}{error}", file=out)
     if info.state == DEFERRED:
-        print(f"{'':14}next attempt in {_age(info.next_attempt - now)}", file=out)
+        print(f"{'':16}next attempt in {_age(info.next_attempt - now)}", file=out)
 
 
 def _write_json_stream(items: object, out: IO[str]) -> int:
@@ -157,7 +157,7 @@ def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
             for info in messages:
                 if count == 0:
                     print(
-                        f"{'ID':<13} {'STATE':<9} {'PRIO':<7} {'AGE':>5} {'TRIES':>5}  "
+                        f"{'ID':<15} {'STATE':<9} {'PRIO':<7} {'AGE':>5} {'TRIES':>5}  "
                         f"{'SIZE':>8}  SENDER / RECIPIENTS",
                         file=out,
                     )

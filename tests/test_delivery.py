@@ -112,7 +112,7 @@ class DeliveryTests(DeliveryCase):
         self.assertEqual(len(self.lines), 3)
         self.assertRegex(
             self.lines[0],
-            r"^id=\w{12} to=<r@example.org> relay=a.test\[192.0.2.25\]:25 "
+            r"^id=\w{14} to=<r@example.org> relay=a.test\[192.0.2.25\]:25 "
             r"delay=0.00 attempts=1 status=sent \(250 2.0.0 OK\)$",
         )
         # Idle connections are kept briefly for the next message, then closed with QUIT.

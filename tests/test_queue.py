@@ -71,9 +71,21 @@ class StoreTests(SynchronousTestCase):
         )
 
     def test_ids_are_unique_and_time_ordered(self) -> None:
-        ids = [new_message_id(1000.0 + i) for i in range(50)]
+        ids = [new_message_id(2_000_000_000.0 + i) for i in range(50)]
         self.assertEqual(len(set(ids)), 50)
         self.assertEqual(ids, sorted(ids))
+        # Thousands in the same millisecond (a group commit) stay distinct and ordered.
+        same = [new_message_id(2_000_001_000.0) for _ in range(5000)]
+        self.assertEqual(len(set(same)), 5000)
+        self.assertEqual(same, sorted(same))
+
+    def test_a_batch_in_one_millisecond(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        batch = [NewMessage("s@x.org", ("r@y.org",), b"x", 5)] * 3000
+        results = self.store.enqueue_many(batch, 500.0, 10**6)
+        self.assertEqual(len(set(results)), 3000)
+        self.assertEqual(self.store.counts()["queued"], 3000)
 
     def test_enqueue_and_counts(self) -> None:
         message_id = self.add("a@y.org", "b@y.org")

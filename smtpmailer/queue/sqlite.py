@@ -87,11 +87,25 @@ END;
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"  # no vowels: ids never spell words
 
 
+_last_id_time = [0, 0]  # milliseconds, sequence: ids made in one millisecond stay distinct
+
+
 def new_message_id(now: float) -> str:
-    """12 characters, sortable by creation time to the millisecond, then random."""
-    number = (int(now * 1000) << 20) | secrets.randbits(20)
+    """14 characters: the millisecond, a per-process sequence within it, then 16 random
+    bits (for other processes writing the same queue). Sortable by creation time."""
+    millis = int(now * 1000)
+    if millis <= _last_id_time[0]:
+        millis = _last_id_time[0]
+        _last_id_time[1] += 1
+        if _last_id_time[1] >= 1 << 10:  # 1,024 in one millisecond: borrow the next one
+            millis += 1
+            _last_id_time[1] = 0
+    else:
+        _last_id_time[1] = 0
+    _last_id_time[0] = millis
+    number = (((millis << 10) | _last_id_time[1]) << 16) | secrets.randbits(16)
     chars = []
-    for _ in range(12):
+    for _ in range(14):
         number, digit = divmod(number, len(_ID_ALPHABET))
         chars.append(_ID_ALPHABET[digit])
     return "".join(reversed(chars))
@@ -211,14 +225,22 @@ class SQLiteQueue:
         return results
 
     def _insert(self, db: sqlite3.Connection, item: NewMessage, now: float) -> str:
-        message_id = new_message_id(now)
         sender, recipients, data, priority = item.sender, item.recipients, item.data, item.priority
-        # One INSERT each for the message, its recipients and its content.
-        db.execute(
-            "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-            " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
-        )
+        # One INSERT each for the message, its recipients and its content. A clash with an
+        # id another process made in the same millisecond fails only that statement.
+        for _ in range(5):
+            message_id = new_message_id(now)
+            try:
+                db.execute(
+                    "INSERT INTO messages (id, state, priority, sender, created, age_from,"
+                    " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
+                )
+                break
+            except sqlite3.IntegrityError:
+                continue
+        else:
+            raise QueueError("could not make a unique message id")
         db.executemany(
             "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, ?)",
             [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
