@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,3 +92,113 @@ def fill_queue(path: str, count: int, size: int) -> float:
     elapsed = time.perf_counter() - started
     store.close()
     return elapsed
+
+
+POSTFIX_QUEUES = ("incoming", "active", "deferred", "maildrop", "hold")
+SOURCE = "/usr/sbin/smtp-source"
+
+
+def postfix_queue_size() -> int:
+    """Files in Postfix's queue folders: one a message."""
+    return sum(
+        len(files)
+        for queue in POSTFIX_QUEUES
+        for _, _, files in os.walk(f"/var/spool/postfix/{queue}")
+    )
+
+
+def run(*command: str, check: bool = True) -> str:
+    return subprocess.run(command, check=check, capture_output=True, text=True).stdout
+
+
+class Postfix:
+    """Debian's Postfix, pointed at the sink for the duration of the bench."""
+
+    def __init__(self, sink_port: int) -> None:
+        self.sink_port = sink_port
+        self.port = free_port()
+        self.backup = tempfile.mkdtemp(prefix="smtpm-postfix-")
+        for name in ("main.cf", "master.cf"):
+            shutil.copy2(f"/etc/postfix/{name}", os.path.join(self.backup, name))
+
+    def __enter__(self) -> Postfix:
+        run("postfix", "stop", check=False)
+        settings = {
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "relayhost": f"[127.0.0.1]:{self.sink_port}",
+            "mydestination": "",
+            "smtputf8_enable": "no",
+        }
+        try:
+            run("postconf", "-e", *(f"{k}={v}" for k, v in settings.items()))
+            run("postconf", "-MX", "smtp/inet", check=False)
+            run("postconf", "-Me", f"{self.port}/inet={self.port} inet n - y - - smtpd")
+            run("postsuper", "-d", "ALL", check=False)
+            run("postfix", "start")
+            wait_for(lambda: listening(self.port), 30, "Postfix to listen")
+        except BaseException:
+            self.__exit__()  # put the configuration back before giving up
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        run("postfix", "stop", check=False)
+        for name in ("main.cf", "master.cf"):
+            shutil.copy2(os.path.join(self.backup, name), f"/etc/postfix/{name}")
+        run("postsuper", "-d", "ALL", check=False)
+        shutil.rmtree(self.backup, ignore_errors=True)
+
+    def defer(self, on: bool) -> None:
+        run("postconf", "-e", f"defer_transports={'smtp' if on else ''}")
+        run("postfix", "reload")
+
+    def drain(self, messages: int, size: int) -> float:
+        self.defer(True)
+        inject(self.port, messages, size)
+        wait_for(lambda: postfix_queue_size() >= messages, 300, "Postfix to hold the queue")
+        self.defer(False)
+        started = time.perf_counter()
+        run("postqueue", "-f")
+        wait_for(lambda: postfix_queue_size() == 0, 600, "Postfix to drain")
+        return messages / (time.perf_counter() - started)
+
+    def end_to_end(self, messages: int, size: int) -> float:
+        started = time.perf_counter()
+        inject(self.port, messages, size)
+        wait_for(lambda: postfix_queue_size() == 0, 600, "Postfix to relay everything")
+        return messages / (time.perf_counter() - started)
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def inject(port: int, messages: int, size: int) -> None:
+    """smtp-source: 16 sessions, pipelined, several messages per connection."""
+    done = subprocess.run(
+        [
+            SOURCE,
+            "-s",
+            "16",
+            "-d",
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.com",
+            "-t",
+            "sink@example.org",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"smtp-source failed: {done.stderr.strip() or done.stdout.strip()}")

@@ -48,3 +48,14 @@ class TinyBenchTests(TestCase):
             self.skipTest("bench/relay reconfigures the system's Postfix: it needs root")
         report = self.bench("relay", "--messages", "200", "--sizes", "1024", "--runs", "1")
         self.assertEqual(sorted(report["results"]), ["drain 1024B", "end_to_end 1024B"])  # type: ignore[call-overload]
+
+    def test_scale(self) -> None:
+        report = self.bench("scale", "--messages", "2000")
+        self.assertEqual(report["messages"], 2000)
+        self.assertGreater(report["sent_in_first_seconds"], 0)  # type: ignore[operator]
+
+    def test_submit_against_postfix(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("bench/submit reconfigures the system's Postfix: it needs root")
+        report = self.bench("submit", "--messages", "200", "--runs", "1", "--calls", "2")
+        self.assertIn("ratio", report["accept_per_s"])  # type: ignore[operator]
