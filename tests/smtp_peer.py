@@ -163,6 +163,12 @@ class SMTPPeer:
         async def close() -> None:
             self.unstall.set()
             self._server.close()
+            # Sessions still open (a stalled one, say) end here, not as "Task was destroyed".
+            current = asyncio.current_task()
+            sessions = [t for t in asyncio.all_tasks() if t is not current]
+            for task in sessions:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
