@@ -56,7 +56,8 @@ class DeliveryCase(SynchronousTestCase):
     def connect(self, relay: Any, client: SMTPClientProtocol) -> Deferred[Any]:
         return self.relays[relay.host].connect(relay, client)
 
-    def start(self) -> MailerService:
+    def start(self, **options: Any) -> MailerService:
+        """The daemon's service tree in memory; ``options`` go to MailerService."""
         self.service = MailerService(
             self.config,
             open_store=lambda: self.store,
@@ -65,6 +66,7 @@ class DeliveryCase(SynchronousTestCase):
             blocking=synchronous_runner,
             connector=self.connect,
             listen_wakeup=False,
+            **options,
         )
         self.service.startService()
         self.addCleanup(self.stop)

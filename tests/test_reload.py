@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import load_config
-from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.queue.sqlite import SQLiteQueue
 from smtpmailer.reload import ReloadService, changed_keys, keep_restart_only
 from smtpmailer.service import MailerService
@@ -61,19 +60,7 @@ class ReloadCase(DeliveryCase):
             previous, self.handlers[signum] = self.handlers.get(signum), handler
             return previous
 
-        self.service = MailerService(
-            self.config,
-            open_store=lambda: self.store,
-            reactor=self.clock,
-            run=synchronous_runner,
-            blocking=synchronous_runner,
-            connector=self.connect,
-            listen_wakeup=False,
-            install_handler=install,
-        )
-        self.service.startService()
-        self.addCleanup(self.stop)
-        settle(self.clock)
+        self.start(install_handler=install)
         return self.service
 
     def sighup(self) -> None:
@@ -278,19 +265,7 @@ class ListenerReloadTests(ReloadCase):
         def install(signum: int, handler: Any) -> Any:
             self.handlers[signum] = handler
 
-        self.service = MailerService(
-            self.config,
-            open_store=lambda: self.store,
-            reactor=self.clock,
-            run=synchronous_runner,
-            blocking=synchronous_runner,
-            connector=self.connect,
-            listen_wakeup=False,
-            install_handler=install,
-            listen=listen,
-        )
-        self.service.startService()
-        self.addCleanup(self.stop)
+        self.start(install_handler=install, listen=listen)
         self.assertEqual(
             events, ["bind tcp:8101:interface=127.0.0.1", "bind tcp:8201:interface=127.0.0.1"]
         )
