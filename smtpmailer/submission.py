@@ -353,6 +353,7 @@ class SubmissionProtocol(smtp.ESMTP):
 
     def dataReceived(self, data: bytes) -> None:
         if getattr(self, "_bulk", None) is not None:
+            self.resetTimeout()  # data flowing counts as activity (Twisted resets per line)
             pending, self._buffer = self._buffer, b""
             self._bulk_feed(pending + data)
         else:

@@ -369,7 +369,8 @@ class BulkDataTests(SynchronousTestCase):
             self.queued.append(envelope)
             return succeed(f"Q{len(self.queued)}")
 
-        factory = SubmissionFactory(config, enqueue, Clock(), None)
+        self.clock = Clock()
+        factory = SubmissionFactory(config, enqueue, self.clock, None)
         self.protocol = factory.buildProtocol(None)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         self.protocol.makeConnection(self.transport)
@@ -413,3 +414,13 @@ class BulkDataTests(SynchronousTestCase):
         self.assertEqual(self.queued, [])
         self.transaction()
         self.assertEqual(self.feed(b"small\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
+
+    def test_a_slow_large_message_is_not_cut_off_while_data_flows(self) -> None:
+        self.transaction()
+        for _ in range(5):
+            self.clock.advance(200)  # more than the 300 s timeout in all, never idle for it
+            self.feed(b"x" * 100 + b"\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.feed(b".\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
+        self.clock.advance(301)  # idle now: the session times out
+        self.assertTrue(self.transport.disconnecting)
