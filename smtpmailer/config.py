@@ -288,7 +288,6 @@ SECTIONS: dict[str, Schema] = {
     "Manhole": MANHOLE_KEYS,
     "Submission": SUBMISSION_KEYS,
 }
-SECRET_KEYS = frozenset({"password"})
 
 
 def _hint(word: str, candidates: Any) -> str:

@@ -14,7 +14,7 @@ import time
 
 import attrs
 
-from smtpmailer.config import DAEMON_KEYS, Config, DaemonConfig, default_config_path, load_config
+from smtpmailer.config import DAEMON_KEYS, DaemonConfig, default_config_path, load_config
 from smtpmailer.ini import ConfigError, parse_ini
 
 EXIT_NOT_RUNNING = 3
@@ -36,7 +36,6 @@ class Target:
 
     config_path: str
     daemon: DaemonConfig
-    config: Config | None
     problem: str | None = None
 
 
@@ -46,7 +45,7 @@ def find_daemon(path: str | None) -> Target:
     path = path or default_config_path()
     try:
         config = load_config(path)
-        return Target(config.path, config.daemon, config)
+        return Target(config.path, config.daemon)
     except ConfigError as error:
         problem = str(error)
     values = {key: default for key, (_, default) in DAEMON_KEYS.items()}
@@ -72,7 +71,7 @@ def find_daemon(path: str | None) -> Target:
         log_file=resolve(values["log_file"]),
         shutdown_timeout=timeout,
     )
-    return Target(path, daemon, None, problem)
+    return Target(path, daemon, problem)
 
 
 def read_pid(pidfile: str) -> int | None:

@@ -23,6 +23,15 @@ from tests.daemon import Daemon, wait_until
 from tests.smtp_peer import SMTPPeer
 
 
+def submission_port(daemon: Daemon) -> int:
+    """The port this run of the daemon's submission listener bound (tcp:0)."""
+    found = wait_until(
+        lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.new_log()),
+        what="the submission listener",
+    )
+    return int(found.group(1))
+
+
 class PasswordTests(SynchronousTestCase):
     def test_bcrypt_and_argon2(self) -> None:
         from argon2 import PasswordHasher
@@ -82,11 +91,7 @@ class SubmissionTests(TestCase):
         )
         self.addCleanup(self.daemon.stop)
         self.daemon.start()
-        found = wait_until(
-            lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", self.daemon.log()),
-            what="the listener",
-        )
-        self.port = int(found.group(1))
+        self.port = submission_port(self.daemon)
 
     def client(self) -> smtplib.SMTP:
         client = smtplib.SMTP("localhost", self.port, timeout=30)
@@ -234,11 +239,7 @@ class SubmissionTests(TestCase):
         with open(self.daemon.config_path, "w") as handle:
             handle.write(text)
         self.daemon.start()
-        found = wait_until(
-            lambda: re.findall(r"submission listening on 127.0.0.1:(\d+)", self.daemon.new_log()),
-            what="the restarted listener",
-        )
-        port = int(found[0])
+        port = submission_port(self.daemon)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             reader = sock.makefile("rb")
 
@@ -286,11 +287,7 @@ class SMTPUTF8Tests(TestCase):
         )
         self.addCleanup(daemon.stop)
         daemon.start()
-        port = int(
-            wait_until(
-                lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.log())
-            ).group(1)
-        )
+        port = submission_port(daemon)
         client = smtplib.SMTP("127.0.0.1", port, timeout=30)
         self.addCleanup(client.close)
         client.ehlo("utf8.test")
@@ -335,11 +332,7 @@ class SMTPUTF8Tests(TestCase):
         )
         self.addCleanup(daemon.stop)
         daemon.start()
-        port = int(
-            wait_until(
-                lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.log())
-            ).group(1)
-        )
+        port = submission_port(daemon)
         import socket
 
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

@@ -129,10 +129,6 @@ class SMTPClientProtocol(LineOnlyReceiver):
         if self.transport is not None and self._lost is None:
             self.transport.loseConnection()
 
-    @property
-    def is_open(self) -> bool:
-        return self._lost is None
-
     # --- replies ---
 
     def lineReceived(self, line: bytes) -> None:
