@@ -16,6 +16,9 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 # Postfix (smtp-sink and smtp-source for the benchmarks).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix
+# Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
+# recommends it (we install without recommends).
+PERL_MODULES := Net::SSLeay=libnet-ssleay-perl
 
 $(DEPS_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +35,10 @@ system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		tool=$${pair%%:*}; package=$${pair#*:}; \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	for pair in $(PERL_MODULES); do \
+		module=$${pair%%=*}; package=$${pair#*=}; \
+		perl -M$$module -e1 >/dev/null 2>&1 || missing="$$missing $$package"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
