@@ -11,6 +11,14 @@ from typing import Any
 import attrs
 
 from smtpmailer.ini import ConfigError, Entry, Section, parse_ini
+from smtpmailer.paths import (
+    DEFAULT_STATE_DIR,
+    SENDMAIL_SOCKET,
+    WAKEUP_SOCKET,
+    config_folder,
+    default_config_path,
+    resolve_path,
+)
 from smtpmailer.units import (
     format_duration,
     format_size,
@@ -19,7 +27,6 @@ from smtpmailer.units import (
     parse_size,
 )
 
-DEFAULT_CONFIG_PATH = "/etc/smtpmailer/smtpmailer.conf"
 SECURITY_MODES = ("starttls", "tls", "none")
 AUTH_MODES = ("auto", "plain", "login", "cram-md5", "none")
 TRANSPORTS = ("smtp", "maildir")
@@ -136,7 +143,12 @@ class Config:
     @property
     def wakeup_socket(self) -> str:
         """The datagram socket the CLI pokes so that the daemon picks up new mail at once."""
-        return os.path.join(self.daemon.state_dir, "wakeup.sock")
+        return os.path.join(self.daemon.state_dir, WAKEUP_SOCKET)
+
+    @property
+    def sendmail_socket(self) -> str:
+        """The stream socket where ``sendmail`` hands messages to a running daemon."""
+        return os.path.join(self.daemon.state_dir, SENDMAIL_SOCKET)
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a clear reason ---
@@ -207,7 +219,7 @@ def _optional_rate(text: str) -> tuple[int, float] | None:
 Schema = dict[str, tuple[Callable[[str], Any], str | None]]
 
 DAEMON_KEYS: Schema = {
-    "state_dir": (_text, "/var/lib/smtpmailer"),
+    "state_dir": (_text, DEFAULT_STATE_DIR),
     "pid_file": (_text, "/run/smtpmailer/smtpmailer.pid"),
     "log_file": (_text, "/var/log/smtpmailer/smtpmailer.log"),
     "shutdown_timeout": (parse_duration, "30s"),
@@ -342,11 +354,6 @@ class _Reader:
         return ConfigError(self.path, self.line(key), message)
 
 
-def _resolve(base: str, value: str) -> str:
-    """Relative paths in the file are relative to the file's own folder, whatever the cwd."""
-    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
-
-
 def _world_readable(path: str) -> bool:
     try:
         return bool(os.stat(path).st_mode & stat.S_IROTH)
@@ -374,7 +381,7 @@ def _read_secret(reader: _Reader, base: str, warnings: list[str]) -> str | None:
         if secret is None:
             raise reader.fail(key, f"password_env: environment variable {value} is not set")
         return secret
-    secret_path = _resolve(base, value)
+    secret_path = resolve_path(base, value)
     try:
         with open(secret_path, encoding="utf-8") as handle:
             secret = handle.read().rstrip("\r\n")
@@ -404,7 +411,7 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
     else:
         if not maildir:
             raise reader.fail("path", f"[{section.title}] with transport = maildir needs a path")
-        maildir = _resolve(base, maildir)
+        maildir = resolve_path(base, maildir)
     username = reader.get("username")
     password = _read_secret(reader, base, warnings)
     if auth in ("plain", "login", "cram-md5") and not (username and password is not None):
@@ -415,7 +422,7 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
         username = password = None
     ca_file = reader.get("ca_file")
     if ca_file:
-        ca_file = _resolve(base, ca_file)
+        ca_file = resolve_path(base, ca_file)
         if not os.path.isfile(ca_file):
             raise reader.fail("ca_file", f"ca_file: no such file {ca_file}")
     if transport == "smtp" and security == "none" and password is not None:
@@ -452,7 +459,7 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
 
 def parse_config(text: str, path: str) -> Config:
     """Validate the whole file; raise ConfigError at the first problem."""
-    base = os.path.dirname(os.path.abspath(path))
+    base = config_folder(path)
     sections = parse_ini(text, path)
     by_name: dict[str, Section] = {}
     relays: list[Section] = []
@@ -479,7 +486,7 @@ def parse_config(text: str, path: str) -> Config:
 
     warnings: list[str] = []
     daemon = _Reader(path, by_name.get("Daemon"), DAEMON_KEYS)
-    state_dir = _resolve(base, daemon.get("state_dir"))
+    state_dir = resolve_path(base, daemon.get("state_dir"))
     queue = _Reader(path, by_name.get("Queue"), QUEUE_KEYS)
     if queue.get("backend") == "postgresql":
         raise queue.fail("backend", "backend: postgresql is not implemented yet (use sqlite)")
@@ -489,7 +496,9 @@ def parse_config(text: str, path: str) -> Config:
     logging = _Reader(path, by_name.get("Logging"), LOGGING_KEYS)
     queue_config = QueueConfig(
         backend="sqlite",
-        path=_resolve(base, queue_path) if queue_path else os.path.join(state_dir, "queue.sqlite3"),
+        path=resolve_path(base, queue_path)
+        if queue_path
+        else os.path.join(state_dir, "queue.sqlite3"),
         poll_interval=queue.get("poll_interval"),
         batch_size=queue.get("batch_size"),
         max_queue_size=queue.get("max_queue_size"),
@@ -516,8 +525,8 @@ def parse_config(text: str, path: str) -> Config:
     host_key = manhole_reader.get("host_key")
     manhole = ManholeConfig(
         listen="" if manhole_reader.turned_off("listen") else manhole_reader.get("listen"),
-        authorized_keys=_resolve(base, keys_file) if keys_file else None,
-        host_key=_resolve(base, host_key)
+        authorized_keys=resolve_path(base, keys_file) if keys_file else None,
+        host_key=resolve_path(base, host_key)
         if host_key
         else os.path.join(state_dir, "ssh_host_ed25519_key"),
     )
@@ -529,8 +538,8 @@ def parse_config(text: str, path: str) -> Config:
         path=path,
         daemon=DaemonConfig(
             state_dir=state_dir,
-            pid_file=_resolve(base, daemon.get("pid_file")),
-            log_file=_resolve(base, daemon.get("log_file")),
+            pid_file=resolve_path(base, daemon.get("pid_file")),
+            log_file=resolve_path(base, daemon.get("log_file")),
             shutdown_timeout=daemon.get("shutdown_timeout"),
         ),
         queue=queue_config,
@@ -556,7 +565,7 @@ def _submission(path: str, base: str, section: Section | None) -> SubmissionConf
         value = reader.get(key)
         if not value:
             return None
-        resolved = _resolve(base, value)
+        resolved = resolve_path(base, value)
         if not os.path.isfile(resolved):
             raise reader.fail(key, f"{key}: no such file {resolved}")
         return resolved
@@ -603,7 +612,7 @@ def _status(path: str, base: str, section: Section | None, warnings: list[str]) 
     token = None
     token_file = reader.get("token_file")
     if token_file:
-        token_path = _resolve(base, token_file)
+        token_path = resolve_path(base, token_file)
         try:
             with open(token_path, encoding="utf-8") as handle:
                 token = handle.read().strip()
@@ -622,10 +631,6 @@ def _status(path: str, base: str, section: Section | None, warnings: list[str]) 
             "(a bearer token for /v1/* and /) or listen on 127.0.0.1",
         )
     return StatusConfig(listen=listen, token=token, stuck_after=reader.get("stuck_after"))
-
-
-def default_config_path() -> str:
-    return os.environ.get("SMTPMAILER_CONFIG") or DEFAULT_CONFIG_PATH
 
 
 def load_config(path: str | None = None) -> Config:

@@ -14,8 +14,9 @@ import time
 
 import attrs
 
-from smtpmailer.config import DAEMON_KEYS, DaemonConfig, default_config_path, load_config
+from smtpmailer.config import DAEMON_KEYS, DaemonConfig, load_config
 from smtpmailer.ini import ConfigError, parse_ini
+from smtpmailer.paths import config_folder, default_config_path, resolve_path
 
 EXIT_NOT_RUNNING = 3
 # How long `stop` waits beyond shutdown_timeout for the process to be gone.
@@ -56,10 +57,10 @@ def find_daemon(path: str | None) -> Target:
                     values.update({e.key: e.value for e in section.entries if e.key in values})
     except (OSError, UnicodeDecodeError, ConfigError):
         pass
-    base = os.path.dirname(os.path.abspath(path))
+    base = config_folder(path)
 
     def resolve(value: str | None) -> str:
-        return os.path.normpath(os.path.join(base, value or ""))
+        return resolve_path(base, value or "")
 
     try:
         timeout = DAEMON_KEYS["shutdown_timeout"][0](values["shutdown_timeout"] or "30s")

@@ -2,16 +2,26 @@
 
 What cron, PHP's mail(), git send-email and monitoring tools call: the message on stdin,
 recipients as arguments or from the headers (-t). Exit statuses are sendmail's (sysexits).
-Imports are lazy: this runs once per message.
+
+This runs once per message, so its own imports are the interpreter's bare minimum. With a
+daemon running, the message goes over ``state_dir/sendmail.sock`` and the daemon checks and
+commits it (sharing one fsync with other submissions); the answer comes after the commit.
+Without a daemon, the command checks the message and writes the queue itself.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
-from typing import IO
 
-import attrs
+# Not typing.TYPE_CHECKING: typing costs this path ~5 ms. mypy honours the name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO
+
+    from smtpmailer.config import Config
+    from smtpmailer.message import Envelope
 
 # sysexits.h
 EX_OK = 0
@@ -29,20 +39,26 @@ USAGE = (
 )
 
 
+# How long to wait for a running daemon's answer (its commit) before giving up.
+DAEMON_ANSWER_TIMEOUT = 60.0
+
+
 class UsageError(Exception):
     pass
 
 
-@attrs.define
 class Arguments:
-    extract: bool = False
-    ignore_dots: bool = False
-    sender: str | None = None
-    full_name: str | None = None
-    verbose: bool = False
-    mode: str = "deliver"  # deliver, list, flush
-    recipients: list[str] = attrs.Factory(list)
-    config: str | None = None
+    """What the command line asked for. A plain class, not attrs: see the module's doc."""
+
+    def __init__(self) -> None:
+        self.extract = False
+        self.ignore_dots = False
+        self.sender: str | None = None
+        self.full_name: str | None = None
+        self.verbose = False
+        self.mode = "deliver"  # deliver, list, flush
+        self.recipients: list[str] = []
+        self.config: str | None = None
 
 
 def parse_arguments(argv: Sequence[str]) -> Arguments:
@@ -121,9 +137,7 @@ def read_message(stream: IO[bytes], ignore_dots: bool) -> bytes:
 
 
 def _local_domain() -> str:
-    import socket
-
-    host = socket.gethostname() or "localhost"
+    host = os.uname().nodename or "localhost"  # what socket.gethostname() returns
     return host if "." in host else host + ".localdomain"
 
 
@@ -136,14 +150,17 @@ def qualify(address: str) -> str:
     return address
 
 
-def _local_sender() -> str:
-    import getpass
-
+def local_user() -> str:
+    """The calling user's name, looked up as getpass.getuser() does."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "nobody"
-    return qualify(user)
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return "nobody"
 
 
 def _header_sender(data: bytes) -> str | None:
@@ -172,55 +189,132 @@ def _add_from(data: bytes, sender: str, full_name: str | None) -> bytes:
     return f"From: {value}\r\n".encode() + data
 
 
-def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> int:
-    try:
-        args = parse_arguments(argv)
-    except UsageError as error:
-        print(f"sendmail: {error}\n{USAGE}", file=err)
-        return EX_USAGE
-    if args.mode != "deliver":
-        from smtpmailer.cli import main
+def prepare_envelope(
+    config: Config, args: Arguments, user: str, data: bytes, now: float
+) -> Envelope:
+    """sendmail's rules (envelope sender from -f, From or the user; From added when
+    missing; -t), then the checks every way in shares. MessageError if it cannot be sent.
+    The daemon runs this too, for messages handed over its socket."""
+    from smtpmailer.message import prepare_raw
+    from smtpmailer.submit import check_envelope
 
-        command = ["queue", "list"] if args.mode == "list" else ["queue", "retry", "--all"]
-        prefix = ["--config", args.config] if args.config else []
-        code = main([*prefix, *command], out=out)
-        return EX_OK if code == 0 else EX_TEMPFAIL
+    sender = qualify(args.sender or _header_sender(data) or qualify(user))
+    data = _add_from(data, sender, args.full_name)
+    return check_envelope(
+        config,
+        prepare_raw(
+            data,
+            recipients=args.recipients,
+            extract_recipients=args.extract,
+            sender=sender,
+            now=now,
+            qualify=qualify,
+        ),
+    )
+
+
+# --- the hand-over to a running daemon: one request, one answer, over a Unix socket ---
+
+REQUEST_MAGIC = b"SENDMAIL/1"
+
+
+def encode_request(args: Arguments, user: str, data: bytes) -> bytes:
+    """``SENDMAIL/1 HEADER_LENGTH DATA_LENGTH\\n``, then the header (NUL-separated
+    ``key=value`` fields: no argument can hold a NUL), then the message."""
+    fields = [f"user={user}", f"extract={int(args.extract)}"]
+    if args.sender is not None:
+        fields.append(f"sender={args.sender}")
+    if args.full_name is not None:
+        fields.append(f"name={args.full_name}")
+    fields += [f"rcpt={recipient}" for recipient in args.recipients]
+    header = "\0".join(fields).encode("utf-8", "surrogateescape")
+    return b"%s %d %d\n" % (REQUEST_MAGIC, len(header), len(data)) + header + data
+
+
+def decode_header(header: bytes) -> tuple[Arguments, str]:
+    """The Arguments and user of a request's header; ValueError if it is malformed."""
+    args = Arguments()
+    user = None
+    for field in header.decode("utf-8", "surrogateescape").split("\0"):
+        key, sep, value = field.partition("=")
+        if not sep:
+            raise ValueError(f"malformed field {field[:40]!r}")
+        if key == "user":
+            user = value
+        elif key == "extract":
+            args.extract = value == "1"
+        elif key == "sender":
+            args.sender = value
+        elif key == "name":
+            args.full_name = value
+        elif key == "rcpt":
+            args.recipients.append(value)
+        else:
+            raise ValueError(f"unknown field {key[:40]!r}")
+    if not user:
+        raise ValueError("no user field")
+    return args, user
+
+
+def hand_to_daemon(
+    socket_path: str, request: bytes, timeout: float = DAEMON_ANSWER_TIMEOUT
+) -> tuple[int, str] | None:
+    """Send the request to the daemon; its (exit status, text) once it has committed, or
+    None when no daemon took it (no socket, refused, or it closed without answering),
+    and the caller writes the queue itself. A daemon killed between its commit and its
+    answer makes that a duplicate, never a loss."""
+    import _socket  # not `socket`: that imports enum and selectors, ~4 ms on this path
+
+    if not os.path.exists(socket_path):
+        return None
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    connection.settimeout(timeout)
+    try:
+        try:
+            connection.connect(socket_path)
+        except OSError:  # gone, refused, not permitted: no daemon takes it
+            return None
+        chunks = []
+        try:
+            connection.sendall(request)
+            while chunk := connection.recv(4096):
+                chunks.append(chunk)
+        except TimeoutError:
+            return (
+                EX_TEMPFAIL,
+                f"no answer from the daemon within {timeout:.0f} s; the message may not be queued",
+            )
+        except OSError:  # reset or broken pipe: the daemon went away before answering
+            return None
+    finally:
+        connection.close()
+    answer = b"".join(chunks).decode("utf-8", "replace").rstrip("\n")
+    code, _, text = answer.partition(" ")
+    if not code.isdigit():
+        return None
+    return int(code), text
+
+
+def _enqueue_directly(
+    config_path: str | None, args: Arguments, user: str, data: bytes, out: IO[str], err: IO[str]
+) -> int:
+    """No daemon: check the message and commit it to the queue from this process."""
+    import time
+
     from smtpmailer.config import load_config
     from smtpmailer.ini import ConfigError
-    from smtpmailer.message import MessageError, prepare_raw
+    from smtpmailer.message import MessageError
     from smtpmailer.queue import PRIORITY_NAMES, QueueError, QueueFull
-    from smtpmailer.submit import check_envelope, enqueue_envelope, wake_daemon
+    from smtpmailer.submit import enqueue_envelope, wake_daemon
 
     try:
-        config = load_config(args.config)
+        config = load_config(config_path)
     except ConfigError as error:
         print(f"sendmail: {error}", file=err)
         return EX_CONFIG
-    if not args.extract and not args.recipients:
-        print(f"sendmail: no recipients (give them as arguments, or use -t)\n{USAGE}", file=err)
-        return EX_USAGE
-    try:
-        data = read_message(stdin, args.ignore_dots)
-    except OSError as error:
-        print(f"sendmail: cannot read the message: {error}", file=err)
-        return EX_IOERR
-    import time
-
     now = time.time()
     try:
-        sender = qualify(args.sender or _header_sender(data) or _local_sender())
-        data = _add_from(data, sender, args.full_name)
-        envelope = check_envelope(
-            config,
-            prepare_raw(
-                data,
-                recipients=args.recipients,
-                extract_recipients=args.extract,
-                sender=sender,
-                now=now,
-                qualify=qualify,
-            ),
-        )
+        envelope = prepare_envelope(config, args, user, data, now)
     except MessageError as error:
         print(f"sendmail: {error}", file=err)
         return EX_DATAERR
@@ -245,6 +339,63 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
         print(f"queued as {message_id} for {', '.join(envelope.recipients)}", file=out)
     wake_daemon(config)
     return EX_OK
+
+
+def _daemon_socket(config_path: str) -> str | None:
+    """Where a running daemon for this config would listen; None if the file cannot be
+    read as INI (the full load then reports the problem)."""
+    from smtpmailer.ini import ConfigError, parse_ini
+    from smtpmailer.paths import SENDMAIL_SOCKET, state_dir_of
+
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            sections = parse_ini(handle.read(), config_path)
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None
+    raw = None
+    for section in sections:
+        if section.name == "Daemon" and section.label is None:
+            raw = next((e.value for e in section.entries if e.key == "state_dir"), None)
+    return os.path.join(state_dir_of(config_path, raw), SENDMAIL_SOCKET)
+
+
+def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> int:
+    try:
+        args = parse_arguments(argv)
+    except UsageError as error:
+        print(f"sendmail: {error}\n{USAGE}", file=err)
+        return EX_USAGE
+    if args.mode != "deliver":
+        from smtpmailer.cli import main
+
+        command = ["queue", "list"] if args.mode == "list" else ["queue", "retry", "--all"]
+        prefix = ["--config", args.config] if args.config else []
+        code = main([*prefix, *command], out=out)
+        return EX_OK if code == 0 else EX_TEMPFAIL
+    from smtpmailer.paths import default_config_path
+
+    if not args.extract and not args.recipients:
+        print(f"sendmail: no recipients (give them as arguments, or use -t)\n{USAGE}", file=err)
+        return EX_USAGE
+    try:
+        data = read_message(stdin, args.ignore_dots)
+    except OSError as error:
+        print(f"sendmail: cannot read the message: {error}", file=err)
+        return EX_IOERR
+    user = local_user()
+    config_path = args.config or default_config_path()
+    socket_path = _daemon_socket(config_path)
+    answer = None
+    if socket_path is not None:  # else the full load says what is wrong with the file
+        answer = hand_to_daemon(socket_path, encode_request(args, user, data))
+    if answer is None:
+        return _enqueue_directly(config_path, args, user, data, out, err)
+    code, text = answer
+    if code != EX_OK:
+        print(f"sendmail: {text}", file=err)
+    elif args.verbose:
+        print(f"queued as {text}", file=out)
+    return code
 
 
 def main() -> None:

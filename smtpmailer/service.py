@@ -23,6 +23,7 @@ from smtpmailer.queue import PRIORITY_NAMES, NewMessage, QueueStore
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, GroupCommit, OutcomeWriter, Runner
 from smtpmailer.reload import ReloadService
+from smtpmailer.sendmail_socket import SendmailSocketService
 from smtpmailer.stats import StatsService
 from smtpmailer.submission import SubmissionService
 from smtpmailer.submit import check_envelope
@@ -118,6 +119,9 @@ class MailerService(MultiService):
         )
         self.manhole = ManholeService(config, self, listen)
         self.submission = SubmissionService(config, self.submit, reactor, blocking, listen)
+        self.sendmail_socket = SendmailSocketService(
+            config, self.submit, reactor, reactor.listenUNIX if listen_wakeup else None
+        )
         # Listeners bind early in startService (see there); systemd's READY comes last.
         for child in (
             self.delivery,
@@ -126,6 +130,7 @@ class MailerService(MultiService):
             self.status,
             self.manhole,
             self.submission,
+            self.sendmail_socket,
             self.reload,
             self.systemd,
         ):
@@ -174,6 +179,7 @@ class MailerService(MultiService):
             self.status.bind()
             self.manhole.bind()
             self.submission.bind()
+            self.sendmail_socket.bind()
         except Exception:
             self._abandon_start()
             raise
@@ -193,7 +199,13 @@ class MailerService(MultiService):
 
     def _abandon_start(self) -> None:
         """Undo what a failed start did, so the process can exit."""
-        for port in (self.status.port, self.manhole.port, self.submission.port, self._wakeup_port):
+        for port in (
+            self.status.port,
+            self.manhole.port,
+            self.submission.port,
+            self.sendmail_socket.port,
+            self._wakeup_port,
+        ):
             if port is not None:
                 port.stopListening()
         if self.queue.store is not None:
@@ -237,6 +249,7 @@ class MailerService(MultiService):
                     self.status,
                     self.manhole,
                     self.submission,
+                    self.sendmail_socket,
                     self.stats,
                     self.poller,
                 )
@@ -282,7 +295,7 @@ class MailerService(MultiService):
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
         self.writer.policy = RetryPolicy.from_config(config.queue)
-        for child in (self.delivery, self.poller, self.stats):
+        for child in (self.delivery, self.poller, self.stats, self.sendmail_socket):
             child.reconfigure(config)
         await self.status.reconfigure(config)
         await self.manhole.reconfigure(config)

@@ -9,9 +9,10 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from smtpmailer.config import Config, default_config_path, load_config
+from smtpmailer.config import Config, load_config
 from smtpmailer.ini import ConfigError
 from smtpmailer.logs import LogTarget
+from smtpmailer.paths import default_config_path
 from smtpmailer.queue import QueueError
 
 

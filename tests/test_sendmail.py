@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,6 +21,8 @@ from smtpmailer.sendmail import (
     EX_TEMPFAIL,
     EX_USAGE,
     UsageError,
+    encode_request,
+    hand_to_daemon,
     parse_arguments,
     read_message,
 )
@@ -76,12 +81,12 @@ class CommandTests(TestCase):
         self.addCleanup(self.daemon.stop)
 
     def sendmail(
-        self, data: bytes, *args: str, config: str | None = None
+        self, data: bytes, *args: str, config: str | None = None, python: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[bytes]:
         env = environment()
         env["SMTPMAILER_CONFIG"] = config or self.daemon.config_path
         return subprocess.run(
-            [sys.executable, "-m", "smtpmailer.sendmail", *args],
+            [sys.executable, *python, "-m", "smtpmailer.sendmail", *args],
             input=data,
             capture_output=True,
             env=env,
@@ -139,6 +144,7 @@ class CommandTests(TestCase):
 
     def test_exit_codes(self) -> None:
         os.makedirs(self.daemon.state_dir)
+        # No daemon: the command checks and writes the queue itself.
         self.assertEqual(self.sendmail(b"x", "-Z").returncode, EX_USAGE)
         self.assertEqual(self.sendmail(b"x").returncode, EX_USAGE)  # no recipients
         missing = self.sendmail(b"x", "a@example.org", config=os.path.join(self.home, "nope.conf"))
@@ -159,3 +165,132 @@ class CommandTests(TestCase):
         listing = self.sendmail(b"", "-bp")
         self.assertEqual(listing.returncode, 0)
         self.assertIn(b"-- 5 messages", listing.stdout)
+
+    def refusing_relay(self) -> str:
+        """A relay whose port refuses connections, so that mail stays in the queue."""
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening
+        self.addCleanup(closed.close)
+        return f"[Relay]\nhost = 127.0.0.1\nport = {closed.getsockname()[1]}\nsecurity = none\n"
+
+    def handed_over(self) -> int:
+        """How many messages the running daemon took over its socket (its log says)."""
+        return self.daemon.new_log().count("sendmail: queued ")
+
+    def test_with_a_daemon_the_daemon_commits(self) -> None:
+        self.daemon.start()
+        result = self.sendmail(
+            b"From: a@example.com\n\nb\n", "-v", "a@example.org", python=("-X", "importtime")
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        imported = {
+            line.rpartition("|")[2].strip()
+            for line in result.stderr.decode().splitlines()
+            if line.startswith("import time:")
+        }
+        self.assertIn("smtpmailer.paths", imported)  # the list is complete: it ran our code
+        heavy = {"attrs", "typing", "sqlite3", "email", "socket", "twisted", "OpenSSL"}
+        self.assertEqual(heavy & {name.split(".")[0] for name in imported}, set())
+        message_id = result.stdout.decode().removeprefix("queued as ").strip()
+        self.assertEqual(self.handed_over(), 1)
+        self.assertIn(f"sendmail: queued {message_id} from <a@example.com>", self.daemon.new_log())
+        wait_until(lambda: len(self.peer.messages()) == 1, what="the message")
+
+    def test_exit_codes_through_the_daemon(self) -> None:
+        """The same refusals, in the same words, when the daemon checks the message."""
+        self.daemon.write_config(
+            self.refusing_relay(),
+            queue="max_message_size = 64KB\nmax_queue_size = 5",
+        )
+        self.daemon.start()
+        bad = self.sendmail(b"From: a@example.com\n\nb\n", "not an address")
+        self.assertEqual(bad.returncode, EX_DATAERR)
+        self.assertIn(b"has an invalid local part", bad.stderr)
+        big = self.sendmail(b"From: a@example.com\n\n" + b"x" * 70_000 + b"\n", "a@example.org")
+        self.assertEqual(big.returncode, EX_DATAERR)
+        self.assertIn(b"over max_message_size (64KB)", big.stderr)
+        for _ in range(5):
+            ok = self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org")
+            self.assertEqual(ok.returncode, 0, ok.stderr)
+        self.assertEqual(self.handed_over(), 5)
+        full = self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org")
+        self.assertEqual(full.returncode, EX_TEMPFAIL)
+        self.assertIn(b"queue is full", full.stderr)
+        self.assertEqual(sum(self.daemon.states().values()), 5)
+
+    def test_a_daemon_that_dies_before_answering_loses_nothing(self) -> None:
+        """Something holds the socket, reads the request and closes without an answer (a
+        daemon killed mid-request): the command writes the queue itself."""
+        os.makedirs(self.daemon.state_dir)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(os.path.join(self.daemon.state_dir, "sendmail.sock"))
+        listener.listen(1)
+        self.addCleanup(listener.close)
+
+        def take_and_drop() -> None:
+            connection, _ = listener.accept()
+            connection.recv(100)
+            connection.close()
+
+        dropper = threading.Thread(target=take_and_drop)
+        dropper.start()
+        result = self.sendmail(b"From: a@example.com\nX-Seq: 1\n\nb\n", "a@example.org")
+        dropper.join(30)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with self.daemon.db() as db:
+            (data,) = db.execute("SELECT data FROM bodies").fetchone()
+        self.assertIn(b"X-Seq: 1", data)
+
+    def test_kill_9_of_the_daemon_while_sendmail_runs(self) -> None:
+        """40 calls, 4 at a time; the daemon is killed after it took a few. Every call exits
+        0 and every message is in the queue (a call whose answer the kill cut off is
+        written again by the command: a duplicate, never a loss)."""
+        self.daemon.write_config(self.refusing_relay())
+        self.daemon.start()
+
+        def call(number: int) -> int:
+            data = f"From: a@example.com\nX-Seq: {number}\n\nbody\n".encode()
+            return self.sendmail(data, "a@example.org").returncode
+
+        with ThreadPoolExecutor(4) as pool:
+            results = [pool.submit(call, number) for number in range(40)]
+            wait_until(lambda: self.handed_over() >= 4, what="the daemon to take a few")
+            self.daemon.kill(signal.SIGKILL)
+            codes = [result.result(timeout=120) for result in results]
+        self.assertEqual(codes, [0] * 40)
+        handed = self.handed_over()
+        self.assertLess(handed, 40, "the kill came too late to test anything")
+        with self.daemon.db() as db:
+            self.assertEqual(db.execute("PRAGMA integrity_check").fetchone(), ("ok",))
+            bodies = [row[0] for row in db.execute("SELECT data FROM bodies")]
+        seen = {body.split(b"X-Seq: ", 1)[1].split(b"\r\n", 1)[0] for body in bodies}
+        self.assertEqual(seen, {str(n).encode() for n in range(40)})
+        self.assertLessEqual(len(bodies) - 40, 4, "more duplicates than calls in flight")
+
+
+class HandOverTests(SynchronousTestCase):
+    """The command's side of the socket against stand-ins for a daemon."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(tempfile.mkdtemp(prefix="smtpm-"), "sendmail.sock")
+        self.addCleanup(shutil.rmtree, os.path.dirname(self.path), True)
+        self.request = encode_request(parse_arguments(["a@example.org"]), "u", b"x\n")
+
+    def test_no_socket_or_nobody_listening_means_write_it_yourself(self) -> None:
+        self.assertIsNone(hand_to_daemon(self.path, self.request))
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(self.path)  # bound, never listening: what a dead daemon leaves
+        self.addCleanup(stale.close)
+        self.assertIsNone(hand_to_daemon(self.path, self.request))
+
+    def test_a_daemon_that_never_answers_is_a_tempfail(self) -> None:
+        """A hung daemon: the call gives up (here after 0.2 s instead of 60) and says the
+        message may not be queued, rather than writing a possible duplicate."""
+        hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hung.bind(self.path)
+        hung.listen(1)  # the kernel accepts the connection; nobody reads or answers
+        self.addCleanup(hung.close)
+        answer = hand_to_daemon(self.path, self.request, timeout=0.2)
+        assert answer is not None
+        self.assertEqual(answer[0], EX_TEMPFAIL)
+        self.assertIn("no answer from the daemon", answer[1])

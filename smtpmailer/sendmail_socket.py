@@ -1,0 +1,240 @@
+"""The daemon's end of ``sendmail``: a Unix socket in state_dir that takes one message per
+connection and answers after the commit.
+
+Why: a ``sendmail`` call that writes SQLite itself pays for sqlite3, attrs and the email
+package in every process (~90 ms); handing the bytes to the daemon, which has all of that
+loaded and group-commits concurrent submissions, costs the caller little more than the
+interpreter. The request format and the checks are sendmail.py's, so both paths agree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from smtpmailer.config import Config
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.sendmail import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    REQUEST_MAGIC,
+    decode_header,
+    prepare_envelope,
+)
+from smtpmailer.units import format_size
+
+Submit = Callable[[Envelope], "Deferred[str]"]
+MAX_HEADER = 1 << 20  # arguments: a million bytes of recipients is not a real call
+IDLE_TIMEOUT = 60.0
+
+
+def peer_uid(transport: Any) -> int | None:
+    """The calling process's user id (Linux SO_PEERCRED), for the log line."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    handle = getattr(transport, "socket", None)
+    if option is None or handle is None:
+        return None
+    try:
+        _, uid, _ = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, option, 12))
+    except OSError:
+        return None
+    return int(uid)
+
+
+class SendmailRequest(Protocol):
+    """Reads ``SENDMAIL/1 H D\\n``, H header bytes and D message bytes; answers
+    ``STATUS TEXT\\n`` (sendmail's exit status; the queue id on success) and closes."""
+
+    def __init__(self, factory: SendmailFactory) -> None:
+        self.factory = factory
+        self._buffer = bytearray()
+        self._lengths: tuple[int, int] | None = None
+        self._done = False
+        self._timeout: Any = None
+
+    def connectionMade(self) -> None:
+        self._timeout = self.factory.clock.callLater(IDLE_TIMEOUT, self._idle)
+
+    def _idle(self) -> None:
+        self._timeout = None
+        self._answer(EX_TEMPFAIL, f"no complete request within {IDLE_TIMEOUT:.0f} s")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._buffer += data
+        if self._lengths is None:
+            end = self._buffer.find(b"\n", 0, 64)
+            if end < 0:
+                if len(self._buffer) >= 64:
+                    self._answer(EX_USAGE, "malformed request")
+                return
+            try:
+                self._lengths = self._parse_first_line(bytes(self._buffer[:end]))
+            except ValueError as error:
+                self._answer(EX_USAGE, f"malformed request: {error}")
+                return
+            del self._buffer[: end + 1]
+            if self._done:  # refused on its announced size
+                return
+        header_length, data_length = self._lengths
+        if len(self._buffer) < header_length + data_length:
+            return
+        if len(self._buffer) > header_length + data_length:
+            self._answer(EX_USAGE, "malformed request: more bytes than announced")
+            return
+        self._done = True
+        header = bytes(self._buffer[:header_length])
+        message = bytes(self._buffer[header_length:])
+        self._buffer = bytearray()
+        self._handle(header, message)
+
+    def _parse_first_line(self, line: bytes) -> tuple[int, int]:
+        magic, header_length, data_length = line.split(b" ")
+        if magic != REQUEST_MAGIC:
+            raise ValueError("unknown version")
+        lengths = int(header_length), int(data_length)
+        if not 0 < lengths[0] <= MAX_HEADER or lengths[1] < 0:
+            raise ValueError("bad lengths")
+        # CRLF conversion can at most double the bytes; past that, no need to read them.
+        limit = self.factory.config.queue.max_message_size
+        if lengths[1] > 2 * limit:
+            self._answer(
+                EX_DATAERR,
+                f"message is {lengths[1]} bytes, over max_message_size ({format_size(limit)})",
+            )
+        return lengths
+
+    def _handle(self, header: bytes, message: bytes) -> None:
+        try:
+            args, user = decode_header(header)
+        except ValueError as error:
+            self._answer(EX_USAGE, f"malformed request: {error}")
+            return
+        try:
+            envelope = prepare_envelope(
+                self.factory.config, args, user, message, self.factory.clock.seconds()
+            )
+        except MessageError as error:
+            self._answer(EX_DATAERR, str(error))
+            return
+        uid = peer_uid(self.transport)
+        committed = maybeDeferred(self.factory.submit, envelope)
+
+        def queued(message_id: str) -> None:
+            log.info(
+                "sendmail: queued {id} from <{sender}> for {n} recipient(s) (uid {uid})",
+                id=message_id,
+                sender=envelope.sender,
+                n=len(envelope.recipients),
+                uid="?" if uid is None else uid,
+            )
+            self._answer(EX_OK, message_id)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(MessageError):
+                self._answer(EX_DATAERR, failure.getErrorMessage())
+            elif failure.check(QueueFull):
+                self._answer(EX_TEMPFAIL, f"{failure.getErrorMessage()}; try again later")
+            elif failure.check(QueueError):
+                self._answer(EX_CANTCREAT, failure.getErrorMessage())
+            else:
+                log.failure("sendmail: could not queue a message", failure=failure)
+                self._answer(EX_TEMPFAIL, "could not queue the message, try again later")
+
+        committed.addCallbacks(queued, refused)
+
+    def _answer(self, status: int, text: str) -> None:
+        self._done = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        if self.transport is not None and self.connected:
+            line = text.replace("\n", " ")
+            self.transport.write(f"{status} {line}\n".encode("utf-8", "replace"))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._done = True
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+
+class SendmailFactory(Factory):
+    noisy = False
+
+    def __init__(self, config: Config, submit: Submit, clock: Any) -> None:
+        self.config = config
+        self.submit = submit
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> SendmailRequest:
+        return SendmailRequest(self)
+
+
+class SendmailSocketService(Service):
+    """Listens on ``state_dir/sendmail.sock`` (mode 0660: whoever may write the queue may
+    hand mail over). Without it sendmail still works, writing the queue itself."""
+
+    name = "sendmail-socket"
+
+    def __init__(self, config: Config, submit: Submit, clock: Any, listen_unix: Any = None) -> None:
+        self.config = config
+        self.factory = SendmailFactory(config, submit, clock)
+        self._listen_unix = listen_unix
+        self.port: Any = None
+        self.path = config.sendmail_socket
+
+    def bind(self) -> None:
+        if self.port is not None or self._listen_unix is None:
+            return
+        from twisted.internet.error import CannotListenError
+
+        try:
+            if os.path.exists(self.path):  # a dead daemon's (we hold state_dir's lock)
+                os.unlink(self.path)
+            self.port = self._listen_unix(self.path, self.factory, mode=0o660, wantPID=False)
+        except (CannotListenError, OSError) as error:
+            log.warn(
+                "sendmail socket {path} unavailable ({error}); sendmail writes the queue itself",
+                path=self.path,
+                error=getattr(error, "socketError", error),
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self.bind()
+
+    def stopService(self) -> Deferred[None] | None:
+        """Stop taking new requests; those in flight still get their answer after commit."""
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+
+        def remove(_: object) -> None:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+
+        return maybeDeferred(port.stopListening).addCallback(remove)
+
+    def reconfigure(self, config: Config) -> None:
+        """New limits apply to the next request; the socket's place (state_dir) needs a
+        restart, as reload says."""
+        self.config = config
+        self.factory.config = config

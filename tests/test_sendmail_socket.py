@@ -1,0 +1,194 @@
+"""sendmail's hand-over to a running daemon, in memory: the request format both ends
+share, and the daemon's end answering only after the commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.config import parse_config
+from smtpmailer.message import Envelope
+from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.sendmail import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    decode_header,
+    encode_request,
+    parse_arguments,
+)
+from smtpmailer.sendmail_socket import IDLE_TIMEOUT, SendmailFactory
+
+CONFIG = "[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n"
+MESSAGE = b"From: app@example.com\nTo: a@example.org\nSubject: hi\n\nbody\n"
+
+
+class RequestFormatTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        args = parse_arguments(["-f", "ops@example.com", "-F", "Ops Team", "-t", "a@x.org", "b"])
+        request = encode_request(args, "www-data", b"data\r\n")
+        first, rest = request.split(b"\n", 1)
+        magic, header_length, data_length = first.split()
+        self.assertEqual((magic, int(data_length)), (b"SENDMAIL/1", 6))
+        decoded, user = decode_header(rest[: int(header_length)])
+        self.assertEqual(rest[int(header_length) :], b"data\r\n")
+        self.assertEqual(user, "www-data")
+        self.assertEqual(
+            (decoded.sender, decoded.full_name, decoded.extract, decoded.recipients),
+            ("ops@example.com", "Ops Team", True, ["a@x.org", "b"]),
+        )
+
+    def test_arguments_that_are_not_utf8_survive(self) -> None:
+        """argv that is not UTF-8 arrives as surrogate escapes; it must come back equal."""
+        odd = b"caf\xe9@example.org".decode("utf-8", "surrogateescape")
+        args = parse_arguments([odd])
+        request = encode_request(args, "u", b"")
+        header = request.split(b"\n", 1)[1]
+        self.assertEqual(decode_header(header)[0].recipients, [odd])
+
+    def test_no_sender_stays_none(self) -> None:
+        header = encode_request(parse_arguments(["a@x.org"]), "u", b"").split(b"\n", 1)[1]
+        args, _ = decode_header(header)
+        self.assertIsNone(args.sender)
+        self.assertIsNone(args.full_name)
+        self.assertFalse(args.extract)
+
+    def test_malformed_headers(self) -> None:
+        for bad in (b"user=u\0nonsense", b"user=u\0size=1", b"extract=1", b"user="):
+            self.assertRaises(ValueError, decode_header, bad)
+
+
+class DaemonEndTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.submitted: list[tuple[Envelope, Deferred[str]]] = []
+        self.factory = SendmailFactory(parse_config(CONFIG, "c.conf"), self.submit, self.clock)
+
+    def submit(self, envelope: Envelope) -> Deferred[str]:
+        result: Deferred[str] = Deferred()
+        self.submitted.append((envelope, result))
+        return result
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def request(self, argv: list[str], data: bytes = MESSAGE) -> tuple[Any, StringTransport]:
+        protocol, transport = self.connect()
+        protocol.dataReceived(encode_request(parse_arguments(argv), "cron", data))
+        return protocol, transport
+
+    def answer(self, transport: StringTransport) -> tuple[int, str]:
+        code, _, text = transport.value().decode().rstrip("\n").partition(" ")
+        return int(code), text
+
+    def test_answers_only_after_the_commit(self) -> None:
+        protocol, transport = self.request(["-i", "root@example.org"])
+        ((envelope, committed),) = self.submitted
+        self.assertEqual(transport.value(), b"", "answered before the commit")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(envelope.sender, "app@example.com")
+        self.assertEqual(envelope.recipients, ("root@example.org",))
+        self.assertIn(b"\r\nMessage-ID: <", envelope.data)
+        committed.callback("7JP8C2CJQ0RJNJ")
+        self.assertEqual(self.answer(transport), (0, "7JP8C2CJQ0RJNJ"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_request_in_small_pieces(self) -> None:
+        protocol, transport = self.connect()
+        request = encode_request(parse_arguments(["-t"]), "cron", MESSAGE)
+        for index in range(len(request)):
+            protocol.dataReceived(request[index : index + 1])
+        ((envelope, committed),) = self.submitted
+        self.assertEqual(envelope.recipients, ("a@example.org",))
+        committed.callback("ID1")
+        self.assertEqual(self.answer(transport), (0, "ID1"))
+
+    def test_the_local_user_is_the_sender_when_nothing_else_says(self) -> None:
+        self.request(["-i", "a@example.org"], b"Subject: no from\n\nhi\n")
+        ((envelope, _),) = self.submitted
+        self.assertTrue(envelope.sender.startswith("cron@"), envelope.sender)
+        self.assertTrue(envelope.data.startswith(b"From: cron@"))
+
+    def test_bad_address_is_a_data_error(self) -> None:
+        _, transport = self.request(["not an address"])
+        self.assertEqual(self.submitted, [])
+        code, text = self.answer(transport)
+        self.assertEqual(code, EX_DATAERR)
+        self.assertIn("has an invalid local part", text)
+
+    def test_header_injection_in_an_argument_is_refused(self) -> None:
+        _, transport = self.request(["a@example.org\r\nBcc: victim@example.org"])
+        self.assertEqual(self.submitted, [])
+        code, text = self.answer(transport)
+        self.assertEqual(code, EX_DATAERR)
+        self.assertIn("line break", text)
+
+    def test_too_big_is_refused_with_the_same_words_as_the_command(self) -> None:
+        _, transport = self.request(["a@example.org"], MESSAGE + b"x" * 3000)
+        self.assertEqual(self.submitted, [])
+        self.assertEqual(self.answer(transport)[0], EX_DATAERR)
+        self.assertIn("over max_message_size (2KB)", self.answer(transport)[1])
+
+    def test_far_too_big_is_refused_before_it_is_read(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"SENDMAIL/1 6 100000000\nuser=u")
+        self.assertEqual(self.answer(transport)[0], EX_DATAERR)
+        self.assertIn("100000000 bytes, over max_message_size (2KB)", self.answer(transport)[1])
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(b"x" * 1000)  # what is still in flight is dropped
+        self.assertEqual(self.submitted, [])
+
+    def test_queue_full_and_queue_errors(self) -> None:
+        for error, code in (
+            (QueueFull("queue is full (5 messages)"), EX_TEMPFAIL),
+            (QueueError("cannot open queue database"), EX_CANTCREAT),
+        ):
+            self.factory.submit = lambda envelope, error=error: fail(error)
+            _, transport = self.request(["a@example.org"])
+            self.assertEqual(self.answer(transport)[0], code)
+            self.assertIn(str(error), self.answer(transport)[1])
+
+    def test_an_unexpected_failure_is_logged_and_a_tempfail(self) -> None:
+        self.factory.submit = lambda envelope: fail(RuntimeError("disk on fire"))
+        _, transport = self.request(["a@example.org"])
+        self.assertEqual(self.answer(transport)[0], EX_TEMPFAIL)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_malformed_requests(self) -> None:
+        for raw in (
+            b"HELO there\n",
+            b"SENDMAIL/1 x y\n",
+            b"SENDMAIL/1 0 5\n",
+            b"SENDMAIL/9 6 0\nuser=u",
+            b"X" * 80,
+            b"SENDMAIL/1 6 0\nuser=uEXTRA",
+            b"SENDMAIL/1 6 0\nnope=u",
+        ):
+            protocol, transport = self.connect()
+            protocol.dataReceived(raw)
+            self.assertEqual(self.answer(transport)[0], EX_USAGE, raw)
+            self.assertIn("malformed request", self.answer(transport)[1])
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.submitted, [])
+
+    def test_a_silent_client_is_dropped(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"SENDMAIL/1 6 10\nuser=u")
+        self.clock.advance(IDLE_TIMEOUT)
+        self.assertEqual(self.answer(transport)[0], EX_TEMPFAIL)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.submitted, [])
+
+    def test_a_client_that_goes_away_leaves_no_timer(self) -> None:
+        protocol, transport = self.connect()
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
