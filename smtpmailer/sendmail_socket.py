@@ -40,6 +40,9 @@ from smtpmailer.units import format_size
 Submit = Callable[[Envelope], "Deferred[str]"]
 MAX_HEADER = 1 << 20  # arguments: a million bytes of recipients is not a real call
 IDLE_TIMEOUT = 60.0
+# Requests being read or committed at once; each may hold up to twice max_message_size.
+# Past this, a connection is closed unanswered and the command writes the queue itself.
+MAX_CONCURRENT = 32
 
 
 def peer_uid(transport: Any) -> int | None:
@@ -64,9 +67,16 @@ class SendmailRequest(Protocol):
         self._buffer = bytearray()
         self._lengths: tuple[int, int] | None = None
         self._done = False
+        self._counted = False
         self._timeout: Any = None
 
     def connectionMade(self) -> None:
+        if self.factory.active >= MAX_CONCURRENT:
+            self._done = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.factory.active += 1
+        self._counted = True
         self._timeout = self.factory.clock.callLater(IDLE_TIMEOUT, self._idle)
 
     def _idle(self) -> None:
@@ -170,6 +180,9 @@ class SendmailRequest(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._done = True
+        if self._counted:
+            self._counted = False
+            self.factory.active -= 1
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
@@ -182,6 +195,7 @@ class SendmailFactory(Factory):
         self.config = config
         self.submit = submit
         self.clock = clock
+        self.active = 0
 
     def buildProtocol(self, addr: Any) -> SendmailRequest:
         return SendmailRequest(self)

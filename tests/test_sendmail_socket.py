@@ -22,7 +22,7 @@ from smtpmailer.sendmail import (
     encode_request,
     parse_arguments,
 )
-from smtpmailer.sendmail_socket import IDLE_TIMEOUT, SendmailFactory
+from smtpmailer.sendmail_socket import IDLE_TIMEOUT, MAX_CONCURRENT, SendmailFactory
 
 CONFIG = "[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n"
 MESSAGE = b"From: app@example.com\nTo: a@example.org\nSubject: hi\n\nbody\n"
@@ -192,3 +192,17 @@ class DaemonEndTests(SynchronousTestCase):
         protocol, transport = self.connect()
         protocol.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_past_the_concurrency_cap_a_call_is_closed_unanswered(self) -> None:
+        """Memory stays bounded: over MAX_CONCURRENT requests, the connection is closed
+        without an answer, which makes the command write the queue itself."""
+        busy = [self.connect() for _ in range(MAX_CONCURRENT)]
+        protocol, transport = self.connect()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(None)
+        busy[0][0].connectionLost(None)
+        protocol, transport = self.connect()
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(encode_request(parse_arguments(["a@example.org"]), "u", MESSAGE))
+        self.assertEqual(len(self.submitted), 1)
