@@ -25,6 +25,7 @@ from smtpmailer.config import Config
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope, MessageError
 from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.queue.runner import Runner
 from smtpmailer.sendmail import (
     EX_CANTCREAT,
     EX_DATAERR,
@@ -135,17 +136,18 @@ class SendmailRequest(Protocol):
         except ValueError as error:
             self._answer(EX_USAGE, f"malformed request: {error}")
             return
-        try:
-            envelope = prepare_envelope(
-                self.factory.config, args, user, message, self.factory.clock.seconds()
-            )
-        except MessageError as error:
-            self._answer(EX_DATAERR, str(error))
-            return
         uid = peer_uid(self.transport)
-        committed = maybeDeferred(self.factory.submit, envelope)
+        # Off the reactor thread: line endings and headers of a message of up to
+        # max_message_size are rewritten here.
+        prepared = self.factory.blocking(
+            prepare_envelope, self.factory.config, args, user, message, self.factory.clock.seconds()
+        )
 
-        def queued(message_id: str) -> None:
+        def commit(envelope: Envelope) -> Deferred[tuple[Envelope, str]]:
+            return self.factory.submit(envelope).addCallback(lambda queue_id: (envelope, queue_id))
+
+        def queued(result: tuple[Envelope, str]) -> None:
+            envelope, message_id = result
             log.info(
                 "sendmail: queued {id} from <{sender}> for {n} recipient(s) (uid {uid})",
                 id=message_id,
@@ -166,7 +168,7 @@ class SendmailRequest(Protocol):
                 log.failure("sendmail: could not queue a message", failure=failure)
                 self._answer(EX_TEMPFAIL, "could not queue the message, try again later")
 
-        committed.addCallbacks(queued, refused)
+        prepared.addCallback(commit).addCallbacks(queued, refused)
 
     def _answer(self, status: int, text: str) -> None:
         self._done = True
@@ -191,10 +193,11 @@ class SendmailRequest(Protocol):
 class SendmailFactory(Factory):
     noisy = False
 
-    def __init__(self, config: Config, submit: Submit, clock: Any) -> None:
+    def __init__(self, config: Config, submit: Submit, clock: Any, blocking: Runner) -> None:
         self.config = config
         self.submit = submit
         self.clock = clock
+        self.blocking = blocking
         self.active = 0
 
     def buildProtocol(self, addr: Any) -> SendmailRequest:
@@ -207,9 +210,11 @@ class SendmailSocketService(Service):
 
     name = "sendmail-socket"
 
-    def __init__(self, config: Config, submit: Submit, clock: Any, listen_unix: Any = None) -> None:
+    def __init__(
+        self, config: Config, submit: Submit, clock: Any, blocking: Runner, listen_unix: Any = None
+    ) -> None:
         self.config = config
-        self.factory = SendmailFactory(config, submit, clock)
+        self.factory = SendmailFactory(config, submit, clock, blocking)
         self._listen_unix = listen_unix
         self.port: Any = None
         self.path = config.sendmail_socket

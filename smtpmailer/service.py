@@ -120,7 +120,7 @@ class MailerService(MultiService):
         self.manhole = ManholeService(config, self, listen)
         self.submission = SubmissionService(config, self.submit, reactor, blocking, listen)
         self.sendmail_socket = SendmailSocketService(
-            config, self.submit, reactor, reactor.listenUNIX if listen_wakeup else None
+            config, self.submit, reactor, blocking, reactor.listenUNIX if listen_wakeup else None
         )
         # Listeners bind early in startService (see there); systemd's READY comes last.
         for child in (

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmailer.config import parse_config
 from smtpmailer.message import Envelope
 from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.sendmail import (
     EX_CANTCREAT,
     EX_DATAERR,
@@ -67,7 +68,9 @@ class DaemonEndTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.submitted: list[tuple[Envelope, Deferred[str]]] = []
-        self.factory = SendmailFactory(parse_config(CONFIG, "c.conf"), self.submit, self.clock)
+        self.factory = SendmailFactory(
+            parse_config(CONFIG, "c.conf"), self.submit, self.clock, synchronous_runner
+        )
 
     def submit(self, envelope: Envelope) -> Deferred[str]:
         result: Deferred[str] = Deferred()
