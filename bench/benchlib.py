@@ -202,3 +202,103 @@ def inject(port: int, messages: int, size: int) -> None:
     )
     if done.returncode != 0:
         raise SystemExit(f"smtp-source failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+class Smtpmailer:
+    """Our daemon relaying to the sink, timed as bench/relay times Postfix. ``attach`` is
+    called with the daemon's pid once it runs, and what it returns is called before the
+    daemon stops (bench/profile starts and stops py-spy there)."""
+
+    def __init__(
+        self,
+        sink_port: int,
+        attach: Callable[[int], Callable[[], None]] | None = None,
+        connections: int = 4,
+    ) -> None:
+        self.sink_port = sink_port
+        self.connections = connections
+        self.attach = attach
+        self._detach: Callable[[], None] | None = None
+
+    def _daemon(self, home: str, submission: int | None) -> tuple[subprocess.Popen[bytes], str]:
+        config = os.path.join(home, "smtpmailer.conf")
+        listen = f"tcp:{submission}:interface=127.0.0.1" if submission else ""
+        with open(config, "w") as handle:
+            handle.write(
+                "[Daemon]\nstate_dir = state\n"
+                "[Queue]\nbatch_size = 200\nmax_queue_size = 1000000\n"
+                f"[Relay]\nhost = 127.0.0.1\nport = {self.sink_port}\nsecurity = none\n"
+                f"max_connections = {self.connections}\nmax_messages_per_connection = 1000\n"
+                f"[Submission]\nlisten = {listen}\n[Status]\nlisten =\n"
+                "[Logging]\nlevel = warn\nstats_interval = 0\n"
+            )
+        os.makedirs(os.path.join(home, "state"), exist_ok=True)
+        process = subprocess.Popen(
+            [
+                os.path.join(BIN, "twistd"),
+                "-n",
+                "--pidfile=",
+                f"--logfile={home}/twistd.log",
+                "smtpmailer",
+                "--config",
+                config,
+            ],
+            cwd=home,
+            env=dict(os.environ, PYTHONPATH=REPO),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if self.attach is not None:
+            self._detach = self.attach(process.pid)
+        return process, os.path.join(home, "state", "queue.sqlite3")
+
+    def _stop(self, daemon: subprocess.Popen[bytes]) -> None:
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
+        daemon.terminate()
+        daemon.wait(60)
+
+    def drain(self, messages: int, size: int) -> float:
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        home = tempfile.mkdtemp(prefix="smtpm-relay-")
+        try:
+            os.makedirs(os.path.join(home, "state"))
+            path = os.path.join(home, "state", "queue.sqlite3")
+            fill_queue(path, messages, size)
+            reader = SQLiteQueue(path)
+            reader.hold_all()  # as Postfix's deferred queue: full, and the daemon running
+            daemon, _ = self._daemon(home, None)
+            wakeup = os.path.join(home, "state", "wakeup.sock")
+            wait_for(lambda: os.path.exists(wakeup), 60, "smtpmailer to start")
+            started = time.perf_counter()
+            reader.release_all(time.time())  # "go", like postqueue -f
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
+                poke.sendto(b"wake", wakeup)
+            wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to drain")
+            elapsed = time.perf_counter() - started
+            reader.close()
+            self._stop(daemon)
+            return messages / elapsed
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    def end_to_end(self, messages: int, size: int) -> float:
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        home = tempfile.mkdtemp(prefix="smtpm-relay-")
+        port = free_port()
+        try:
+            daemon, path = self._daemon(home, port)
+            wait_for(lambda: listening(port), 60, "the submission listener")
+            reader = SQLiteQueue(path)
+            started = time.perf_counter()
+            inject(port, messages, size)
+            wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay")
+            elapsed = time.perf_counter() - started
+            reader.close()
+            self._stop(daemon)
+            return messages / elapsed
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
