@@ -221,22 +221,142 @@ class StoreTests(SynchronousTestCase):
             },
         )
 
+    def actual_counts(self) -> dict[str, int]:
+        """What state_counts must say, counted the slow way."""
+        counted = dict.fromkeys(STATES, 0)
+        counted.update(
+            self.store._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
+        )
+        return counted
+
+    def stored_counts(self) -> dict[str, int]:
+        return {state: n for state, n in self.store.counts().items() if state != "accepted"}
+
+    def make_old_schema(self, version: int) -> None:
+        """Turn the file into what smtpmailer wrote at ``version``: counts kept by triggers
+        (schema 1 without the 'accepted' count), and here deliberately wrong."""
+        db = self.store._db
+        accepted = (
+            "" if version == 1 else " UPDATE state_counts SET n = n + 1 WHERE state = 'accepted';"
+        )
+        db.executescript(
+            "CREATE TRIGGER count_insert AFTER INSERT ON messages BEGIN"
+            f" UPDATE state_counts SET n = n + 1 WHERE state = NEW.state;{accepted} END;"
+            "CREATE TRIGGER count_delete AFTER DELETE ON messages BEGIN"
+            " UPDATE state_counts SET n = n - 1 WHERE state = OLD.state; END;"
+            "CREATE TRIGGER count_update AFTER UPDATE OF state ON messages"
+            " WHEN OLD.state != NEW.state BEGIN"
+            " UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;"
+            " UPDATE state_counts SET n = n + 1 WHERE state = NEW.state; END;"
+            "UPDATE state_counts SET n = 99 WHERE state != 'accepted';"
+        )
+        if version == 1:
+            db.execute("DELETE FROM state_counts WHERE state = 'accepted'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        self.store.close()
+
+    def triggers(self) -> list[str]:
+        return [
+            row[0]
+            for row in self.store._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            )
+        ]
+
     def test_migration_from_schema_1_counts_what_was_accepted(self) -> None:
         self.add()
         self.add()
-        db = self.store._db
-        db.execute("DROP TRIGGER count_insert")
-        db.execute(
-            "CREATE TRIGGER count_insert AFTER INSERT ON messages BEGIN"
-            " UPDATE state_counts SET n = n + 1 WHERE state = NEW.state; END"
-        )
-        db.execute("DELETE FROM state_counts WHERE state = 'accepted'")
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-        self.store.close()
+        self.make_old_schema(1)
         self.store = SQLiteQueue(self.path)
         self.assertEqual(self.store.counts()["accepted"], 2)
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.assertEqual(self.triggers(), [])
         self.add()
         self.assertEqual(self.store.counts()["accepted"], 3)
+        self.assertEqual(self.store.counts()["queued"], 3)
+
+    def test_migration_from_schema_2_recounts_and_drops_the_triggers(self) -> None:
+        self.add()
+        self.add()
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.make_old_schema(2)
+        self.store = SQLiteQueue(self.path)
+        self.assertEqual(self.triggers(), [])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
+        version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        self.assertEqual(version.fetchone(), ("3",))
+
+    def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
+        """An older CLI opening the file re-creates its triggers before it refuses the
+        schema; counting twice would follow. The next open removes them and recounts."""
+        self.add()
+        self.make_old_schema(3)
+        self.store = SQLiteQueue(self.path)
+        self.assertEqual(self.triggers(), [])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.add()
+        self.assertEqual(self.store.counts()["queued"], 2)
+
+    def test_counts_match_the_messages_after_every_operation(self) -> None:
+        """Every statement that moves a message between states keeps state_counts right."""
+        checks = 0
+
+        def check() -> None:
+            nonlocal checks
+            checks += 1
+            self.assertEqual(self.stored_counts(), self.actual_counts())
+
+        ids = [self.add("a@y.org", "b@y.org", now=100 + i) for i in range(8)]
+        check()
+        self.store.hold(ids[0])
+        check()
+        self.assertEqual(self.store.hold_all(), 7)
+        check()
+        self.store.release(ids[0], 150)
+        check()
+        self.assertEqual(self.store.release_all(150), 7)
+        check()
+        leases = self.store.lease(200, 6, 60)
+        check()
+        self.assertEqual(self.store.release_leases(leases[:1]), 1)
+        check()
+        outcomes = [
+            Outcome(leases[1], results(leases[1], ("a@y.org", "sent"), ("b@y.org", "sent")), "r"),
+            Outcome(leases[2], results(leases[2], ("a@y.org", "sent"), ("b@y.org", "failed")), "r"),
+            Outcome(
+                leases[3], results(leases[3], ("a@y.org", "deferred"), ("b@y.org", "sent")), "r"
+            ),
+        ]
+        self.store.record(outcomes, 201, POLICY)
+        check()
+        self.store.record(outcomes[:1], 202, POLICY)  # stale: already recorded
+        check()
+        self.assertEqual(len(self.store.lease(10_000, 10, 60)), 6)  # expired and due come back
+        check()
+        self.assertEqual(self.store.reclaim_all_leases(), 6)
+        check()
+        self.store.retry(outcomes[1].lease.id, 10_001)  # failed -> queued
+        check()
+        deferred = self.store.lease(10_002, 1, 60)
+        self.store.record(
+            [Outcome(deferred[0], results(deferred[0], ("a@y.org", "deferred")), "r")],
+            10_002,
+            POLICY,
+        )
+        check()
+        self.store.retry(deferred[0].id, 10_003)  # deferred -> queued
+        check()
+        self.store.hold(deferred[0].id)
+        self.assertGreater(self.store.retry_all(10_004), -1)
+        check()
+        self.store.delete(deferred[0].id)
+        check()
+        self.assertEqual(self.store.purge_sent(before=10**6, limit=10), 1)
+        check()
+        self.assertEqual(self.store.counts()["accepted"], 8)
+        self.assertEqual(checks, 17)
 
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
