@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -357,6 +358,34 @@ class StoreTests(SynchronousTestCase):
         check()
         self.assertEqual(self.store.counts()["accepted"], 8)
         self.assertEqual(checks, 17)
+
+    def test_only_leases_commit_without_waiting_for_fsync(self) -> None:
+        """A lease is undone at every start, so it need not wait for the disk; accepting
+        mail and recording outcomes must, and the connection is back to FULL after."""
+        statements: list[str] = []
+        self.store._db.set_trace_callback(statements.append)
+        self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.store._db.set_trace_callback(None)
+        begins = [i for i, statement in enumerate(statements) if statement == "BEGIN IMMEDIATE"]
+        self.assertEqual(len(begins), 3)  # enqueue, lease, record
+        unsynced = [
+            statements[i + 1] for i in begins if statements[i - 1] == "PRAGMA synchronous = NORMAL"
+        ]
+        self.assertEqual(len(unsynced), 1)
+        self.assertIn("WHERE state = 'active' AND next_attempt <= 200", unsynced[0])  # the lease
+        lease_commit = statements.index("COMMIT", begins[1])
+        self.assertEqual(statements[lease_commit + 1], "PRAGMA synchronous = FULL")
+        self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
+
+    def test_a_failed_lease_leaves_the_connection_synced(self) -> None:
+        self.add()
+        self.store._db.execute("DROP TABLE bodies")  # the lease fails half-way through
+        self.assertRaises(sqlite3.OperationalError, self.store.lease, 200, 10, 60)
+        self.assertFalse(self.store._db.in_transaction)
+        self.assertEqual(self.store.counts()["queued"], 1)  # rolled back
+        self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
 
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
