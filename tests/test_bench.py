@@ -59,3 +59,10 @@ class TinyBenchTests(TestCase):
             self.skipTest("bench/submit reconfigures the system's Postfix: it needs root")
         report = self.bench("submit", "--messages", "200", "--runs", "1", "--calls", "2")
         self.assertIn("ratio", report["accept_per_s"])  # type: ignore[operator]
+
+    def test_profile(self) -> None:
+        if os.geteuid() != 0:
+            self.skipTest("py-spy attaches to the daemon with ptrace: it needs root")
+        report = self.bench("profile", "--messages", "200", "--size", "1024", "--rate", "500")
+        self.assertEqual(report["messages"], 200)
+        self.assertGreater(report["samples"], 0)  # type: ignore[operator]
