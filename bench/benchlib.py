@@ -153,6 +153,16 @@ class Postfix:
         run("postconf", "-e", f"defer_transports={'smtp' if on else ''}")
         run("postfix", "reload")
 
+    def _rate(
+        self, daemon: subprocess.Popen[bytes], reader: Any, messages: int, started: float
+    ) -> float:
+        """Wait until all are sent; messages per second since ``started``."""
+        wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay all")
+        elapsed = time.perf_counter() - started
+        reader.close()
+        self._stop(daemon)
+        return messages / elapsed
+
     def drain(self, messages: int, size: int) -> float:
         self.defer(True)
         inject(self.port, messages, size)
@@ -259,6 +269,16 @@ class Smtpmailer:
         daemon.terminate()
         daemon.wait(60)
 
+    def _rate(
+        self, daemon: subprocess.Popen[bytes], reader: Any, messages: int, started: float
+    ) -> float:
+        """Wait until all are sent; messages per second since ``started``."""
+        wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay all")
+        elapsed = time.perf_counter() - started
+        reader.close()
+        self._stop(daemon)
+        return messages / elapsed
+
     def drain(self, messages: int, size: int) -> float:
         from smtpmailer.queue.sqlite import SQLiteQueue
 
@@ -276,11 +296,7 @@ class Smtpmailer:
             reader.release_all(time.time())  # "go", like postqueue -f
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
                 poke.sendto(b"wake", wakeup)
-            wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to drain")
-            elapsed = time.perf_counter() - started
-            reader.close()
-            self._stop(daemon)
-            return messages / elapsed
+            return self._rate(daemon, reader, messages, started)
         finally:
             shutil.rmtree(home, ignore_errors=True)
 
@@ -295,10 +311,6 @@ class Smtpmailer:
             reader = SQLiteQueue(path)
             started = time.perf_counter()
             inject(port, messages, size)
-            wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay")
-            elapsed = time.perf_counter() - started
-            reader.close()
-            self._stop(daemon)
-            return messages / elapsed
+            return self._rate(daemon, reader, messages, started)
         finally:
             shutil.rmtree(home, ignore_errors=True)
