@@ -153,16 +153,6 @@ class Postfix:
         run("postconf", "-e", f"defer_transports={'smtp' if on else ''}")
         run("postfix", "reload")
 
-    def _rate(
-        self, daemon: subprocess.Popen[bytes], reader: Any, messages: int, started: float
-    ) -> float:
-        """Wait until all are sent; messages per second since ``started``."""
-        wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay all")
-        elapsed = time.perf_counter() - started
-        reader.close()
-        self._stop(daemon)
-        return messages / elapsed
-
     def drain(self, messages: int, size: int) -> float:
         self.defer(True)
         inject(self.port, messages, size)
