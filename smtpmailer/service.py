@@ -19,7 +19,7 @@ from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope, MessageError
 from smtpmailer.metrics import Metrics
 from smtpmailer.poller import QueuePoller
-from smtpmailer.queue import PRIORITY_NAMES, NewMessage, QueueStore
+from smtpmailer.queue import PRIORITY_NAMES, Lease, NewMessage, QueueError, QueueStore
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, GroupCommit, OutcomeWriter, Runner
 from smtpmailer.reload import ReloadService
@@ -79,12 +79,8 @@ class MailerService(MultiService):
         self._wakeup_port: Any = None
         self.metrics = Metrics()
         self.queue = AsyncQueue(run)
-        # Submissions over SMTP and HTTP that arrive together share one commit.
-        self._enqueuer: GroupCommit[NewMessage, str] = GroupCommit(
-            lambda items: self.queue.enqueue_many(
-                items, reactor.seconds(), self.config.queue.max_queue_size
-            )
-        )
+        # Submissions over SMTP, HTTP and sendmail that arrive together share one commit.
+        self._enqueuer: GroupCommit[NewMessage, str] = GroupCommit(self._commit_submissions)
         self.writer = OutcomeWriter(
             self.queue, reactor.seconds, RetryPolicy.from_config(config.queue)
         )
@@ -279,15 +275,39 @@ class MailerService(MultiService):
             checked = check_envelope(self.config, envelope)
         except MessageError:
             return fail()
-        committed = self._enqueuer.submit(
+        return self._enqueuer.submit(
             NewMessage(checked.sender, checked.recipients, checked.data, priority)
         )
 
-        def queued(message_id: str) -> str:
-            self.poller.wake()
-            return message_id
+    def _commit_submissions(self, items: list[NewMessage]) -> Deferred[list[str | QueueError]]:
+        """One commit for the batch. With idle connections and nothing older queued, the
+        new messages are leased in that same commit and go straight to delivery; what is
+        not leased is the poller's."""
+        room = 0 if self.poller.paused or not self.delivery.running else self.delivery.capacity()
+        committed = self.queue.enqueue_and_lease(
+            items,
+            self._reactor.seconds(),
+            self.config.queue.max_queue_size,
+            room,
+            self.delivery.lease_seconds,
+        )
 
-        return committed.addCallback(queued)
+        def hand_over(
+            result: tuple[list[str | QueueError], list[Lease]],
+        ) -> list[str | QueueError]:
+            results, leases = result
+            if leases:
+                if self.delivery.running:
+                    self.delivery.submit(leases)
+                else:  # stopped meanwhile: back to the queue, unattempted
+                    self.queue.release_leases(leases).addErrback(
+                        lambda failure: log.failure("could not give back leases", failure=failure)
+                    )
+            if len(leases) < sum(isinstance(r, str) for r in results):
+                self.poller.wake()
+            return results
+
+        return committed.addCallback(hand_over)
 
     # --- reload ---
 

@@ -390,13 +390,13 @@ class GroupCommitTests(DeliveryCase):
         self.configure()
         service = self.start()
         commits = []
-        original = self.store.enqueue_many
+        original = self.store.enqueue_and_lease
 
         def counting(items: Any, *args: Any) -> Any:
             commits.append(len(items))
             return original(items, *args)
 
-        self.store.enqueue_many = counting  # type: ignore[method-assign]
+        self.store.enqueue_and_lease = counting  # type: ignore[method-assign]
         # A commit that does not finish at once, as on the queue thread: park the first one.
         from twisted.internet.defer import Deferred
 
@@ -417,3 +417,37 @@ class GroupCommitTests(DeliveryCase):
         self.assertEqual(commits, [1, 4])
         ids = [self.successResultOf(answer) for answer in answers]
         self.assertEqual(len(set(ids)), 5)
+
+    def test_a_submission_with_idle_connections_needs_no_poll(self) -> None:
+        """With room in delivery and nothing older queued, a submission is leased in its
+        own commit and delivered without the poller's lease transaction."""
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        polls = []
+        original = self.store.lease
+
+        def counting(*args: Any) -> Any:
+            polls.append(args)
+            return original(*args)
+
+        self.store.lease = counting  # type: ignore[method-assign]
+        answer = service.submit(Envelope("a@example.com", ("r@example.org",), b"x\r\n"))
+        message_id = self.successResultOf(answer)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "sent")
+        self.assertEqual(len(self.relay.messages), 1)
+        self.assertEqual(polls, [])
+
+    def test_a_paused_queue_leases_nothing_at_submission(self) -> None:
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        service.poller.paused = True
+        answer = service.submit(Envelope("a@example.com", ("r@example.org",), b"x\r\n"))
+        message_id = self.successResultOf(answer)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "queued")
+        self.assertEqual(self.relay.messages, [])

@@ -291,6 +291,54 @@ class CrashTests(EndToEndCase):
         self.assertLessEqual(duplicates, in_flight)
         self.assertIn("were being delivered when the daemon last stopped", daemon.log())
 
+    def test_kill_9_while_accepting_and_delivering_loses_nothing(self) -> None:
+        """SMTP submissions go straight to idle connections (leased in their own commit)
+        while others queue; kill -9 in the middle, restart: every message that got its 250
+        arrives."""
+        import smtplib
+        import threading
+
+        from tests.test_submission import submission_port
+
+        peer = SMTPPeer()
+        peer.start()
+        self.addCleanup(peer.stop)
+        daemon = Daemon(
+            os.path.join(self.home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = submission_port(daemon)
+        accepted: list[int] = []
+
+        def submit(first: int) -> None:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    for number in range(first, first + 150):
+                        body = f"From: a@example.com\r\nX-Seq: {number}\r\n\r\nbody\r\n"
+                        client.sendmail("a@example.com", ["r@example.org"], body)
+                        accepted.append(number)  # after the 250: committed
+            except (OSError, smtplib.SMTPException):
+                pass  # the kill
+
+        clients = [threading.Thread(target=submit, args=(n * 1000,)) for n in range(4)]
+        for client in clients:
+            client.start()
+        wait_until(lambda: len(peer.messages()) >= 100, what="100 deliveries")
+        daemon.kill(signal.SIGKILL)
+        for client in clients:
+            client.join(60)
+        self.assertLess(len(accepted), 600, "the kill came too late to test anything")
+        daemon.start()
+        wait_until(
+            lambda: set(accepted) <= {int(m.header("X-Seq") or -1) for m in peer.messages()},
+            timeout=60,
+            what="every accepted message to arrive",
+        )
+        wait_until(lambda: set(daemon.states()) <= {"sent"}, what="nothing left to send")
+
     def test_kill_9_of_send_leaves_no_partial_message(self) -> None:
         """send killed at any point: either the whole message is queued, or nothing."""
         import subprocess

@@ -387,6 +387,37 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.counts()["queued"], 1)  # rolled back
         self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
 
+    def test_enqueue_and_lease_hands_new_mail_straight_to_delivery(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage("s@x.org", ("a@y.org",), b"low", 1),
+            NewMessage("s@x.org", ("b@y.org",), b"high", 9),
+            NewMessage("s@x.org", ("c@y.org",), b"normal", 5),
+        ]
+        ids, leases = self.store.enqueue_and_lease(items, 100.0, 1000, 2, 60)
+        self.assertEqual([lease.data for lease in leases], [b"high", b"normal"])  # by priority
+        self.assertEqual([self.store.show(i).state for i in ids], ["queued", "active", "active"])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.assertEqual(self.store.counts()["accepted"], 3)
+        # The leases are real: their outcomes are recorded, and they expire like any other.
+        self.store.record(
+            [Outcome(leases[0], results(leases[0], ("b@y.org", "sent")), "r")], 101, POLICY
+        )
+        self.assertEqual(self.store.show(ids[1]).state, "sent")
+        self.assertEqual({lease.id for lease in self.store.lease(161, 10, 60)}, {ids[0], ids[2]})
+
+    def test_enqueue_and_lease_leaves_new_mail_behind_older_queued_mail(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        older = self.add()
+        _, leases = self.store.enqueue_and_lease(
+            [NewMessage("s@x.org", ("a@y.org",), b"new", 9)], 100.0, 1000, 5, 60
+        )
+        self.assertEqual(leases, [])
+        self.assertEqual(self.store.show(older).state, "queued")
+        self.assertEqual(self.store.counts()["queued"], 2)
+
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -169,6 +169,15 @@ class QueueStore(Protocol):
         self, items: Sequence[NewMessage], now: float, max_queue_size: int
     ) -> list[str | QueueError]: ...
 
+    def enqueue_and_lease(
+        self,
+        items: Sequence[NewMessage],
+        now: float,
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+    ) -> tuple[list[str | QueueError], list[Lease]]: ...
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]: ...
 
     def record(

@@ -74,6 +74,18 @@ class AsyncQueue:
     ) -> Deferred[list[str | QueueError]]:
         return self._call("enqueue_many", items, now, max_queue_size)
 
+    def enqueue_and_lease(
+        self,
+        items: list[NewMessage],
+        now: float,
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+    ) -> Deferred[tuple[list[str | QueueError], list[Lease]]]:
+        return self._call(
+            "enqueue_and_lease", items, now, max_queue_size, lease_limit, lease_seconds
+        )
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
 

@@ -253,14 +253,36 @@ class SQLiteQueue:
     ) -> list[str | QueueError]:
         """Many messages in one transaction (one fsync): group commit for submissions.
         Each gets its id, or the error that refused it alone (a full queue, no recipient)."""
+        return self.enqueue_and_lease(items, now, max_queue_size, 0, 0.0)[0]
+
+    def enqueue_and_lease(
+        self,
+        items: Sequence[NewMessage],
+        now: float,
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+    ) -> tuple[list[str | QueueError], list[Lease]]:
+        """enqueue_many, and when nothing else is queued, up to ``lease_limit`` of the new
+        messages (highest priority first) are leased in the same commit and returned for
+        delivery: one transaction and one fsync fewer per message than a later poll."""
         results: list[str | QueueError] = []
+        leases: list[Lease] = []
         with self._transaction() as db:
             placeholders = ", ".join("?" for _ in PENDING_STATES)
             (pending,) = db.execute(
                 f"SELECT sum(n) FROM state_counts WHERE state IN ({placeholders})",
                 PENDING_STATES,
             ).fetchone()
-            for item in items:
+            if lease_limit > 0:
+                (queued,) = db.execute(
+                    "SELECT n FROM state_counts WHERE state = ?", (QUEUED,)
+                ).fetchone()
+                if queued:  # older mail is waiting: it goes first, through the poller
+                    lease_limit = 0
+            ranked = sorted(range(len(items)), key=lambda index: -items[index].priority)
+            to_lease = set(ranked[:lease_limit])
+            for index, item in enumerate(items):
                 if not item.recipients:
                     results.append(QueueError("a message needs at least one recipient"))
                 elif pending >= max_queue_size:
@@ -270,12 +292,39 @@ class SQLiteQueue:
                         )
                     )
                 else:
-                    results.append(self._insert(db, item, now))
+                    lease = None
+                    if index in to_lease:
+                        lease = (secrets.token_hex(8), now + lease_seconds)
+                    message_id = self._insert(db, item, now, lease)
+                    results.append(message_id)
                     pending += 1
-        return results
+                    if lease is not None:
+                        leases.append(
+                            Lease(
+                                id=message_id,
+                                token=lease[0],
+                                sender=item.sender,
+                                recipients=tuple(item.recipients),
+                                data=item.data,
+                                priority=item.priority,
+                                attempts=0,
+                                created=now,
+                                due=now,
+                            )
+                        )
+        leases.sort(key=lambda lease: -lease.priority)  # delivery starts with the most urgent
+        return results, leases
 
-    def _insert(self, db: sqlite3.Connection, item: NewMessage, now: float) -> str:
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        item: NewMessage,
+        now: float,
+        lease: tuple[str, float] | None = None,
+    ) -> str:
+        """Insert queued, or active under ``lease`` (token, expiry)."""
         sender, recipients, data, priority = item.sender, item.recipients, item.data, item.priority
+        state, token, next_attempt = (ACTIVE, *lease) if lease else (QUEUED, None, now)
         # One INSERT each for the message, its recipients and its content. A clash with an
         # id another process made in the same millisecond fails only that statement.
         for _ in range(5):
@@ -283,8 +332,20 @@ class SQLiteQueue:
             try:
                 db.execute(
                     "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-                    " next_attempt, size, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (message_id, QUEUED, priority, sender, now, now, now, len(data), now),
+                    " next_attempt, lease_token, size, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        state,
+                        priority,
+                        sender,
+                        now,
+                        now,
+                        next_attempt,
+                        token,
+                        len(data),
+                        now,
+                    ),
                 )
                 break
             except sqlite3.IntegrityError:
@@ -296,7 +357,7 @@ class SQLiteQueue:
             [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
         )
         db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
-        self._moved(None, QUEUED)
+        self._moved(None, state)
         return message_id
 
     # --- the delivery loop ---
