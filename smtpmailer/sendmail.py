@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import IO
 
-    from smtpmailer.config import Config
     from smtpmailer.message import Envelope
 
 # sysexits.h
@@ -189,27 +188,21 @@ def _add_from(data: bytes, sender: str, full_name: str | None) -> bytes:
     return f"From: {value}\r\n".encode() + data
 
 
-def prepare_envelope(
-    config: Config, args: Arguments, user: str, data: bytes, now: float
-) -> Envelope:
+def prepare_envelope(args: Arguments, user: str, data: bytes, now: float) -> Envelope:
     """sendmail's rules (envelope sender from -f, From or the user; From added when
-    missing; -t), then the checks every way in shares. MessageError if it cannot be sent.
-    The daemon runs this too, for messages handed over its socket."""
+    missing; -t). MessageError if it cannot be sent. The checks every way in shares (size,
+    addresses) come after, where the message is enqueued. The daemon runs this too, for
+    messages handed over its socket."""
     from smtpmailer.message import prepare_raw
-    from smtpmailer.submit import check_envelope
 
-    sender = qualify(args.sender or _header_sender(data) or qualify(user))
-    data = _add_from(data, sender, args.full_name)
-    return check_envelope(
-        config,
-        prepare_raw(
-            data,
-            recipients=args.recipients,
-            extract_recipients=args.extract,
-            sender=sender,
-            now=now,
-            qualify=qualify,
-        ),
+    sender = qualify(args.sender or _header_sender(data) or user)
+    return prepare_raw(
+        _add_from(data, sender, args.full_name),
+        recipients=args.recipients,
+        extract_recipients=args.extract,
+        sender=sender,
+        now=now,
+        qualify=qualify,
     )
 
 
@@ -314,7 +307,7 @@ def _enqueue_directly(
         return EX_CONFIG
     now = time.time()
     try:
-        envelope = prepare_envelope(config, args, user, data, now)
+        envelope = prepare_envelope(args, user, data, now)
     except MessageError as error:
         print(f"sendmail: {error}", file=err)
         return EX_DATAERR
@@ -326,7 +319,7 @@ def _enqueue_directly(
             message_id = enqueue_envelope(store, config, envelope, PRIORITY_NAMES["normal"], now)
         finally:
             store.close()
-    except MessageError as error:  # too big
+    except MessageError as error:  # too big, or an address the shared checks refuse
         print(f"sendmail: {error}", file=err)
         return EX_DATAERR
     except QueueFull as error:

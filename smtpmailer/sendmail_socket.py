@@ -140,7 +140,7 @@ class SendmailRequest(Protocol):
         # Off the reactor thread: line endings and headers of a message of up to
         # max_message_size are rewritten here.
         prepared = self.factory.blocking(
-            prepare_envelope, self.factory.config, args, user, message, self.factory.clock.seconds()
+            prepare_envelope, args, user, message, self.factory.clock.seconds()
         )
 
         def commit(envelope: Envelope) -> Deferred[tuple[Envelope, str]]:

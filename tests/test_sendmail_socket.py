@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
-from smtpmailer.message import Envelope
+from smtpmailer.message import Envelope, MessageError
 from smtpmailer.queue import QueueError, QueueFull
 from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.sendmail import (
@@ -24,6 +24,7 @@ from smtpmailer.sendmail import (
     parse_arguments,
 )
 from smtpmailer.sendmail_socket import IDLE_TIMEOUT, MAX_CONCURRENT, SendmailFactory
+from smtpmailer.submit import check_envelope
 
 CONFIG = "[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n"
 MESSAGE = b"From: app@example.com\nTo: a@example.org\nSubject: hi\n\nbody\n"
@@ -73,6 +74,12 @@ class DaemonEndTests(SynchronousTestCase):
         )
 
     def submit(self, envelope: Envelope) -> Deferred[str]:
+        """Stands in for MailerService.submit: the shared checks, then a commit that
+        finishes when the test says so."""
+        try:
+            envelope = check_envelope(self.factory.config, envelope)
+        except MessageError:
+            return fail()
         result: Deferred[str] = Deferred()
         self.submitted.append((envelope, result))
         return result

@@ -671,23 +671,20 @@ class SQLiteQueue:
 
     def retry_all(self, now: float) -> int:
         """The flush: every deferred message becomes due now."""
-        with self._transaction() as db:
-            flushed = db.execute(
-                "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE state = ?",
-                (QUEUED, now, now, DEFERRED),
-            ).rowcount
-            self._moved(DEFERRED, QUEUED, flushed)
-            return flushed
+        return self._requeue_all(DEFERRED, now)
 
     def release_all(self, now: float) -> int:
         """Every held message becomes due now (postsuper -H ALL)."""
+        return self._requeue_all(HELD, now)
+
+    def _requeue_all(self, state: str, now: float) -> int:
         with self._transaction() as db:
-            released = db.execute(
+            moved = db.execute(
                 "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE state = ?",
-                (QUEUED, now, now, HELD),
+                (QUEUED, now, now, state),
             ).rowcount
-            self._moved(HELD, QUEUED, released)
-            return released
+            self._moved(state, QUEUED, moved)
+            return moved
 
     def hold_all(self) -> int:
         """Every queued or deferred message is held (postsuper -h ALL)."""
