@@ -126,6 +126,7 @@ class SubmissionConfig:
     users_file: str | None
     max_recipients: int
     max_connections_per_client: int
+    workers: int = 0
 
 
 @attrs.frozen
@@ -283,6 +284,16 @@ MANHOLE_KEYS: Schema = {
     "authorized_keys": (_text, None),
     "host_key": (_text, None),
 }
+
+
+def _workers(text: str) -> int:
+    """Submission worker processes: ``auto`` is one where there is a second CPU to run
+    it (and fork-and-pass-a-socket, so not on Windows), else none."""
+    if text.strip().lower() == "auto":
+        return 1 if os.name == "posix" and (os.cpu_count() or 1) >= 2 else 0
+    return int(_int(0, 16)(text))
+
+
 SUBMISSION_KEYS: Schema = {
     "listen": (_listen, None),
     "tls_cert": (_text, None),
@@ -290,6 +301,7 @@ SUBMISSION_KEYS: Schema = {
     "users_file": (_text, None),
     "max_recipients": (_int(1, 100000), "100"),
     "max_connections_per_client": (_int(1, 100000), "50"),  # as Postfix's smtpd
+    "workers": (_workers, "auto"),
 }
 SECTIONS: dict[str, Schema] = {
     "Daemon": DAEMON_KEYS,
@@ -601,6 +613,7 @@ def _submission(path: str, base: str, section: Section | None) -> SubmissionConf
         users_file=users,
         max_recipients=reader.get("max_recipients"),
         max_connections_per_client=reader.get("max_connections_per_client"),
+        workers=reader.get("workers"),
     )
 
 
@@ -742,6 +755,19 @@ def render_config(config: Config) -> str:
             ("listen", config.manhole.listen),
             ("authorized_keys", config.manhole.authorized_keys),
             ("host_key", config.manhole.host_key),
+        ],
+    )
+    sub = config.submission
+    block(
+        "Submission",
+        [
+            ("listen", sub.listen),
+            ("tls_cert", sub.tls_cert),
+            ("tls_key", sub.tls_key),
+            ("users_file", sub.users_file),
+            ("max_recipients", sub.max_recipients),
+            ("max_connections_per_client", sub.max_connections_per_client),
+            ("workers", sub.workers),
         ],
     )
     return "\n".join(out) + "\n"

@@ -48,6 +48,15 @@ class Log:
     def error(self, text: str, **fields: object) -> None:
         self._emit(LogLevel.error, text, **fields)
 
+    def relay(self, level_name: str, text: str) -> None:
+        """A line another process of ours logged (a submission worker), at its level; it
+        already passed the same threshold there."""
+        try:
+            level = LogLevel.levelWithName(level_name)
+        except Exception:
+            level = LogLevel.info
+        self._logger.emit(level, "{text}", text=text)
+
     def failure(self, text: str, failure: Failure | None = None, **fields: object) -> None:
         """Log a failure with its traceback (always, whatever the level)."""
         self._logger.failure(text, failure, LogLevel.critical, **fields)

@@ -29,6 +29,7 @@ from smtpmailer.submission import SubmissionService
 from smtpmailer.submit import check_envelope
 from smtpmailer.systemd import Notifier, SystemdService
 from smtpmailer.web.service import StatusService
+from smtpmailer.worker_pool import Spawn, WorkerPool
 
 
 class _Wakeup(DatagramProtocol):
@@ -66,6 +67,7 @@ class MailerService(MultiService):
         notifier: Notifier | None = None,
         log_target: LogTarget | None = None,
         listen: Callable[[str, Any], Any] | None = None,
+        spawn_worker: Spawn | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -114,7 +116,10 @@ class MailerService(MultiService):
             submit=self.submit,
         )
         self.manhole = ManholeService(config, self, listen)
-        self.submission = SubmissionService(config, self.submit, reactor, blocking, listen)
+        workers = WorkerPool(spawn_worker, reactor, self.commit_checked) if spawn_worker else None
+        self.submission = SubmissionService(
+            config, self.submit, reactor, blocking, listen, workers=workers
+        )
         self.sendmail_socket = SendmailSocketService(
             config, self.submit, reactor, blocking, reactor.listenUNIX if listen_wakeup else None
         )
@@ -277,6 +282,15 @@ class MailerService(MultiService):
             return fail()
         return self._enqueuer.submit(
             NewMessage(checked.sender, checked.recipients, checked.data, priority)
+        )
+
+    def commit_checked(self, envelope: Envelope) -> Deferred[str]:
+        """A message a submission worker has already put through check_envelope (the
+        same code, in the worker's process): only the commit is left for this one."""
+        return self._enqueuer.submit(
+            NewMessage(
+                envelope.sender, envelope.recipients, envelope.data, PRIORITY_NAMES["normal"]
+            )
         )
 
     def _commit_submissions(self, items: list[NewMessage]) -> Deferred[list[str | QueueError]]:

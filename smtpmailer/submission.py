@@ -34,6 +34,7 @@ from smtpmailer.logs import log
 from smtpmailer.message import Envelope, MessageError, normalize_address, to_crlf
 from smtpmailer.queue import QueueFull
 from smtpmailer.units import format_size
+from smtpmailer.worker_pool import WorkerPool
 
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d+)", re.IGNORECASE)
 # Twisted's own grammar refuses UTF-8 addresses, which SMTPUTF8 (RFC 6531) allows.
@@ -185,6 +186,10 @@ class SubmissionProtocol(smtp.ESMTP):
     # --- connections ---
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # Replies are small and each waits for the client's next command: Nagle's
+            # algorithm would hold them for the client's delayed ACK.
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         peer = getattr(self.transport.getPeer(), "host", "?")  # type: ignore[union-attr]
         self._peer = peer
         count = self.factory.open_connections[peer]
@@ -489,13 +494,20 @@ class SubmissionService(Service):
     name = "submission"
 
     def __init__(
-        self, config: Config, queue_enqueue: Any, clock: Any, blocking: Any, listen: Any = None
+        self,
+        config: Config,
+        queue_enqueue: Any,
+        clock: Any,
+        blocking: Any,
+        listen: Any = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.config = config
         self._enqueue = queue_enqueue
         self._clock = clock
         self._blocking = blocking
         self._listen = listen
+        self.workers = workers  # None: everything in this process (tests, Windows)
         self.port: Any = None
         self.factory: SubmissionFactory | None = None
 
@@ -511,23 +523,49 @@ class SubmissionService(Service):
     def startService(self) -> None:
         super().startService()
         self.bind()
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        count = self.config.submission.workers
+        if self.workers is not None and self.port is not None and count:
+            self.workers.start(self.config, self.port, count)
 
     def stopService(self) -> Any:
         super().stopService()
+        stopping = []
         if self.port is not None:
             port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
-        return None
+            stopping.append(maybeDeferred(port.stopListening))
+        if self.workers is not None:
+            stopping.append(self.workers.stop())
+        return DeferredList(stopping) if stopping else None
 
     async def reconfigure(self, config: Config) -> None:
         changed = config.submission != self.config.submission
+        moved = config.submission.listen != self.config.submission.listen
+        # Workers hold their own copy of the config: a new one means new workers.
+        renew_workers = changed or (
+            config.queue.max_message_size,
+            config.logging.level,
+        ) != (self.config.queue.max_message_size, self.config.logging.level)
         self.config = config
         if self.factory is not None:
             self.factory.config = config
-        if not changed or not self.running or self._listen is None:
+        if not self.running or self._listen is None:
             return
-        old = self.port
-        self.port = None
-        self.bind()
-        if old is not None:
-            await maybeDeferred(old.stopListening)
+        if renew_workers and self.workers is not None:
+            # Until the new ones are ready, this process serves the port itself.
+            await self.workers.stop(keep_port=not moved)
+        if moved:
+            old = self.port
+            self.port = None
+            self.bind()
+            if old is not None:
+                await maybeDeferred(old.stopListening)
+        elif changed and self.port is not None:
+            # Same address: the port stays open (a second bind of it would fail) and new
+            # connections get the new settings (TLS, users, limits).
+            self.factory = self._build(config)
+            self.port.factory = self.factory
+        if renew_workers:
+            self._start_workers()

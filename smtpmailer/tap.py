@@ -116,7 +116,32 @@ def makeService(options: Options) -> Any:
         install_handler=signal.signal,
         listen=lambda text, factory: listen_now(reactor, text, factory),
         notifier=Notifier(),
+        spawn_worker=spawn_submission_worker(reactor),
         log_target=options.log_target,
     )
     service.lock = options.lock  # type: ignore[attr-defined]
     return service
+
+
+def spawn_submission_worker(reactor: Any) -> Any:
+    """Start ``python -m smtpmailer.submission_worker`` with the channel on its stdin and
+    stdout and the listening socket as its file descriptor 3."""
+    import sys
+
+    import smtpmailer
+
+    # The worker imports this very copy of smtpmailer, however the daemon found it.
+    home = os.path.dirname(os.path.dirname(os.path.abspath(smtpmailer.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (home, env.get("PYTHONPATH"))))
+
+    def spawn(protocol: Any, family: str, listen_fd: int) -> Any:
+        return reactor.spawnProcess(
+            protocol,
+            sys.executable,
+            [sys.executable, "-m", "smtpmailer.submission_worker", family],
+            env=env,
+            childFDs={0: "w", 1: "r", 2: "r", 3: listen_fd},
+        )
+
+    return spawn

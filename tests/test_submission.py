@@ -67,7 +67,10 @@ class PasswordTests(SynchronousTestCase):
 
 
 class SubmissionTests(TestCase):
+    """Through a submission worker process (the default on two or more CPUs)."""
+
     timeout = 120
+    workers = 1
 
     def setUp(self) -> None:
         self.home = tempfile.mkdtemp(prefix="smtpm-")
@@ -86,7 +89,7 @@ class SubmissionTests(TestCase):
             f"[Relay]\nhost = 127.0.0.1\nport = {self.relay.port}\nsecurity = none\n"
             f"[Submission]\nlisten = tcp:0:interface=127.0.0.1\ntls_cert = {cert}\n"
             f"tls_key = {key}\nusers_file = {users}\nmax_recipients = 3\n"
-            "max_connections_per_client = 4\n",
+            f"max_connections_per_client = 4\nworkers = {self.workers}\n",
             queue="max_message_size = 32KB",
         )
         self.addCleanup(self.daemon.stop)
@@ -267,6 +270,15 @@ class SubmissionTests(TestCase):
             self.assertTrue(reply().startswith(b"250"))  # the MAIL after the dot, in order
             self.assertTrue(reply().startswith(b"221"))
         wait_until(lambda: len(self.relay.messages()) == 1, what="the piped message")
+
+
+class InProcessSubmissionTests(SubmissionTests):
+    """The same, served by the daemon's own process (one CPU, or ``workers = 0``)."""
+
+    workers = 0
+
+    def test_no_worker_runs(self) -> None:
+        self.assertNotIn("submission worker", self.daemon.new_log())
 
 
 class SMTPUTF8Tests(TestCase):

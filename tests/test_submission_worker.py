@@ -1,0 +1,391 @@
+"""The submission worker: its pipe to the daemon (in memory), the daemon's pool of workers
+(on a Clock), and real twistd with a real worker process (kill -9 of either side, reload)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import tempfile
+import threading
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from smtpmailer.config import parse_config
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.submission_worker import DaemonChannel
+from smtpmailer.worker_channel import (
+    CONFIG,
+    ChannelError,
+    FrameReader,
+    decode_message,
+    decode_reply,
+    encode_log,
+    encode_message,
+    frame,
+    reply_for,
+)
+from smtpmailer.worker_pool import (
+    FIRST_RESTART_DELAY,
+    KILL_AFTER,
+    READY_TIMEOUT,
+    WorkerPool,
+    WorkerProcess,
+)
+from tests.daemon import Daemon, wait_until
+from tests.smtp_peer import SMTPPeer
+from tests.test_submission import submission_port
+
+
+def config(workers: int = 1) -> Any:
+    return parse_config(
+        "[Daemon]\nstate_dir = /tmp\n[Relay]\nhost = r.test\n"
+        f"[Submission]\nlisten = tcp:2525:interface=127.0.0.1\nworkers = {workers}\n",
+        "/tmp/c.conf",
+    )
+
+
+class ChannelFormatTests(SynchronousTestCase):
+    def test_frames_survive_any_split(self) -> None:
+        envelope = Envelope("a@example.com", ("b@example.org", "c@ex\u00e4mple.org"), b"x\0y\r\n")
+        data = encode_message(7, envelope) + encode_log("warn", "two\nlines")
+        reader = FrameReader(1000)
+        payloads = [p for i in range(len(data)) for p in reader.feed(data[i : i + 1])]
+        self.assertEqual(len(payloads), 2)
+        self.assertEqual(decode_message(payloads[0]), (7, envelope))
+
+    def test_an_oversize_frame_is_refused_before_it_is_read(self) -> None:
+        reader = FrameReader(10)
+        with self.assertRaises(ChannelError):
+            list(reader.feed(frame(b"M" + b"x" * 11)[:6]))
+
+    def test_refusals_keep_their_kind(self) -> None:
+        for result, kind in (
+            (QueueFull("queue is full (5 messages)"), QueueFull),
+            (MessageError("bad address"), MessageError),
+            (QueueError("disk I/O error"), QueueError),
+        ):
+            seq, decoded = decode_reply(reply_for(3, result)[4:])
+            self.assertEqual((seq, type(decoded), str(decoded)), (3, kind, str(result)))
+        self.assertEqual(decode_reply(reply_for(4, "7JP98H3W31WKZ1")[4:]), (4, "7JP98H3W31WKZ1"))
+
+
+class FakeProcess(StringTransport):
+    """What spawnProcess gives a ProcessProtocol: a pid, writes to stdin, signals."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class Port:
+    """The daemon's listening port, as far as the pool touches it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.socket = socket.socket()
+        self.reading = True
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class WorkerTests(SynchronousTestCase):
+    """Worker and daemon ends joined in memory: the worker's Deferred fires only with the
+    daemon's answer, which comes only after the commit."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.commits: list[tuple[Envelope, Deferred[str]]] = []
+        self.spawned: list[tuple[WorkerProcess, FakeProcess]] = []
+
+        def commit(envelope: Envelope) -> Deferred[str]:
+            waiter: Deferred[str] = Deferred()
+            self.commits.append((envelope, waiter))
+            return waiter
+
+        def spawn(protocol: WorkerProcess, family: str, fd: int) -> None:
+            self.assertEqual((family, fd), ("inet", self.port.fileno()))
+            process = FakeProcess(4000 + len(self.spawned))
+            protocol.makeConnection(process)
+            self.spawned.append((protocol, process))
+
+        self.port = Port()
+        self.addCleanup(self.port.socket.close)
+        self.pool = WorkerPool(spawn, self.clock, commit)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def joined(self) -> tuple[DaemonChannel, WorkerProcess, FakeProcess]:
+        """One worker started by the pool, with a DaemonChannel as its far end."""
+        self.pool.start(config(), self.port, 1)
+        daemon_end, process = self.spawned[-1]
+        configs: list[Any] = []
+        channel = DaemonChannel(configs.append, lambda: None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(process.value())  # the config frame
+        process.clear()
+        self.assertEqual(configs[0].submission.workers, 1)
+        return channel, daemon_end, process
+
+    def pump(self, channel: DaemonChannel, daemon_end: WorkerProcess, process: FakeProcess) -> None:
+        worker_out: Any = channel.transport
+        daemon_end.childDataReceived(1, worker_out.value())
+        worker_out.clear()
+        channel.dataReceived(process.value())
+        process.clear()
+
+    def test_answer_only_after_the_commit(self) -> None:
+        channel, daemon_end, process = self.joined()
+        envelope = Envelope("a@example.com", ("b@example.org",), b"Subject: s\r\n\r\nb\r\n")
+        answered = channel.submit(envelope)
+        self.pump(channel, daemon_end, process)
+        self.assertEqual([e for e, _ in self.commits], [envelope])
+        self.assertNoResult(answered)
+        self.commits[0][1].callback("7JP98H3W31WKZ1")
+        self.pump(channel, daemon_end, process)
+        self.assertEqual(self.successResultOf(answered), "7JP98H3W31WKZ1")
+
+    def test_refusals_reach_the_worker_as_such(self) -> None:
+        channel, daemon_end, process = self.joined()
+        full = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
+        broken = channel.submit(Envelope("a@example.com", ("b@example.org",), b"y\r\n"))
+        self.pump(channel, daemon_end, process)
+        self.commits[0][1].errback(Failure(QueueFull("queue is full")))
+        self.commits[1][1].errback(Failure(QueueError("disk I/O error")))
+        self.pump(channel, daemon_end, process)
+        self.failureResultOf(full, QueueFull)
+        self.assertEqual(
+            self.failureResultOf(broken, QueueError).getErrorMessage(), "disk I/O error"
+        )
+
+    def test_daemon_gone_fails_what_is_owed(self) -> None:
+        channel, daemon_end, process = self.joined()
+        owed = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
+        idle = channel.when_idle()
+        channel.connectionLost(Failure(Exception("stdin closed")))
+        self.failureResultOf(owed, QueueError)
+        self.successResultOf(idle)
+        self.failureResultOf(channel.submit(Envelope("a@x.org", ("b@x.org",), b"")), QueueError)
+
+    def test_worker_log_lines_land_in_the_daemon_log_at_their_level(self) -> None:
+        _, daemon_end, _ = self.joined()
+        daemon_end.childDataReceived(1, encode_log("warn", "submission: something odd"))
+        daemon_end.childDataReceived(2, b"Traceback (most recent call last):\n")
+        texts = [(e["log_level"].name, e.get("text") or e.get("line")) for e in self.events]
+        self.assertIn(("warn", "submission: something odd"), texts)
+        self.assertIn(("error", "Traceback (most recent call last):"), texts)
+
+    def test_a_garbled_frame_stops_that_worker(self) -> None:
+        _, daemon_end, process = self.joined()
+        daemon_end.childDataReceived(1, frame(b"Zwhat"))
+        self.assertEqual(process.signals, ["KILL"])
+
+    def test_the_port_reads_only_while_no_worker_is_ready(self) -> None:
+        _, daemon_end, process = self.joined()
+        self.assertFalse(self.port.reading, "connections wait for the worker at start")
+        daemon_end.childDataReceived(1, frame(b"Y"))
+        self.clock.advance(READY_TIMEOUT)
+        self.assertFalse(self.port.reading)
+        daemon_end.processEnded(Failure(Exception("killed by signal 9")))
+        self.assertTrue(self.port.reading, "the daemon serves while the worker is gone")
+        self.clock.advance(FIRST_RESTART_DELAY)
+        self.assertEqual(len(self.spawned), 2)
+        new, _ = self.spawned[-1]
+        new.childDataReceived(1, frame(b"Y"))
+        self.assertFalse(self.port.reading)
+        # A worker that keeps dying is restarted ever later, up to a minute apart.
+        new.processEnded(Failure(Exception("exit 1")))
+        self.clock.advance(FIRST_RESTART_DELAY)
+        self.assertEqual(len(self.spawned), 3)
+        self.spawned[-1][0].processEnded(Failure(Exception("exit 1")))
+        self.clock.advance(FIRST_RESTART_DELAY)
+        self.assertEqual(len(self.spawned), 3)
+        self.clock.advance(FIRST_RESTART_DELAY)
+        self.assertEqual(len(self.spawned), 4)
+
+    def test_a_worker_that_never_gets_ready(self) -> None:
+        self.joined()
+        self.clock.advance(READY_TIMEOUT - 0.1)
+        self.assertFalse(self.port.reading)
+        self.clock.advance(0.1)
+        self.assertTrue(self.port.reading)
+
+    def test_stop_asks_then_insists_and_never_restarts(self) -> None:
+        _, daemon_end, process = self.joined()
+        daemon_end.childDataReceived(1, frame(b"Y"))
+        stopped = self.pool.stop()
+        self.assertEqual(process.signals, ["TERM"])
+        self.assertNoResult(stopped)
+        self.clock.advance(KILL_AFTER)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+        daemon_end.processEnded(Failure(Exception("killed")))
+        self.successResultOf(stopped)
+        self.clock.advance(MAX_WAIT)
+        self.assertEqual(len(self.spawned), 1)
+
+    def test_config_is_the_first_frame(self) -> None:
+        self.pool.start(config(), self.port, 1)
+        _, process = self.spawned[0]
+        (payload,) = FrameReader(1 << 24).feed(process.value())
+        self.assertEqual(payload[:1], CONFIG)
+
+
+MAX_WAIT = 3600.0
+
+
+class WorkerConfigTests(SynchronousTestCase):
+    def test_auto_is_one_worker_where_there_is_a_second_cpu(self) -> None:
+        workers = parse_config(
+            "[Daemon]\nstate_dir = /tmp\n[Relay]\nhost = r.test\n", "/tmp/c.conf"
+        ).submission.workers
+        self.assertEqual(workers, 1 if (os.cpu_count() or 1) >= 2 and os.name == "posix" else 0)
+        self.assertEqual(config(0).submission.workers, 0)
+        from smtpmailer.ini import ConfigError
+
+        with self.assertRaises(ConfigError):
+            config(99)
+
+
+class RealWorkerTests(TestCase):
+    """twistd with ``workers = 1`` against a real SMTP peer."""
+
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="smtpm-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.peer = SMTPPeer()
+        self.peer.start()
+        self.addCleanup(self.peer.stop)
+        self.daemon = Daemon(
+            os.path.join(self.home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {self.peer.port}\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\nworkers = 1\n",
+        )
+        self.addCleanup(self.daemon.stop)
+        self.daemon.start()
+        self.port = submission_port(self.daemon)
+
+    def worker_pid(self, after: int = 0) -> int:
+        """The pid of the worker that is accepting (the newest one)."""
+        found = wait_until(
+            lambda: re.findall(r"submission worker (\d+) accepting", self.daemon.new_log()[after:]),
+            what="a worker to accept",
+        )
+        return int(found[-1])
+
+    def send(self, number: int) -> str:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            reply = client.sendmail(
+                "a@example.com", ["r@example.org"], f"X-Seq: {number}\r\n\r\nbody\r\n"
+            )
+            self.assertEqual(reply, {})
+            return str(client.noop()[0])
+
+    def test_the_worker_accepts_and_the_daemon_delivers(self) -> None:
+        pid = self.worker_pid()
+        self.assertNotEqual(pid, self.daemon.process.pid)  # type: ignore[union-attr]
+        for number in range(5):
+            self.send(number)
+        wait_until(lambda: len(self.peer.messages()) == 5, what="5 deliveries")
+        # The worker's own log line comes through the daemon's log.
+        self.assertEqual(self.daemon.new_log().count("submission: queued "), 5)
+
+    def test_kill_9_of_the_worker_loses_nothing_and_service_goes_on(self) -> None:
+        pid = self.worker_pid()
+        accepted: list[int] = []
+        lock = threading.Lock()
+
+        def submit(first: int) -> None:
+            for number in range(first, first + 100):
+                try:
+                    self.send(number)
+                except (OSError, smtplib.SMTPException):
+                    continue  # the kill; the client goes on with its next message
+                with lock:
+                    accepted.append(number)
+
+        clients = [threading.Thread(target=submit, args=(n * 1000,)) for n in range(4)]
+        for client in clients:
+            client.start()
+        wait_until(lambda: len(accepted) >= 50, what="50 messages accepted")
+        offset = len(self.daemon.new_log())
+        os.kill(pid, signal.SIGKILL)
+        for client in clients:
+            client.join(120)
+        self.assertGreater(len(accepted), 300, "after the kill the listener still answers")
+        new_pid = self.worker_pid(offset)
+        self.assertNotEqual(new_pid, pid)
+        self.assertIn(f"submission worker {pid} ended", self.daemon.new_log())
+        wait_until(
+            lambda: set(accepted) <= {int(m.header("X-Seq") or -1) for m in self.peer.messages()},
+            timeout=60,
+            what="every accepted message to arrive",
+        )
+        self.send(99999)  # served by the new worker
+        wait_until(lambda: "99999" in str([m.header("X-Seq") for m in self.peer.messages()]))
+
+    def test_kill_9_of_the_daemon_ends_the_worker(self) -> None:
+        pid = self.worker_pid()
+        self.daemon.kill(signal.SIGKILL)
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as handle:  # a zombie until init reaps it
+                return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_until(gone, what="the worker to exit")
+        # The port is free again: a new daemon binds it.
+        self.daemon.start()
+        self.worker_pid(0)
+
+    def test_reload_gives_the_worker_the_new_config(self) -> None:
+        pid = self.worker_pid()
+        text = open(self.daemon.config_path).read()
+        with open(self.daemon.config_path, "w") as handle:
+            handle.write(text.replace("workers = 1\n", "workers = 1\nmax_recipients = 1\n"))
+        offset = len(self.daemon.new_log())
+        self.daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_until(
+            lambda: "reload: applied ([Submission] max_recipients)" in self.daemon.new_log(),
+            what=f"the reload: {self.daemon.new_log()[-3000:]}",
+        )
+        new_pid = self.worker_pid(offset)
+        self.assertNotEqual(new_pid, pid)
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            client.ehlo("x")
+            client.mail("a@example.com")
+            self.assertEqual(client.rcpt("b@example.org")[0], 250)
+            self.assertEqual(client.rcpt("c@example.org")[0], 452)
+
+    def test_stop_waits_for_the_worker(self) -> None:
+        pid = self.worker_pid()
+        self.daemon.stop()
+        self.assertIn("smtpmailer stopped", self.daemon.new_log())
+        with self.assertRaises(ProcessLookupError):
+            os.kill(pid, 0)
