@@ -129,6 +129,7 @@ class Postfix:
             "relayhost": f"[127.0.0.1]:{self.sink_port}",
             "mydestination": "",
             "smtputf8_enable": "no",
+            "defer_transports": "",  # a drain that was cut short may have left it set
         }
         try:
             run("postconf", "-e", *(f"{k}={v}" for k, v in settings.items()))

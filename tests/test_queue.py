@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.queue import (
@@ -229,6 +230,77 @@ class StoreTests(SynchronousTestCase):
             self.store._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
         )
         return counted
+
+    def test_a_batch_of_outcomes_ends_as_one_by_one(self) -> None:
+        """record() takes all-sent outcomes set by set: same rows, counts and Recorded as
+        the general path taking each outcome alone, whatever the mix in the batch."""
+
+        def play(batched: bool) -> tuple[list[object], list[object], list[object]]:
+            store = SQLiteQueue(os.path.join(os.path.dirname(self.path), f"{batched}.sqlite3"))
+            self.addCleanup(store.close)
+            for n in range(6):
+                store.enqueue("s@x.org", [f"a{n}@y.org", f"b{n}@y.org"], b"x", 5, 100.0 + n, 99)
+            first = store.lease(200.0, 10, 60)
+            # Message 0: b0 fails for good now; leased again below, a0 then gets sent.
+            earlier = [
+                Outcome(
+                    first[0],
+                    results(first[0], ("a0@y.org", "deferred"), ("b0@y.org", "failed")),
+                    "r",
+                ),
+                *[Outcome(lease, results(lease), "r") for lease in first[1:]],
+            ]
+            store.record(earlier[:1], 210.0, POLICY)
+            again = store.lease(400.0, 10, 60)
+            leases = {lease.id: lease for lease in again}
+            ids = [lease.id for lease in first]
+            stale = attrs.evolve(leases[ids[4]], token="not-the-lease")
+            outcomes = [
+                Outcome(leases[ids[0]], results(leases[ids[0]], ("a0@y.org", "sent")), "r"),
+                Outcome(
+                    leases[ids[1]],
+                    results(leases[ids[1]], ("a1@y.org", "sent"), ("b1@y.org", "sent")),
+                    "r",
+                ),
+                Outcome(
+                    leases[ids[2]],
+                    results(leases[ids[2]], ("a2@y.org", "sent"), ("b2@y.org", "deferred")),
+                    "r",
+                ),
+                Outcome(leases[ids[3]], results(leases[ids[3]], ("a3@y.org", "sent")), "r"),
+                Outcome(stale, results(stale, ("a4@y.org", "sent"), ("b4@y.org", "sent")), "r"),
+            ]
+            if batched:
+                recorded = store.record(outcomes, 500.0, POLICY)
+            else:  # the general path, outcome by outcome
+                with store._transaction() as db:
+                    recorded = [store._record_one(db, o, 500.0, POLICY) for o in outcomes]
+            db = store._db
+            number = {message_id: n for n, message_id in enumerate(ids)}  # ids differ per file
+            rows: list[object] = [
+                (number[row[0]], *row[1:])
+                for row in db.execute(
+                    "SELECT id, state, attempts, next_attempt, lease_token IS NULL, last_error,"
+                    " updated FROM messages ORDER BY created"
+                )
+            ]
+            rows += [
+                (number[row[0]], *row[1:])
+                for row in db.execute("SELECT * FROM recipients ORDER BY message_id, position")
+            ]
+            rows += sorted(number[m] for (m,) in db.execute("SELECT message_id FROM bodies"))
+            rows += sorted(store.counts().items())
+            summary = [(r.state, r.attempts, r.stale, r.expired) for r in recorded]
+            return rows, summary, [outcomes.index(r.outcome) for r in recorded]
+
+        one, summary_one, order_one = play(False)
+        many, summary_many, order_many = play(True)
+        self.assertEqual(summary_many, summary_one)
+        self.assertEqual(order_many, order_one)
+        self.assertEqual(order_many, [0, 1, 2, 3, 4])  # each Recorded where its outcome was
+        self.assertEqual(many, one)
+        states = [state for state, *_ in summary_many]
+        self.assertEqual(states, ["failed", "sent", "deferred", "deferred", "active"])
 
     def stored_counts(self) -> dict[str, int]:
         return {state: n for state, n in self.store.counts().items() if state != "accepted"}
