@@ -223,6 +223,18 @@ class SubmissionProtocol(smtp.ESMTP):
         extensions[b"SIZE"] = [str(self.config.queue.max_message_size).encode()]
         return extensions
 
+    def do_EHLO(self, rest: bytes) -> None:
+        if not hasattr(self.transport.getPeer(), "host"):  # type: ignore[union-attr]
+            # listen = unix:PATH: Twisted's EHLO wants an IP address here (its HELO copes).
+            self._helo = (rest, b"localhost")
+            self._from = None
+            self._to = []
+            self.sendCode(
+                250, self.host + b" Hello localhost, nice to meet you\n" + self.listExtensions()
+            )
+            return
+        super().do_EHLO(rest)
+
     def ext_AUTH(self, rest: bytes) -> None:
         if self.canStartTLS and not self.startedTLS and self.factory.tls_required_for_auth:
             self.sendCode(538, b"5.7.11 Encryption required: STARTTLS first")

@@ -393,6 +393,24 @@ class BulkDataTests(SynchronousTestCase):
     def body(self, index: int = 0) -> bytes:
         return bytes(self.queued[index].data.split(b"\r\n", 1)[1])  # after Received:
 
+    def test_over_a_unix_socket(self) -> None:
+        """listen = unix:PATH: the peer has no IP address, and EHLO still works."""
+        from twisted.internet.address import UNIXAddress
+        from twisted.internet.testing import StringTransport
+
+        self.protocol = self.protocol.factory.buildProtocol(None)
+        self.transport = StringTransport(peerAddress=UNIXAddress(None))
+        self.protocol.makeConnection(self.transport)
+        self.assertEqual(self.feed(b"EHLO app\r\n")[0][:4], b"250-")
+        self.assertEqual(
+            self.feed(b"MAIL FROM:<a@example.com>\r\n"), [b"250 Sender address accepted"]
+        )
+        self.feed(b"RCPT TO:<b@example.org>\r\nDATA\r\n")
+        self.assertEqual(
+            self.feed(b"Subject: s\r\n\r\nb\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"]
+        )
+        self.assertIn(b"Received: from app (localhost)", self.queued[0].data)
+
     def test_end_marker_split_across_pieces_and_dots_unstuffed(self) -> None:
         self.transaction()
         replies = self.feed(b"Subject: s\r\n\r\n..lead", b"ing dot\r\nmid\r", b"\n.", b"\r", b"\n")
