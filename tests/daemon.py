@@ -7,10 +7,12 @@ only sleeping the tests do.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +38,23 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(0.02)  # ok-sleep: polling a real process inside a deadline loop
+
+
+def temporary_home(test: Any) -> str:
+    """A fresh folder for one test, removed after it."""
+    home = tempfile.mkdtemp(prefix="smtpm-")
+    test.addCleanup(shutil.rmtree, home, True)
+    return home
+
+
+def started_peer(test: Any) -> Any:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1, an ephemeral port, for one test."""
+    from tests.smtp_peer import SMTPPeer
+
+    peer = SMTPPeer()
+    peer.start()
+    test.addCleanup(peer.stop)
+    return peer
 
 
 class Daemon:

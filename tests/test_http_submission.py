@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from typing import Any
 
@@ -17,9 +15,8 @@ import attrs
 from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
-from tests.daemon import REPO, Daemon, wait_until
+from tests.daemon import REPO, Daemon, started_peer, temporary_home, wait_until
 from tests.fake_relay import settle
-from tests.smtp_peer import SMTPPeer
 from tests.test_delivery import DeliveryCase
 
 TOKEN = "t0ken-0123456789abcdef"
@@ -134,11 +131,8 @@ class LiveTests(TestCase):
     timeout = 300
 
     def setUp(self) -> None:
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.relay = SMTPPeer()
-        self.relay.start()
-        self.addCleanup(self.relay.stop)
+        self.home = temporary_home(self)
+        self.relay = started_peer(self)
         token = os.path.join(self.home, "token")
         with open(token, "w") as handle:
             handle.write(TOKEN + "\n")

@@ -16,8 +16,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
-from tests.daemon import Daemon, wait_until
-from tests.smtp_peer import SMTPPeer
+from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 
 
 def relay_section(port: int) -> str:
@@ -37,11 +36,8 @@ class InspectionCase(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.peer = SMTPPeer()
-        self.peer.start()
-        self.addCleanup(self.peer.stop)
+        self.home = temporary_home(self)
+        self.peer = started_peer(self)
 
     def daemon(self, status: str = "", extra_sections: str = "") -> Daemon:
         daemon = Daemon(

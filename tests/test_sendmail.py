@@ -26,8 +26,7 @@ from smtpmailer.sendmail import (
     parse_arguments,
     read_message,
 )
-from tests.daemon import Daemon, environment, wait_until
-from tests.smtp_peer import SMTPPeer
+from tests.daemon import Daemon, environment, started_peer, temporary_home, wait_until
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -68,11 +67,8 @@ class CommandTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.peer = SMTPPeer()
-        self.peer.start()
-        self.addCleanup(self.peer.stop)
+        self.home = temporary_home(self)
+        self.peer = started_peer(self)
         self.daemon = Daemon(
             os.path.join(self.home, "d"),
             f"[Relay]\nhost = 127.0.0.1\nport = {self.peer.port}\nsecurity = none\n",

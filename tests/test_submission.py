@@ -19,7 +19,7 @@ from smtpmailer.config import parse_config
 from smtpmailer.ini import ConfigError
 from smtpmailer.submission import verify_password
 from tests.certs import TestCA
-from tests.daemon import Daemon, wait_until
+from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.smtp_peer import SMTPPeer
 
 
@@ -73,11 +73,8 @@ class SubmissionTests(TestCase):
     workers = 1
 
     def setUp(self) -> None:
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.relay = SMTPPeer()
-        self.relay.start()
-        self.addCleanup(self.relay.stop)
+        self.home = temporary_home(self)
+        self.relay = started_peer(self)
         ca = TestCA(os.path.join(self.home, "ca"))
         self.ca_file = ca.ca_file
         cert, key = ca.issue("localhost", dns=("localhost",))

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import smtplib
-import tempfile
 import threading
 from typing import Any
 
@@ -41,8 +39,7 @@ from smtpmailer.worker_pool import (
     WorkerPool,
     WorkerProcess,
 )
-from tests.daemon import Daemon, wait_until
-from tests.smtp_peer import SMTPPeer
+from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.test_submission import submission_port
 
 
@@ -274,11 +271,8 @@ class RealWorkerTests(TestCase):
     timeout = 180
 
     def setUp(self) -> None:
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.peer = SMTPPeer()
-        self.peer.start()
-        self.addCleanup(self.peer.stop)
+        self.home = temporary_home(self)
+        self.peer = started_peer(self)
         self.daemon = Daemon(
             os.path.join(self.home, "d"),
             f"[Relay]\nhost = 127.0.0.1\nport = {self.peer.port}\nsecurity = none\n"
