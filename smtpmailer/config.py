@@ -291,7 +291,7 @@ def _workers(text: str) -> int:
     it (and fork-and-pass-a-socket, so not on Windows), else none."""
     if text.strip().lower() == "auto":
         return 1 if os.name == "posix" and (os.cpu_count() or 1) >= 2 else 0
-    return int(_int(0, 16)(text))
+    return _int(0, 16)(text)
 
 
 SUBMISSION_KEYS: Schema = {

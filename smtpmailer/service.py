@@ -280,17 +280,15 @@ class MailerService(MultiService):
             checked = check_envelope(self.config, envelope)
         except MessageError:
             return fail()
-        return self._enqueuer.submit(
-            NewMessage(checked.sender, checked.recipients, checked.data, priority)
-        )
+        return self.commit_checked(checked, priority)
 
-    def commit_checked(self, envelope: Envelope) -> Deferred[str]:
-        """A message a submission worker has already put through check_envelope (the
-        same code, in the worker's process): only the commit is left for this one."""
+    def commit_checked(
+        self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]
+    ) -> Deferred[str]:
+        """A message already through check_envelope (here, or in a submission worker's
+        process with the same code): only the group commit is left."""
         return self._enqueuer.submit(
-            NewMessage(
-                envelope.sender, envelope.recipients, envelope.data, PRIORITY_NAMES["normal"]
-            )
+            NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
         )
 
     def _commit_submissions(self, items: list[NewMessage]) -> Deferred[list[str | QueueError]]:
