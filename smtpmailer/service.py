@@ -19,9 +19,17 @@ from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope, MessageError
 from smtpmailer.metrics import Metrics
 from smtpmailer.poller import QueuePoller
-from smtpmailer.queue import PRIORITY_NAMES, Lease, NewMessage, QueueError, QueueStore
+from smtpmailer.queue import (
+    PRIORITY_NAMES,
+    Lease,
+    NewMessage,
+    Outcome,
+    QueueError,
+    QueueStore,
+    Recorded,
+)
 from smtpmailer.queue.retry import RetryPolicy
-from smtpmailer.queue.runner import AsyncQueue, GroupCommit, OutcomeWriter, Runner
+from smtpmailer.queue.runner import AsyncQueue, QueueWriter, Runner
 from smtpmailer.reload import ReloadService
 from smtpmailer.sendmail_socket import SendmailSocketService
 from smtpmailer.stats import StatsService
@@ -81,11 +89,10 @@ class MailerService(MultiService):
         self._wakeup_port: Any = None
         self.metrics = Metrics()
         self.queue = AsyncQueue(run)
-        # Submissions over SMTP, HTTP and sendmail that arrive together share one commit.
-        self._enqueuer: GroupCommit[NewMessage, str] = GroupCommit(self._commit_submissions)
-        self.writer = OutcomeWriter(
-            self.queue, reactor.seconds, RetryPolicy.from_config(config.queue)
-        )
+        self.retry_policy = RetryPolicy.from_config(config.queue)
+        # Submissions (SMTP, HTTP, sendmail) and delivery outcomes that arrive together
+        # share one commit.
+        self.writer = QueueWriter(self._commit_turn)
         self.delivery = DeliveryService(
             config,
             self.writer,
@@ -261,7 +268,6 @@ class MailerService(MultiService):
                 await maybeDeferred(self._wakeup_port.stopListening)
                 if os.path.exists(self.config.wakeup_socket):
                     os.unlink(self.config.wakeup_socket)
-            await self._enqueuer.flush()
             await self.writer.flush()
             if self._on_stop is not None:
                 self._on_stop()
@@ -287,27 +293,31 @@ class MailerService(MultiService):
     ) -> Deferred[str]:
         """A message already through check_envelope (here, or in a submission worker's
         process with the same code): only the group commit is left."""
-        return self._enqueuer.submit(
+        return self.writer.submit(
             NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
         )
 
-    def _commit_submissions(self, items: list[NewMessage]) -> Deferred[list[str | QueueError]]:
-        """One commit for the batch. With idle connections and nothing older queued, the
-        new messages are leased in that same commit and go straight to delivery; what is
-        not leased is the poller's."""
+    def _commit_turn(
+        self, outcomes: list[Outcome], items: list[NewMessage]
+    ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
+        """One commit for what arrived together. With idle connections and nothing older
+        queued, the new messages are leased in that same commit and go straight to
+        delivery; what is not leased is the poller's."""
         room = 0 if self.poller.paused or not self.delivery.running else self.delivery.capacity()
-        committed = self.queue.enqueue_and_lease(
+        committed = self.queue.record_and_enqueue(
+            outcomes,
+            self.retry_policy,
             items,
-            self._reactor.seconds(),
             self.config.queue.max_queue_size,
             room,
             self.delivery.lease_seconds,
+            self._reactor.seconds(),
         )
 
         def hand_over(
-            result: tuple[list[str | QueueError], list[Lease]],
-        ) -> list[str | QueueError]:
-            results, leases = result
+            result: tuple[list[Recorded], list[str | QueueError], list[Lease]],
+        ) -> tuple[list[Recorded], list[str | QueueError]]:
+            recorded, results, leases = result
             if leases:
                 if self.delivery.running:
                     self.delivery.submit(leases)
@@ -317,7 +327,7 @@ class MailerService(MultiService):
                     )
             if len(leases) < sum(isinstance(r, str) for r in results):
                 self.poller.wake()
-            return results
+            return recorded, results
 
         return committed.addCallback(hand_over)
 
@@ -326,7 +336,7 @@ class MailerService(MultiService):
     async def reconfigure(self, config: Config) -> None:
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
-        self.writer.policy = RetryPolicy.from_config(config.queue)
+        self.retry_policy = RetryPolicy.from_config(config.queue)
         for child in (self.delivery, self.poller, self.stats, self.sendmail_socket):
             child.reconfigure(config)
         await self.status.reconfigure(config)

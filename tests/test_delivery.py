@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from smtpmailer.config import parse_config
 from smtpmailer.delivery.protocol import SMTPClientProtocol
 from smtpmailer.delivery.service import IDLE_TIMEOUT
+from smtpmailer.queue import Outcome, QueueError, RecipientResult
 from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.queue.sqlite import SQLiteQueue
 from smtpmailer.service import MailerService
@@ -384,39 +385,75 @@ class StatsTests(DeliveryCase):
 
 
 class GroupCommitTests(DeliveryCase):
-    def test_submissions_arriving_together_share_one_commit(self) -> None:
-        from smtpmailer.message import Envelope
+    def park_commits(self, service: MailerService) -> tuple[list[tuple[int, int]], list[Any]]:
+        """Commits that do not finish at once, as on the queue thread: each store call
+        waits for its Deferred in the returned list. The first list records every
+        record_and_enqueue as (outcomes, new messages)."""
+        commits: list[tuple[int, int]] = []
+        original = self.store.record_and_enqueue
 
-        self.configure()
-        service = self.start()
-        commits = []
-        original = self.store.enqueue_and_lease
+        def counting(outcomes: Any, policy: Any, items: Any, *args: Any) -> Any:
+            commits.append((len(outcomes), len(items)))
+            return original(outcomes, policy, items, *args)
 
-        def counting(items: Any, *args: Any) -> Any:
-            commits.append(len(items))
-            return original(items, *args)
-
-        self.store.enqueue_and_lease = counting  # type: ignore[method-assign]
-        # A commit that does not finish at once, as on the queue thread: park the first one.
-        from twisted.internet.defer import Deferred
-
+        self.store.record_and_enqueue = counting  # type: ignore[method-assign]
         parked: list[Deferred[Any]] = []
         run = service.queue._run
         self.addCleanup(setattr, service.queue, "_run", run)
         service.queue._run = lambda f, *a: (  # type: ignore[method-assign]
             parked.append(Deferred()) or parked[-1].addCallback(lambda _: f(*a))
         )
+        return commits, parked
+
+    def test_submissions_arriving_together_share_one_commit(self) -> None:
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        commits, parked = self.park_commits(service)
         answers = [
             service.submit(Envelope("a@example.com", (f"r{i}@example.org",), b"x\r\n"))
             for i in range(5)
         ]
         self.assertEqual(commits, [])
         parked[0].callback(None)  # the first commit (one message) finishes...
-        self.assertEqual(commits, [1])
+        self.assertEqual(commits, [(0, 1)])
         parked[1].callback(None)  # ...and the four that waited go in one
-        self.assertEqual(commits, [1, 4])
+        self.assertEqual(commits, [(0, 1), (0, 4)])
         ids = [self.successResultOf(answer) for answer in answers]
         self.assertEqual(len(set(ids)), 5)
+
+    def test_outcomes_and_submissions_share_one_commit(self) -> None:
+        """A delivery outcome and new messages that arrive while the queue thread writes
+        go into its next transaction together, and each caller gets its own result."""
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        service.poller.paused = True  # the new messages stay queued: the commit alone counts
+        first = self.enqueue("first@example.org")
+        (lease,) = self.store.lease(self.clock.seconds(), 1, 300.0)
+        self.assertEqual(lease.id, first)
+        commits, parked = self.park_commits(service)
+        blocker = service.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
+        outcome = Outcome(lease, (RecipientResult("first@example.org", "sent", "250 ok"),), "r")
+        recording = service.writer.record(outcome)
+        answers = [
+            service.submit(Envelope("a@example.com", ("c@example.org",), b"x\r\n")),
+            # No recipient: refused by the store alone (check_envelope would refuse it first).
+            service.commit_checked(Envelope("a@example.com", (), b"x\r\n")),
+        ]
+        parked.pop(0).callback(None)  # the commit they waited for: one message
+        self.successResultOf(blocker)
+        self.assertNoResult(recording)
+        parked.pop(0).callback(None)  # then the outcome and both messages, together
+        self.assertEqual(commits, [(0, 1), (1, 2)])
+        recorded = self.successResultOf(recording)
+        self.assertEqual((recorded.outcome, recorded.state), (outcome, "sent"))
+        self.assertEqual(self.state(first), "sent")
+        self.assertEqual(self.state(self.successResultOf(answers[0])), "queued")
+        self.failureResultOf(answers[1], QueueError)
+        self.assertEqual(parked, [])
 
     def test_a_submission_with_idle_connections_needs_no_poll(self) -> None:
         """With room in delivery and nothing older queued, a submission is leased in its

@@ -490,6 +490,41 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.show(older).state, "queued")
         self.assertEqual(self.store.counts()["queued"], 2)
 
+    def test_record_and_enqueue_is_one_transaction(self) -> None:
+        """The daemon's turn: outcomes first (they free room in the queue), then the new
+        messages; a failure anywhere undoes both, so the lease stays as it was."""
+        from smtpmailer.queue import NewMessage
+
+        old = self.add("a@y.org")
+        (lease,) = self.store.lease(100, 10, 60)
+        outcome = Outcome(lease, results(lease, ("a@y.org", "sent")), "r")
+        new = [NewMessage("s@x.org", ("b@y.org",), b"new", 5), NewMessage("s@x.org", (), b"", 5)]
+        self.store._db.execute("DROP TABLE bodies")  # the insert fails half-way through
+        self.assertRaises(
+            sqlite3.OperationalError,
+            self.store.record_and_enqueue,
+            [outcome],
+            POLICY,
+            new,
+            1000,
+            0,
+            60,
+            101,
+        )
+        self.assertEqual(self.store.show(old).state, "active")
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.assertEqual(self.store.counts()["accepted"], 1)
+        self.store._db.execute("CREATE TABLE bodies (message_id TEXT PRIMARY KEY, data BLOB)")
+        # The outcome frees the one place the queue has for the new message.
+        recorded, ids, leases = self.store.record_and_enqueue([outcome], POLICY, new, 1, 5, 60, 101)
+        self.assertEqual([(r.outcome, r.state) for r in recorded], [(outcome, "sent")])
+        self.assertIsInstance(ids[0], str)
+        self.assertEqual(str(ids[1]), "a message needs at least one recipient")
+        self.assertEqual([lease.id for lease in leases], [ids[0]])
+        self.assertEqual(self.store.show(old).state, "sent")
+        self.assertEqual(self.store.show(ids[0]).state, "active")
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -28,7 +28,7 @@ from smtpmailer.delivery.session import SessionError, SMTPSession
 from smtpmailer.logs import log, outcome_line
 from smtpmailer.metrics import Metrics
 from smtpmailer.queue import Lease, Outcome, RecipientResult, Recorded
-from smtpmailer.queue.runner import OutcomeWriter, Runner
+from smtpmailer.queue.runner import QueueWriter, Runner
 
 # An idle connection is kept this long for the next message, like Postfix's connection cache.
 IDLE_TIMEOUT = 2.0
@@ -178,14 +178,14 @@ class RelayState:
 
 
 class DeliveryService(Service):
-    """Delivers leased messages; records every outcome through the OutcomeWriter."""
+    """Delivers leased messages; records every outcome through the QueueWriter."""
 
     name = "delivery"
 
     def __init__(
         self,
         config: Config,
-        writer: OutcomeWriter,
+        writer: QueueWriter,
         release: Callable[[list[Lease]], Deferred[Any]],
         clock: IReactorTime,
         connector: Connector | None = None,

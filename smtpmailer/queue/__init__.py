@@ -178,6 +178,17 @@ class QueueStore(Protocol):
         lease_seconds: float,
     ) -> tuple[list[str | QueueError], list[Lease]]: ...
 
+    def record_and_enqueue(
+        self,
+        outcomes: Sequence[Outcome],
+        policy: RetryPolicy,
+        items: Sequence[NewMessage],
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]: ...
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]: ...
 
     def record(

@@ -86,6 +86,27 @@ class AsyncQueue:
             "enqueue_and_lease", items, now, max_queue_size, lease_limit, lease_seconds
         )
 
+    def record_and_enqueue(
+        self,
+        outcomes: list[Outcome],
+        policy: RetryPolicy,
+        items: list[NewMessage],
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> Deferred[tuple[list[Recorded], list[str | QueueError], list[Lease]]]:
+        return self._call(
+            "record_and_enqueue",
+            outcomes,
+            policy,
+            items,
+            max_queue_size,
+            lease_limit,
+            lease_seconds,
+            now,
+        )
+
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
 
@@ -173,22 +194,48 @@ class GroupCommit(Generic[Item, Result]):
         return waiter
 
 
-class OutcomeWriter:
-    """Records delivery outcomes, group-committed."""
+class QueueWriter:
+    """Submissions and delivery outcomes, group-committed together.
+
+    Whatever arrives while the queue thread writes goes into its next transaction, new
+    messages and outcomes alike: one fsync a turn, and a submission never waits behind a
+    separate outcome commit. ``commit`` takes the outcomes and the new messages and
+    returns a Deferred of (one result per outcome, one result per message).
+    """
 
     def __init__(
         self,
-        queue: AsyncQueue,
-        clock_seconds: Callable[[], float],
-        policy: RetryPolicy,
+        commit: Callable[
+            [list[Outcome], list[NewMessage]],
+            Deferred[tuple[list[Recorded], list[str | QueueError]]],
+        ],
     ) -> None:
-        self.policy = policy
-        self._group: GroupCommit[Outcome, Recorded] = GroupCommit(
-            lambda outcomes: queue.record(outcomes, clock_seconds(), self.policy)
+        self._commit = commit
+        self._group: GroupCommit[Outcome | NewMessage, Recorded | str] = GroupCommit(
+            self._commit_mixed
         )
 
+    def submit(self, message: NewMessage) -> Deferred[str]:
+        """Fires with the new message's id once it is committed."""
+        return self._group.submit(message)  # type: ignore[return-value]
+
     def record(self, outcome: Outcome) -> Deferred[Recorded]:
-        return self._group.submit(outcome)
+        """Fires with what the store made of the outcome once it is committed."""
+        return self._group.submit(outcome)  # type: ignore[return-value]
 
     def flush(self) -> Deferred[None]:
         return self._group.flush()
+
+    def _commit_mixed(self, items: list[Outcome | NewMessage]) -> Deferred[list[Any]]:
+        outcomes = [item for item in items if isinstance(item, Outcome)]
+        messages = [item for item in items if isinstance(item, NewMessage)]
+
+        def in_order(
+            written: tuple[list[Recorded], list[str | QueueError]],
+        ) -> list[Recorded | str | QueueError]:
+            recorded, results = iter(written[0]), iter(written[1])
+            return [
+                next(recorded) if isinstance(item, Outcome) else next(results) for item in items
+            ]
+
+        return self._commit(outcomes, messages).addCallback(in_order)

@@ -267,52 +267,87 @@ class SQLiteQueue:
         """enqueue_many, and when nothing else is queued, up to ``lease_limit`` of the new
         messages (highest priority first) are leased in the same commit and returned for
         delivery: one transaction and one fsync fewer per message than a later poll."""
+        with self._transaction() as db:
+            return self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
+
+    def record_and_enqueue(
+        self,
+        outcomes: Sequence[Outcome],
+        policy: RetryPolicy,
+        items: Sequence[NewMessage],
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]:
+        """record, then enqueue_and_lease, in one transaction: the daemon's queue thread
+        writes everything that arrived during its last turn with one fsync."""
+        with self._transaction() as db:
+            recorded = self._record(db, outcomes, now, policy) if outcomes else []
+            results, leases = (
+                self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
+                if items
+                else ([], [])
+            )
+        return recorded, results, leases
+
+    def _enqueue(
+        self,
+        db: sqlite3.Connection,
+        items: Sequence[NewMessage],
+        now: float,
+        max_queue_size: int,
+        lease_limit: int,
+        lease_seconds: float,
+    ) -> tuple[list[str | QueueError], list[Lease]]:
         results: list[str | QueueError] = []
         leases: list[Lease] = []
-        with self._transaction() as db:
-            placeholders = ", ".join("?" for _ in PENDING_STATES)
-            (pending,) = db.execute(
-                f"SELECT sum(n) FROM state_counts WHERE state IN ({placeholders})",
-                PENDING_STATES,
+        placeholders = ", ".join("?" for _ in PENDING_STATES)
+        # state_counts takes this transaction's moves only at its end: add them here.
+        (pending,) = db.execute(
+            f"SELECT sum(n) FROM state_counts WHERE state IN ({placeholders})",
+            PENDING_STATES,
+        ).fetchone()
+        pending += sum(self._count_changes[state] for state in PENDING_STATES)
+        if lease_limit > 0:
+            (queued,) = db.execute(
+                "SELECT n FROM state_counts WHERE state = ?", (QUEUED,)
             ).fetchone()
-            if lease_limit > 0:
-                (queued,) = db.execute(
-                    "SELECT n FROM state_counts WHERE state = ?", (QUEUED,)
-                ).fetchone()
-                if queued:  # older mail is waiting: it goes first, through the poller
-                    lease_limit = 0
-            ranked = sorted(range(len(items)), key=lambda index: -items[index].priority)
-            to_lease = set(ranked[:lease_limit])
-            for index, item in enumerate(items):
-                if not item.recipients:
-                    results.append(QueueError("a message needs at least one recipient"))
-                elif pending >= max_queue_size:
-                    results.append(
-                        QueueFull(
-                            f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
+            queued += self._count_changes[QUEUED]
+            if queued:  # older mail is waiting: it goes first, through the poller
+                lease_limit = 0
+        ranked = sorted(range(len(items)), key=lambda index: -items[index].priority)
+        to_lease = set(ranked[:lease_limit])
+        for index, item in enumerate(items):
+            if not item.recipients:
+                results.append(QueueError("a message needs at least one recipient"))
+            elif pending >= max_queue_size:
+                results.append(
+                    QueueFull(
+                        f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
+                    )
+                )
+            else:
+                lease = None
+                if index in to_lease:
+                    lease = (secrets.token_hex(8), now + lease_seconds)
+                message_id = self._insert(db, item, now, lease)
+                results.append(message_id)
+                pending += 1
+                if lease is not None:
+                    leases.append(
+                        Lease(
+                            id=message_id,
+                            token=lease[0],
+                            sender=item.sender,
+                            recipients=tuple(item.recipients),
+                            data=item.data,
+                            priority=item.priority,
+                            attempts=0,
+                            created=now,
+                            due=now,
                         )
                     )
-                else:
-                    lease = None
-                    if index in to_lease:
-                        lease = (secrets.token_hex(8), now + lease_seconds)
-                    message_id = self._insert(db, item, now, lease)
-                    results.append(message_id)
-                    pending += 1
-                    if lease is not None:
-                        leases.append(
-                            Lease(
-                                id=message_id,
-                                token=lease[0],
-                                sender=item.sender,
-                                recipients=tuple(item.recipients),
-                                data=item.data,
-                                priority=item.priority,
-                                attempts=0,
-                                created=now,
-                                due=now,
-                            )
-                        )
         leases.sort(key=lambda lease: -lease.priority)  # delivery starts with the most urgent
         return results, leases
 
@@ -424,29 +459,38 @@ class SQLiteQueue:
         self, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy
     ) -> list[Recorded]:
         """Write the outcomes of many attempts in one transaction (one fsync for all)."""
-        recorded: list[Recorded | None] = [None] * len(outcomes)
         with self._transaction() as db:
-            # Every recipient sent, the common case: a few statements for the whole batch.
-            # The rest one by one. (Each statement hands the GIL to the reactor and back.)
-            seen = Counter(outcome.lease.id for outcome in outcomes)
-            simple = [
-                index
-                for index, outcome in enumerate(outcomes)
-                if seen[outcome.lease.id] == 1
-                and outcome.results
-                and all(result.status == RCPT_SENT for result in outcome.results)
-                and sorted(result.address for result in outcome.results)
-                == sorted(outcome.lease.recipients)
-            ]
-            for start in range(0, len(simple), _CHUNK):
-                chunk = simple[start : start + _CHUNK]
-                for index, done in zip(
-                    chunk, self._record_all_sent(db, [outcomes[i] for i in chunk], now), strict=True
-                ):
-                    recorded[index] = done
-            for index, outcome in enumerate(outcomes):
-                if recorded[index] is None:
-                    recorded[index] = self._record_one(db, outcome, now, policy)
+            return self._record(db, outcomes, now, policy)
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        outcomes: Sequence[Outcome],
+        now: float,
+        policy: RetryPolicy,
+    ) -> list[Recorded]:
+        recorded: list[Recorded | None] = [None] * len(outcomes)
+        # Every recipient sent, the common case: a few statements for the whole batch.
+        # The rest one by one. (Each statement hands the GIL to the reactor and back.)
+        seen = Counter(outcome.lease.id for outcome in outcomes)
+        simple = [
+            index
+            for index, outcome in enumerate(outcomes)
+            if seen[outcome.lease.id] == 1
+            and outcome.results
+            and all(result.status == RCPT_SENT for result in outcome.results)
+            and sorted(result.address for result in outcome.results)
+            == sorted(outcome.lease.recipients)
+        ]
+        for start in range(0, len(simple), _CHUNK):
+            chunk = simple[start : start + _CHUNK]
+            for index, done in zip(
+                chunk, self._record_all_sent(db, [outcomes[i] for i in chunk], now), strict=True
+            ):
+                recorded[index] = done
+        for index, outcome in enumerate(outcomes):
+            if recorded[index] is None:
+                recorded[index] = self._record_one(db, outcome, now, policy)
         return [done for done in recorded if done is not None]
 
     def _record_all_sent(
