@@ -89,6 +89,29 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(len(set(results)), 3000)
         self.assertEqual(self.store.counts()["queued"], 3000)
 
+    def test_an_id_taken_by_another_process_costs_only_a_retry(self) -> None:
+        """Another process may have made the same id in the same millisecond: the batch
+        that meets it still goes in whole, each message with its recipients and body."""
+        from smtpmailer.queue import NewMessage
+        from smtpmailer.queue import sqlite as module
+
+        taken = self.add("first@y.org")
+        made = iter(["AAAAAAAAAAAAAA", taken, taken, "BBBBBBBBBBBBBB", "CCCCCCCCCCCCCC"])
+        self.patch(module, "new_message_id", lambda now: next(made))
+        batch = [
+            NewMessage("s@x.org", ("a@y.org",), b"one", 5),
+            NewMessage("s@x.org", ("b@y.org", "c@y.org"), b"two", 5),
+        ]
+        ids = self.store.enqueue_many(batch, 100.0, 1000)
+        self.assertEqual(ids, ["BBBBBBBBBBBBBB", "CCCCCCCCCCCCCC"])
+        self.assertEqual(
+            [[r.address for r in self.store.show(i).recipients] for i in ids],
+            [["a@y.org"], ["b@y.org", "c@y.org"]],
+        )
+        self.assertEqual([self.store.body(i) for i in ids], [b"one", b"two"])
+        self.assertEqual(self.store.show(taken).recipients[0].address, "first@y.org")
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+
     def test_enqueue_and_counts(self) -> None:
         message_id = self.add("a@y.org", "b@y.org")
         info = self.store.show(message_id)

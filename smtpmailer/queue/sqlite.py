@@ -78,6 +78,34 @@ INSERT OR IGNORE INTO state_counts (state, n) VALUES {_COUNTED};
 # needs a statement journal: ~13 extra writes per message delivered (measured with strace).
 COUNT_TRIGGERS = ("count_insert", "count_delete", "count_update")
 _CHUNK = 500  # ids in one IN (...): far below SQLite's limit on parameters
+_ROWS = 100  # rows in one multi-row INSERT (up to 1,000 parameters)
+_MESSAGE_COLUMNS = (
+    "id",
+    "state",
+    "priority",
+    "sender",
+    "created",
+    "age_from",
+    "next_attempt",
+    "lease_token",
+    "size",
+    "updated",
+)
+
+
+def _insert_rows(
+    db: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """One INSERT statement for all ``rows``: one step, where executemany takes one a row."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" for _ in columns) + ")"
+    db.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * len(rows))}",
+        [value for row in rows for value in row],
+    )
+
+
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"  # no vowels: ids never spell words
 
 
@@ -318,6 +346,7 @@ class SQLiteQueue:
                 lease_limit = 0
         ranked = sorted(range(len(items)), key=lambda index: -items[index].priority)
         to_lease = set(ranked[:lease_limit])
+        accepted: list[tuple[int, NewMessage, tuple[str, float] | None]] = []
         for index, item in enumerate(items):
             if not item.recipients:
                 results.append(QueueError("a message needs at least one recipient"))
@@ -328,73 +357,115 @@ class SQLiteQueue:
                     )
                 )
             else:
-                lease = None
-                if index in to_lease:
-                    lease = (secrets.token_hex(8), now + lease_seconds)
-                message_id = self._insert(db, item, now, lease)
-                results.append(message_id)
+                lease = (secrets.token_hex(8), now + lease_seconds) if index in to_lease else None
+                accepted.append((index, item, lease))
+                results.append("")  # the id, below
                 pending += 1
-                if lease is not None:
-                    leases.append(
-                        Lease(
-                            id=message_id,
-                            token=lease[0],
-                            sender=item.sender,
-                            recipients=tuple(item.recipients),
-                            data=item.data,
-                            priority=item.priority,
-                            attempts=0,
-                            created=now,
-                            due=now,
-                        )
+        ids = self._insert_many(db, [(item, lease) for _, item, lease in accepted], now)
+        for (index, item, lease), message_id in zip(accepted, ids, strict=True):
+            results[index] = message_id
+            if lease is not None:
+                leases.append(
+                    Lease(
+                        id=message_id,
+                        token=lease[0],
+                        sender=item.sender,
+                        recipients=tuple(item.recipients),
+                        data=item.data,
+                        priority=item.priority,
+                        attempts=0,
+                        created=now,
+                        due=now,
                     )
+                )
         leases.sort(key=lambda lease: -lease.priority)  # delivery starts with the most urgent
         return results, leases
 
-    def _insert(
+    def _insert_many(
         self,
         db: sqlite3.Connection,
-        item: NewMessage,
+        messages: Sequence[tuple[NewMessage, tuple[str, float] | None]],
         now: float,
-        lease: tuple[str, float] | None = None,
-    ) -> str:
-        """Insert queued, or active under ``lease`` (token, expiry)."""
-        sender, recipients, data, priority = item.sender, item.recipients, item.data, item.priority
+    ) -> list[str]:
+        """Insert each message queued, or active under its lease (token, expiry), and
+        return their ids. One multi-row INSERT per table for a chunk of messages: every
+        statement step hands the GIL to the reactor thread and waits to get it back, and
+        a plain INSERT takes a step per row."""
+        ids: list[str] = []
+        for start in range(0, len(messages), _ROWS):
+            chunk = messages[start : start + _ROWS]
+            chunk_ids = [new_message_id(now) for _ in chunk]
+            rows = [
+                self._message_row(message_id, item, lease, now)
+                for message_id, (item, lease) in zip(chunk_ids, chunk, strict=True)
+            ]
+            try:
+                _insert_rows(db, "messages", _MESSAGE_COLUMNS, rows)
+            except sqlite3.IntegrityError:
+                # An id another process made in the same millisecond: the statement
+                # failed as a whole, so this chunk goes in one message at a time.
+                chunk_ids = [self._insert_message(db, item, lease, now) for item, lease in chunk]
+            recipients = [
+                (message_id, position, address, RCPT_PENDING)
+                for message_id, (item, _) in zip(chunk_ids, chunk, strict=True)
+                for position, address in enumerate(item.recipients)
+            ]
+            for first in range(0, len(recipients), _ROWS):
+                _insert_rows(
+                    db,
+                    "recipients",
+                    ("message_id", "position", "address", "state"),
+                    recipients[first : first + _ROWS],
+                )
+            _insert_rows(
+                db,
+                "bodies",
+                ("message_id", "data"),
+                [
+                    (message_id, item.data)
+                    for message_id, (item, _) in zip(chunk_ids, chunk, strict=True)
+                ],
+            )
+            for _, lease in chunk:
+                self._moved(None, ACTIVE if lease else QUEUED)
+            ids.extend(chunk_ids)
+        return ids
+
+    @staticmethod
+    def _message_row(
+        message_id: str, item: NewMessage, lease: tuple[str, float] | None, now: float
+    ) -> tuple[Any, ...]:
         state, token, next_attempt = (ACTIVE, *lease) if lease else (QUEUED, None, now)
-        # One INSERT each for the message, its recipients and its content. A clash with an
-        # id another process made in the same millisecond fails only that statement.
+        return (
+            message_id,
+            state,
+            item.priority,
+            item.sender,
+            now,
+            now,
+            next_attempt,
+            token,
+            len(item.data),
+            now,
+        )
+
+    def _insert_message(
+        self, db: sqlite3.Connection, item: NewMessage, lease: tuple[str, float] | None, now: float
+    ) -> str:
+        """The messages row alone, with a fresh id until one is free."""
         for _ in range(5):
             message_id = new_message_id(now)
             try:
-                db.execute(
-                    "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-                    " next_attempt, lease_token, size, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message_id,
-                        state,
-                        priority,
-                        sender,
-                        now,
-                        now,
-                        next_attempt,
-                        token,
-                        len(data),
-                        now,
-                    ),
+                _insert_rows(
+                    db,
+                    "messages",
+                    _MESSAGE_COLUMNS,
+                    [self._message_row(message_id, item, lease, now)],
                 )
-                break
+                return message_id
             except sqlite3.IntegrityError:
                 continue
-        else:
-            raise QueueError("could not make a unique message id")
-        db.executemany(
-            "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, ?)",
-            [(message_id, i, rcpt, RCPT_PENDING) for i, rcpt in enumerate(recipients)],
-        )
-        db.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (message_id, data))
-        self._moved(None, state)
-        return message_id
+        raise QueueError("could not make a unique message id")
 
     # --- the delivery loop ---
 
