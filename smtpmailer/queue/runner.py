@@ -69,23 +69,6 @@ class AsyncQueue:
             raise RuntimeError("queue store is not open")
         return self._run(getattr(self.store, name), *args)
 
-    def enqueue_many(
-        self, items: list[NewMessage], now: float, max_queue_size: int
-    ) -> Deferred[list[str | QueueError]]:
-        return self._call("enqueue_many", items, now, max_queue_size)
-
-    def enqueue_and_lease(
-        self,
-        items: list[NewMessage],
-        now: float,
-        max_queue_size: int,
-        lease_limit: int,
-        lease_seconds: float,
-    ) -> Deferred[tuple[list[str | QueueError], list[Lease]]]:
-        return self._call(
-            "enqueue_and_lease", items, now, max_queue_size, lease_limit, lease_seconds
-        )
-
     def record_and_enqueue(
         self,
         outcomes: list[Outcome],
@@ -109,11 +92,6 @@ class AsyncQueue:
 
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
-
-    def record(
-        self, outcomes: list[Outcome], now: float, policy: RetryPolicy
-    ) -> Deferred[list[Recorded]]:
-        return self._call("record", outcomes, now, policy)
 
     def release_leases(self, leases: list[Lease]) -> Deferred[int]:
         return self._call("release_leases", leases)
