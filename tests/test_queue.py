@@ -112,6 +112,16 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.show(taken).recipients[0].address, "first@y.org")
         self.assertEqual(self.stored_counts(), self.actual_counts())
 
+    def test_large_bodies_go_in_a_few_at_a_time(self) -> None:
+        from smtpmailer.queue import NewMessage
+        from smtpmailer.queue import sqlite as module
+
+        self.patch(module, "_BODY_BYTES", 10)  # a body of 8 bytes or more fills the limit
+        data = [b"a" * 8, b"b" * 8, b"c", b"d" * 30, b"e"]
+        batch = [NewMessage("s@x.org", ("r@y.org",), body, 5) for body in data]
+        ids = self.store.enqueue_many(batch, 100.0, 1000)
+        self.assertEqual([self.store.body(i) for i in ids], data)
+
     def test_enqueue_and_counts(self) -> None:
         message_id = self.add("a@y.org", "b@y.org")
         info = self.store.show(message_id)

@@ -79,6 +79,7 @@ INSERT OR IGNORE INTO state_counts (state, n) VALUES {_COUNTED};
 COUNT_TRIGGERS = ("count_insert", "count_delete", "count_update")
 _CHUNK = 500  # ids in one IN (...): far below SQLite's limit on parameters
 _ROWS = 100  # rows in one multi-row INSERT (up to 1,000 parameters)
+_BODY_BYTES = 4 << 20  # message bodies in one INSERT, unless one alone is larger
 _MESSAGE_COLUMNS = (
     "id",
     "state",
@@ -417,15 +418,17 @@ class SQLiteQueue:
                     ("message_id", "position", "address", "state"),
                     recipients[first : first + _ROWS],
                 )
-            _insert_rows(
-                db,
-                "bodies",
-                ("message_id", "data"),
-                [
-                    (message_id, item.data)
-                    for message_id, (item, _) in zip(chunk_ids, chunk, strict=True)
-                ],
-            )
+            # SQLite copies what it binds: bodies go in a few megabytes at a time, so a
+            # batch of large messages is not held twice in memory all at once.
+            bodies: list[tuple[str, bytes]] = []
+            size = 0
+            for message_id, (item, _) in zip(chunk_ids, chunk, strict=True):
+                if bodies and size + len(item.data) > _BODY_BYTES:
+                    _insert_rows(db, "bodies", ("message_id", "data"), bodies)
+                    bodies, size = [], 0
+                bodies.append((message_id, item.data))
+                size += len(item.data)
+            _insert_rows(db, "bodies", ("message_id", "data"), bodies)
             for _, lease in chunk:
                 self._moved(None, ACTIVE if lease else QUEUED)
             ids.extend(chunk_ids)
