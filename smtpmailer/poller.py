@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from smtpmailer.config import Config
@@ -41,6 +41,7 @@ class QueuePoller(TimerService):
         self._delivery = delivery
         self._busy = False
         self._again = False
+        self._idle_waiters: list[Deferred[None]] = []
         self._wakeup: IDelayedCall | None = None
         self._last_purge = -PURGE_EVERY
         self.last_batch_full = False
@@ -77,6 +78,9 @@ class QueuePoller(TimerService):
 
         def done(_: Any) -> None:
             self._busy = False
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             if self._again:
                 self._again = False
                 self.wake()
@@ -113,7 +117,14 @@ class QueuePoller(TimerService):
             self.step = config.queue.poll_interval
             set_interval(self, self.step)
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[Any]:
+        """Stop ticking, and wait for a poll under way: the leases it takes reach
+        delivery, which gives back what it has not started when it stops next."""
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
-        return super().stopService()
+        stopped = super().stopService()
+        if not self._busy:
+            return stopped
+        idle: Deferred[None] = Deferred()
+        self._idle_waiters.append(idle)
+        return DeferredList([stopped, idle])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 
 from smtpmailer import __version__
@@ -316,18 +316,19 @@ class MailerService(MultiService):
 
         def hand_over(
             result: tuple[list[Recorded], list[str | QueueError], list[Lease]],
-        ) -> tuple[list[Recorded], list[str | QueueError]]:
+        ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
             recorded, results, leases = result
+            given_back: Deferred[Any] = succeed(None)
             if leases:
                 if self.delivery.running:
                     self.delivery.submit(leases)
-                else:  # stopped meanwhile: back to the queue, unattempted
-                    self.queue.release_leases(leases).addErrback(
+                else:  # stopped meanwhile: back to the queue, unattempted, before it closes
+                    given_back = self.queue.release_leases(leases).addErrback(
                         lambda failure: log.failure("could not give back leases", failure=failure)
                     )
             if len(leases) < sum(isinstance(r, str) for r in results):
                 self.poller.wake()
-            return recorded, results
+            return given_back.addCallback(lambda _: (recorded, results))
 
         return committed.addCallback(hand_over)
 

@@ -455,6 +455,48 @@ class GroupCommitTests(DeliveryCase):
         self.failureResultOf(answers[1], QueueError)
         self.assertEqual(parked, [])
 
+    def finish_parked(self, parked: list[Any]) -> None:
+        """Let every parked store call run, including the ones they lead to."""
+        while parked:
+            parked.pop(0).callback(None)
+            settle(self.clock)
+
+    def test_stop_waits_for_a_poll_under_way(self) -> None:
+        """A poll whose lease is still being written when the daemon stops: its leases
+        reach delivery before delivery stops, so none is left active (leased, never
+        attempted and never given back)."""
+        self.configure()
+        service = self.start()
+        first = self.enqueue("first@example.org")
+        _, parked = self.park_commits(service)
+        service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(len(parked), 1)  # the poll's lease
+        stopping = service.stopService()
+        self.assertNoResult(stopping)
+        self.finish_parked(parked)
+        self.successResultOf(stopping)
+        # Delivery was still running when the lease reached it, so it finished the message
+        # within shutdown_timeout.
+        self.assertEqual(self.state(first), "sent")
+        self.assertEqual(len(self.relay.messages), 1)
+
+    def test_a_submission_leased_as_delivery_stops_is_given_back_before_the_queue_closes(
+        self,
+    ) -> None:
+        from smtpmailer.message import Envelope
+
+        self.configure()
+        service = self.start()
+        _, parked = self.park_commits(service)
+        # Delivery has room, so this commit leases the message for delivery directly...
+        answer = service.submit(Envelope("a@example.com", ("r@example.org",), b"x\r\n"))
+        stopping = service.stopService()  # ...which stops before the commit is written.
+        self.finish_parked(parked)
+        message_id = self.successResultOf(answer)
+        self.successResultOf(stopping)
+        self.assertEqual(self.state(message_id), "queued")
+
     def test_a_submission_with_idle_connections_needs_no_poll(self) -> None:
         """With room in delivery and nothing older queued, a submission is leased in its
         own commit and delivered without the poller's lease transaction."""
