@@ -288,9 +288,10 @@ def cmd_test(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
-    from smtpmailer.delivery.protocol import SMTPClientProtocol
-    from smtpmailer.delivery.service import describe_error, start_tls, tcp_connector
-    from smtpmailer.delivery.session import SMTPSession
+    from smtpmailer.config import MaildirRelayConfig
+    from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
+    from smtpmailer.delivery.smtp.session import SMTPSession
+    from smtpmailer.delivery.smtp.transport import describe_error, start_tls, tcp_connector
 
     relays = [r for r in config.relays if args.relay in (None, r.name)]
     if not relays:
@@ -305,7 +306,7 @@ def cmd_test(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
         nonlocal failures
         connect = tcp_connector(reactor)
         for relay in relays:
-            if relay.transport == "maildir":
+            if isinstance(relay, MaildirRelayConfig):
                 say(f"[{relay.name}] maildir {relay.path}: nothing to connect to")
                 continue
             say(f"[{relay.name}] {relay.host}:{relay.port} security={relay.security}")

@@ -64,11 +64,10 @@ class QueueConfig:
 
 
 @attrs.frozen
-class RelayConfig:
-    """One smarthost (``transport = smtp``) or a local Maildir capture (``transport = maildir``)."""
+class SMTPRelayConfig:
+    """A smarthost reached over ESMTP (``transport = smtp``, the default)."""
 
     name: str
-    transport: str
     host: str
     port: int
     security: str
@@ -83,12 +82,43 @@ class RelayConfig:
     rate_limit: tuple[int, float] | None
     timeout: float
     priority: int
-    path: str | None
+    kind: str = "smtp"
 
     @property
     def label(self) -> str:
-        """How log lines name this relay: the host for SMTP, the folder for a Maildir."""
-        return self.host if self.transport == "smtp" else f"maildir:{self.path}"
+        """How metrics and /health name this relay: its section name, or the host for a
+        lone unnamed ``[Relay]``."""
+        return self.host if self.name == "default" else self.name
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class MaildirRelayConfig:
+    """A local Maildir capture (``transport = maildir``): every message becomes a file."""
+
+    name: str
+    path: str
+    max_connections: int
+    max_messages_per_connection: int
+    rate_limit: tuple[int, float] | None
+    timeout: float
+    priority: int
+    kind: str = "maildir"
+
+    @property
+    def label(self) -> str:
+        return f"maildir:{self.path}" if self.name == "default" else self.name
+
+    @property
+    def where(self) -> str:
+        return f"maildir:{self.path}"
+
+
+# A relay is one of these kinds, told apart by ``kind``; delivery picks the transport by it.
+RelayConfig = SMTPRelayConfig | MaildirRelayConfig
 
 
 @attrs.frozen
@@ -447,12 +477,19 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
             f"{path}:{reader.line('verify')}: [{section.title}] does not verify the relay's "
             "certificate (verify = false)"
         )
-    port = reader.get("port") or DEFAULT_PORTS[security]
-    return RelayConfig(
-        name=section.label or "default",
-        transport=transport,
+    pool: dict[str, Any] = {
+        "name": section.label or "default",
+        "max_connections": reader.get("max_connections"),
+        "max_messages_per_connection": reader.get("max_messages_per_connection"),
+        "rate_limit": reader.get("rate_limit"),
+        "timeout": reader.get("timeout"),
+        "priority": reader.get("priority"),
+    }
+    if transport == "maildir":
+        return MaildirRelayConfig(path=maildir, **pool)
+    return SMTPRelayConfig(
         host=host or "",
-        port=port,
+        port=reader.get("port") or DEFAULT_PORTS[security],
         security=security,
         verify=reader.get("verify"),
         ca_file=ca_file,
@@ -460,12 +497,7 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
         username=username,
         password=password,
         helo=reader.get("helo") or "",
-        max_connections=reader.get("max_connections"),
-        max_messages_per_connection=reader.get("max_messages_per_connection"),
-        rate_limit=reader.get("rate_limit"),
-        timeout=reader.get("timeout"),
-        priority=reader.get("priority"),
-        path=maildir,
+        **pool,
     )
 
 
@@ -528,9 +560,6 @@ def parse_config(text: str, path: str) -> Config:
         (_relay(path, base, section, warnings) for section in relays),
         key=lambda relay: relay.priority,
     )
-    transports = {relay.transport for relay in relay_configs}
-    if len(transports) > 1:
-        raise ConfigError(path, relays[1].line, "do not mix maildir and smtp relays")
     status = _status(path, base, by_name.get("Status"), warnings)
     manhole_reader = _Reader(path, by_name.get("Manhole"), MANHOLE_KEYS)
     keys_file = manhole_reader.get("authorized_keys")
@@ -710,8 +739,8 @@ def render_config(config: Config) -> str:
             if relay.rate_limit
             else None
         )
-        values: list[tuple[str, Any]] = [("transport", relay.transport)]
-        if relay.transport == "maildir":
+        values: list[tuple[str, Any]] = [("transport", relay.kind)]
+        if isinstance(relay, MaildirRelayConfig):
             values.append(("path", relay.path))
         else:
             values += [

@@ -49,7 +49,6 @@ class QueuePoller(TimerService):
         self.lag = 0.0
         self.paused = False
         self.metrics = delivery.metrics
-        delivery.on_capacity = self.wake_if_more
 
     def wake(self) -> None:
         """Poll as soon as the reactor is free (many wake-ups in a row make one poll)."""

@@ -49,7 +49,7 @@ def flatten(config: Config) -> dict[str, str]:
             key, _, value = line.partition(" =")
             values[f"{section} {key}"] = value.strip()
     for relay in config.relays:
-        secret = hashlib.sha256((relay.password or "").encode()).hexdigest()
+        secret = hashlib.sha256((getattr(relay, "password", None) or "").encode()).hexdigest()
         values[f"[{relay_title(config, relay)}] password"] = secret
     return values
 

@@ -13,7 +13,8 @@ from twisted.internet.protocol import DatagramProtocol
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
-from smtpmailer.delivery.service import Connector, DeliveryService
+from smtpmailer.delivery.service import DeliveryService
+from smtpmailer.delivery.smtp.transport import Connector
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope, MessageError
@@ -101,6 +102,7 @@ class MailerService(MultiService):
             connector=connector,
             blocking=blocking,
             metrics=self.metrics,
+            on_capacity=lambda: self.poller.wake_if_more(),
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
@@ -178,9 +180,7 @@ class MailerService(MultiService):
             # After twistd's own handlers, which the reactor installs as it starts.
             self._reactor.callWhenRunning(self._install, signal.SIGINT, self._interrupt)
         counts = store.counts()
-        relays = ", ".join(
-            f"{r.label}:{r.port}" if r.transport == "smtp" else r.label for r in self.config.relays
-        )
+        relays = ", ".join(relay.where for relay in self.config.relays)
         # Listeners bind first (a port that cannot be bound fails the start), threads start
         # last: a thread left running by a failed start would keep the process alive.
         try:

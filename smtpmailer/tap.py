@@ -90,7 +90,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor as installed_reactor
     from twisted.internet.threads import deferToThreadPool
 
-    from smtpmailer.delivery.service import tcp_connector
+    from smtpmailer.delivery.smtp.transport import tcp_connector
     from smtpmailer.listeners import listen_now
     from smtpmailer.queue.runner import QueueThread
     from smtpmailer.queue.sqlite import SQLiteQueue

@@ -13,8 +13,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from smtpmailer.config import RelayConfig
-from smtpmailer.delivery.protocol import SMTPClientProtocol
+from smtpmailer.config import SMTPRelayConfig
+from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
 
 
 class _Transport:
@@ -143,13 +143,15 @@ class FakeRelay:
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.commands: list[str] = []
         self.connections = 0
+        self.refused: list[float] = []
         self.open_connections = 0
         self.most_open = 0
         self.quits = 0
         self.live: list[_Connection] = []
 
-    def connect(self, relay: RelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
+    def connect(self, relay: SMTPRelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
         if self.refuse:
+            self.refused.append(self.clock.seconds())
             return fail(error.ConnectionRefusedError())
         self.connections += 1
         self.open_connections += 1

@@ -222,4 +222,4 @@ class ShippedConfigTests(SynchronousTestCase):
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         config = load_config(os.path.join(repo, "conf", "local.conf"))
         self.assertEqual(config.daemon.state_dir, os.path.join(repo, "var"))
-        self.assertEqual(config.relays[0].transport, "maildir")
+        self.assertEqual(config.relays[0].kind, "maildir")

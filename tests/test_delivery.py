@@ -12,8 +12,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
-from smtpmailer.delivery.protocol import SMTPClientProtocol
-from smtpmailer.delivery.service import IDLE_TIMEOUT
+from smtpmailer.delivery.pool import DOWN_FOR, IDLE_TIMEOUT
+from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
 from smtpmailer.queue import Outcome, QueueError, RecipientResult
 from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.queue.sqlite import SQLiteQueue
@@ -105,12 +105,13 @@ class DeliveryCase(SynchronousTestCase):
 
 class DeliveryTests(DeliveryCase):
     def test_delivers_and_reuses_one_connection(self) -> None:
+        self.relay_keys = "max_connections = 1\n"
         self.configure()
         ids = [self.enqueue() for _ in range(3)]
         self.start()
         self.assertEqual([self.state(i) for i in ids], ["sent"] * 3)
         self.assertEqual(len(self.relay.messages), 3)
-        self.assertLessEqual(self.relay.connections, 3)
+        self.assertEqual(self.relay.connections, 1)
         self.assertTrue(all(c.nodelay for c in self.relay.live), "TCP_NODELAY is set")
         self.assertEqual(len(self.lines), 3)
         self.assertRegex(
@@ -255,6 +256,119 @@ class DeliveryTests(DeliveryCase):
         self.assertEqual(self.state(message_id), "sent")
         self.assertEqual(len(self.relays["b.test"].messages), 1)
         self.assertIn("relay=b.test[192.0.2.25]:26", self.lines[0])
+
+    def two_relays(self, main: str = "", backup: str = "") -> None:
+        self.configure(
+            "[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
+            + main
+            + "[Relay:backup]\nhost = b.test\nsecurity = none\nport = 26\npriority = 2\n"
+            + backup
+        )
+
+    def test_the_failover_relay_uses_its_own_pool(self) -> None:
+        """The defect: relay b was opened 9 times for 24 messages, with relay a's
+        max_connections (8) and b's own max_connections = 1 ignored."""
+        self.two_relays(
+            main="max_connections = 8\n",
+            backup="max_connections = 1\nmax_messages_per_connection = 1000\n",
+        )
+        self.relays["a.test"].refuse = True
+        ids = [self.enqueue() for _ in range(24)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"sent"})
+        backup = self.relays["b.test"]
+        self.assertEqual(len(backup.messages), 24)
+        self.assertEqual(backup.connections, 1)
+        self.assertEqual(backup.most_open, 1)
+
+    def test_the_failover_relay_renews_by_its_own_limit(self) -> None:
+        self.two_relays(
+            main="max_messages_per_connection = 100\n",
+            backup="max_connections = 1\nmax_messages_per_connection = 2\n",
+        )
+        self.relays["a.test"].refuse = True
+        for _ in range(6):
+            self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relays["b.test"].messages), 6)
+        self.assertEqual(self.relays["b.test"].connections, 3)
+
+    def test_the_failover_relay_keeps_its_own_rate_limit(self) -> None:
+        self.two_relays(backup="rate_limit = 1/s\nmax_connections = 1\n")
+        self.relays["a.test"].refuse = True
+        for _ in range(3):
+            self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relays["b.test"].messages), 1)
+        self.clock.advance(1)
+        settle(self.clock)
+        self.assertEqual(len(self.relays["b.test"].messages), 2)
+
+    def test_a_relay_that_is_down_is_skipped_for_a_while(self) -> None:
+        self.two_relays()
+        main, backup = self.relays["a.test"], self.relays["b.test"]
+        main.refuse = True
+        self.enqueue()
+        service = self.start()
+        self.assertEqual(len(backup.messages), 1)
+        attempts = len(main.refused)
+        # New mail within DOWN_FOR goes straight to the backup, without dialling main.
+        self.clock.advance(DOWN_FOR - 1)
+        settle(self.clock)
+        self.enqueue()
+        service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(len(backup.messages), 2)
+        self.assertEqual(len(main.refused), attempts)
+        # After it, main is tried again and takes the mail once it answers.
+        main.refuse = False
+        self.clock.advance(2)
+        settle(self.clock)
+        self.enqueue()
+        service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(len(main.messages), 1)
+
+    def test_every_relay_down_defers_with_what_each_said(self) -> None:
+        self.two_relays()
+        self.relays["a.test"].refuse = True
+        self.relays["b.test"].greeting = "421 4.3.2 busy"
+        message_id = self.enqueue()
+        self.start()
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual(
+            info.last_error,
+            "a.test:25: connection refused; b.test:26: relay refused the session: 421 4.3.2 busy",
+        )
+        # b was reached, so the line names the address reached, not [none].
+        self.assertIn("relay=b.test[192.0.2.25]:26 ", self.lines[-1])
+
+    def test_none_in_the_log_only_when_no_connection_was_made(self) -> None:
+        self.configure()
+        self.relay.refuse = True
+        refused = self.enqueue()
+        self.start()
+        self.assertEqual(self.state(refused), "deferred")
+        self.assertIn("relay=a.test[none] ", self.lines[-1])
+        self.relay.refuse = False
+        self.relay.greeting = "421 4.3.2 busy"
+        self.clock.advance(61)
+        settle(self.clock)
+        self.assertIn("relay=a.test[192.0.2.25]:25 ", self.lines[-1])
+
+    def test_smtp_fails_over_to_a_maildir_capture(self) -> None:
+        capture = os.path.join(self.dir, "capture")
+        self.configure(
+            "[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
+            f"[Relay:capture]\ntransport = maildir\npath = {capture}\npriority = 2\n"
+        )
+        self.relay.refuse = True
+        message_id = self.enqueue()
+        self.start()
+        self.assertEqual(self.state(message_id), "sent")
+        self.assertEqual(len(os.listdir(os.path.join(capture, "new"))), 1)
+        self.assertIn(f"relay=maildir:{capture} ", self.lines[-1])
 
     def test_per_recipient_outcomes_are_kept(self) -> None:
         self.configure()

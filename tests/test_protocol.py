@@ -20,21 +20,20 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from smtpmailer.config import RelayConfig
-from smtpmailer.delivery.protocol import (
+from smtpmailer.config import SMTPRelayConfig
+from smtpmailer.delivery.smtp.protocol import (
     SMTPClientProtocol,
     SMTPProtocolError,
     SMTPTimeout,
     encode_body,
 )
-from smtpmailer.delivery.session import SessionError, SMTPSession
+from smtpmailer.delivery.smtp.session import SessionError, SMTPSession
 from smtpmailer.queue import Lease
 
 
-def relay(**overrides: Any) -> RelayConfig:
+def relay(**overrides: Any) -> SMTPRelayConfig:
     values: dict[str, Any] = {
         "name": "default",
-        "transport": "smtp",
         "host": "relay.test",
         "port": 25,
         "security": "none",
@@ -49,10 +48,9 @@ def relay(**overrides: Any) -> RelayConfig:
         "rate_limit": None,
         "timeout": 30.0,
         "priority": 0,
-        "path": None,
     }
     values.update(overrides)
-    return RelayConfig(**values)
+    return SMTPRelayConfig(**values)
 
 
 def lease(*recipients: str, data: bytes = b"Subject: t\r\n\r\nhello\r\n") -> Lease:
@@ -121,7 +119,7 @@ class _Realm:
 class TwistedServerTests(SynchronousTestCase):
     """The client talks to twisted.mail's ESMTP server; iosim moves the bytes."""
 
-    def connect(self, config: RelayConfig, users: dict[str, str] | None = None) -> SMTPSession:
+    def connect(self, config: SMTPRelayConfig, users: dict[str, str] | None = None) -> SMTPSession:
         self.delivery = _Delivery()
         challengers = {
             b"LOGIN": smtp.LOGINCredentials,

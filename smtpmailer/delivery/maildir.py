@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+
+from smtpmailer.config import MaildirRelayConfig
+from smtpmailer.delivery.transport import Session, TransportContext
 from smtpmailer.queue import RCPT_SENT, Lease, RecipientResult
 
 _counter = 0
@@ -47,3 +53,43 @@ def deliver_to_maildir(path: str, lease: Lease) -> tuple[RecipientResult, ...]:
         os.close(directory)
     reply = f"250 delivered to {os.path.join(path, 'new', name)}"
     return tuple(RecipientResult(r, RCPT_SENT, reply) for r in lease.recipients)
+
+
+class MaildirSession:
+    """The Maildir 'connection': each delivery is a file written on a worker thread."""
+
+    def __init__(self, path: str, blocking: Callable[..., Deferred[Any]]) -> None:
+        self.path = path
+        self.label = f"maildir:{path}"
+        self.delivered = 0
+        self._blocking = blocking
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        self.delivered += 1
+        return self._blocking(deliver_to_maildir, self.path, lease)
+
+    def quit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self) -> None:
+        pass
+
+
+class MaildirTransport:
+    def __init__(self, relay: MaildirRelayConfig, context: TransportContext) -> None:
+        assert context.blocking is not None, "the Maildir transport writes off the reactor"
+        self.relay = relay
+        self._blocking = context.blocking
+        ensure_maildir(relay.path)
+
+    def open(self) -> Deferred[Session]:
+        return succeed(MaildirSession(self.relay.path, self._blocking))
+
+    def describe(self, error: BaseException) -> str:
+        if isinstance(error, OSError):
+            return f"maildir {self.relay.path}: {error.strerror or error}"
+        return f"{type(error).__name__}: {error}"
+
+
+def make_transport(relay: Any, context: TransportContext) -> MaildirTransport:
+    return MaildirTransport(relay, context)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
-from smtpmailer.config import RelayConfig
-from smtpmailer.delivery.protocol import Reply, SMTPClientProtocol
+from smtpmailer.config import SMTPRelayConfig
+from smtpmailer.delivery.smtp import auth
+from smtpmailer.delivery.smtp.protocol import Reply, SMTPClientProtocol
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
 
@@ -50,20 +48,23 @@ class SMTPSession:
     """Drives one connection. ``open()`` once, ``deliver()`` per message, ``quit()`` at the end.
 
     ``start_tls`` is called with the protocol when STARTTLS was accepted; it switches the
-    transport to TLS with the relay's verified client options.
+    transport to TLS with the relay's verified client options. ``credentials`` default
+    to the relay's username and password.
     """
 
     def __init__(
         self,
         protocol: SMTPClientProtocol,
-        relay: RelayConfig,
+        relay: SMTPRelayConfig,
         helo_name: str,
         start_tls: Any = None,
+        credentials: auth.Credentials | None = None,
     ) -> None:
         self.protocol = protocol
         self.relay = relay
         self.helo_name = helo_name
         self._start_tls = start_tls
+        self.credentials = credentials or auth.password_credentials(relay.username, relay.password)
         self.extensions: dict[str, str] = {}
         self.tls = relay.security == "tls"
         self.delivered = 0
@@ -111,51 +112,19 @@ class SMTPSession:
     # --- AUTH ---
 
     def _mechanism(self) -> str | None:
-        relay = self.relay
-        if relay.auth == "none" or not relay.username or relay.password is None:
+        if self.relay.auth == "none" or self.credentials is None:
             return None
-        offered = self.extensions.get("AUTH", "").upper().split()
-        if relay.auth != "auto":
-            wanted = [relay.auth.upper()]
-        elif self.tls:
-            wanted = ["PLAIN", "LOGIN", "CRAM-MD5"]
-        else:
-            wanted = ["CRAM-MD5", "PLAIN", "LOGIN"]
-        for mechanism in wanted:
-            if mechanism in offered:
-                return mechanism
-        if not offered:
-            raise SessionError("relay does not offer AUTH, but a username is configured")
-        raise SessionError(
-            f"relay offers AUTH {' '.join(offered)}; none of {', '.join(wanted)} "
-            f"(auth = {relay.auth})"
-        )
+        try:
+            return auth.choose(self.relay.auth, self.extensions.get("AUTH", ""), self.tls)
+        except auth.AuthError as error:
+            raise SessionError(str(error)) from None
 
     async def _authenticate(self) -> None:
         mechanism = self._mechanism()
         if mechanism is None:
             return
-        user = (self.relay.username or "").encode("utf-8")
-        secret = (self.relay.password or "").encode("utf-8")
-
-        def b64(data: bytes) -> str:
-            return base64.b64encode(data).decode("ascii")
-
-        # Replies are logged, commands never are: they carry the credentials.
-        if mechanism == "PLAIN":
-            reply = await self.protocol.command("AUTH PLAIN " + b64(b"\0" + user + b"\0" + secret))
-        elif mechanism == "LOGIN":
-            reply = await self.protocol.command("AUTH LOGIN")
-            if reply.code == 334:
-                reply = await self.protocol.command(b64(user))
-            if reply.code == 334:
-                reply = await self.protocol.command(b64(secret))
-        else:
-            reply = await self.protocol.command("AUTH CRAM-MD5")
-            if reply.code == 334:
-                challenge = base64.b64decode(reply.lines[0].strip() or "")
-                digest = hmac.new(secret, challenge, hashlib.md5).hexdigest()
-                reply = await self.protocol.command(b64(user + b" " + digest.encode("ascii")))
+        assert self.credentials is not None
+        reply = await auth.MECHANISMS[mechanism](self.protocol, self.credentials)
         if reply.code != 235:
             # A wrong password is the operator's to fix: defer, never fail the mail for it.
             raise SessionError(f"authentication failed ({mechanism}): {reply}")

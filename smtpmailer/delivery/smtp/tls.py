@@ -9,12 +9,12 @@ import re
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-from smtpmailer.config import RelayConfig
+from smtpmailer.config import SMTPRelayConfig
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def client_tls_options(relay: RelayConfig) -> IOpenSSLClientConnectionCreator:
+def client_tls_options(relay: SMTPRelayConfig) -> IOpenSSLClientConnectionCreator:
     """Certificate and host name are checked (service_identity) unless ``verify = false``.
 
     Built once per relay and ca_file version, not per connection: reading and parsing the
@@ -26,7 +26,7 @@ def client_tls_options(relay: RelayConfig) -> IOpenSSLClientConnectionCreator:
 
 
 @functools.lru_cache(maxsize=32)
-def _options(relay: RelayConfig, ca_mtime: int) -> IOpenSSLClientConnectionCreator:
+def _options(relay: SMTPRelayConfig, ca_mtime: int) -> IOpenSSLClientConnectionCreator:
     if not relay.verify:
         return ssl.CertificateOptions(verify=False)
     if relay.ca_file:

@@ -1,0 +1,260 @@
+"""RelayPool: the connections to one relay, with that relay's own limits.
+
+Up to ``max_connections`` sessions run at once; each carries up to
+``max_messages_per_connection`` messages and stays open briefly when idle, so a steady flow
+reuses it; ``rate_limit`` spaces the messages this relay is given. A session that cannot
+be opened hands every message waiting here back to its owner at once (which tries the next
+relay or defers them), instead of dialling once per message, and marks the relay down for
+a while so that new mail goes straight to the next one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+
+from smtpmailer.config import RelayConfig
+from smtpmailer.delivery.transport import OpenError, Session, Transport
+from smtpmailer.logs import log
+from smtpmailer.queue import Lease, RecipientResult
+
+# An idle connection is kept this long for the next message, like Postfix's connection cache.
+IDLE_TIMEOUT = 2.0
+# After a failed open, new mail skips this relay (when another is left to try) this long.
+DOWN_FOR = 30.0
+
+
+@attrs.define
+class Job:
+    """A leased message on its way: the relays still to try, and what the others said."""
+
+    lease: Lease
+    path: tuple[str, ...]
+    problems: list[str] = attrs.Factory(list)
+    # Where the last attempt went: for log lines (``HOST[none]``: no connection was made)
+    # and, by relay name, for metrics.
+    label: str = ""
+    relay: str = ""
+
+
+class PoolOwner(Protocol):
+    """What a pool reports to (the DeliveryService): it decides what each outcome means."""
+
+    def finished(
+        self,
+        pool: RelayPool,
+        job: Job,
+        results: tuple[RecipientResult, ...],
+        label: str,
+        seconds: float,
+    ) -> None:
+        """The relay answered for every recipient, after ``seconds`` on the wire."""
+
+    def broken(self, pool: RelayPool, job: Job, error: BaseException, label: str) -> None:
+        """The session failed while it carried the message."""
+
+    def unreachable(self, pool: RelayPool, jobs: list[Job], error: OpenError) -> None:
+        """No session could be opened; these jobs never reached the relay."""
+
+    def give_back(self, jobs: Sequence[Job]) -> Deferred[Any]:
+        """Jobs that will not be attempted (stopping): back to the queue, untouched."""
+
+    def connections_changed(self, pool: RelayPool, delta: int) -> None: ...
+
+    def worker_done(self) -> None: ...
+
+
+class RateLimiter:
+    """Spaces messages evenly: ``100/m`` lets one start every 0.6 s."""
+
+    def __init__(self, clock: IReactorTime, rate: tuple[int, float] | None) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.interval = rate[1] / rate[0] if rate else 0.0
+        self._next = 0.0
+
+    def delay(self) -> float:
+        if not self.interval:
+            return 0.0
+        now = self._clock.seconds()
+        start = max(self._next, now)
+        self._next = start + self.interval
+        return start - now
+
+
+class RelayPool:
+    def __init__(
+        self, relay: RelayConfig, transport: Transport, clock: IReactorTime, owner: PoolOwner
+    ) -> None:
+        self.relay = relay
+        self.transport = transport
+        self._clock = clock
+        self._owner = owner
+        self.limiter = RateLimiter(clock, relay.rate_limit)
+        self._pending: deque[Job] = deque()
+        self._idle: deque[tuple[Deferred[Job | None], IDelayedCall]] = deque()
+        self._sessions: set[Session] = set()
+        self._opening: set[Deferred[Session]] = set()
+        self._rate_waits: set[Deferred[None]] = set()
+        self.workers = 0
+        self.closing = False
+        self.down_until = 0.0
+        self.last_open_error: OpenError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.relay.name
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def down(self) -> bool:
+        return self._clock.seconds() < self.down_until
+
+    def submit(self, job: Job) -> None:
+        if self._idle:
+            waiter, timer = self._idle.popleft()
+            timer.cancel()
+            waiter.callback(job)
+            return
+        self._pending.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._pending and self.workers < self.relay.max_connections and not self.closing:
+            job = self._pending.popleft()
+            self.workers += 1
+            Deferred.fromCoroutine(self._work(job)).addErrback(
+                lambda f: log.failure("delivery worker crashed", failure=f)
+            )
+
+    def _take(self) -> Deferred[Job | None]:
+        """The next job for an open session: at once, or when one arrives, or None."""
+        if self.closing:
+            return succeed(None)
+        if self._pending:
+            return succeed(self._pending.popleft())
+        waiter: Deferred[Job | None] = Deferred()
+
+        def give_up() -> None:
+            self._idle.remove(entry)
+            waiter.callback(None)
+
+        timer = self._clock.callLater(IDLE_TIMEOUT, give_up)
+        entry = (waiter, timer)
+        self._idle.append(entry)
+        return waiter
+
+    async def _open(self) -> Session:
+        opening = self.transport.open()
+        self._opening.add(opening)
+        try:
+            return await opening
+        except OpenError:
+            raise
+        except Exception as error:
+            problem = self.transport.describe(error)
+            raise OpenError(problem, self.relay.label, self.relay.label) from None
+        finally:
+            self._opening.discard(opening)
+
+    async def _work(self, job: Job | None) -> None:
+        session: Session | None = None
+        relay = self.relay  # the settings this session was opened with
+        try:
+            try:
+                session = await self._open()
+            except OpenError as error:
+                assert job is not None
+                self.down_until = self._clock.seconds() + DOWN_FOR
+                self.last_open_error = error
+                jobs = [job, *self._pending]
+                self._pending.clear()
+                self._owner.unreachable(self, jobs, error)
+                return
+            self.down_until = 0.0
+            self._sessions.add(session)
+            self._owner.connections_changed(self, +1)
+            while job is not None:
+                if not await self._rate_wait():
+                    # Stopping while the rate limit held this message back: give it back.
+                    await self._owner.give_back([job])
+                    break
+                began = self._clock.seconds()
+                try:
+                    results = await session.deliver(job.lease)
+                except Exception as error:
+                    self._owner.broken(self, job, error, session.label)
+                    session.abort()
+                    return
+                elapsed = self._clock.seconds() - began
+                self._owner.finished(self, job, results, session.label, elapsed)
+                job = None
+                if session.delivered >= relay.max_messages_per_connection or self.relay != relay:
+                    break  # renewed, or the relay's settings changed under a reload
+                job = await self._take()
+            await session.quit()
+        finally:
+            if session is not None:
+                self._sessions.discard(session)
+                self._owner.connections_changed(self, -1)
+            self.workers -= 1
+            self._dispatch()
+            self._owner.worker_done()
+
+    async def _rate_wait(self) -> bool:
+        """Wait for the rate limit; False if the pool closed meanwhile."""
+        wait = self.limiter.delay()
+        if wait <= 0:
+            return True
+        waiting: Deferred[None] = deferLater(self._clock, wait)
+        self._rate_waits.add(waiting)
+        try:
+            await waiting
+        except CancelledError:
+            return False
+        finally:
+            self._rate_waits.discard(waiting)
+        return True
+
+    def _close_idle(self) -> None:
+        while self._idle:
+            waiter, timer = self._idle.popleft()
+            timer.cancel()
+            waiter.callback(None)
+
+    def reconfigure(self, relay: RelayConfig, transport: Transport) -> None:
+        """New settings for new sessions; sessions open now finish the message they carry
+        on the old ones, then close instead of taking another."""
+        if relay.rate_limit != self.relay.rate_limit:
+            self.limiter = RateLimiter(self._clock, relay.rate_limit)
+        self.relay = relay
+        self.transport = transport
+        self.down_until = 0.0
+        self._close_idle()
+        self._dispatch()
+
+    def close(self) -> list[Job]:
+        """Take no new work; returns the jobs that had not started."""
+        self.closing = True
+        unstarted, self._pending = list(self._pending), deque()
+        self._close_idle()
+        for waiting in list(self._rate_waits):
+            waiting.cancel()
+        return unstarted
+
+    def abort(self) -> int:
+        """Cut every session and attempt to open one; returns how many sessions were cut."""
+        cut = len(self._sessions)
+        for opening in list(self._opening):
+            opening.cancel()
+        for session in list(self._sessions):
+            session.abort()
+        return cut

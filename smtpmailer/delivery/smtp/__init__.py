@@ -1,0 +1,1 @@
+"""Delivery over ESMTP: our pipelining client, its AUTH mechanisms, TLS, and the transport."""

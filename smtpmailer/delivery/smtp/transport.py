@@ -1,0 +1,128 @@
+"""The SMTP transport: connect (TCP, or TLS at once), then EHLO, STARTTLS and AUTH.
+
+Errors become one line an operator understands; a failure to connect or to get through
+TLS and AUTH is an OpenError, which sends the message on to the next relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred
+
+from smtpmailer.config import SMTPRelayConfig
+from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
+from smtpmailer.delivery.smtp.session import SessionError, SMTPSession
+from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.queue import Lease, RecipientResult
+
+Connector = Callable[[SMTPRelayConfig, SMTPClientProtocol], "Deferred[Any]"]
+
+
+def describe_error(error: BaseException) -> str:
+    """One line an operator understands, for the queue's last_error and the log."""
+    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError):
+        return str(error)
+    if isinstance(error, net_error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, net_error.TimeoutError):
+        return "connection timed out"
+    if isinstance(error, net_error.DNSLookupError):
+        return "host name lookup failed"
+    name = type(error).__name__
+    if name == "VerificationError":
+        return f"TLS: certificate does not match the relay's host name ({error})"
+    if name == "Error" and type(error).__module__.startswith("OpenSSL"):
+        details = [part[-1] for part in (error.args[0] if error.args else []) if part]
+        text = ", ".join(str(d) for d in details if d) or "handshake failed"
+        return f"TLS: {text}"
+    if isinstance(error, net_error.ConnectionDone | net_error.ConnectionLost):
+        return "connection closed by the relay"
+    return f"{name}: {error}" if str(error) else name
+
+
+def tcp_connector(reactor: Any) -> Connector:
+    """Connect for real: TCP (and implicit TLS for ``security = tls``), with a timeout."""
+    from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+
+    from smtpmailer.delivery.smtp.tls import client_tls_options
+
+    def connect(relay: SMTPRelayConfig, protocol: SMTPClientProtocol) -> Deferred[Any]:
+        endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=relay.timeout)
+        if relay.security == "tls":
+            endpoint = wrapClientTLS(client_tls_options(relay), endpoint)
+        return connectProtocol(endpoint, protocol)
+
+    return connect
+
+
+def start_tls(relay: SMTPRelayConfig) -> Callable[[SMTPClientProtocol], None]:
+    def switch(protocol: SMTPClientProtocol) -> None:
+        from smtpmailer.delivery.smtp.tls import client_tls_options
+
+        transport: Any = protocol.transport
+        transport.startTLS(client_tls_options(relay))
+
+    return switch
+
+
+def peer_label(relay: SMTPRelayConfig, protocol: SMTPClientProtocol) -> str:
+    """``host[address]:port`` of a connection that was made, as Postfix logs it."""
+    peer = protocol.transport.getPeer() if protocol.transport is not None else None
+    return f"{relay.host}[{getattr(peer, 'host', '?')}]:{relay.port}"
+
+
+class SMTPConnection:
+    """An open, authenticated SMTP session, as delivery sees it."""
+
+    def __init__(self, session: SMTPSession, label: str) -> None:
+        self.session = session
+        self.label = label
+
+    @property
+    def delivered(self) -> int:
+        return self.session.delivered
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        return Deferred.fromCoroutine(self.session.deliver(lease))
+
+    def quit(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.session.quit())
+
+    def abort(self) -> None:
+        self.session.protocol.abort()
+
+
+class SMTPTransport:
+    def __init__(self, relay: SMTPRelayConfig, context: TransportContext) -> None:
+        assert context.connector is not None, "the SMTP transport needs a connector"
+        self.relay = relay
+        self._clock = context.clock
+        self._connect: Connector = context.connector
+        self._helo = relay.helo or context.helo_name
+
+    def open(self) -> Deferred[Session]:
+        return Deferred.fromCoroutine(self._open())
+
+    async def _open(self) -> Session:
+        relay = self.relay
+        protocol = SMTPClientProtocol(self._clock, relay.timeout)
+        label = f"{relay.host}[none]"  # until a TCP connection is made
+        try:
+            await self._connect(relay, protocol)
+            label = peer_label(relay, protocol)
+            session = SMTPSession(protocol, relay, self._helo, start_tls(relay))
+            await session.open()
+        except Exception as error:
+            protocol.abort()
+            raise OpenError(describe_error(error), f"{relay.host}:{relay.port}", label) from None
+        return SMTPConnection(session, label)
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error)
+
+
+def make_transport(relay: Any, context: TransportContext) -> SMTPTransport:
+    return SMTPTransport(relay, context)

@@ -1,0 +1,89 @@
+"""The transport seam: what delivery needs from a way of carrying mail to one relay.
+
+A transport opens sessions to its relay; a session delivers messages one at a time, each
+with a result per recipient, and is then closed. The relay's ``kind`` picks the transport
+module from ``TRANSPORT_MODULES``, so delivery never asks which kind a relay is, and a new
+kind (an HTTP provider) is a new module with a ``make_transport`` and a line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from smtpmailer.config import RelayConfig
+from smtpmailer.queue import Lease, RecipientResult
+
+# kind -> the module whose ``make_transport(relay, context)`` builds its transport.
+TRANSPORT_MODULES = {
+    "smtp": "smtpmailer.delivery.smtp.transport",
+    "maildir": "smtpmailer.delivery.maildir",
+}
+
+
+class OpenError(Exception):
+    """No session could be opened: the message goes to the next relay, or is deferred.
+
+    ``problem`` is the reason alone, ``where`` the relay's address as the operator wrote
+    it, and ``label`` what log lines name: ``HOST[none]`` only when no connection was made,
+    else the address that was reached (a failure at TLS or AUTH).
+    """
+
+    def __init__(self, problem: str, where: str, label: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.problem = problem
+        self.where = where
+        self.label = label
+
+
+class Session(Protocol):
+    """One open connection (or its equivalent) to a relay."""
+
+    @property
+    def label(self) -> str:
+        """Where it went, for log lines: ``host[address]:port``, ``maildir:PATH``."""
+
+    @property
+    def delivered(self) -> int:
+        """How many messages it has carried, for ``max_messages_per_connection``."""
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        """One message; fails only when the session cannot be trusted any more."""
+
+    def quit(self) -> Deferred[None]: ...
+
+    def abort(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Opens sessions to one relay and says in one line what went wrong."""
+
+    def open(self) -> Deferred[Session]:
+        """A ready session (greeted, TLS, AUTH done), or a failure with OpenError;
+        cancelling it abandons the attempt."""
+
+    def describe(self, error: BaseException) -> str:
+        """A failure during delivery, as an operator reads it in last_error and the log."""
+
+
+@attrs.frozen
+class TransportContext:
+    """What transports are given by the daemon: time, and the parts tests replace."""
+
+    clock: IReactorTime
+    helo_name: str
+    # For SMTP: (relay, protocol) -> Deferred that fires once connected.
+    connector: Callable[..., Deferred[Any]] | None = None
+    # Runs blocking work (file writes with fsync) off the reactor thread.
+    blocking: Callable[..., Deferred[Any]] | None = None
+
+
+def make_transport(relay: RelayConfig, context: TransportContext) -> Transport:
+    module = importlib.import_module(TRANSPORT_MODULES[relay.kind])
+    transport: Transport = module.make_transport(relay, context)
+    return transport
