@@ -385,7 +385,7 @@ def cmd_daemon(args: argparse.Namespace, out: IO[str]) -> int:
     if target.problem and action != "start":
         print(f"smtpmailer: warning: {target.problem}", file=sys.stderr)
     if action == "status":
-        result = control.status(pidfile)
+        result = control.status(target, pidfile)
     elif action == "start":
         result = control.start(target, pidfile)
     elif action == "stop":

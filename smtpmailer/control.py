@@ -1,5 +1,7 @@
-"""Managing the background daemon through its pidfile: start, stop, status, reload.
+"""Managing the background daemon: start, stop, status, reload.
 
+A daemon is found through its pidfile, or, when it runs without one (``make run``,
+``twistd -n --pidfile=``, systemd), through the lock it holds in state_dir.
 ``status`` exits as LSB init scripts do: 0 running, 3 not running.
 """
 
@@ -14,6 +16,7 @@ import time
 
 import attrs
 
+from smtpmailer import daemon_lock
 from smtpmailer.config import DAEMON_KEYS, DaemonConfig, load_config
 from smtpmailer.ini import ConfigError, parse_ini
 from smtpmailer.paths import config_folder, default_config_path, resolve_path
@@ -105,6 +108,15 @@ def running_pid(pidfile: str) -> int | None:
     return pid if pid is not None and is_running(pid) else None
 
 
+def daemon_pid(target: Target, pidfile: str) -> int | None:
+    """The running daemon's PID: from the pidfile, else from the state_dir lock (0 when
+    the lock is held but the PID is not written yet), else None."""
+    pid = running_pid(pidfile)
+    if pid is not None:
+        return pid
+    return daemon_lock.holder(target.daemon.state_dir)
+
+
 def _wait(condition: object, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,20 +126,20 @@ def _wait(condition: object, timeout: float) -> bool:
     return bool(condition())  # type: ignore[operator]
 
 
-def status(pidfile: str) -> Result:
-    pid = running_pid(pidfile)
+def status(target: Target, pidfile: str) -> Result:
+    pid = daemon_pid(target, pidfile)
     if pid is None:
         return Result(EXIT_NOT_RUNNING, "Daemon is not running")
-    return Result(0, f"Daemon is running (PID: {pid})")
+    return Result(0, f"Daemon is running (PID: {pid or 'starting'})")
 
 
 def start(target: Target, pidfile: str) -> Result:
     """Run twistd in the background; it returns once our services started or failed."""
     if target.problem:
         return Result(1, target.problem)
-    pid = running_pid(pidfile)
+    pid = daemon_pid(target, pidfile)
     if pid is not None:
-        return Result(1, f"Daemon is already running (PID: {pid})")
+        return Result(1, f"Daemon is already running (PID: {pid or 'starting'})")
     log_file = target.daemon.log_file
     for path in (pidfile, log_file):
         try:
@@ -180,12 +192,14 @@ def _start_failure(done: subprocess.CompletedProcess[str], log_file: str) -> str
 
 def stop(target: Target, pidfile: str) -> Result:
     """SIGTERM, then wait: in-flight deliveries get shutdown_timeout to finish."""
-    pid = running_pid(pidfile)
+    pid = daemon_pid(target, pidfile)
     if pid is None:
         return Result(0, "Daemon is not running")
+    if pid == 0:
+        return Result(1, "Daemon is starting; try again in a moment")
     os.kill(pid, signal.SIGTERM)
     limit = target.daemon.shutdown_timeout + STOP_MARGIN
-    if _wait(lambda: not is_running(pid), limit):
+    if _wait(lambda: not is_running(pid) and daemon_pid(target, pidfile) is None, limit):
         return Result(0, f"Daemon stopped (PID: {pid})")
     return Result(1, f"Daemon (PID: {pid}) did not stop within {limit:.0f}s")
 
@@ -200,9 +214,11 @@ def _reload_status(target: Target) -> dict[str, object]:
 
 def reload(target: Target, pidfile: str) -> Result:
     """SIGHUP, then read the outcome the daemon writes back to state_dir/reload.json."""
-    pid = running_pid(pidfile)
+    pid = daemon_pid(target, pidfile)
     if pid is None:
         return Result(EXIT_NOT_RUNNING, "Daemon is not running")
+    if pid == 0:
+        return Result(1, "Daemon is starting; try again in a moment")
     before = _reload_status(target).get("generation", 0)
     os.kill(pid, signal.SIGHUP)
     reported: dict[str, object] = {}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 from typing import IO, Any
 
 from twisted.python import usage
 
+from smtpmailer import daemon_lock
 from smtpmailer.config import Config, load_config
 from smtpmailer.ini import ConfigError
 from smtpmailer.logs import LogTarget
@@ -57,21 +56,10 @@ def prepare_state_dir(config: Config) -> IO[str]:
         ) from None
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise usage.UsageError(f"state_dir {state_dir} is not writable by this user")
-    path = os.path.join(state_dir, "smtpmailer.lock")
     try:
-        lock = open(path, "a+")  # noqa: SIM115 (held for the daemon's life)
-    except OSError as error:
-        raise usage.UsageError(f"{path}: {error.strerror}") from None
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        lock.close()
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise usage.UsageError(
-                f"another smtpmailer daemon is already using state_dir {state_dir}"
-            ) from None
-        raise usage.UsageError(f"{path}: {error.strerror}") from None
-    return lock
+        return daemon_lock.take(state_dir)
+    except daemon_lock.LockError as error:
+        raise usage.UsageError(str(error)) from None
 
 
 def check_queue(config: Config) -> None:
@@ -104,6 +92,10 @@ def makeService(options: Options) -> Any:
     def blocking(function: Any, *args: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
+    def started() -> None:
+        daemon_lock.write_pid(options.lock)  # this is the process that runs, after any fork
+        queue_thread.start()
+
     service = MailerService(
         config,
         open_store=lambda: SQLiteQueue(config.queue.path),
@@ -111,7 +103,7 @@ def makeService(options: Options) -> Any:
         run=queue_thread,
         blocking=blocking,
         connector=tcp_connector(reactor),
-        on_start=queue_thread.start,
+        on_start=started,
         on_stop=queue_thread.stop,
         install_handler=signal.signal,
         listen=lambda text, factory: listen_now(reactor, text, factory),

@@ -102,6 +102,46 @@ class ManagementTests(LifecycleCase):
         self.assertIn("reload: applied ([Relay] port)", log)
         self.assertIn("reload failed:", log)
 
+    def test_status_reload_and_stop_find_a_daemon_without_a_pidfile(self) -> None:
+        """As under `make run` (twistd -n --pidfile=): the state_dir lock finds it."""
+        first, second = self.plain_peer(), self.plain_peer()
+        daemon = self.daemon(first.port)
+        daemon.start()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        status = daemon.cli("status")
+        self.assertEqual(
+            (status.returncode, status.stdout), (0, f"Daemon is running (PID: {pid})\n")
+        )
+        again = daemon.cli("start")
+        self.assertEqual(again.returncode, 1)
+        self.assertIn(f"Daemon is already running (PID: {pid})", again.stderr)
+
+        daemon.write_config(plain_relay(second.port))
+        reloaded = daemon.cli("reload")
+        self.assertEqual(
+            (reloaded.returncode, reloaded.stdout), (0, "reload: applied ([Relay] port)\n")
+        )
+        daemon.send("--from", "a@example.com", "--to", "b@example.org", "--subject", "one")
+        wait_until(lambda: len(second.messages()) == 1, what="delivery after the reload")
+
+        stopped = daemon.cli("stop")
+        self.assertEqual(
+            (stopped.returncode, stopped.stdout), (0, f"Daemon stopped (PID: {pid})\n")
+        )
+        self.assertEqual(daemon.process.wait(timeout=30), -signal.SIGTERM)  # clean, as twistd does
+        status = daemon.cli("status")
+        self.assertEqual((status.returncode, status.stdout), (3, "Daemon is not running\n"))
+
+    def test_a_killed_daemon_is_not_running(self) -> None:
+        peer = self.plain_peer()
+        daemon = self.daemon(peer.port)
+        daemon.start()
+        self.assertEqual(daemon.cli("status").returncode, 0)
+        daemon.kill()
+        status = daemon.cli("status")
+        self.assertEqual((status.returncode, status.stdout), (3, "Daemon is not running\n"))
+
     def test_stale_pidfile_does_not_prevent_a_start(self) -> None:
         peer = self.plain_peer()
         daemon = self.daemon(peer.port)
