@@ -42,9 +42,9 @@ def _open_queue(config: Config) -> SQLiteQueue:
 
 
 def cmd_send(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
     from smtpmailer.message import Attachment, build_message, parse_header_option, prepare_raw
     from smtpmailer.queue import parse_priority
-    from smtpmailer.submit import enqueue_envelope, wake_daemon
 
     try:
         priority = parse_priority(args.priority)
@@ -139,8 +139,8 @@ def _write_json_stream(items: object, out: IO[str]) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, config: Config, out: IO[str]) -> int:
+    from smtpmailer.intake.checks import wake_daemon
     from smtpmailer.queue import STATES
-    from smtpmailer.submit import wake_daemon
 
     store = _open_queue(config)
     now = time.time()
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sendmail_args = _sendmail_arguments(argv)
     if sendmail_args is not None:
-        from smtpmailer.sendmail import run
+        from smtpmailer.intake.sendmail.command import run
 
         return run(sendmail_args, sys.stdin.buffer, out, sys.stderr)
     args = build_parser().parse_args(argv)

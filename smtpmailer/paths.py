@@ -12,7 +12,7 @@ DEFAULT_CONFIG_PATH = "/etc/smtpmailer/smtpmailer.conf"
 DEFAULT_STATE_DIR = "/var/lib/smtpmailer"
 # Datagrams here tell the daemon that new mail is due (any local writer may poke it).
 WAKEUP_SOCKET = "wakeup.sock"
-# sendmail hands messages to a running daemon here (see smtpmailer.sendmail_socket).
+# sendmail hands messages to a running daemon here (see smtpmailer.intake.sendmail.handover).
 SENDMAIL_SOCKET = "sendmail.sock"
 
 

@@ -15,6 +15,10 @@ from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.delivery.smtp.transport import Connector
+from smtpmailer.intake.checks import check_envelope
+from smtpmailer.intake.sendmail.handover import SendmailSocketService
+from smtpmailer.intake.smtp.listener import SubmissionService
+from smtpmailer.intake.smtp.worker_pool import Spawn, WorkerPool
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope, MessageError
@@ -32,13 +36,9 @@ from smtpmailer.queue import (
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, QueueWriter, Runner
 from smtpmailer.reload import ReloadService
-from smtpmailer.sendmail_socket import SendmailSocketService
 from smtpmailer.stats import StatsService
-from smtpmailer.submission import SubmissionService
-from smtpmailer.submit import check_envelope
 from smtpmailer.systemd import Notifier, SystemdService
 from smtpmailer.web.service import StatusService
-from smtpmailer.worker_pool import Spawn, WorkerPool
 
 
 class _Wakeup(DatagramProtocol):

@@ -116,7 +116,7 @@ def makeService(options: Options) -> Any:
 
 
 def spawn_submission_worker(reactor: Any) -> Any:
-    """Start ``python -m smtpmailer.submission_worker`` with the channel on its stdin and
+    """Start ``python -m smtpmailer.intake.smtp.worker`` with the channel on its stdin and
     stdout and the listening socket as its file descriptor 3."""
     import sys
 
@@ -131,7 +131,7 @@ def spawn_submission_worker(reactor: Any) -> Any:
         return reactor.spawnProcess(
             protocol,
             sys.executable,
-            [sys.executable, "-m", "smtpmailer.submission_worker", family],
+            [sys.executable, "-m", "smtpmailer.intake.smtp.worker", family],
             env=env,
             childFDs={0: "w", 1: "r", 2: "r", 3: listen_fd},
         )

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smtpmailer.sendmail import (
+from smtpmailer.intake.sendmail.command import (
     EX_CONFIG,
     EX_DATAERR,
     EX_TEMPFAIL,
@@ -62,7 +62,8 @@ class ArgumentTests(SynchronousTestCase):
 
 
 class CommandTests(TestCase):
-    """Real processes: `python -m smtpmailer.sendmail` is what the console script runs."""
+    """Real processes: `python -m smtpmailer.intake.sendmail.command` is what the console
+    script runs."""
 
     timeout = 120
 
@@ -82,7 +83,7 @@ class CommandTests(TestCase):
         env = environment()
         env["SMTPMAILER_CONFIG"] = config or self.daemon.config_path
         return subprocess.run(
-            [sys.executable, *python, "-m", "smtpmailer.sendmail", *args],
+            [sys.executable, *python, "-m", "smtpmailer.intake.sendmail.command", *args],
             input=data,
             capture_output=True,
             env=env,

@@ -11,10 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError, QueueFull
-from smtpmailer.queue.runner import synchronous_runner
-from smtpmailer.sendmail import (
+from smtpmailer.intake.checks import check_envelope
+from smtpmailer.intake.sendmail.command import (
     EX_CANTCREAT,
     EX_DATAERR,
     EX_TEMPFAIL,
@@ -23,8 +21,10 @@ from smtpmailer.sendmail import (
     encode_request,
     parse_arguments,
 )
-from smtpmailer.sendmail_socket import IDLE_TIMEOUT, MAX_CONCURRENT, SendmailFactory
-from smtpmailer.submit import check_envelope
+from smtpmailer.intake.sendmail.handover import IDLE_TIMEOUT, MAX_CONCURRENT, SendmailFactory
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.queue.runner import synchronous_runner
 
 CONFIG = "[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n"
 MESSAGE = b"From: app@example.com\nTo: a@example.org\nSubject: hi\n\nbody\n"

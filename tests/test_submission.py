@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.ini import ConfigError
-from smtpmailer.submission import verify_password
+from smtpmailer.intake.smtp.listener import verify_password
 from tests.certs import TestCA
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.smtp_peer import SMTPPeer
@@ -362,7 +362,7 @@ class BulkDataTests(SynchronousTestCase):
         from twisted.internet.task import Clock
         from twisted.internet.testing import StringTransport
 
-        from smtpmailer.submission import SubmissionFactory
+        from smtpmailer.intake.smtp.listener import SubmissionFactory
 
         config = parse_config("[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n", "c.conf")
         self.queued: list[Any] = []

@@ -18,10 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError, QueueFull
-from smtpmailer.submission_worker import DaemonChannel
-from smtpmailer.worker_channel import (
+from smtpmailer.intake.smtp.channel import (
     CONFIG,
     ChannelError,
     FrameReader,
@@ -32,13 +29,16 @@ from smtpmailer.worker_channel import (
     frame,
     reply_for,
 )
-from smtpmailer.worker_pool import (
+from smtpmailer.intake.smtp.worker import DaemonChannel
+from smtpmailer.intake.smtp.worker_pool import (
     FIRST_RESTART_DELAY,
     KILL_AFTER,
     READY_TIMEOUT,
     WorkerPool,
     WorkerProcess,
 )
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError, QueueFull
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.test_submission import submission_port
 

@@ -184,7 +184,7 @@ class Messages(AsyncResource):
             )
         if request.postpath not in ([], [b""]):
             return json_response(404, {"error": "no such resource"})
-        from smtpmailer.web.submit import submit
+        from smtpmailer.intake.http import submit
 
         code, body = await submit(self.status, request)
         return json_response(code, body)

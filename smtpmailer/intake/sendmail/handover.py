@@ -4,7 +4,8 @@ connection and answers after the commit.
 Why: a ``sendmail`` call that writes SQLite itself pays for sqlite3, attrs and the email
 package in every process (~90 ms); handing the bytes to the daemon, which has all of that
 loaded and group-commits concurrent submissions, costs the caller little more than the
-interpreter. The request format and the checks are sendmail.py's, so both paths agree.
+interpreter. The request format and the checks are the command's
+(intake/sendmail/command.py), so both paths agree.
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from smtpmailer.config import Config
-from smtpmailer.logs import log
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError, QueueFull
-from smtpmailer.queue.runner import Runner
-from smtpmailer.sendmail import (
+from smtpmailer.intake.sendmail.command import (
     EX_CANTCREAT,
     EX_DATAERR,
     EX_OK,
@@ -36,6 +33,10 @@ from smtpmailer.sendmail import (
     decode_header,
     prepare_envelope,
 )
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.queue.runner import Runner
 from smtpmailer.units import format_size
 
 Submit = Callable[[Envelope], "Deferred[str]"]

@@ -1,4 +1,4 @@
-"""The daemon's side of its submission workers (submission_worker.py): start them on the
+"""The daemon's side of its submission workers (intake/smtp/worker.py): start them on the
 listening socket, commit what they send, and serve in-process whenever none is ready.
 
 The daemon's own listening port stops reading only while a worker is ready; if every
@@ -19,9 +19,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from smtpmailer.config import Config
-from smtpmailer.logs import log
-from smtpmailer.message import Envelope
-from smtpmailer.worker_channel import (
+from smtpmailer.intake.smtp.channel import (
     CONFIG,
     LOG,
     MESSAGE,
@@ -33,6 +31,8 @@ from smtpmailer.worker_channel import (
     frame,
     reply_for,
 )
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope
 
 # spawn(protocol, family name, listening file descriptor): starts one worker process.
 Spawn = Callable[[ProcessProtocol, str, int], Any]

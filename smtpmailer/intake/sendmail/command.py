@@ -296,9 +296,9 @@ def _enqueue_directly(
 
     from smtpmailer.config import load_config
     from smtpmailer.ini import ConfigError
+    from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
     from smtpmailer.message import MessageError
     from smtpmailer.queue import PRIORITY_NAMES, QueueError, QueueFull
-    from smtpmailer.submit import enqueue_envelope, wake_daemon
 
     try:
         config = load_config(config_path)

@@ -29,12 +29,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmailer.config import Config
+from smtpmailer.intake.smtp.worker_pool import WorkerPool
 from smtpmailer.listeners import describe_port
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope, MessageError, normalize_address, to_crlf
 from smtpmailer.queue import QueueFull
 from smtpmailer.units import format_size
-from smtpmailer.worker_pool import WorkerPool
 
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d+)", re.IGNORECASE)
 # Twisted's own grammar refuses UTF-8 addresses, which SMTPUTF8 (RFC 6531) allows.

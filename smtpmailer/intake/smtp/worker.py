@@ -7,9 +7,9 @@ the reactor thread was the bottleneck. Here the SMTP side runs on another core w
 daemon stays the queue's only writer, so group commit, direct leasing, the log and the
 counts work as before. A client still gets its 250 only after the daemon's commit.
 
-Run by the daemon (smtpmailer/worker_pool.py) as ``python -m smtpmailer.submission_worker
-FAMILY``, with the channel on stdin/stdout (worker_channel.py) and the listening socket as
-file descriptor 3. The worker exits when the daemon goes away (stdin closes) and, on
+Run by the daemon (intake/smtp/worker_pool.py) as ``python -m smtpmailer.intake.smtp.worker
+FAMILY``, with the channel on stdin/stdout (intake/smtp/channel.py) and the listening
+socket as file descriptor 3. The worker exits when the daemon goes away (stdin closes) and, on
 SIGTERM, stops accepting and waits (at most STOP_TIMEOUT) for the answers it is owed.
 """
 
@@ -28,11 +28,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
 
 from smtpmailer.config import Config
-from smtpmailer.logs import log, set_level
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError
-from smtpmailer.submit import check_envelope
-from smtpmailer.worker_channel import (
+from smtpmailer.intake.checks import check_envelope
+from smtpmailer.intake.smtp.channel import (
     CONFIG,
     READY,
     REPLY,
@@ -43,6 +40,9 @@ from smtpmailer.worker_channel import (
     encode_message,
     frame,
 )
+from smtpmailer.logs import log, set_level
+from smtpmailer.message import Envelope, MessageError
+from smtpmailer.queue import QueueError
 
 LISTEN_FD = 3
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
@@ -139,7 +139,7 @@ class Worker:
     def configured(self, config: Config) -> None:
         from twisted.internet.threads import deferToThread
 
-        from smtpmailer.submission import SubmissionFactory
+        from smtpmailer.intake.smtp.listener import SubmissionFactory
 
         self.config = config
         set_level(config.logging.level)

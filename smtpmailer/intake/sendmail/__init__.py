@@ -1,0 +1,1 @@
+"""sendmail: the drop-in command, and the daemon's socket that takes its messages."""

@@ -1,0 +1,1 @@
+"""SMTP submission: the listener, the worker processes that run it, and their channel."""
