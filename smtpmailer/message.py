@@ -10,6 +10,10 @@ from typing import Any
 
 import attrs
 
+from smtpmailer.intake.refusals import BadAddress, MessageError
+
+__all__ = ["BadAddress", "MessageError"]
+
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
@@ -29,17 +33,13 @@ _BUILT_HEADERS = {
 }
 
 
-class MessageError(ValueError):
-    """The input cannot become a message; the text says what to fix, in one line."""
-
-
 def _single_address(text: str, what: str) -> tuple[str, str]:
     """Parse ``Name <a@b>`` or ``a@b``; a list of several addresses is an error here."""
     if text.count("<") != text.count(">") or text.count("<") > 1:
-        raise MessageError(f"{what} {text!r} has unbalanced angle brackets")
+        raise BadAddress(f"{what} {text!r} has unbalanced angle brackets")
     pairs = email.utils.getaddresses([text])
     if len(pairs) != 1:
-        raise MessageError(f"{what} {text!r} must be a single address")
+        raise BadAddress(f"{what} {text!r} must be a single address")
     return pairs[0]
 
 
@@ -55,37 +55,46 @@ _UTF8_LOCAL_FORBIDDEN = re.compile(r'[\s()<>\[\]\\,;:"@\x00-\x1f\x7f]')
 
 
 def normalize_address(text: str, what: str = "address", allow_utf8: bool = False) -> str:
-    """Return the bare addr-spec of ``text`` (``Name <a@b>`` allowed), or raise MessageError.
+    """Return the bare addr-spec of ``text`` (``Name <a@b>`` allowed), or raise BadAddress
+    (``sender`` set when ``what`` is the sender).
 
     Internationalized domains become their ASCII (IDNA) form; a non-ASCII local part
     would need SMTPUTF8 and is refused.
     """
+    try:
+        return _normalize_address(text, what, allow_utf8)
+    except BadAddress as error:
+        error.sender = what == "sender"
+        raise
+
+
+def _normalize_address(text: str, what: str, allow_utf8: bool) -> str:
     if "\r" in text or "\n" in text:
-        raise MessageError(f"{what} {text!r} contains a line break")
+        raise BadAddress(f"{what} {text!r} contains a line break")
     addr = _single_address(text, what)[1].strip()
     if not addr or addr.count("@") < 1:
-        raise MessageError(f"{what} {text!r} is not an email address (expected user@domain)")
+        raise BadAddress(f"{what} {text!r} is not an email address (expected user@domain)")
     local, _, domain = addr.rpartition("@")
     if not local or not domain:
-        raise MessageError(f"{what} {text!r} is not an email address (expected user@domain)")
+        raise BadAddress(f"{what} {text!r} is not an email address (expected user@domain)")
     if not local.isascii():
         if not allow_utf8:
-            raise MessageError(
+            raise BadAddress(
                 f"{what} {text!r}: a non-ASCII local part needs SMTPUTF8 (send it as a raw "
                 "message, or over SMTP with SMTPUTF8)"
             )
         if _UTF8_LOCAL_FORBIDDEN.search(local) or local.startswith(".") or ".." in local:
-            raise MessageError(f"{what} {text!r} has an invalid local part {local!r}")
+            raise BadAddress(f"{what} {text!r} has an invalid local part {local!r}")
     elif len(local) > 64 or not (_LOCAL.match(local) or _QUOTED_LOCAL.match(local)):
-        raise MessageError(f"{what} {text!r} has an invalid local part {local!r}")
+        raise BadAddress(f"{what} {text!r} has an invalid local part {local!r}")
     if not _LITERAL.match(domain):
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise MessageError(f"{what} {text!r} has an invalid domain {domain!r}") from None
+            raise BadAddress(f"{what} {text!r} has an invalid domain {domain!r}") from None
         labels = domain.rstrip(".").split(".")
         if len(domain) > 253 or not all(_LABEL.match(label) for label in labels):
-            raise MessageError(f"{what} {text!r} has an invalid domain {domain!r}")
+            raise BadAddress(f"{what} {text!r} has an invalid domain {domain!r}")
         domain = domain.rstrip(".").lower()
     return f"{local}@{domain}"
 

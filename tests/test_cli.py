@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -30,14 +29,10 @@ class CLITestCase(SynchronousTestCase):
     def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         stdin_stream = io.TextIOWrapper(io.BytesIO(stdin))
-        saved = sys.stderr, sys.stdin
-        sys.stderr, sys.stdin = err, stdin_stream
         try:
-            code = main(["--config", self.config, *args], out=out)
+            code = main(["--config", self.config, *args], out=out, err=err, stdin=stdin_stream)
         except SystemExit as exit:
             code = int(exit.code or 0)
-        finally:
-            sys.stderr, sys.stdin = saved
         return code, out.getvalue(), err.getvalue()
 
     def queued(self) -> list[dict[str, object]]:
@@ -126,7 +121,9 @@ class SendTests(CLITestCase):
         self.assertEqual(code, 0)
 
     def test_usage_errors_exit_2(self) -> None:
-        self.assertEqual(self.run_cli("frobnicate")[0], 2)
+        code, _, err = self.run_cli("frobnicate")
+        self.assertEqual(code, 2)
+        self.assertIn("invalid choice: 'frobnicate'", err)  # on the stream main was given
         self.assertEqual(self.run_cli("queue")[0], 2)
 
 
@@ -209,3 +206,41 @@ class HoldAllTests(CLITestCase):
         code, _, err = self.run_cli("queue", "hold")
         self.assertEqual(code, 1)
         self.assertIn("give a message ID or --all", err)
+
+
+class ReadOnlyTests(CLITestCase):
+    """list, show and stats only look: they create nothing and never wait for the lock."""
+
+    def queue_path(self) -> str:
+        return os.path.join(self.dir, "var", "queue.sqlite3")
+
+    def test_looking_at_a_queue_that_does_not_exist_creates_nothing(self) -> None:
+        code, out, err = self.run_cli("queue", "list")
+        self.assertEqual((code, out, err), (0, "Mail queue is empty\n", ""))
+        self.assertEqual(self.run_cli("queue", "stats")[0], 0)
+        self.assertFalse(os.path.exists(self.queue_path()))
+
+    def test_looking_does_not_wait_for_a_writer(self) -> None:
+        import sqlite3
+
+        message_id = self.send("--to", "a@example.org", "--subject", "s", "--body", "b")
+        writer = sqlite3.connect(self.queue_path(), isolation_level=None)
+        self.addCleanup(writer.close)
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, held as a daemon's commit would
+        self.addCleanup(writer.execute, "ROLLBACK")
+        code, out, _ = self.run_cli("queue", "list")
+        self.assertEqual(code, 0)
+        self.assertIn(message_id, out)
+        self.assertEqual(self.run_cli("queue", "show", message_id)[0], 0)
+        self.assertEqual(self.run_cli("queue", "stats")[0], 0)
+
+    def test_a_damaged_queue_is_one_line_naming_the_file(self) -> None:
+        with open(self.queue_path(), "wb") as handle:
+            handle.write(b"this is not a database" * 200)
+        for command in (("queue", "list"), ("queue", "hold", "--all")):
+            code, out, err = self.run_cli(*command)
+            self.assertEqual(code, 1)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn(self.queue_path(), err)
+            self.assertIn("the file is damaged", err)
+            self.assertNotIn("Traceback", err)

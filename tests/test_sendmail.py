@@ -15,11 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from smtpmailer.intake.refusals import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EX_USAGE
 from smtpmailer.intake.sendmail.command import (
-    EX_CONFIG,
-    EX_DATAERR,
-    EX_TEMPFAIL,
-    EX_USAGE,
     UsageError,
     encode_request,
     hand_to_daemon,

@@ -12,11 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.intake.checks import check_envelope
+from smtpmailer.intake.refusals import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_USAGE
 from smtpmailer.intake.sendmail.command import (
-    EX_CANTCREAT,
-    EX_DATAERR,
-    EX_TEMPFAIL,
-    EX_USAGE,
     decode_header,
     encode_request,
     parse_arguments,

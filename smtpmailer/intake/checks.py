@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 from smtpmailer.config import Config
-from smtpmailer.message import Envelope, MessageError, normalize_address
+from smtpmailer.intake.refusals import MessageTooBig, TooManyRecipients
+from smtpmailer.message import Envelope, normalize_address
 from smtpmailer.queue import QueueStore
 from smtpmailer.units import format_size
 
 
 def check_envelope(config: Config, envelope: Envelope) -> Envelope:
-    """Size and addresses, before anything touches the queue; MessageError if wrong."""
+    """Size, recipient count and addresses, before anything touches the queue; a
+    Refusal (MessageTooBig, TooManyRecipients, BadAddress) if wrong."""
     limit = config.queue.max_message_size
     if len(envelope.data) > limit:
-        raise MessageError(
+        raise MessageTooBig(
             f"message is {len(envelope.data)} bytes, over max_message_size ({format_size(limit)})"
+        )
+    most = config.submission.max_recipients
+    if len(envelope.recipients) > most:
+        raise TooManyRecipients(
+            f"{len(envelope.recipients)} recipients, over max_recipients ({most})"
         )
     return Envelope(
         # An empty sender is SMTP's null reverse-path (<>), as bounces use.
@@ -32,7 +36,7 @@ def enqueue_envelope(
 ) -> str:
     """Check, commit durably, and return the queue id.
 
-    Raises MessageError for bad input and QueueFull/QueueError when the queue cannot take
+    Raises a Refusal for bad input and QueueFull/QueueError when the queue cannot take
     it; in every such case nothing was written.
     """
     checked = check_envelope(config, envelope)
@@ -52,13 +56,6 @@ def wake_daemon(config: Config) -> bool:
     Best effort: a daemon that is not running, or a socket we may not write, changes
     nothing (the poller finds the mail anyway).
     """
-    path = config.wakeup_socket
-    if not os.path.exists(path):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        try:
-            sock.sendto(b"wake", path)
-        except OSError:
-            return False
-    return True
+    from smtpmailer.queue.backends import wakeups_for
+
+    return wakeups_for(config).notify()

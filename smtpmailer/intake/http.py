@@ -13,9 +13,10 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from smtpmailer.message import Attachment, MessageError, build_message, parse_header_option
+from smtpmailer.intake.refusals import MessageTooBig, Refusal, answer_for
+from smtpmailer.message import Attachment, build_message, parse_header_option
 from smtpmailer.message import prepare_raw as prepare_raw_message
-from smtpmailer.queue import QueueFull, parse_priority
+from smtpmailer.queue import QueueError, parse_priority
 
 JSON_FIELDS = {
     "from",
@@ -110,8 +111,9 @@ def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
             headers=[parse_header_option(f"{k}: {v}") for k, v in headers.items()],
             now=now,
         )
-    except (MessageError, ValueError) as error:
-        raise BadRequest(400, str(error)) from None
+    except ValueError as error:  # a Refusal, or a malformed field
+        code = answer_for(error).http if isinstance(error, Refusal) else 400
+        raise BadRequest(code, str(error)) from None
     return envelope, priority
 
 
@@ -121,7 +123,7 @@ async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
     # JSON carries attachments in base64 (4/3 larger); anything beyond that is refused unread.
     length = request.getHeader(b"content-length")
     if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
-        return 413, {"error": "the message is over max_message_size"}
+        return answer_for(MessageTooBig()).http, {"error": "the message is over max_message_size"}
     assert request.content is not None
     raw = request.content.read()
     kind = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
@@ -132,8 +134,8 @@ async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
         elif kind == b"message/rfc822":
             try:
                 envelope = prepare_raw_message(raw, extract_recipients=True, now=now)
-            except MessageError as error:
-                raise BadRequest(400, str(error)) from None
+            except Refusal as error:
+                raise BadRequest(answer_for(error).http, str(error)) from None
             priority = parse_priority("normal")
         else:
             raise BadRequest(415, "send application/json or message/rfc822")
@@ -141,9 +143,6 @@ async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
         return error.code, {"error": str(error)}
     try:
         message_id = await status.submit(envelope, priority)
-    except QueueFull as error:
-        return 507, {"error": str(error)}
-    except MessageError as error:
-        code = 413 if "max_message_size" in str(error) else 400
-        return code, {"error": str(error)}
+    except (Refusal, QueueError) as error:
+        return answer_for(error).http, {"error": str(error)}
     return 202, {"id": message_id, "recipients": list(envelope.recipients)}

@@ -14,6 +14,15 @@ from __future__ import annotations
 import os
 import sys
 
+from smtpmailer.intake.refusals import (
+    EX_CONFIG,
+    EX_IOERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    answer_for,
+)
+
 # Not typing.TYPE_CHECKING: typing costs this path ~5 ms. mypy honours the name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,15 +30,6 @@ if TYPE_CHECKING:
     from typing import IO
 
     from smtpmailer.message import Envelope
-
-# sysexits.h
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_CANTCREAT = 73
-EX_IOERR = 74
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 
 USAGE = (
     "usage: sendmail [-t] [-i|-oi] [-f SENDER|-r SENDER] [-F NAME] [-v] [RECIPIENT ...]\n"
@@ -180,6 +180,10 @@ def _add_from(data: bytes, sender: str, full_name: str | None) -> bytes:
     for line in head.splitlines():
         if line[:5].lower() == b"from:":
             return data
+    if full_name is not None:
+        from smtpmailer.message import check_header_value
+
+        check_header_value("-F NAME", full_name)  # a line break would add headers
     value = email.utils.formataddr((full_name or "", sender))
     from email.header import Header
 
@@ -297,8 +301,8 @@ def _enqueue_directly(
     from smtpmailer.config import load_config
     from smtpmailer.ini import ConfigError
     from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
-    from smtpmailer.message import MessageError
-    from smtpmailer.queue import PRIORITY_NAMES, QueueError, QueueFull
+    from smtpmailer.intake.refusals import Refusal
+    from smtpmailer.queue import PRIORITY_NAMES, QueueError
 
     try:
         config = load_config(config_path)
@@ -308,26 +312,18 @@ def _enqueue_directly(
     now = time.time()
     try:
         envelope = prepare_envelope(args, user, data, now)
-    except MessageError as error:
-        print(f"sendmail: {error}", file=err)
-        return EX_DATAERR
-    try:
-        from smtpmailer.queue.sqlite import SQLiteQueue
+        from smtpmailer.queue.backends import open_store
 
-        store = SQLiteQueue(config.queue.path)
+        store = open_store(config)
         try:
             message_id = enqueue_envelope(store, config, envelope, PRIORITY_NAMES["normal"], now)
         finally:
             store.close()
-    except MessageError as error:  # too big, or an address the shared checks refuse
-        print(f"sendmail: {error}", file=err)
-        return EX_DATAERR
-    except QueueFull as error:
-        print(f"sendmail: {error}; try again later", file=err)
-        return EX_TEMPFAIL
-    except QueueError as error:
-        print(f"sendmail: {error}", file=err)
-        return EX_TEMPFAIL if "busy" in str(error) else EX_CANTCREAT
+    except (Refusal, QueueError) as error:
+        answer = answer_for(error)
+        later = "; try again later" if answer.sendmail == EX_TEMPFAIL else ""
+        print(f"sendmail: {error}{later}", file=err)
+        return answer.sendmail
     if args.verbose:
         print(f"queued as {message_id} for {', '.join(envelope.recipients)}", file=out)
     wake_daemon(config)
@@ -352,6 +348,40 @@ def _daemon_socket(config_path: str) -> str | None:
     return os.path.join(state_dir_of(config_path, raw), SENDMAIL_SOCKET)
 
 
+def _queue_command(args: Arguments, out: IO[str], err: IO[str]) -> int:
+    """``-bp`` lists the queue, ``-q`` retries every deferred message: the queue
+    commands' own functions, called directly."""
+    import time
+
+    from smtpmailer.cli.common import open_queue
+    from smtpmailer.cli.queue import list_messages, retry_all
+    from smtpmailer.config import load_config
+    from smtpmailer.ini import ConfigError
+    from smtpmailer.intake.checks import wake_daemon
+    from smtpmailer.queue import QueueError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"sendmail: {error}", file=err)
+        return EX_CONFIG
+    try:
+        store = open_queue(config, read_only=args.mode == "list")
+        try:
+            if args.mode == "list":
+                list_messages(store, time.time(), out)
+            else:
+                retry_all(store, time.time(), out)
+        finally:
+            store.close()
+    except QueueError as error:
+        print(f"sendmail: {error}", file=err)
+        return answer_for(error).sendmail
+    if args.mode != "list":
+        wake_daemon(config)
+    return EX_OK
+
+
 def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> int:
     try:
         args = parse_arguments(argv)
@@ -359,12 +389,7 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
         print(f"sendmail: {error}\n{USAGE}", file=err)
         return EX_USAGE
     if args.mode != "deliver":
-        from smtpmailer.cli import main
-
-        command = ["queue", "list"] if args.mode == "list" else ["queue", "retry", "--all"]
-        prefix = ["--config", args.config] if args.config else []
-        code = main([*prefix, *command], out=out)
-        return EX_OK if code == 0 else EX_TEMPFAIL
+        return _queue_command(args, out, err)
     from smtpmailer.paths import default_config_path
 
     if not args.extract and not args.recipients:

@@ -23,19 +23,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from smtpmailer.config import Config
-from smtpmailer.intake.sendmail.command import (
-    EX_CANTCREAT,
-    EX_DATAERR,
+from smtpmailer.intake.refusals import (
+    ANSWERS,
     EX_OK,
     EX_TEMPFAIL,
     EX_USAGE,
-    REQUEST_MAGIC,
-    decode_header,
-    prepare_envelope,
+    MessageTooBig,
+    answer_for,
+    kind_of,
 )
+from smtpmailer.intake.sendmail.command import REQUEST_MAGIC, decode_header, prepare_envelope
 from smtpmailer.logs import log
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.message import Envelope
 from smtpmailer.queue.runner import Runner
 from smtpmailer.units import format_size
 
@@ -126,7 +125,7 @@ class SendmailRequest(Protocol):
         limit = self.factory.config.queue.max_message_size
         if lengths[1] > 2 * limit:
             self._answer(
-                EX_DATAERR,
+                ANSWERS[MessageTooBig.kind].sendmail,
                 f"message is {lengths[1]} bytes, over max_message_size ({format_size(limit)})",
             )
         return lengths
@@ -159,15 +158,14 @@ class SendmailRequest(Protocol):
             self._answer(EX_OK, message_id)
 
         def refused(failure: Failure) -> None:
-            if failure.check(MessageError):
-                self._answer(EX_DATAERR, failure.getErrorMessage())
-            elif failure.check(QueueFull):
-                self._answer(EX_TEMPFAIL, f"{failure.getErrorMessage()}; try again later")
-            elif failure.check(QueueError):
-                self._answer(EX_CANTCREAT, failure.getErrorMessage())
-            else:
+            answer = answer_for(failure.value)
+            if kind_of(failure.value) == "internal":
                 log.failure("sendmail: could not queue a message", failure=failure)
-                self._answer(EX_TEMPFAIL, "could not queue the message, try again later")
+                self._answer(answer.sendmail, "could not queue the message, try again later")
+            elif answer.sendmail == EX_TEMPFAIL:
+                self._answer(answer.sendmail, f"{failure.getErrorMessage()}; try again later")
+            else:
+                self._answer(answer.sendmail, failure.getErrorMessage())
 
         prepared.addCallback(commit).addCallbacks(queued, refused)
 

@@ -12,7 +12,7 @@ refusal. Both ends are ours and run the same code, so the format is small and st
                                               UTF-8, NUL-separated
     L<level> <text>                           worker -> daemon: a line for the daemon's log
     R<seq> <status> <text>                    daemon -> worker: the answer to message seq;
-                                              status ok (text: the id), full, invalid, error
+                                              status ok (text: the id) or a refusal kind
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from smtpmailer.message import Envelope, MessageError
-from smtpmailer.queue import QueueError, QueueFull
+from smtpmailer.intake.refusals import kind_of, refusal_from
+from smtpmailer.message import Envelope
 
 _LENGTH = struct.Struct(">I")
 CONFIG, READY, MESSAGE, REPLY, LOG = b"C", b"Y", b"M", b"R", b"L"
-STATUS_OK, STATUS_FULL, STATUS_INVALID, STATUS_ERROR = "ok", "full", "invalid", "error"
+# A reply's status: "ok" with the queue id, else a refusal's kind (intake/refusals.py).
+STATUS_OK = "ok"
 
 
 class ChannelError(Exception):
@@ -77,14 +78,11 @@ def encode_reply(seq: int, status: str, text: str) -> bytes:
 
 
 def reply_for(seq: int, result: str | BaseException) -> bytes:
-    """The answer to a commit: the id, or the refusal in words the worker turns back."""
+    """The answer to a commit: the id, or the refusal's kind and words, which the worker
+    turns back into the same refusal."""
     if isinstance(result, str):
         return encode_reply(seq, STATUS_OK, result)
-    if isinstance(result, QueueFull):
-        return encode_reply(seq, STATUS_FULL, str(result))
-    if isinstance(result, MessageError):
-        return encode_reply(seq, STATUS_INVALID, str(result))
-    return encode_reply(seq, STATUS_ERROR, str(result) or type(result).__name__)
+    return encode_reply(seq, kind_of(result), str(result) or type(result).__name__)
 
 
 def decode_reply(payload: bytes) -> tuple[int, str | Exception]:
@@ -96,11 +94,7 @@ def decode_reply(payload: bytes) -> tuple[int, str | Exception]:
         raise ChannelError(f"unreadable reply frame: {error}") from None
     if status == STATUS_OK:
         return seq, text
-    if status == STATUS_FULL:
-        return seq, QueueFull(text)
-    if status == STATUS_INVALID:
-        return seq, MessageError(text)
-    return seq, QueueError(text)
+    return seq, refusal_from(status, text)
 
 
 def encode_log(level: str, text: str) -> bytes:

@@ -29,11 +29,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmailer.config import Config
+from smtpmailer.intake.refusals import (
+    MessageTooBig,
+    Refusal,
+    TooManyRecipients,
+    answer_for,
+    kind_of,
+)
 from smtpmailer.intake.smtp.worker_pool import WorkerPool
 from smtpmailer.listeners import describe_port
 from smtpmailer.logs import log
-from smtpmailer.message import Envelope, MessageError, normalize_address, to_crlf
-from smtpmailer.queue import QueueFull
+from smtpmailer.message import Envelope, normalize_address, to_crlf
 from smtpmailer.units import format_size
 
 _SIZE = re.compile(rb"(?:^|\s)SIZE=(\d+)", re.IGNORECASE)
@@ -133,9 +139,7 @@ class _Collector:
         limit = self.server.config.queue.max_message_size
         if self.size > limit:
             # Twisted writes this reply as given at the final dot: bytes, not str.
-            raise smtp.SMTPServerError(
-                552, f"5.3.4 Message too big for this system (max {format_size(limit)})".encode()
-            )
+            raise smtp.SMTPServerError(*refusal_reply(too_big(limit), encode=True))
         self.lines.append(line)
 
     def eomReceived(self) -> Deferred[str]:
@@ -277,8 +281,7 @@ class SubmissionProtocol(smtp.ESMTP):
         address, params = parsed
         size = _SIZE.search(b" " + b" ".join(params))
         if size and int(size.group(1)) > self.config.queue.max_message_size:
-            limit = format_size(self.config.queue.max_message_size)
-            self.sendCode(552, f"5.3.4 Message too big for this system (max {limit})".encode())
+            self.sendCode(*refusal_reply(too_big(self.config.queue.max_message_size), True))
             return
         self._to = []
         self._smtputf8 = b"SMTPUTF8" in params
@@ -304,19 +307,20 @@ class SubmissionProtocol(smtp.ESMTP):
         if text:
             try:
                 normalize_address(text, "sender", allow_utf8=True)
-            except MessageError as error:
-                raise smtp.SMTPServerError(553, _ascii(f"5.1.7 {error}")) from None
+            except Refusal as error:
+                raise smtp.SMTPServerError(*refusal_reply(error)) from None
         self._collector = None
         self._recipients: list[str] = []
         return origin
 
     def validateTo(self, user: Any) -> Any:
         if len(self._to) >= self.factory.max_recipients:
-            raise smtp.SMTPServerError(452, "4.5.3 Too many recipients")
+            refusal = TooManyRecipients("Too many recipients")
+            raise smtp.SMTPServerError(*refusal_reply(refusal))
         try:
             address = normalize_address(str(user.dest), "recipient", allow_utf8=True)
-        except MessageError as error:
-            raise smtp.SMTPServerError(553, _ascii(f"5.1.3 {error}")) from None
+        except Refusal as error:
+            raise smtp.SMTPServerError(*refusal_reply(error)) from None
         sender = str(self._from) if self._from else ""
         self._recipients.append(address)
         recipients = self._recipients  # Twisted empties self._to before DATA builds messages
@@ -407,9 +411,7 @@ class SubmissionProtocol(smtp.ESMTP):
             for message in messages:
                 message.connectionLost()
             self._collector = None
-            self.sendCode(
-                552, f"5.3.4 Message too big for this system (max {format_size(limit)})".encode()
-            )
+            self.sendCode(*refusal_reply(too_big(limit), encode=True))
         else:
             # Undo dot-stuffing: a line's leading dot goes (RFC 5321 4.5.2).
             body = body.replace(b"\r\n.", b"\r\n")
@@ -431,13 +433,11 @@ class SubmissionProtocol(smtp.ESMTP):
         failures = [value for ok, value in results if not ok]
         if failures:
             failure = failures[0]
-            if failure.check(QueueFull):
-                self.sendCode(452, b"4.3.1 Queue full, try again later")
-            elif failure.check(MessageError):
-                self.sendCode(554, f"5.6.0 {failure.getErrorMessage()}".encode())
-            else:
+            kind = kind_of(failure.value)
+            if kind in ("storage", "internal"):
                 log.failure("submission: could not queue a message", failure=failure)
-                self.sendCode(451, b"4.3.0 Could not queue the message, try again later")
+            text = QUEUE_TROUBLE.get(kind, failure.getErrorMessage())
+            self.sendCode(*refusal_reply(failure.value, True, text))
         else:
             message_id = next(value for ok, value in results if ok and value)
             self.sendCode(250, f"2.0.0 Ok: queued as {message_id}".encode())
@@ -462,6 +462,26 @@ class SubmissionProtocol(smtp.ESMTP):
 def _ascii(text: str) -> str:
     """Replies go out as ASCII (Twisted encodes them so): escape what is not."""
     return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+# What a client is told when the queue, not its message, is the trouble.
+QUEUE_TROUBLE = {
+    "full": "Queue full, try again later",
+    "busy": "Queue busy, try again later",
+    "storage": "Could not queue the message, try again later",
+    "internal": "Could not queue the message, try again later",
+}
+
+
+def too_big(limit: int) -> MessageTooBig:
+    return MessageTooBig(f"Message too big for this system (max {format_size(limit)})")
+
+
+def refusal_reply(error: BaseException, encode: bool = False, text: str | None = None) -> Any:
+    """The refusals table's SMTP reply for ``error``: (code, text), the text as bytes with
+    ``encode`` (Twisted writes replies given at the final dot as they are)."""
+    code, line = answer_for(error).smtp(_ascii(str(error) if text is None else text))
+    return code, line.encode("ascii") if encode else line
 
 
 class SubmissionFactory(protocol.ServerFactory):
