@@ -80,11 +80,18 @@ def message(number: int, size: int) -> bytes:
     return head + line * max(1, (size - len(head)) // len(line))
 
 
+def store_at(path: str) -> Any:
+    """The SQLite queue file at ``path``, opened as the daemon opens it (open_store)."""
+    from smtpmailer.config import parse_config
+    from smtpmailer.queue.backends import open_store
+
+    config = parse_config(f"[Queue]\npath = {path}\n[Relay]\nhost = unused\n", path + ".conf")
+    return open_store(config)
+
+
 def fill_queue(path: str, count: int, size: int) -> float:
     """Queue ``count`` messages through the store, one durable commit each; seconds taken."""
-    from smtpmailer.queue.sqlite import SQLiteQueue
-
-    store = SQLiteQueue(path)
+    store = store_at(path)
     data = [message(i, size) for i in range(count)]
     started = time.perf_counter()
     for body in data:
@@ -271,14 +278,12 @@ class Smtpmailer:
         return messages / elapsed
 
     def drain(self, messages: int, size: int) -> float:
-        from smtpmailer.queue.sqlite import SQLiteQueue
-
         home = tempfile.mkdtemp(prefix="smtpm-relay-")
         try:
             os.makedirs(os.path.join(home, "state"))
             path = os.path.join(home, "state", "queue.sqlite3")
             fill_queue(path, messages, size)
-            reader = SQLiteQueue(path)
+            reader = store_at(path)
             reader.hold_all()  # as Postfix's deferred queue: full, and the daemon running
             daemon, _ = self._daemon(home, None)
             wakeup = os.path.join(home, "state", "wakeup.sock")
@@ -292,14 +297,12 @@ class Smtpmailer:
             shutil.rmtree(home, ignore_errors=True)
 
     def end_to_end(self, messages: int, size: int) -> float:
-        from smtpmailer.queue.sqlite import SQLiteQueue
-
         home = tempfile.mkdtemp(prefix="smtpm-relay-")
         port = free_port()
         try:
             daemon, path = self._daemon(home, port)
             wait_for(lambda: listening(port), 60, "the submission listener")
-            reader = SQLiteQueue(path)
+            reader = store_at(path)
             started = time.perf_counter()
             inject(port, messages, size)
             return self._rate(daemon, reader, messages, started)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -17,19 +18,20 @@ from twisted.application.service import Service
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys
 from twisted.cred.portal import Portal
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from zope.interface import implementer
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.listeners import describe_port
 from smtpmailer.logs import log
-from smtpmailer.queue import STATES, priority_name
+from smtpmailer.queue import STATES, QueueStore, priority_name
 
 BANNER = """smtpmailer {version} manhole -- a Python console inside the running daemon.
-Objects: service, queue, config, stats.  Helpers:
+Objects: service, queue (its calls return Deferreds), config, stats.  Helpers:
   ls(state=None, limit=20)   list messages, oldest first
   show(id)                   one message with its recipients
   retry(id), hold(id), release(id)
@@ -76,18 +78,76 @@ class _Session(manhole_ssh.TerminalSession):
 
     def openShell(self, proto: Any) -> None:
         self._shell = proto
-        super().openShell(proto)
+        self._terminal = self.chainedProtocolFactory()
+        self.transportFactory(
+            proto, self._terminal, IConchUser(self.original), self.width, self.height
+        )
 
     def windowChanged(self, size: Any) -> None:
         pass
 
     def eofReceived(self) -> None:
+        """End the session once every result still being fetched has been shown."""
         shell = getattr(self, "_shell", None)
-        if shell is not None:
+        if shell is None:
+            return
+        console = getattr(getattr(self, "_terminal", None), "terminalProtocol", None)
+        interpreter = getattr(console, "interpreter", None)
+        if isinstance(interpreter, _Interpreter):
+            interpreter.when_idle().addBoth(lambda _: shell.loseConnection())
+        else:
             shell.loseConnection()
 
 
+class Report(str):
+    """Text a helper produced; the console shows it as it is, not as a quoted string."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class _Interpreter(manhole.ManholeInterpreter):
+    """Shows what a Deferred fires with once it fires (the helpers' work runs on a
+    thread), and fetches live objects such as ``stats`` the same way."""
+
+    def __init__(self, handler: Any, locals: Any = None, filename: str = "<console>") -> None:
+        super().__init__(handler, locals, filename)
+        self.pending: set[Deferred[Any]] = set()
+
+    def displayhook(self, obj: Any) -> None:
+        if isinstance(obj, Stats):
+            obj = obj.fetch()
+        if not isinstance(obj, Deferred):
+            super().displayhook(obj)
+            return
+        self.locals["_"] = obj
+        shown: Deferred[Any] = Deferred()
+        self.pending.add(shown)
+
+        def show(result: Any) -> Any:
+            if result is not None:
+                self.write(repr(result), True)
+            return result
+
+        def failed(failure: Any) -> None:
+            self.write(f"error: {failure.getErrorMessage()}", True)
+
+        def done(_: object) -> None:
+            self.pending.discard(shown)
+            shown.callback(None)
+
+        obj.addCallbacks(show, failed).addBoth(done)
+
+    def when_idle(self) -> Deferred[Any]:
+        """Fires once every result still being fetched has been shown."""
+        return DeferredList(list(self.pending))
+
+
 class _Console(manhole.Manhole):
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.interpreter = _Interpreter(self, self.namespace)
+
     def initializeScreen(self) -> None:
         self.terminal.write(BANNER.format(version=__version__.public()).replace("\n", "\r\n"))
         self.terminal.write(self.ps[self.pn])
@@ -95,98 +155,148 @@ class _Console(manhole.Manhole):
 
 
 class Helpers:
-    """What the console offers beyond the live objects. Queue changes go through a
-    connection of their own, as `smtpmailer queue` does, never the delivery thread's."""
+    """What the console offers beyond the live objects.
 
-    def __init__(self, mailer: Any) -> None:
+    Every queue call runs on a worker thread, one at a time and in the order typed, never
+    on the reactor thread (SQLite blocks); each helper returns a Deferred of its Report.
+    Changes go through a connection of their own, as ``smtpmailer queue`` does, never the
+    delivery thread's.
+    """
+
+    def __init__(
+        self,
+        mailer: Any,
+        run: Callable[..., Deferred[Any]],
+        open_store: Callable[[], QueueStore],
+    ) -> None:
         self.mailer = mailer
-        self._store: Any = None
+        self._run = run
+        self._open_store = open_store
+        self._store: QueueStore | None = None
+        self._lock = DeferredLock()
 
-    @property
-    def queue(self) -> Any:
-        if self._store is None:
-            from smtpmailer.queue.sqlite import SQLiteQueue
+    def call(self, work: Callable[[QueueStore], str]) -> Deferred[Report]:
+        """``work(store)`` on a thread, after every call made before it."""
 
-            self._store = SQLiteQueue(self.mailer.config.queue.path)
-        return self._store
+        def on_thread() -> Report:
+            if self._store is None:
+                self._store = self._open_store()
+            return Report(work(self._store))
 
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        return self._lock.run(self._run, on_thread)
 
-    def ls(self, state: str | None = None, limit: int = 20) -> None:
+    def close(self) -> Deferred[None]:
+        def on_thread() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        return self._lock.run(self._run, on_thread)
+
+    def ls(self, state: str | None = None, limit: int = 20) -> Deferred[Report]:
         """List messages, oldest first."""
-        now = time.time()
-        shown = 0
-        for info in self.queue.messages(state=state, limit=limit):
-            recipients = ", ".join(r.address for r in info.recipients)
-            print(
-                f"{info.id}  {info.state:<8} {priority_name(info.priority):<6} "
-                f"{int(now - info.created):>6}s  tries={info.attempts}  <{info.sender}> -> "
-                f"{recipients}  {info.last_error or ''}"
-            )
-            shown += 1
-        print(f"({shown} shown)")
 
-    def show(self, message_id: str) -> None:
+        def work(store: QueueStore) -> str:
+            now = time.time()
+            lines = []
+            for info in store.messages(state=state, limit=limit):
+                recipients = ", ".join(r.address for r in info.recipients)
+                lines.append(
+                    f"{info.id}  {info.state:<8} {priority_name(info.priority):<6} "
+                    f"{int(now - info.created):>6}s  tries={info.attempts}  <{info.sender}> -> "
+                    f"{recipients}  {info.last_error or ''}"
+                )
+            return "\n".join([*lines, f"({len(lines)} shown)"])
+
+        return self.call(work)
+
+    def show(self, message_id: str) -> Deferred[Report]:
         """One message: state, recipients and their outcomes, last error."""
-        info = self.queue.show(message_id)
-        print(
-            f"{info.id}: {info.state}, priority {priority_name(info.priority)}, "
-            f"{info.attempts} attempt(s), {info.size} bytes, from <{info.sender}>"
-        )
-        for rcpt in info.recipients:
-            print(f"  -> <{rcpt.address}> {rcpt.state} {rcpt.last_error or ''}")
-        if info.last_error:
-            print(f"  last error: {info.last_error}")
 
-    def retry(self, message_id: str) -> None:
+        def work(store: QueueStore) -> str:
+            info = store.show(message_id)
+            lines = [
+                f"{info.id}: {info.state}, priority {priority_name(info.priority)}, "
+                f"{info.attempts} attempt(s), {info.size} bytes, from <{info.sender}>"
+            ]
+            for rcpt in info.recipients:
+                lines.append(f"  -> <{rcpt.address}> {rcpt.state} {rcpt.last_error or ''}")
+            if info.last_error:
+                lines.append(f"  last error: {info.last_error}")
+            return "\n".join(lines)
+
+        return self.call(work)
+
+    def _then_wake(self, done: Deferred[Report]) -> Deferred[Report]:
+        def wake(report: Report) -> Report:
+            self.mailer.poller.wake()
+            return report
+
+        return done.addCallback(wake)
+
+    def retry(self, message_id: str) -> Deferred[Report]:
         """Attempt a deferred or failed message now."""
-        self.queue.retry(message_id, time.time())
-        self.mailer.poller.wake()
-        print(f"{message_id}: queued for delivery")
 
-    def hold(self, message_id: str) -> None:
+        def work(store: QueueStore) -> str:
+            store.retry(message_id, time.time())
+            return f"{message_id}: queued for delivery"
+
+        return self._then_wake(self.call(work))
+
+    def hold(self, message_id: str) -> Deferred[Report]:
         """Keep a queued or deferred message from delivery until release()."""
-        self.queue.hold(message_id)
-        print(f"{message_id}: held")
 
-    def release(self, message_id: str) -> None:
+        def work(store: QueueStore) -> str:
+            store.hold(message_id)
+            return f"{message_id}: held"
+
+        return self.call(work)
+
+    def release(self, message_id: str) -> Deferred[Report]:
         """Let a held message go."""
-        self.queue.release(message_id, time.time())
-        self.mailer.poller.wake()
-        print(f"{message_id}: released")
 
-    def pause(self) -> None:
+        def work(store: QueueStore) -> str:
+            store.release(message_id, time.time())
+            return f"{message_id}: released"
+
+        return self._then_wake(self.call(work))
+
+    def pause(self) -> Report:
         """Stop handing messages to delivery; deliveries under way finish."""
         self.mailer.poller.paused = True
         log.warn("manhole: delivery paused")
-        print("delivery paused")
+        return Report("delivery paused")
 
-    def resume(self) -> None:
+    def resume(self) -> Report:
         """Hand messages to delivery again."""
         self.mailer.poller.paused = False
         self.mailer.poller.wake()
         log.warn("manhole: delivery resumed")
-        print("delivery resumed")
+        return Report("delivery resumed")
 
 
 class Stats:
-    """``stats`` in the console: shown live each time it is displayed."""
+    """``stats`` in the console: fetched afresh (on a thread) each time it is shown."""
 
     def __init__(self, helpers: Helpers, mailer: Any) -> None:
         self._helpers = helpers
         self._mailer = mailer
 
+    def fetch(self) -> Deferred[Report]:
+        def work(store: QueueStore) -> str:
+            counts = store.counts()
+            outcomes = dict(self._mailer.delivery.counters)
+            queue = " ".join(f"{state}={counts.get(state, 0)}" for state in STATES)
+            return (
+                f"queue: {queue}\noutcomes since start: {outcomes}\n"
+                f"paused: {self._mailer.poller.paused}  "
+                f"poller lag: {self._mailer.poller.lag:.3f}s"
+            )
+
+        return self._helpers.call(work)
+
     def __repr__(self) -> str:
-        counts = self._helpers.queue.counts()
-        outcomes = dict(self._mailer.delivery.counters)
-        queue = " ".join(f"{state}={counts.get(state, 0)}" for state in STATES)
-        return (
-            f"queue: {queue}\noutcomes since start: {outcomes}\n"
-            f"paused: {self._mailer.poller.paused}  poller lag: {self._mailer.poller.lag:.3f}s"
-        )
+        return "<stats: type `stats` alone to see them>"
 
 
 class ManholeService(Service):
@@ -194,18 +304,25 @@ class ManholeService(Service):
 
     name = "manhole"
 
-    def __init__(self, config: Config, mailer: Any, listen: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        mailer: Any,
+        listen: Any,
+        run: Callable[..., Deferred[Any]],
+        open_store: Callable[[], QueueStore],
+    ) -> None:
         self.config = config
         self.mailer = mailer
         self._listen = listen
         self.port: Any = None
-        self.helpers = Helpers(mailer)
+        self.helpers = Helpers(mailer, run, open_store)
 
     def namespace(self) -> dict[str, Any]:
         helpers = self.helpers
         return {
             "service": self.mailer,
-            "queue": helpers.queue,
+            "queue": self.mailer.queue,
             "config": self.mailer.config,
             "stats": Stats(helpers, self.mailer),
             "ls": helpers.ls,
@@ -266,11 +383,11 @@ class ManholeService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        self.helpers.close()
+        closed = self.helpers.close()
         if self.port is not None:
             port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
-        return None
+            return DeferredList([closed, maybeDeferred(port.stopListening)])
+        return closed
 
     async def reconfigure(self, config: Config) -> None:
         """Re-bound (new before old) when its endpoint, keys file or host key changes."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
-from twisted.internet.protocol import DatagramProtocol
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
@@ -32,6 +30,7 @@ from smtpmailer.queue import (
     QueueError,
     QueueStore,
     Recorded,
+    backends,
 )
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue, QueueWriter, Runner
@@ -39,18 +38,6 @@ from smtpmailer.reload import ReloadService
 from smtpmailer.stats import StatsService
 from smtpmailer.systemd import Notifier, SystemdService
 from smtpmailer.web.service import StatusService
-
-
-class _Wakeup(DatagramProtocol):
-    """Any datagram on the wakeup socket means: new mail may be due, poll now."""
-
-    noisy = False
-
-    def __init__(self, poller: QueuePoller) -> None:
-        self._poller = poller
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self._poller.wake()
 
 
 class MailerService(MultiService):
@@ -87,6 +74,7 @@ class MailerService(MultiService):
         self._on_stop = on_stop
         self._install = install_handler
         self._log_target = log_target
+        self._wakeups = backends.wakeups_for(config)
         self._wakeup_port: Any = None
         self.metrics = Metrics()
         self.queue = AsyncQueue(run)
@@ -124,7 +112,9 @@ class MailerService(MultiService):
             listen,
             submit=self.submit,
         )
-        self.manhole = ManholeService(config, self, listen)
+        self.manhole = ManholeService(
+            config, self, listen, blocking, lambda: backends.open_store(self.config)
+        )
         workers = WorkerPool(spawn_worker, reactor, self.commit_checked) if spawn_worker else None
         self.submission = SubmissionService(
             config, self.submit, reactor, blocking, listen, workers=workers
@@ -167,7 +157,7 @@ class MailerService(MultiService):
             log.warn("config: {warning}", warning=warning)
         store: QueueStore = self._open_store()
         self.queue.attach(store)
-        reclaimed = store.reclaim_all_leases()
+        reclaimed = store.recover_leases()
         if reclaimed:
             log.warn(
                 "{n} message(s) were being delivered when the daemon last stopped; "
@@ -175,7 +165,7 @@ class MailerService(MultiService):
                 n=reclaimed,
             )
         if self._listen_wakeup:
-            self._wakeup_port = self._listen_for_wakeups()
+            self._wakeup_port = self._wakeups.listen(self._reactor, self.poller.wake)
         if self._install is not None and hasattr(self._reactor, "callWhenRunning"):
             # After twistd's own handlers, which the reactor installs as it starts.
             self._reactor.callWhenRunning(self._install, signal.SIGINT, self._interrupt)
@@ -219,25 +209,6 @@ class MailerService(MultiService):
         if self.queue.store is not None:
             self.queue.store.close()
 
-    def _listen_for_wakeups(self) -> Any:
-        """Bind the wakeup socket. Without it mail still flows, one poll interval later."""
-        from twisted.internet.error import CannotListenError
-
-        path = self.config.wakeup_socket
-        try:
-            if os.path.exists(path):
-                os.unlink(path)
-            port = self._reactor.listenUNIXDatagram(path, _Wakeup(self.poller))
-            os.chmod(path, 0o666)
-        except (CannotListenError, OSError) as error:
-            log.warn(
-                "wakeup socket {path} unavailable ({error}); new mail waits for the next poll",
-                path=path,
-                error=getattr(error, "socketError", error),
-            )
-            return None
-        return port
-
     def _interrupt(self, signum: int, frame: Any) -> None:
         """SIGINT: stop now. Messages on the wire go back to the queue, unfinished."""
         self.delivery.immediate = True
@@ -265,9 +236,7 @@ class MailerService(MultiService):
             await DeferredList(first)
             await maybeDeferred(self.delivery.stopService)
             if self._wakeup_port is not None:
-                await maybeDeferred(self._wakeup_port.stopListening)
-                if os.path.exists(self.config.wakeup_socket):
-                    os.unlink(self.config.wakeup_socket)
+                await self._wakeups.stop(self._wakeup_port)
             await self.writer.flush()
             if self._on_stop is not None:
                 self._on_stop()

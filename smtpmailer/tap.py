@@ -64,10 +64,10 @@ def prepare_state_dir(config: Config) -> IO[str]:
 
 def check_queue(config: Config) -> None:
     """Open the queue once to report a corrupt or unusable file now, not after the fork."""
-    from smtpmailer.queue.sqlite import SQLiteQueue
+    from smtpmailer.queue.backends import open_store
 
     try:
-        SQLiteQueue(config.queue.path).close()
+        open_store(config).close()
     except QueueError as error:
         raise usage.UsageError(str(error)) from None
 
@@ -80,8 +80,8 @@ def makeService(options: Options) -> Any:
 
     from smtpmailer.delivery.smtp.transport import tcp_connector
     from smtpmailer.listeners import listen_now
+    from smtpmailer.queue.backends import open_store
     from smtpmailer.queue.runner import QueueThread
-    from smtpmailer.queue.sqlite import SQLiteQueue
     from smtpmailer.service import MailerService
     from smtpmailer.systemd import Notifier
 
@@ -98,7 +98,7 @@ def makeService(options: Options) -> Any:
 
     service = MailerService(
         config,
-        open_store=lambda: SQLiteQueue(config.queue.path),
+        open_store=lambda: open_store(config),
         reactor=reactor,
         run=queue_thread,
         blocking=blocking,

@@ -12,9 +12,11 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 
@@ -277,3 +279,67 @@ class DashboardBrowserTests(InspectionCase):
         keep = os.environ.get("SMTPMAILER_SCREENSHOT")
         if keep:
             shutil.copy(screenshot, keep)
+
+
+class ManholeHelperTests(SynchronousTestCase):
+    """The console's helpers run every queue call on a worker thread, in the order typed:
+    the reactor thread (where the console runs) never blocks on SQLite."""
+
+    def setUp(self) -> None:
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "queue.sqlite3")
+        os.makedirs(os.path.dirname(self.path))
+        seed = SQLiteQueue(self.path)
+        self.message_id = seed.enqueue("a@example.com", ["b@example.org"], b"x\r\n", 5, 100.0, 10)
+        seed.close()
+        self.parked: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        self.opened: list[Any] = []
+
+    def run_later(self, function: Any, *args: Any) -> Deferred[Any]:
+        """Stands in for the thread pool: the work waits until the test runs it."""
+        done: Deferred[Any] = Deferred()
+        self.parked.append((function, args, done))
+        return done
+
+    def open_store(self) -> Any:
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        store = SQLiteQueue(self.path)
+        self.opened.append(store)
+        return store
+
+    def work_off(self) -> None:
+        while self.parked:
+            function, args, done = self.parked.pop(0)
+            done.callback(function(*args))
+
+    def test_helpers_wait_for_the_worker_and_keep_their_order(self) -> None:
+        from smtpmailer.manhole import Helpers, Stats
+
+        class Poller:
+            paused, lag = False, 0.0
+
+            def wake(self) -> None:
+                pass
+
+        class Mailer:
+            poller = Poller()
+            delivery = type("Delivery", (), {"counters": {}})()
+
+        helpers = Helpers(Mailer(), self.run_later, self.open_store)
+        listing = helpers.ls()
+        held = helpers.hold(self.message_id)
+        stats = Stats(helpers, Mailer()).fetch()
+        self.assertEqual(self.opened, [], "nothing touched the store on the calling thread")
+        self.assertNoResult(listing)
+        self.assertEqual(len(self.parked), 1, "one call at a time")
+        self.work_off()
+        self.assertIn(f"{self.message_id}  queued", self.successResultOf(listing))
+        report = self.successResultOf(held)
+        self.assertEqual(report, f"{self.message_id}: held")
+        self.assertEqual(repr(report), f"{self.message_id}: held")  # the console shows it raw
+        self.assertIn("held=1", self.successResultOf(stats))  # after the hold, as typed
+        closing = helpers.close()
+        self.work_off()
+        self.successResultOf(closing)

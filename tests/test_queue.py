@@ -1,43 +1,23 @@
-"""The SQLite queue: every state transition, ordering, leases, per-recipient outcomes."""
+"""The SQLite backend: the queue contract, then what is SQLite's own (ids within one
+millisecond, multi-row inserts, migrations, fsync per transaction, driver errors)."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.queue import (
     STATES,
-    NoSuchMessage,
     Outcome,
     QueueError,
-    QueueFull,
-    RecipientResult,
+    QueueStore,
     RetryPolicy,
-    WrongState,
 )
-from smtpmailer.queue.sqlite import SQLiteQueue, new_message_id
-
-POLICY = RetryPolicy(
-    retry_delay=60,
-    backoff_factor=2,
-    max_retry_delay=600,
-    max_retries=3,
-    max_age=86400,
-    random=lambda: 0.0,
-)
-
-
-def results(lease: object, *pairs: tuple[str, str]) -> tuple[RecipientResult, ...]:
-    return tuple(
-        RecipientResult(address, status, reply)
-        for address, status, reply in [
-            (a, s, f"{'250' if s == 'sent' else '451' if s == 'deferred' else '550'} x")
-            for a, s in pairs
-        ]
-    )
+from smtpmailer.queue.ids import new_message_id
+from smtpmailer.queue.sqlite import SQLiteQueue
+from tests.queue_contract import POLICY, QueueContract, results
 
 
 class RetryPolicyTests(SynchronousTestCase):
@@ -59,7 +39,16 @@ class RetryPolicyTests(SynchronousTestCase):
         self.assertEqual(POLICY.next_attempt(5, age_from=0, now=86300), 86400)
 
 
-class StoreTests(SynchronousTestCase):
+class SQLiteContractTests(QueueContract, SynchronousTestCase):
+    def open_store(self) -> QueueStore:
+        if not hasattr(self, "path"):
+            directory = os.path.abspath(self.mktemp())
+            os.makedirs(directory)
+            self.path = os.path.join(directory, "queue.sqlite3")
+        return SQLiteQueue(self.path)
+
+
+class SQLiteStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -71,6 +60,17 @@ class StoreTests(SynchronousTestCase):
         return self.store.enqueue(
             "s@x.org", list(rcpts) or ["r@y.org"], b"Subject: t\r\n\r\nb\r\n", priority, now, 1000
         )
+
+    def stored_counts(self) -> dict[str, int]:
+        return {state: n for state, n in self.store.counts().items() if state != "accepted"}
+
+    def actual_counts(self) -> dict[str, int]:
+        """What state_counts must say, counted the slow way."""
+        counted = dict.fromkeys(STATES, 0)
+        counted.update(
+            self.store._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
+        )
+        return counted
 
     def test_ids_are_unique_and_time_ordered(self) -> None:
         ids = [new_message_id(2_000_000_000.0 + i) for i in range(50)]
@@ -121,148 +121,6 @@ class StoreTests(SynchronousTestCase):
         batch = [NewMessage("s@x.org", ("r@y.org",), body, 5) for body in data]
         ids = self.store.enqueue_many(batch, 100.0, 1000)
         self.assertEqual([self.store.body(i) for i in ids], data)
-
-    def test_enqueue_and_counts(self) -> None:
-        message_id = self.add("a@y.org", "b@y.org")
-        info = self.store.show(message_id)
-        self.assertEqual(info.state, "queued")
-        self.assertEqual([r.address for r in info.recipients], ["a@y.org", "b@y.org"])
-        self.assertEqual(self.store.counts()["queued"], 1)
-        self.assertEqual(self.store.body(message_id), b"Subject: t\r\n\r\nb\r\n")
-
-    def test_queue_full_writes_nothing(self) -> None:
-        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
-        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
-        with self.assertRaises(QueueFull) as caught:
-            self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
-        self.assertIn("max_queue_size = 2", str(caught.exception))
-        self.assertEqual(sum(1 for _ in self.store.messages()), 2)
-
-    def test_priority_first_then_oldest(self) -> None:
-        low = self.add(priority=1, now=1)
-        old_normal = self.add(priority=5, now=2)
-        new_normal = self.add(priority=5, now=3)
-        high = self.add(priority=9, now=4)
-        leases = self.store.lease(now=10, limit=3, lease_seconds=60)
-        self.assertEqual([lease.id for lease in leases], [high, old_normal, new_normal])
-        self.assertEqual([lease.id for lease in self.store.lease(10, 10, 60)], [low])
-        self.assertEqual(self.store.lease(10, 10, 60), [])
-
-    def test_sent(self) -> None:
-        message_id = self.add("a@y.org")
-        (lease,) = self.store.lease(200, 10, 60)
-        self.assertEqual(self.store.show(message_id).state, "active")
-        (recorded,) = self.store.record(
-            [Outcome(lease, results(lease, ("a@y.org", "sent")), "r")], 201, POLICY
-        )
-        self.assertEqual((recorded.state, recorded.attempts), ("sent", 1))
-        self.assertEqual(self.store.counts()["sent"], 1)
-        self.assertRaises(WrongState, self.store.body, message_id)  # content is not kept
-
-    def test_deferred_recipients_only_are_retried(self) -> None:
-        message_id = self.add("a@y.org", "b@y.org", "c@y.org")
-        (lease,) = self.store.lease(200, 10, 60)
-        outcome = results(
-            lease, ("a@y.org", "sent"), ("b@y.org", "deferred"), ("c@y.org", "failed")
-        )
-        (recorded,) = self.store.record([Outcome(lease, outcome, "r")], 200, POLICY)
-        self.assertEqual(recorded.state, "deferred")
-        info = self.store.show(message_id)
-        self.assertEqual(info.next_attempt, 260)
-        self.assertEqual(
-            {r.address: r.state for r in info.recipients},
-            {"a@y.org": "sent", "b@y.org": "pending", "c@y.org": "failed"},
-        )
-        self.assertEqual(self.store.lease(259, 10, 60), [])  # not due yet
-        (again,) = self.store.lease(260, 10, 60)
-        self.assertEqual(again.recipients, ("b@y.org",))
-        self.store.record([Outcome(again, results(again, ("b@y.org", "sent")), "r")], 261, POLICY)
-        self.assertEqual(self.store.show(message_id).state, "failed")  # c failed for good
-
-    def test_backoff_between_attempts(self) -> None:
-        message_id = self.add()
-        now = 200.0
-        for expected_delay in (60, 120, 240):
-            (lease,) = self.store.lease(now, 10, 60)
-            self.store.record(
-                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
-            )
-            info = self.store.show(message_id)
-            self.assertEqual(info.next_attempt - now, expected_delay)
-            now = info.next_attempt
-
-    def test_max_retries_ends_in_failed(self) -> None:
-        message_id = self.add()
-        now = 200.0
-        for _ in range(4):  # the first attempt and max_retries = 3 retries
-            (lease,) = self.store.lease(now, 10, 60)
-            (recorded,) = self.store.record(
-                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
-            )
-            now += 10_000
-        self.assertEqual(recorded.state, "failed")
-        self.assertEqual(recorded.expired[0][0], "r@y.org")
-        info = self.store.show(message_id)
-        self.assertIn("retries exhausted after 4 attempts", info.last_error or "")
-        self.assertIn("451 x", info.recipients[0].last_error or "")
-
-    def test_max_age_ends_in_failed(self) -> None:
-        self.add(now=0)
-        (lease,) = self.store.lease(86400, 10, 60)
-        (recorded,) = self.store.record(
-            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 86400, POLICY
-        )
-        self.assertEqual(recorded.state, "failed")
-
-    def test_expired_lease_returns(self) -> None:
-        message_id = self.add()
-        (first,) = self.store.lease(200, 10, lease_seconds=60)
-        self.assertEqual(self.store.lease(259, 10, 60), [])
-        (second,) = self.store.lease(261, 10, 60)
-        self.assertEqual(second.id, message_id)
-        self.assertNotEqual(first.token, second.token)
-        # The first attempt's late word is ignored: the lease is no longer its own.
-        (stale,) = self.store.record(
-            [Outcome(first, results(first, ("r@y.org", "sent")), "r")], 262, POLICY
-        )
-        self.assertTrue(stale.stale)
-        self.assertEqual(self.store.show(message_id).state, "active")
-
-    def test_reclaim_and_release(self) -> None:
-        a, b = self.add(now=1), self.add(now=2)
-        leases = self.store.lease(10, 10, 600)
-        self.assertEqual(self.store.release_leases(leases[:1]), 1)
-        self.assertEqual(self.store.show(a).state, "queued")
-        self.assertEqual(self.store.reclaim_all_leases(), 1)
-        self.assertEqual(self.store.show(b).state, "queued")
-
-    def test_counts_survive_reopen(self) -> None:
-        self.add()
-        self.add()
-        (lease, _) = self.store.lease(200, 10, 60)
-        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
-        self.store.close()
-        self.store = SQLiteQueue(self.path)
-        self.assertEqual(
-            self.store.counts(),
-            {
-                "queued": 0,
-                "deferred": 0,
-                "active": 1,
-                "held": 0,
-                "failed": 0,
-                "sent": 1,
-                "accepted": 2,
-            },
-        )
-
-    def actual_counts(self) -> dict[str, int]:
-        """What state_counts must say, counted the slow way."""
-        counted = dict.fromkeys(STATES, 0)
-        counted.update(
-            self.store._db.execute("SELECT state, count(*) FROM messages GROUP BY state")
-        )
-        return counted
 
     def test_a_batch_of_outcomes_ends_as_one_by_one(self) -> None:
         """record() takes all-sent outcomes set by set: same rows, counts and Recorded as
@@ -335,9 +193,6 @@ class StoreTests(SynchronousTestCase):
         states = [state for state, *_ in summary_many]
         self.assertEqual(states, ["failed", "sent", "deferred", "deferred", "active"])
 
-    def stored_counts(self) -> dict[str, int]:
-        return {state: n for state, n in self.store.counts().items() if state != "accepted"}
-
     def make_old_schema(self, version: int) -> None:
         """Turn the file into what smtpmailer wrote at ``version``: counts kept by triggers
         (schema 1 without the 'accepted' count), and here deliberately wrong."""
@@ -405,65 +260,6 @@ class StoreTests(SynchronousTestCase):
         self.add()
         self.assertEqual(self.store.counts()["queued"], 2)
 
-    def test_counts_match_the_messages_after_every_operation(self) -> None:
-        """Every statement that moves a message between states keeps state_counts right."""
-        checks = 0
-
-        def check() -> None:
-            nonlocal checks
-            checks += 1
-            self.assertEqual(self.stored_counts(), self.actual_counts())
-
-        ids = [self.add("a@y.org", "b@y.org", now=100 + i) for i in range(8)]
-        check()
-        self.store.hold(ids[0])
-        check()
-        self.assertEqual(self.store.hold_all(), 7)
-        check()
-        self.store.release(ids[0], 150)
-        check()
-        self.assertEqual(self.store.release_all(150), 7)
-        check()
-        leases = self.store.lease(200, 6, 60)
-        check()
-        self.assertEqual(self.store.release_leases(leases[:1]), 1)
-        check()
-        outcomes = [
-            Outcome(leases[1], results(leases[1], ("a@y.org", "sent"), ("b@y.org", "sent")), "r"),
-            Outcome(leases[2], results(leases[2], ("a@y.org", "sent"), ("b@y.org", "failed")), "r"),
-            Outcome(
-                leases[3], results(leases[3], ("a@y.org", "deferred"), ("b@y.org", "sent")), "r"
-            ),
-        ]
-        self.store.record(outcomes, 201, POLICY)
-        check()
-        self.store.record(outcomes[:1], 202, POLICY)  # stale: already recorded
-        check()
-        self.assertEqual(len(self.store.lease(10_000, 10, 60)), 6)  # expired and due come back
-        check()
-        self.assertEqual(self.store.reclaim_all_leases(), 6)
-        check()
-        self.store.retry(outcomes[1].lease.id, 10_001)  # failed -> queued
-        check()
-        deferred = self.store.lease(10_002, 1, 60)
-        self.store.record(
-            [Outcome(deferred[0], results(deferred[0], ("a@y.org", "deferred")), "r")],
-            10_002,
-            POLICY,
-        )
-        check()
-        self.store.retry(deferred[0].id, 10_003)  # deferred -> queued
-        check()
-        self.store.hold(deferred[0].id)
-        self.assertGreater(self.store.retry_all(10_004), -1)
-        check()
-        self.store.delete(deferred[0].id)
-        check()
-        self.assertEqual(self.store.purge_sent(before=10**6, limit=10), 1)
-        check()
-        self.assertEqual(self.store.counts()["accepted"], 8)
-        self.assertEqual(checks, 17)
-
     def test_only_leases_commit_without_waiting_for_fsync(self) -> None:
         """A lease is undone at every start, so it need not wait for the disk; accepting
         mail and recording outcomes must, and the connection is back to FULL after."""
@@ -487,41 +283,10 @@ class StoreTests(SynchronousTestCase):
     def test_a_failed_lease_leaves_the_connection_synced(self) -> None:
         self.add()
         self.store._db.execute("DROP TABLE bodies")  # the lease fails half-way through
-        self.assertRaises(sqlite3.OperationalError, self.store.lease, 200, 10, 60)
+        self.assertRaises(QueueError, self.store.lease, 200, 10, 60)
         self.assertFalse(self.store._db.in_transaction)
         self.assertEqual(self.store.counts()["queued"], 1)  # rolled back
         self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
-
-    def test_enqueue_and_lease_hands_new_mail_straight_to_delivery(self) -> None:
-        from smtpmailer.queue import NewMessage
-
-        items = [
-            NewMessage("s@x.org", ("a@y.org",), b"low", 1),
-            NewMessage("s@x.org", ("b@y.org",), b"high", 9),
-            NewMessage("s@x.org", ("c@y.org",), b"normal", 5),
-        ]
-        ids, leases = self.store.enqueue_and_lease(items, 100.0, 1000, 2, 60)
-        self.assertEqual([lease.data for lease in leases], [b"high", b"normal"])  # by priority
-        self.assertEqual([self.store.show(i).state for i in ids], ["queued", "active", "active"])
-        self.assertEqual(self.stored_counts(), self.actual_counts())
-        self.assertEqual(self.store.counts()["accepted"], 3)
-        # The leases are real: their outcomes are recorded, and they expire like any other.
-        self.store.record(
-            [Outcome(leases[0], results(leases[0], ("b@y.org", "sent")), "r")], 101, POLICY
-        )
-        self.assertEqual(self.store.show(ids[1]).state, "sent")
-        self.assertEqual({lease.id for lease in self.store.lease(161, 10, 60)}, {ids[0], ids[2]})
-
-    def test_enqueue_and_lease_leaves_new_mail_behind_older_queued_mail(self) -> None:
-        from smtpmailer.queue import NewMessage
-
-        older = self.add()
-        _, leases = self.store.enqueue_and_lease(
-            [NewMessage("s@x.org", ("a@y.org",), b"new", 9)], 100.0, 1000, 5, 60
-        )
-        self.assertEqual(leases, [])
-        self.assertEqual(self.store.show(older).state, "queued")
-        self.assertEqual(self.store.counts()["queued"], 2)
 
     def test_record_and_enqueue_is_one_transaction(self) -> None:
         """The daemon's turn: outcomes first (they free room in the queue), then the new
@@ -534,7 +299,7 @@ class StoreTests(SynchronousTestCase):
         new = [NewMessage("s@x.org", ("b@y.org",), b"new", 5), NewMessage("s@x.org", (), b"", 5)]
         self.store._db.execute("DROP TABLE bodies")  # the insert fails half-way through
         self.assertRaises(
-            sqlite3.OperationalError,
+            QueueError,  # the driver's error, as the queue's own
             self.store.record_and_enqueue,
             [outcome],
             POLICY,
@@ -558,56 +323,6 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(self.store.show(ids[0]).state, "active")
         self.assertEqual(self.stored_counts(), self.actual_counts())
 
-    def test_hold_release_retry_delete(self) -> None:
-        message_id = self.add()
-        self.store.hold(message_id)
-        self.assertEqual(self.store.lease(200, 10, 60), [])
-        self.assertRaises(WrongState, self.store.hold, message_id)
-        self.store.release(message_id, 300)
-        self.assertRaises(WrongState, self.store.release, message_id, 300)
-        (lease,) = self.store.lease(300, 10, 60)
-        self.assertRaises(WrongState, self.store.delete, message_id)  # being delivered
-        self.assertRaises(WrongState, self.store.hold, message_id)
-        self.store.record([Outcome(lease, results(lease, ("r@y.org", "failed")), "r")], 301, POLICY)
-        self.store.retry(message_id, 400)
-        info = self.store.show(message_id)
-        self.assertEqual((info.state, info.attempts), ("queued", 0))
-        self.assertEqual(info.recipients[0].state, "pending")
-        self.store.delete(message_id)
-        self.assertRaises(NoSuchMessage, self.store.show, message_id)
-        counts = self.store.counts()
-        self.assertEqual(sum(counts[state] for state in STATES), 0)
-        self.assertEqual(counts["accepted"], 1)  # history: it was accepted once
-
-    def test_retry_all_flushes_deferred(self) -> None:
-        for _ in range(3):
-            self.add()
-        for lease in self.store.lease(200, 10, 60):
-            self.store.record(
-                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 200, POLICY
-            )
-        self.assertEqual(self.store.lease(201, 10, 60), [])
-        self.assertEqual(self.store.retry_all(201), 3)
-        self.assertEqual(len(self.store.lease(201, 10, 60)), 3)
-
-    def test_purge_sent(self) -> None:
-        self.add()
-        (lease,) = self.store.lease(200, 10, 60)
-        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
-        self.assertEqual(self.store.purge_sent(before=201, limit=10), 0)
-        self.assertEqual(self.store.purge_sent(before=202, limit=10), 1)
-        self.assertEqual(self.store.counts()["sent"], 0)
-
-    def test_recent_outcomes_and_oldest(self) -> None:
-        self.add(now=50)
-        self.add(now=60)
-        (lease, _) = self.store.lease(200, 10, 60)
-        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
-        self.assertEqual(
-            self.store.recent_outcomes(since=100), {"sent": 1, "failed": 0, "deferred": 0}
-        )
-        self.assertEqual(self.store.oldest_pending(), 60)
-
     def test_corrupt_file_is_a_clear_error(self) -> None:
         self.store.close()
         with open(self.path, "wb") as handle:
@@ -627,21 +342,70 @@ class StoreTests(SynchronousTestCase):
             SQLiteQueue("/nonexistent/dir/q.sqlite3")
         self.assertIn("queue directory /nonexistent/dir does not exist", str(caught.exception))
 
+    # --- driver errors leave the store as the queue's own ---
 
-class EnqueueManyTests(StoreTests):
-    def test_one_transaction_each_item_its_own_answer(self) -> None:
-        from smtpmailer.queue import NewMessage
+    def test_a_full_disk_is_no_space_and_writes_nothing(self) -> None:
+        """SQLITE_FULL, made real by capping the file's size (max_page_count)."""
+        from smtpmailer.queue import NoSpace
 
-        items = [
-            NewMessage("s@x.org", ("a@y.org",), b"one", 5),
-            NewMessage("s@x.org", (), b"no recipients", 5),
-            NewMessage("s@x.org", ("b@y.org",), b"two", 9),
-            NewMessage("s@x.org", ("c@y.org",), b"over the limit", 5),
-        ]
-        results = self.store.enqueue_many(items, 100.0, max_queue_size=2)
-        self.assertIsInstance(results[0], str)
-        self.assertEqual(str(results[1]), "a message needs at least one recipient")
-        self.assertIsInstance(results[2], str)
-        self.assertIsInstance(results[3], QueueFull)
-        self.assertEqual(self.store.counts()["queued"], 2)
-        self.assertEqual(self.store.body(results[2]), b"two")  # type: ignore[arg-type]
+        kept = self.add()
+        (pages,) = self.store._db.execute("PRAGMA page_count").fetchone()
+        self.store._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with self.assertRaises(NoSpace) as caught:
+            self.store.enqueue("s@x.org", ["r@y.org"], b"x" * 200_000, 5, 101.0, 1000)
+        self.assertEqual(
+            str(caught.exception),
+            f"queue storage is full: no space left on device ({self.path})",
+        )
+        self.assertEqual(caught.exception.kind, "full")  # answered as a full queue
+        self.assertEqual([m.id for m in self.store.messages()], [kept])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.store._db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+        self.assertIsInstance(self.add(), str)
+
+    def test_a_held_write_lock_is_store_busy(self) -> None:
+        import sqlite3
+
+        from smtpmailer.queue import StoreBusy
+
+        self.store.close()
+        self.store = SQLiteQueue(self.path, busy_timeout=0.05)
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        self.assertRaises(StoreBusy, self.add)
+        other.execute("ROLLBACK")
+        self.assertIsInstance(self.add(), str)
+
+    def test_damage_found_after_opening_is_queue_corrupt(self) -> None:
+        from smtpmailer.queue import QueueCorrupt
+
+        for n in range(50):
+            self.add(now=float(n))
+        self.store.close()
+        with open(self.path, "r+b") as handle:  # garbage over the tables, header intact
+            handle.seek(4096)
+            handle.write(os.urandom(4096 * 3))
+        with self.assertRaises(QueueCorrupt) as caught:
+            store = SQLiteQueue(self.path)
+            self.addCleanup(store.close)
+            list(store.messages())
+        self.assertIn(self.path, str(caught.exception))
+        self.assertIn("the file is damaged", str(caught.exception))
+        self.store = SQLiteQueue(os.path.join(os.path.dirname(self.path), "fresh.sqlite3"))
+
+    def test_read_only_opens_write_nothing(self) -> None:
+        message_id = self.add()
+        self.store.close()
+        before = os.stat(self.path).st_mtime_ns, os.path.getsize(self.path)
+        reader = SQLiteQueue(self.path, read_only=True)
+        self.addCleanup(reader.close)
+        self.assertEqual(reader.show(message_id).state, "queued")
+        self.assertRaises(QueueError, reader.hold, message_id)
+        self.assertEqual((os.stat(self.path).st_mtime_ns, os.path.getsize(self.path)), before)
+        missing = os.path.join(os.path.dirname(self.path), "none.sqlite3")
+        empty = SQLiteQueue(missing, read_only=True)
+        self.addCleanup(empty.close)
+        self.assertEqual(list(empty.messages()), [])
+        self.assertFalse(os.path.exists(missing))
+        self.store = SQLiteQueue(self.path)

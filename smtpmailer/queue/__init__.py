@@ -43,11 +43,34 @@ def priority_name(value: int) -> str:
 
 
 class QueueError(Exception):
-    """The queue cannot do what was asked; the message says why in one line."""
+    """The queue cannot do what was asked; the message says why in one line.
+
+    ``kind`` is how the ways in tell refusals apart (intake/refusals.py)."""
+
+    kind = "storage"
 
 
 class QueueFull(QueueError):
     """max_queue_size is reached: nothing was written."""
+
+    kind = "full"
+
+
+class StoreBusy(QueueError):
+    """Another process held the store's write lock for longer than we wait."""
+
+    kind = "busy"
+
+
+class NoSpace(QueueError):
+    """The store's disk (or quota) is full: nothing was written. Answered like a full
+    queue: try again later."""
+
+    kind = "full"
+
+
+class QueueCorrupt(QueueError):
+    """The store's file is damaged; the message names it and what to do."""
 
 
 class NoSuchMessage(QueueError):
@@ -153,7 +176,11 @@ class Recorded:
 
 
 class QueueStore(Protocol):
-    """A durable queue. Every method is one transaction; all of them block (run off-reactor)."""
+    """A durable queue. Every method is one transaction; all of them block (run off-reactor).
+
+    A backend stores, leases and counts; what an outcome does to a message is decided by
+    queue/rules.py. Its failures are QueueError and its subclasses, never a driver's own.
+    """
 
     def enqueue(
         self,
@@ -197,7 +224,9 @@ class QueueStore(Protocol):
 
     def release_leases(self, leases: Sequence[Lease]) -> int: ...
 
-    def reclaim_all_leases(self) -> int: ...
+    def recover_leases(self) -> int:
+        """At start: give back the leases whose owner is gone (for SQLite, under the
+        daemon's lock on state_dir, every lease); returns how many."""
 
     def counts(self) -> dict[str, int]: ...
 
@@ -252,8 +281,10 @@ __all__ = [
     "Lease",
     "MessageInfo",
     "NewMessage",
+    "NoSpace",
     "NoSuchMessage",
     "Outcome",
+    "QueueCorrupt",
     "QueueError",
     "QueueFull",
     "QueueStore",
@@ -261,5 +292,6 @@ __all__ = [
     "RecipientResult",
     "Recorded",
     "RetryPolicy",
+    "StoreBusy",
     "WrongState",
 ]

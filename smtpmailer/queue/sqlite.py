@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-import secrets
 import sqlite3
+import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from smtpmailer.queue import (
     ACTIVE,
@@ -25,17 +27,25 @@ from smtpmailer.queue import (
     Lease,
     MessageInfo,
     NewMessage,
+    NoSpace,
     NoSuchMessage,
     Outcome,
+    QueueCorrupt,
     QueueError,
     QueueFull,
     Recipient,
     Recorded,
+    StoreBusy,
     WrongState,
+    rules,
 )
+from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
 SCHEMA_VERSION = 3
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xff).
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
 _COUNTED = ", ".join(f"('{state}', 0)" for state in (*STATES, "accepted"))
 # While a message is active, next_attempt holds its lease expiry: one index serves both
 # "deferred and due" and "active and expired".
@@ -107,43 +117,53 @@ def _insert_rows(
     )
 
 
-_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"  # no vowels: ids never spell words
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-_last_id_time = [0, 0]  # milliseconds, sequence: ids made in one millisecond stay distinct
+def _driver_errors(method: Method) -> Method:
+    """A public method of SQLiteQueue: sqlite3's errors leave it as the queue's own
+    (NoSpace, StoreBusy, QueueCorrupt, QueueError), never as ``sqlite3.*``."""
+    if inspect.isgeneratorfunction(method):
 
+        @functools.wraps(method)
+        def streamed(self: SQLiteQueue, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as error:
+                raise self._translate(error) from None
 
-def new_message_id(now: float) -> str:
-    """14 characters: the millisecond, a per-process sequence within it, then 16 random
-    bits (for other processes writing the same queue). Sortable by creation time."""
-    millis = int(now * 1000)
-    if millis <= _last_id_time[0]:
-        millis = _last_id_time[0]
-        _last_id_time[1] += 1
-        if _last_id_time[1] >= 1 << 10:  # 1,024 in one millisecond: borrow the next one
-            millis += 1
-            _last_id_time[1] = 0
-    else:
-        _last_id_time[1] = 0
-    _last_id_time[0] = millis
-    number = (((millis << 10) | _last_id_time[1]) << 16) | secrets.randbits(16)
-    chars = []
-    for _ in range(14):
-        number, digit = divmod(number, len(_ID_ALPHABET))
-        chars.append(_ID_ALPHABET[digit])
-    return "".join(reversed(chars))
+        return streamed  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def guarded(self: SQLiteQueue, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise self._translate(error) from None
+
+    return guarded  # type: ignore[return-value]
 
 
 class SQLiteQueue:
     """QueueStore on SQLite. Use from one thread at a time (the daemon's queue thread)."""
 
-    def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str, busy_timeout: float = 30.0, read_only: bool = False) -> None:
+        """Open (creating and migrating it if needed) the queue file at ``path``.
+
+        ``read_only`` opens it for looking only (``queue list``, ``stats``): no schema
+        script, no write lock, so it never competes with the daemon; a file that does not
+        exist yet is an empty queue, and nothing is created.
+        """
         self.path = path
+        self.read_only = read_only
         self._count_changes: Counter[str] = Counter()
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise QueueError(f"queue directory {directory} does not exist")
         try:
+            if read_only:
+                self._db = self._open_read_only(path, busy_timeout)
+                return
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -157,23 +177,58 @@ class SQLiteQueue:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION if fresh else 1),),
             )
-            (version,) = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
-            if int(version) == 1:
+            version = self._schema_version()
+            if version == 1:
                 version = self._migrate_to_2()
-            if int(version) == 2:
+            if version == 2:
                 version = self._migrate_to_3()
-            elif int(version) == SCHEMA_VERSION and self._has_count_triggers():
+            elif version == SCHEMA_VERSION and self._has_count_triggers():
                 # An older smtpmailer opened this file and put its triggers back.
                 self._migrate_to_3()
-        except sqlite3.DatabaseError as error:
-            raise QueueError(f"cannot open queue database {path}: {error}") from None
-        if int(version) != SCHEMA_VERSION:
+        except sqlite3.Error as error:
+            raise self._translate(error, f"cannot open queue database {path}") from None
+        self._check_version(version)
+
+    def _open_read_only(self, path: str, busy_timeout: float) -> sqlite3.Connection:
+        if not os.path.exists(path):
+            db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            db.executescript(SCHEMA)
+            return db
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+        db = sqlite3.connect(
+            uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._db = db
+        self._check_version(self._schema_version())
+        return db
+
+    def _schema_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _check_version(self, version: int) -> None:
+        if version != SCHEMA_VERSION:
             raise QueueError(
-                f"queue database {path} has schema version {version}, this smtpmailer "
+                f"queue database {self.path} has schema version {version}, this smtpmailer "
                 f"knows {SCHEMA_VERSION}"
             )
+
+    def _translate(self, error: sqlite3.Error, doing: str | None = None) -> QueueError:
+        """The queue's own error for a driver error: disk full, busy, damaged, or other."""
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+        where = doing or f"queue database {self.path}"
+        if code == _SQLITE_FULL:
+            return NoSpace(f"queue storage is full: no space left on device ({self.path})")
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return StoreBusy(f"queue database {self.path} is busy: {error}")
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return QueueCorrupt(
+                f"{where}: {error}; the file is damaged: stop the daemon, move it aside "
+                "and restore it from a backup"
+            )
+        if code == _SQLITE_READONLY:
+            return QueueError(f"{where}: the file is read-only for this user")
+        return QueueError(f"{where}: {error}")
 
     def _migrate_to_2(self) -> int:
         """Version 2 counts every message ever accepted (for the metrics)."""
@@ -221,7 +276,7 @@ class SQLiteQueue:
         The state moves recorded with _moved go into state_counts in the same commit.
 
         ``synced=False`` commits without waiting for fsync (synchronous = NORMAL), for
-        leases only: every lease is undone at the next start (reclaim_all_leases), so
+        leases only: every lease is undone at the next start (recover_leases), so
         losing one to a power cut costs nothing, and the next synced commit carries it
         to disk anyway (one WAL file, written in order)."""
         if not synced:
@@ -230,7 +285,7 @@ class SQLiteQueue:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as error:
-                raise QueueError(f"queue database {self.path} is busy: {error}") from None
+                raise self._translate(error) from None
             self._count_changes.clear()
             try:
                 yield self._db
@@ -239,11 +294,16 @@ class SQLiteQueue:
                     self._db.executemany(
                         "UPDATE state_counts SET n = n + ? WHERE state = ?", changes
                     )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite has already rolled back after some errors (a full disk): a second
+                # ROLLBACK would fail and hide the first error.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
         finally:
             if not synced:
                 self._db.execute("PRAGMA synchronous = FULL")
@@ -262,6 +322,7 @@ class SQLiteQueue:
 
     # --- input ---
 
+    @_driver_errors
     def enqueue(
         self,
         sender: str,
@@ -278,6 +339,7 @@ class SQLiteQueue:
             raise result
         return result
 
+    @_driver_errors
     def enqueue_many(
         self, items: Sequence[NewMessage], now: float, max_queue_size: int
     ) -> list[str | QueueError]:
@@ -285,6 +347,7 @@ class SQLiteQueue:
         Each gets its id, or the error that refused it alone (a full queue, no recipient)."""
         return self.enqueue_and_lease(items, now, max_queue_size, 0, 0.0)[0]
 
+    @_driver_errors
     def enqueue_and_lease(
         self,
         items: Sequence[NewMessage],
@@ -299,6 +362,7 @@ class SQLiteQueue:
         with self._transaction() as db:
             return self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
 
+    @_driver_errors
     def record_and_enqueue(
         self,
         outcomes: Sequence[Outcome],
@@ -358,7 +422,7 @@ class SQLiteQueue:
                     )
                 )
             else:
-                lease = (secrets.token_hex(8), now + lease_seconds) if index in to_lease else None
+                lease = (new_lease_token(), now + lease_seconds) if index in to_lease else None
                 accepted.append((index, item, lease))
                 results.append("")  # the id, below
                 pending += 1
@@ -472,6 +536,7 @@ class SQLiteQueue:
 
     # --- the delivery loop ---
 
+    @_driver_errors
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
         """Hand out up to ``limit`` due messages, highest priority first, oldest first."""
         with self._transaction(synced=False) as db:
@@ -493,7 +558,7 @@ class SQLiteQueue:
             ).fetchall()
             if not rows:
                 return []
-            tokens = {row[0]: secrets.token_hex(8) for row in rows}
+            tokens = {row[0]: new_lease_token() for row in rows}
             leased = db.executemany(
                 "UPDATE messages SET state = ?, lease_token = ?, next_attempt = ?, updated = ?"
                 " WHERE id = ?",
@@ -529,6 +594,7 @@ class SQLiteQueue:
             for row in rows
         ]
 
+    @_driver_errors
     def record(
         self, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy
     ) -> list[Recorded]:
@@ -605,8 +671,8 @@ class SQLiteQueue:
                 )
             }
             for state, group in (
-                (SENT, [i for i in live if i not in failed]),
-                (FAILED, sorted(failed)),
+                (rules.all_sent_state(False), [i for i in live if i not in failed]),
+                (rules.all_sent_state(True), sorted(failed)),
             ):
                 if not group:
                     continue
@@ -630,7 +696,7 @@ class SQLiteQueue:
                     )
                 )
             else:
-                state = FAILED if outcome.lease.id in failed else SENT
+                state = rules.all_sent_state(outcome.lease.id in failed)
                 done.append(Recorded(outcome, state, row[2] + 1))  # type: ignore[index]
         return done
 
@@ -646,17 +712,8 @@ class SQLiteQueue:
             # The lease expired and someone else has the message now, or an operator
             # deleted it: this attempt's word no longer counts.
             return Recorded(outcome, row[0] if row else "deleted", row[2] if row else 0, stale=True)
-        attempts = row[2] + 1
-        last_error = None
         for result in outcome.results:
-            if result.status == RCPT_SENT:
-                state, error = RCPT_SENT, None
-            elif result.status == RCPT_FAILED:
-                state, error = RCPT_FAILED, result.reply
-            else:
-                state, error = RCPT_PENDING, result.reply
-            if error and last_error is None:
-                last_error = error
+            state, error = rules.recipient_update(result)
             db.execute(
                 "UPDATE recipients SET state = ?, last_error = ?"
                 " WHERE message_id = ? AND address = ? AND state = ?",
@@ -669,39 +726,44 @@ class SQLiteQueue:
                 (lease.id, RCPT_PENDING),
             )
         ]
-        expired: tuple[tuple[str, str], ...] = ()
-        next_attempt = now
-        if pending:
-            reason = policy.give_up_reason(attempts, row[3], now)
-            if reason:
-                new_state = FAILED
-                expired = tuple((address, reason) for address in pending)
-                db.execute(
-                    "UPDATE recipients SET state = ?,"
-                    " last_error = coalesce(last_error || '; ', '') || ?"
-                    " WHERE message_id = ? AND state = ?",
-                    (RCPT_FAILED, reason, lease.id, RCPT_PENDING),
-                )
-                last_error = f"{last_error}; {reason}" if last_error else reason
-            else:
-                new_state = DEFERRED
-                next_attempt = policy.next_attempt(attempts, row[3], now)
-        else:
-            (failures,) = db.execute(
-                "SELECT count(*) FROM recipients WHERE message_id = ? AND state = ?",
-                (lease.id, RCPT_FAILED),
-            ).fetchone()
-            new_state = FAILED if failures else SENT
+        any_failed = db.execute(
+            "SELECT 1 FROM recipients WHERE message_id = ? AND state = ? LIMIT 1",
+            (lease.id, RCPT_FAILED),
+        ).fetchone()
+        verdict = rules.judge(
+            attempts_before=row[2],
+            age_from=row[3],
+            results=outcome.results,
+            pending=pending,
+            any_failed=any_failed is not None,
+            policy=policy,
+            now=now,
+        )
+        for address, reason in verdict.expired:
+            db.execute(
+                "UPDATE recipients SET state = ?,"
+                " last_error = coalesce(last_error || '; ', '') || ?"
+                " WHERE message_id = ? AND address = ? AND state = ?",
+                (RCPT_FAILED, reason, lease.id, address, RCPT_PENDING),
+            )
         db.execute(
             "UPDATE messages SET state = ?, attempts = ?, next_attempt = ?, lease_token = NULL,"
             " last_error = ?, updated = ? WHERE id = ?",
-            (new_state, attempts, next_attempt, last_error, now, lease.id),
+            (
+                verdict.state,
+                verdict.attempts,
+                verdict.next_attempt,
+                verdict.last_error,
+                now,
+                lease.id,
+            ),
         )
-        self._moved(ACTIVE, new_state)
-        if new_state == SENT:
+        self._moved(ACTIVE, verdict.state)
+        if verdict.state == SENT:
             db.execute("DELETE FROM bodies WHERE message_id = ?", (lease.id,))
-        return Recorded(outcome, new_state, attempts, expired)
+        return Recorded(outcome, verdict.state, verdict.attempts, verdict.expired)
 
+    @_driver_errors
     def release_leases(self, leases: Sequence[Lease]) -> int:
         """Give back leases that were never attempted (a stop before their turn)."""
         with self._transaction() as db:
@@ -713,8 +775,10 @@ class SQLiteQueue:
             self._moved(ACTIVE, QUEUED, cursor.rowcount)
             return cursor.rowcount
 
-    def reclaim_all_leases(self) -> int:
-        """At daemon start, under the daemon lock: every active lease is a crashed attempt's."""
+    @_driver_errors
+    def recover_leases(self) -> int:
+        """At daemon start, under the daemon's lock on state_dir: that lock proves every
+        earlier owner of a lease is gone, so every active lease is a crashed attempt's."""
         with self._transaction() as db:
             reclaimed = db.execute(
                 "UPDATE messages SET state = ?, lease_token = NULL WHERE state = ?",
@@ -725,10 +789,12 @@ class SQLiteQueue:
 
     # --- inspection ---
 
+    @_driver_errors
     def counts(self) -> dict[str, int]:
         """Messages by state, and under "accepted" how many were ever queued (O(1))."""
         return dict(self._db.execute("SELECT state, n FROM state_counts").fetchall())
 
+    @_driver_errors
     def oldest_pending(self) -> float | None:
         oldest = None
         for state in PENDING_STATES:
@@ -739,6 +805,7 @@ class SQLiteQueue:
                 oldest = created
         return oldest
 
+    @_driver_errors
     def recent_outcomes(self, since: float) -> dict[str, int]:
         """How many messages became sent, failed or deferred since ``since`` (index ranges)."""
         return {
@@ -748,12 +815,14 @@ class SQLiteQueue:
             for state in (SENT, FAILED, DEFERRED)
         }
 
+    @_driver_errors
     def page(
         self, state: str | None, limit: int, after: tuple[float, str] | None = None
     ) -> list[MessageInfo]:
         """One page of ``messages()``: oldest first, starting after (created, id)."""
         return list(self.messages(state, limit, after))
 
+    @_driver_errors
     def recent_problems(self, limit: int) -> list[MessageInfo]:
         """The messages that most recently failed or were deferred, newest first."""
         rows = []
@@ -767,6 +836,7 @@ class SQLiteQueue:
         rows.sort(key=lambda row: row[9], reverse=True)
         return [self._info(row[:9]) for row in rows[:limit]]
 
+    @_driver_errors
     def messages(
         self,
         state: str | None = None,
@@ -820,6 +890,7 @@ class SQLiteQueue:
             last_error=row[8],
         )
 
+    @_driver_errors
     def show(self, message_id: str) -> MessageInfo:
         row = self._db.execute(
             "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
@@ -830,6 +901,7 @@ class SQLiteQueue:
             raise NoSuchMessage(f"no message {message_id} in the queue")
         return self._info(row)
 
+    @_driver_errors
     def body(self, message_id: str) -> bytes:
         row = self._db.execute(
             "SELECT data FROM bodies WHERE message_id = ?", (message_id,)
@@ -847,17 +919,18 @@ class SQLiteQueue:
             raise NoSuchMessage(f"no message {message_id} in the queue")
         return str(row[0])
 
+    @_driver_errors
     def retry(self, message_id: str, now: float) -> None:
         """Attempt again now. A failed message gets its failed recipients back, not the sent."""
         with self._transaction() as db:
             state = self._state_of(db, message_id)
-            if state == DEFERRED or state == QUEUED:
+            if not rules.retry_restores_failed(message_id, state):
                 db.execute(
                     "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE id = ?",
                     (QUEUED, now, now, message_id),
                 )
                 self._moved(state, QUEUED)
-            elif state == FAILED:
+            else:
                 db.execute(
                     "UPDATE recipients SET state = ? WHERE message_id = ? AND state = ?",
                     (RCPT_PENDING, message_id, RCPT_FAILED),
@@ -868,16 +941,13 @@ class SQLiteQueue:
                     (QUEUED, now, now, now, message_id),
                 )
                 self._moved(FAILED, QUEUED)
-            else:
-                raise WrongState(
-                    f"message {message_id} is {state}; only deferred or failed "
-                    "messages can be retried"
-                )
 
+    @_driver_errors
     def retry_all(self, now: float) -> int:
         """The flush: every deferred message becomes due now."""
         return self._requeue_all(DEFERRED, now)
 
+    @_driver_errors
     def release_all(self, now: float) -> int:
         """Every held message becomes due now (postsuper -H ALL)."""
         return self._requeue_all(HELD, now)
@@ -891,11 +961,12 @@ class SQLiteQueue:
             self._moved(state, QUEUED, moved)
             return moved
 
+    @_driver_errors
     def hold_all(self) -> int:
         """Every queued or deferred message is held (postsuper -h ALL)."""
         held = 0
         with self._transaction() as db:
-            for state in (QUEUED, DEFERRED):
+            for state in rules.HOLDABLE:
                 n = db.execute(
                     "UPDATE messages SET state = ? WHERE state = ?", (HELD, state)
                 ).rowcount
@@ -903,32 +974,30 @@ class SQLiteQueue:
                 held += n
         return held
 
+    @_driver_errors
     def hold(self, message_id: str) -> None:
         with self._transaction() as db:
             state = self._state_of(db, message_id)
-            if state not in (QUEUED, DEFERRED):
-                raise WrongState(
-                    f"message {message_id} is {state}; only queued or deferred messages can be held"
-                )
+            rules.check_hold(message_id, state)
             db.execute("UPDATE messages SET state = ? WHERE id = ?", (HELD, message_id))
             self._moved(state, HELD)
 
+    @_driver_errors
     def release(self, message_id: str, now: float) -> None:
         with self._transaction() as db:
             state = self._state_of(db, message_id)
-            if state != HELD:
-                raise WrongState(f"message {message_id} is {state}, not held")
+            rules.check_release(message_id, state)
             db.execute(
                 "UPDATE messages SET state = ?, next_attempt = ?, updated = ? WHERE id = ?",
                 (QUEUED, now, now, message_id),
             )
             self._moved(HELD, QUEUED)
 
+    @_driver_errors
     def delete(self, message_id: str) -> None:
         with self._transaction() as db:
             state = self._state_of(db, message_id)
-            if state == ACTIVE:
-                raise WrongState(f"message {message_id} is being delivered; try again shortly")
+            rules.check_delete(message_id, state)
             self._delete_rows(db, [message_id])
             self._moved(state, None)
 
@@ -939,6 +1008,7 @@ class SQLiteQueue:
         db.executemany("DELETE FROM bodies WHERE message_id = ?", rows)
         db.executemany("DELETE FROM messages WHERE id = ?", rows)
 
+    @_driver_errors
     def purge_sent(self, before: float, limit: int) -> int:
         """Forget up to ``limit`` messages that were sent before ``before``."""
         with self._transaction() as db:
@@ -954,9 +1024,4 @@ class SQLiteQueue:
         return len(ids)
 
 
-def open_queue(path: str) -> SQLiteQueue:
-    """Open (creating if needed) the queue at ``path``."""
-    return SQLiteQueue(path)
-
-
-__all__ = ["SQLiteQueue", "new_message_id", "open_queue"]
+__all__ = ["SQLiteQueue"]

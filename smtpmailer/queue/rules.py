@@ -1,0 +1,128 @@
+"""The queue's rules, the same for every backend: what a delivery outcome does to a message
+and each recipient, and which operator actions apply to a message in which state.
+
+A backend stores, leases and counts; it asks these functions what to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from smtpmailer.queue import (
+    ACTIVE,
+    DEFERRED,
+    FAILED,
+    HELD,
+    QUEUED,
+    RCPT_FAILED,
+    RCPT_PENDING,
+    RCPT_SENT,
+    SENT,
+    RecipientResult,
+    WrongState,
+)
+from smtpmailer.queue.retry import RetryPolicy
+
+
+def recipient_update(result: RecipientResult) -> tuple[str, str | None]:
+    """A recipient's new state and last error after the relay's word on it: 2xx sent,
+    5xx failed for good, anything else still pending (deferred with the reply)."""
+    if result.status == RCPT_SENT:
+        return RCPT_SENT, None
+    if result.status == RCPT_FAILED:
+        return RCPT_FAILED, result.reply
+    return RCPT_PENDING, result.reply
+
+
+def first_error(results: Sequence[RecipientResult]) -> str | None:
+    """The message's last_error: the first reply that was not a success."""
+    for result in results:
+        error = recipient_update(result)[1]
+        if error:
+            return error
+    return None
+
+
+@attrs.frozen
+class Verdict:
+    """What an attempt made of a message: its new state and what goes with it."""
+
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+    # Recipients that were still pending and now fail (retries or age exhausted), with why.
+    expired: tuple[tuple[str, str], ...] = ()
+
+
+def judge(
+    *,
+    attempts_before: int,
+    age_from: float,
+    results: Sequence[RecipientResult],
+    pending: Sequence[str],
+    any_failed: bool,
+    policy: RetryPolicy,
+    now: float,
+) -> Verdict:
+    """The message's fate after one attempt. ``pending`` are its recipients still owed a
+    delivery once this attempt's results are applied; ``any_failed`` whether any of its
+    recipients has failed for good (in this attempt or an earlier one).
+
+    Every recipient done: sent, or failed when any recipient failed. Some still pending:
+    deferred with the retry schedule, unless retries or max_age are exhausted, in which
+    case they fail too, with the reason added to their error.
+    """
+    attempts = attempts_before + 1
+    error = first_error(results)
+    if not pending:
+        return Verdict(FAILED if any_failed else SENT, attempts, now, error)
+    reason = policy.give_up_reason(attempts, age_from, now)
+    if reason:
+        expired = tuple((address, reason) for address in pending)
+        return Verdict(FAILED, attempts, now, f"{error}; {reason}" if error else reason, expired)
+    return Verdict(DEFERRED, attempts, policy.next_attempt(attempts, age_from, now), error)
+
+
+def all_sent_state(any_failed_before: bool) -> str:
+    """An attempt that sent to every recipient it carried: the message is sent, or failed
+    when a recipient had failed in an earlier attempt."""
+    return FAILED if any_failed_before else SENT
+
+
+# --- operator actions ---
+
+
+def check_hold(message_id: str, state: str) -> None:
+    if state not in (QUEUED, DEFERRED):
+        raise WrongState(
+            f"message {message_id} is {state}; only queued or deferred messages can be held"
+        )
+
+
+def check_release(message_id: str, state: str) -> None:
+    if state != HELD:
+        raise WrongState(f"message {message_id} is {state}, not held")
+
+
+def check_delete(message_id: str, state: str) -> None:
+    if state == ACTIVE:
+        raise WrongState(f"message {message_id} is being delivered; try again shortly")
+
+
+def retry_restores_failed(message_id: str, state: str) -> bool:
+    """Whether ``queue retry`` must give a message its failed recipients back (a failed
+    message: its sent recipients stay sent), or only make it due now (queued, deferred)."""
+    if state in (DEFERRED, QUEUED):
+        return False
+    if state == FAILED:
+        return True
+    raise WrongState(
+        f"message {message_id} is {state}; only deferred or failed messages can be retried"
+    )
+
+
+# States a message can be held from, and the states `hold --all` takes.
+HOLDABLE = (QUEUED, DEFERRED)

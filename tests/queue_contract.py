@@ -1,0 +1,500 @@
+"""The queue contract: what every QueueStore backend must do, written once.
+
+Every state transition, leases and their tokens, expiry, priorities and order, counts,
+max_queue_size, per-recipient outcomes, hold/release, retry of failed recipients only.
+A backend's test module defines a TestCase that mixes QueueContract in and says how to
+open, reopen and close its store (``open_store``); nothing here knows which backend runs.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from smtpmailer.queue import (
+    STATES,
+    NoSuchMessage,
+    Outcome,
+    QueueFull,
+    QueueStore,
+    RecipientResult,
+    RetryPolicy,
+    WrongState,
+)
+
+POLICY = RetryPolicy(
+    retry_delay=60,
+    backoff_factor=2,
+    max_retry_delay=600,
+    max_retries=3,
+    max_age=86400,
+    random=lambda: 0.0,
+)
+
+
+def results(lease: object, *pairs: tuple[str, str]) -> tuple[RecipientResult, ...]:
+    return tuple(
+        RecipientResult(address, status, reply)
+        for address, status, reply in [
+            (a, s, f"{'250' if s == 'sent' else '451' if s == 'deferred' else '550'} x")
+            for a, s in pairs
+        ]
+    )
+
+
+class QueueContract:
+    """Mixed into a SynchronousTestCase; ``open_store`` opens the backend's store on the
+    same queue each time it is called (a reopen sees what was committed)."""
+
+    store: QueueStore
+
+    def open_store(self) -> QueueStore:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.store = self.open_store()
+        self.addCleanup(lambda: self.store.close())  # type: ignore[attr-defined]
+
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = self.open_store()
+
+    def actual_counts(self) -> dict[str, int]:
+        """What counts() must say, counted the slow way, through the public interface."""
+        counted = dict.fromkeys(STATES, 0)
+        for info in self.store.messages():
+            counted[info.state] += 1
+        return counted
+
+    def add(self, *rcpts: str, priority: int = 5, now: float = 100.0) -> str:
+        return self.store.enqueue(
+            "s@x.org", list(rcpts) or ["r@y.org"], b"Subject: t\r\n\r\nb\r\n", priority, now, 1000
+        )
+
+    def test_enqueue_and_counts(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org")
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "queued")
+        self.assertEqual([r.address for r in info.recipients], ["a@y.org", "b@y.org"])
+        self.assertEqual(self.store.counts()["queued"], 1)
+        self.assertEqual(self.store.body(message_id), b"Subject: t\r\n\r\nb\r\n")
+
+    def test_queue_full_writes_nothing(self) -> None:
+        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        with self.assertRaises(QueueFull) as caught:
+            self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 2)
+        self.assertIn("max_queue_size = 2", str(caught.exception))
+        self.assertEqual(sum(1 for _ in self.store.messages()), 2)
+
+    def test_priority_first_then_oldest(self) -> None:
+        low = self.add(priority=1, now=1)
+        old_normal = self.add(priority=5, now=2)
+        new_normal = self.add(priority=5, now=3)
+        high = self.add(priority=9, now=4)
+        leases = self.store.lease(now=10, limit=3, lease_seconds=60)
+        self.assertEqual([lease.id for lease in leases], [high, old_normal, new_normal])
+        self.assertEqual([lease.id for lease in self.store.lease(10, 10, 60)], [low])
+        self.assertEqual(self.store.lease(10, 10, 60), [])
+
+    def test_sent(self) -> None:
+        message_id = self.add("a@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        self.assertEqual(self.store.show(message_id).state, "active")
+        (recorded,) = self.store.record(
+            [Outcome(lease, results(lease, ("a@y.org", "sent")), "r")], 201, POLICY
+        )
+        self.assertEqual((recorded.state, recorded.attempts), ("sent", 1))
+        self.assertEqual(self.store.counts()["sent"], 1)
+        self.assertRaises(WrongState, self.store.body, message_id)  # content is not kept
+
+    def test_deferred_recipients_only_are_retried(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org", "c@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        outcome = results(
+            lease, ("a@y.org", "sent"), ("b@y.org", "deferred"), ("c@y.org", "failed")
+        )
+        (recorded,) = self.store.record([Outcome(lease, outcome, "r")], 200, POLICY)
+        self.assertEqual(recorded.state, "deferred")
+        info = self.store.show(message_id)
+        self.assertEqual(info.next_attempt, 260)
+        self.assertEqual(
+            {r.address: r.state for r in info.recipients},
+            {"a@y.org": "sent", "b@y.org": "pending", "c@y.org": "failed"},
+        )
+        self.assertEqual(self.store.lease(259, 10, 60), [])  # not due yet
+        (again,) = self.store.lease(260, 10, 60)
+        self.assertEqual(again.recipients, ("b@y.org",))
+        self.store.record([Outcome(again, results(again, ("b@y.org", "sent")), "r")], 261, POLICY)
+        self.assertEqual(self.store.show(message_id).state, "failed")  # c failed for good
+
+    def test_backoff_between_attempts(self) -> None:
+        message_id = self.add()
+        now = 200.0
+        for expected_delay in (60, 120, 240):
+            (lease,) = self.store.lease(now, 10, 60)
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
+            )
+            info = self.store.show(message_id)
+            self.assertEqual(info.next_attempt - now, expected_delay)
+            now = info.next_attempt
+
+    def test_max_retries_ends_in_failed(self) -> None:
+        message_id = self.add()
+        now = 200.0
+        for _ in range(4):  # the first attempt and max_retries = 3 retries
+            (lease,) = self.store.lease(now, 10, 60)
+            (recorded,) = self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, POLICY
+            )
+            now += 10_000
+        self.assertEqual(recorded.state, "failed")
+        self.assertEqual(recorded.expired[0][0], "r@y.org")
+        info = self.store.show(message_id)
+        self.assertIn("retries exhausted after 4 attempts", info.last_error or "")
+        self.assertIn("451 x", info.recipients[0].last_error or "")
+
+    def test_max_age_ends_in_failed(self) -> None:
+        self.add(now=0)
+        (lease,) = self.store.lease(86400, 10, 60)
+        (recorded,) = self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 86400, POLICY
+        )
+        self.assertEqual(recorded.state, "failed")
+
+    def test_expired_lease_returns(self) -> None:
+        message_id = self.add()
+        (first,) = self.store.lease(200, 10, lease_seconds=60)
+        self.assertEqual(self.store.lease(259, 10, 60), [])
+        (second,) = self.store.lease(261, 10, 60)
+        self.assertEqual(second.id, message_id)
+        self.assertNotEqual(first.token, second.token)
+        # The first attempt's late word is ignored: the lease is no longer its own.
+        (stale,) = self.store.record(
+            [Outcome(first, results(first, ("r@y.org", "sent")), "r")], 262, POLICY
+        )
+        self.assertTrue(stale.stale)
+        self.assertEqual(self.store.show(message_id).state, "active")
+
+    def test_reclaim_and_release(self) -> None:
+        a, b = self.add(now=1), self.add(now=2)
+        leases = self.store.lease(10, 10, 600)
+        self.assertEqual(self.store.release_leases(leases[:1]), 1)
+        self.assertEqual(self.store.show(a).state, "queued")
+        self.assertEqual(self.store.recover_leases(), 1)
+        self.assertEqual(self.store.show(b).state, "queued")
+
+    def test_counts_survive_reopen(self) -> None:
+        self.add()
+        self.add()
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.reopen()
+        self.assertEqual(
+            self.store.counts(),
+            {
+                "queued": 0,
+                "deferred": 0,
+                "active": 1,
+                "held": 0,
+                "failed": 0,
+                "sent": 1,
+                "accepted": 2,
+            },
+        )
+
+    def stored_counts(self) -> dict[str, int]:
+        return {state: n for state, n in self.store.counts().items() if state != "accepted"}
+
+    def test_counts_match_the_messages_after_every_operation(self) -> None:
+        """Every statement that moves a message between states keeps state_counts right."""
+        checks = 0
+
+        def check() -> None:
+            nonlocal checks
+            checks += 1
+            self.assertEqual(self.stored_counts(), self.actual_counts())
+
+        ids = [self.add("a@y.org", "b@y.org", now=100 + i) for i in range(8)]
+        check()
+        self.store.hold(ids[0])
+        check()
+        self.assertEqual(self.store.hold_all(), 7)
+        check()
+        self.store.release(ids[0], 150)
+        check()
+        self.assertEqual(self.store.release_all(150), 7)
+        check()
+        leases = self.store.lease(200, 6, 60)
+        check()
+        self.assertEqual(self.store.release_leases(leases[:1]), 1)
+        check()
+        outcomes = [
+            Outcome(leases[1], results(leases[1], ("a@y.org", "sent"), ("b@y.org", "sent")), "r"),
+            Outcome(leases[2], results(leases[2], ("a@y.org", "sent"), ("b@y.org", "failed")), "r"),
+            Outcome(
+                leases[3], results(leases[3], ("a@y.org", "deferred"), ("b@y.org", "sent")), "r"
+            ),
+        ]
+        self.store.record(outcomes, 201, POLICY)
+        check()
+        self.store.record(outcomes[:1], 202, POLICY)  # stale: already recorded
+        check()
+        self.assertEqual(len(self.store.lease(10_000, 10, 60)), 6)  # expired and due come back
+        check()
+        self.assertEqual(self.store.recover_leases(), 6)
+        check()
+        self.store.retry(outcomes[1].lease.id, 10_001)  # failed -> queued
+        check()
+        deferred = self.store.lease(10_002, 1, 60)
+        self.store.record(
+            [Outcome(deferred[0], results(deferred[0], ("a@y.org", "deferred")), "r")],
+            10_002,
+            POLICY,
+        )
+        check()
+        self.store.retry(deferred[0].id, 10_003)  # deferred -> queued
+        check()
+        self.store.hold(deferred[0].id)
+        self.assertGreater(self.store.retry_all(10_004), -1)
+        check()
+        self.store.delete(deferred[0].id)
+        check()
+        self.assertEqual(self.store.purge_sent(before=10**6, limit=10), 1)
+        check()
+        self.assertEqual(self.store.counts()["accepted"], 8)
+        self.assertEqual(checks, 17)
+
+    def test_enqueue_and_lease_hands_new_mail_straight_to_delivery(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage("s@x.org", ("a@y.org",), b"low", 1),
+            NewMessage("s@x.org", ("b@y.org",), b"high", 9),
+            NewMessage("s@x.org", ("c@y.org",), b"normal", 5),
+        ]
+        ids, leases = self.store.enqueue_and_lease(items, 100.0, 1000, 2, 60)
+        self.assertEqual([lease.data for lease in leases], [b"high", b"normal"])  # by priority
+        self.assertEqual([self.store.show(i).state for i in ids], ["queued", "active", "active"])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        self.assertEqual(self.store.counts()["accepted"], 3)
+        # The leases are real: their outcomes are recorded, and they expire like any other.
+        self.store.record(
+            [Outcome(leases[0], results(leases[0], ("b@y.org", "sent")), "r")], 101, POLICY
+        )
+        self.assertEqual(self.store.show(ids[1]).state, "sent")
+        self.assertEqual({lease.id for lease in self.store.lease(161, 10, 60)}, {ids[0], ids[2]})
+
+    def test_enqueue_and_lease_leaves_new_mail_behind_older_queued_mail(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        older = self.add()
+        _, leases = self.store.enqueue_and_lease(
+            [NewMessage("s@x.org", ("a@y.org",), b"new", 9)], 100.0, 1000, 5, 60
+        )
+        self.assertEqual(leases, [])
+        self.assertEqual(self.store.show(older).state, "queued")
+        self.assertEqual(self.store.counts()["queued"], 2)
+
+    def test_hold_release_retry_delete(self) -> None:
+        message_id = self.add()
+        self.store.hold(message_id)
+        self.assertEqual(self.store.lease(200, 10, 60), [])
+        self.assertRaises(WrongState, self.store.hold, message_id)
+        self.store.release(message_id, 300)
+        self.assertRaises(WrongState, self.store.release, message_id, 300)
+        (lease,) = self.store.lease(300, 10, 60)
+        self.assertRaises(WrongState, self.store.delete, message_id)  # being delivered
+        self.assertRaises(WrongState, self.store.hold, message_id)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "failed")), "r")], 301, POLICY)
+        self.store.retry(message_id, 400)
+        info = self.store.show(message_id)
+        self.assertEqual((info.state, info.attempts), ("queued", 0))
+        self.assertEqual(info.recipients[0].state, "pending")
+        self.store.delete(message_id)
+        self.assertRaises(NoSuchMessage, self.store.show, message_id)
+        counts = self.store.counts()
+        self.assertEqual(sum(counts[state] for state in STATES), 0)
+        self.assertEqual(counts["accepted"], 1)  # history: it was accepted once
+
+    def test_retry_all_flushes_deferred(self) -> None:
+        for _ in range(3):
+            self.add()
+        for lease in self.store.lease(200, 10, 60):
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 200, POLICY
+            )
+        self.assertEqual(self.store.lease(201, 10, 60), [])
+        self.assertEqual(self.store.retry_all(201), 3)
+        self.assertEqual(len(self.store.lease(201, 10, 60)), 3)
+
+    def test_purge_sent(self) -> None:
+        self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.assertEqual(self.store.purge_sent(before=201, limit=10), 0)
+        self.assertEqual(self.store.purge_sent(before=202, limit=10), 1)
+        self.assertEqual(self.store.counts()["sent"], 0)
+
+    def test_recent_outcomes_and_oldest(self) -> None:
+        self.add(now=50)
+        self.add(now=60)
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.assertEqual(
+            self.store.recent_outcomes(since=100), {"sent": 1, "failed": 0, "deferred": 0}
+        )
+        self.assertEqual(self.store.oldest_pending(), 60)
+
+    def test_one_transaction_each_item_its_own_answer(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage("s@x.org", ("a@y.org",), b"one", 5),
+            NewMessage("s@x.org", (), b"no recipients", 5),
+            NewMessage("s@x.org", ("b@y.org",), b"two", 9),
+            NewMessage("s@x.org", ("c@y.org",), b"over the limit", 5),
+        ]
+        results = self.store.enqueue_many(items, 100.0, max_queue_size=2)
+        self.assertIsInstance(results[0], str)
+        self.assertEqual(str(results[1]), "a message needs at least one recipient")
+        self.assertIsInstance(results[2], str)
+        self.assertIsInstance(results[3], QueueFull)
+        self.assertEqual(self.store.counts()["queued"], 2)
+        self.assertEqual(self.store.body(results[2]), b"two")  # type: ignore[arg-type]
+
+    # --- leases and their tokens ---
+
+    def test_a_lease_is_given_back_only_with_its_token(self) -> None:
+        message_id = self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        forged = attrs.evolve(lease, token="not-the-lease")
+        self.assertEqual(self.store.release_leases([forged]), 0)
+        self.assertEqual(self.store.show(message_id).state, "active")
+        self.assertEqual(self.store.release_leases([lease]), 1)
+        self.assertEqual(self.store.show(message_id).state, "queued")
+        self.assertEqual(self.store.release_leases([lease]), 0)  # once only
+
+    def test_a_stale_lease_never_fails_or_deletes_a_message(self) -> None:
+        message_id = self.add()
+        (first,) = self.store.lease(200, 10, 60)
+        (second,) = self.store.lease(300, 10, 60)  # the first expired and was taken again
+        (recorded,) = self.store.record(
+            [Outcome(first, results(first, ("r@y.org", "failed")), "r")], 301, POLICY
+        )
+        self.assertTrue(recorded.stale)
+        info = self.store.show(message_id)
+        self.assertEqual((info.state, info.attempts), ("active", 0))
+        self.assertEqual(info.recipients[0].state, "pending")
+        self.store.record([Outcome(second, results(second, ("r@y.org", "sent")), "r")], 302, POLICY)
+        self.assertEqual(self.store.show(message_id).state, "sent")
+
+    def test_an_outcome_for_a_deleted_message_is_stale(self) -> None:
+        message_id = self.add()
+        self.store.hold(message_id)
+        self.store.release(message_id, 150)
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.release_leases([lease])
+        self.store.delete(message_id)
+        (recorded,) = self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY
+        )
+        self.assertTrue(recorded.stale)
+        self.assertEqual(sum(1 for _ in self.store.messages()), 0)
+
+    def test_leases_are_limited_and_carry_the_message(self) -> None:
+        ids = [self.add("a@y.org", "b@y.org", now=10 + i) for i in range(5)]
+        leases = self.store.lease(200, 2, 60)
+        self.assertEqual([lease.id for lease in leases], ids[:2])
+        lease = leases[0]
+        self.assertEqual(lease.sender, "s@x.org")
+        self.assertEqual(lease.recipients, ("a@y.org", "b@y.org"))
+        self.assertEqual(lease.data, b"Subject: t\r\n\r\nb\r\n")
+        self.assertEqual((lease.attempts, lease.created, lease.priority), (0, 10, 5))
+        self.assertEqual(len({lease.token for lease in leases}), 2)
+        self.assertEqual(self.store.counts()["active"], 2)
+
+    # --- what counts against max_queue_size ---
+
+    def test_max_queue_size_counts_mail_still_owed(self) -> None:
+        """Queued, deferred, active and held count; sent and failed do not."""
+        queued, deferred, active, held, sent, failed = (self.add(now=i) for i in range(6))
+        self.store.hold(held)
+        leases = {lease.id: lease for lease in self.store.lease(100, 10, 60)}
+        for message_id, status in ((deferred, "deferred"), (sent, "sent"), (failed, "failed")):
+            lease = leases[message_id]
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", status)), "r")], 101, POLICY
+            )
+        self.store.release_leases([leases[queued]])
+        self.assertEqual(
+            {self.store.show(i).state for i in (queued, deferred, active, held, sent, failed)},
+            {"queued", "deferred", "active", "held", "sent", "failed"},
+        )
+        self.assertRaises(QueueFull, self.store.enqueue, "s@x.org", ["r@y.org"], b"x", 5, 102.0, 4)
+        self.assertIsInstance(self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 102.0, 5), str)
+
+    # --- operator actions ---
+
+    def test_retry_gives_back_the_failed_recipients_only(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record(
+            [Outcome(lease, results(lease, ("a@y.org", "sent"), ("b@y.org", "failed")), "r")],
+            201,
+            POLICY,
+        )
+        self.assertEqual(self.store.show(message_id).state, "failed")
+        self.store.retry(message_id, 300)
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "queued")
+        self.assertEqual(
+            {r.address: r.state for r in info.recipients},
+            {"a@y.org": "sent", "b@y.org": "pending"},
+        )
+        (again,) = self.store.lease(300, 10, 60)
+        self.assertEqual(again.recipients, ("b@y.org",))
+
+    def test_retry_applies_to_deferred_and_failed_only(self) -> None:
+        message_id = self.add()
+        self.store.hold(message_id)
+        self.assertRaises(WrongState, self.store.retry, message_id, 200)
+        self.assertRaises(NoSuchMessage, self.store.retry, "NOSUCHMESSAGE0", 200)
+
+    def test_hold_all_and_release_all(self) -> None:
+        ids = [self.add(now=i) for i in range(3)]
+        (lease,) = self.store.lease(100, 1, 60)
+        self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 100, POLICY
+        )
+        self.assertEqual(self.store.hold_all(), 3)  # the queued and the deferred
+        self.assertEqual(self.store.lease(10_000, 10, 60), [])
+        self.assertEqual(self.store.release_all(10_000), 3)
+        self.assertEqual({lease.id for lease in self.store.lease(10_000, 10, 60)}, set(ids))
+
+    # --- looking ---
+
+    def test_pages_follow_the_creation_order(self) -> None:
+        ids = [self.add(now=10 + i) for i in range(5)]
+        first = self.store.page(None, 2, None)
+        self.assertEqual([m.id for m in first], ids[:2])
+        after = (first[-1].created, first[-1].id)
+        self.assertEqual([m.id for m in self.store.page(None, 10, after)], ids[2:])
+        self.assertEqual([m.id for m in self.store.messages(state="queued", limit=3)], ids[:3])
+
+    def test_show_a_message_that_is_not_there(self) -> None:
+        self.assertRaises(NoSuchMessage, self.store.show, "NOSUCHMESSAGE0")
+        self.assertRaises(NoSuchMessage, self.store.body, "NOSUCHMESSAGE0")
+        self.assertRaises(NoSuchMessage, self.store.delete, "NOSUCHMESSAGE0")
+
+    def test_recent_problems_newest_first(self) -> None:
+        self.add(now=1)
+        self.add(now=2)
+        first, second = self.store.lease(100, 10, 60)
+        self.store.record([Outcome(first, results(first, ("r@y.org", "failed")), "r")], 101, POLICY)
+        self.store.record(
+            [Outcome(second, results(second, ("r@y.org", "deferred")), "r")], 102, POLICY
+        )
+        problems = self.store.recent_problems(10)
+        self.assertEqual([m.id for m in problems], [second.id, first.id])
+        self.assertEqual(problems[0].last_error, "451 x")
