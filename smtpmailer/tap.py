@@ -7,8 +7,8 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from smtpmailer import daemon_lock
 from smtpmailer.config import Config, load_config
+from smtpmailer.daemon import lock as daemon_lock
 from smtpmailer.ini import ConfigError
 from smtpmailer.logs import LogTarget
 from smtpmailer.paths import default_config_path
@@ -78,12 +78,12 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor as installed_reactor
     from twisted.internet.threads import deferToThreadPool
 
+    from smtpmailer.daemon.service import MailerService
+    from smtpmailer.daemon.systemd import Notifier
     from smtpmailer.delivery.smtp.transport import tcp_connector
     from smtpmailer.listeners import listen_now
     from smtpmailer.queue.backends import open_store
     from smtpmailer.queue.runner import QueueThread
-    from smtpmailer.service import MailerService
-    from smtpmailer.systemd import Notifier
 
     reactor: Any = installed_reactor
     config = options.config

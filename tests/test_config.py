@@ -218,6 +218,24 @@ class ShippedConfigTests(SynchronousTestCase):
         self.assertEqual(config.relays[0].host, "smtp.example.com")
         self.assertEqual(config.relays[0].password, "pw")
 
+    def test_example_config_names_every_key(self) -> None:
+        """conf/smtpmailer.conf explains every key the code declares, in its section
+        (commented out where it has no example value), and no key the code does not know."""
+        from smtpmailer.config.sections import SECTIONS, section_schema
+
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        found: dict[str, set[str]] = {}
+        section = None
+        with open(os.path.join(repo, "conf", "smtpmailer.conf")) as handle:
+            for line in handle:
+                line = line.strip().lstrip(";")
+                if line.startswith("[") and line.endswith("]"):
+                    section = line[1:-1].split(":")[0]
+                elif section and " =" in line and line.split(" =")[0].isidentifier():
+                    found.setdefault(section, set()).add(line.split(" =")[0])
+        for name in SECTIONS:
+            self.assertEqual(found.get(name, set()), set(section_schema(name)), name)
+
     def test_local_config(self) -> None:
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         config = load_config(os.path.join(repo, "conf", "local.conf"))

@@ -12,12 +12,12 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
+from smtpmailer.daemon.service import MailerService
 from smtpmailer.delivery.pool import DOWN_FOR, IDLE_TIMEOUT
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
 from smtpmailer.queue import Outcome, QueueError, RecipientResult
 from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.queue.sqlite import SQLiteQueue
-from smtpmailer.service import MailerService
 from tests.fake_relay import FakeRelay, settle
 
 
@@ -551,7 +551,7 @@ class GroupCommitTests(DeliveryCase):
         commits, parked = self.park_commits(service)
         blocker = service.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
         outcome = Outcome(lease, (RecipientResult("first@example.org", "sent", "250 ok"),), "r")
-        recording = service.writer.record(outcome)
+        recording = service.dispatcher.record(outcome)
         answers = [
             service.submit(Envelope("a@example.com", ("c@example.org",), b"x\r\n")),
             # No recipient: refused by the store alone (check_envelope would refuse it first).

@@ -12,9 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import load_config
+from smtpmailer.daemon.reload import ReloadService, changed_keys, keep_restart_only
+from smtpmailer.daemon.service import MailerService
 from smtpmailer.queue.sqlite import SQLiteQueue
-from smtpmailer.reload import ReloadService, changed_keys, keep_restart_only
-from smtpmailer.service import MailerService
 from tests.fake_relay import settle
 from tests.test_delivery import DeliveryCase
 

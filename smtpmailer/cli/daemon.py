@@ -64,7 +64,7 @@ def cmd_health(args: argparse.Namespace, config: Config, console: Console) -> in
 
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
     """start/stop/status/reload: these work even when the config file is broken now."""
-    from smtpmailer import control
+    from smtpmailer.daemon import control
 
     target = control.find_daemon(args.config)
     pidfile = args.pidfile or target.daemon.pid_file

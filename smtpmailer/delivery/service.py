@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.application.service import Service
@@ -24,7 +24,7 @@ from smtpmailer.delivery.transport import OpenError, TransportContext, make_tran
 from smtpmailer.logs import log, outcome_line
 from smtpmailer.metrics import Metrics
 from smtpmailer.queue import Lease, Outcome, RecipientResult, Recorded
-from smtpmailer.queue.runner import QueueWriter, Runner
+from smtpmailer.queue.runner import Runner
 
 __all__ = ["IDLE_TIMEOUT", "DeliveryService", "RelayState", "lease_seconds"]
 
@@ -49,8 +49,16 @@ class RelayState:
         return attrs.asdict(self)
 
 
+class Recorder(Protocol):
+    """Where outcomes are committed (the Dispatcher)."""
+
+    def record(self, outcome: Outcome) -> Deferred[Recorded]: ...
+
+    def flush(self) -> Deferred[None]: ...
+
+
 class DeliveryService(Service):
-    """Delivers leased messages; records every outcome through the QueueWriter.
+    """Delivers leased messages; records every outcome through its Recorder.
 
     ``on_capacity`` is called when a pool runs low on waiting work, so that whoever feeds
     delivery (the poller) can look for more.
@@ -61,7 +69,7 @@ class DeliveryService(Service):
     def __init__(
         self,
         config: Config,
-        writer: QueueWriter,
+        recorder: Recorder,
         release: Callable[[list[Lease]], Deferred[Any]],
         clock: IReactorTime,
         connector: Callable[..., Deferred[Any]] | None = None,
@@ -71,7 +79,7 @@ class DeliveryService(Service):
         on_capacity: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
-        self._writer = writer
+        self._recorder = recorder
         self._release = release
         self._clock = clock
         self._context = TransportContext(
@@ -245,7 +253,7 @@ class DeliveryService(Service):
         lease = job.lease
         sent_at = self._clock.seconds()
         relay_name = pool.relay.label if pool is not None else job.relay
-        recording = self._writer.record(Outcome(lease, results, label))
+        recording = self._recorder.record(Outcome(lease, results, label))
         recording.addCallback(self._log_outcome, sent_at, relay_name)
         recording.addErrback(
             lambda f: log.failure("could not record the outcome of {id}", failure=f, id=lease.id)
@@ -328,7 +336,7 @@ class DeliveryService(Service):
 
         finished.addBoth(cancel_timer)
         finished.addCallback(lambda _: released)
-        finished.addCallback(lambda _: self._writer.flush())
+        finished.addCallback(lambda _: self._recorder.flush())
         return finished
 
     def _all_pools(self) -> list[RelayPool]:

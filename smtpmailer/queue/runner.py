@@ -1,12 +1,12 @@
-"""Running the blocking QueueStore off the reactor, and group-committing delivery outcomes."""
+"""Running the blocking QueueStore off the reactor: one queue thread, and the store as the
+daemon's services see it (every call a Deferred)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.threadpool import ThreadPool
 
 from smtpmailer.queue import (
@@ -21,8 +21,6 @@ from smtpmailer.queue import (
 from smtpmailer.queue.retry import RetryPolicy
 
 T = TypeVar("T")
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 Runner = Callable[..., "Deferred[Any]"]
 
 
@@ -115,105 +113,3 @@ class AsyncQueue:
 
     def recent_problems(self, limit: int) -> Deferred[list[MessageInfo]]:
         return self._call("recent_problems", limit)
-
-
-class GroupCommit(Generic[Item, Result]):
-    """Everything submitted while a commit runs goes together into the next one.
-
-    One fsync then covers many items, and each caller's Deferred still fires only after the
-    commit that holds its item. ``commit`` takes a list of items and returns a Deferred list
-    of results in the same order; a result that is an Exception fails only its own caller.
-    """
-
-    def __init__(self, commit: Callable[[list[Item]], Deferred[list[Any]]]) -> None:
-        self._commit = commit
-        self._batch: list[tuple[Item, Deferred[Result]]] = []
-        self._writing: Deferred[Any] | None = None
-        self._idle_waiters: list[Deferred[None]] = []
-
-    def submit(self, item: Item) -> Deferred[Result]:
-        waiter: Deferred[Result] = Deferred()
-        self._batch.append((item, waiter))
-        if self._writing is None:
-            self._write_next()
-        return waiter
-
-    def _write_next(self) -> None:
-        batch, self._batch = self._batch, []
-        if not batch:
-            self._writing = None
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for idle in waiters:
-                idle.callback(None)
-            return
-        writing = self._commit([item for item, _ in batch])
-        self._writing = writing
-
-        def written(results: list[Any]) -> None:
-            for (_, waiter), result in zip(batch, results, strict=True):
-                if isinstance(result, Exception):
-                    waiter.errback(Failure(result))
-                else:
-                    waiter.callback(result)
-
-        def failed(failure: Failure) -> None:
-            for _, waiter in batch:
-                waiter.errback(failure)
-
-        writing.addCallbacks(written, failed)
-        writing.addBoth(lambda _: self._write_next())
-
-    def flush(self) -> Deferred[None]:
-        """Fires once everything submitted so far is committed."""
-        if self._writing is None and not self._batch:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-
-class QueueWriter:
-    """Submissions and delivery outcomes, group-committed together.
-
-    Whatever arrives while the queue thread writes goes into its next transaction, new
-    messages and outcomes alike: one fsync a turn, and a submission never waits behind a
-    separate outcome commit. ``commit`` takes the outcomes and the new messages and
-    returns a Deferred of (one result per outcome, one result per message).
-    """
-
-    def __init__(
-        self,
-        commit: Callable[
-            [list[Outcome], list[NewMessage]],
-            Deferred[tuple[list[Recorded], list[str | QueueError]]],
-        ],
-    ) -> None:
-        self._commit = commit
-        self._group: GroupCommit[Outcome | NewMessage, Recorded | str] = GroupCommit(
-            self._commit_mixed
-        )
-
-    def submit(self, message: NewMessage) -> Deferred[str]:
-        """Fires with the new message's id once it is committed."""
-        return self._group.submit(message)  # type: ignore[return-value]
-
-    def record(self, outcome: Outcome) -> Deferred[Recorded]:
-        """Fires with what the store made of the outcome once it is committed."""
-        return self._group.submit(outcome)  # type: ignore[return-value]
-
-    def flush(self) -> Deferred[None]:
-        return self._group.flush()
-
-    def _commit_mixed(self, items: list[Outcome | NewMessage]) -> Deferred[list[Any]]:
-        outcomes = [item for item in items if isinstance(item, Outcome)]
-        messages = [item for item in items if isinstance(item, NewMessage)]
-
-        def in_order(
-            written: tuple[list[Recorded], list[str | QueueError]],
-        ) -> list[Recorded | str | QueueError]:
-            recorded, results = iter(written[0]), iter(written[1])
-            return [
-                next(recorded) if isinstance(item, Outcome) else next(results) for item in items
-            ]
-
-        return self._commit(outcomes, messages).addCallback(in_order)

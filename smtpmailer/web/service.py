@@ -15,10 +15,10 @@ from twisted.web.server import Site
 from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
+from smtpmailer.dispatch.poller import QueuePoller
 from smtpmailer.listeners import describe_port
 from smtpmailer.logs import log
 from smtpmailer.metrics import Metrics
-from smtpmailer.poller import QueuePoller
 from smtpmailer.queue import STATES
 from smtpmailer.queue.runner import AsyncQueue
 from smtpmailer.web.dashboard import DashboardView, Sample

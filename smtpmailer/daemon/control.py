@@ -16,8 +16,9 @@ import time
 
 import attrs
 
-from smtpmailer import daemon_lock
-from smtpmailer.config import DAEMON_KEYS, DaemonConfig, load_config
+from smtpmailer.config import DaemonConfig, load_config
+from smtpmailer.config.declare import declared
+from smtpmailer.daemon import lock as daemon_lock
 from smtpmailer.ini import ConfigError, parse_ini
 from smtpmailer.paths import config_folder, default_config_path, resolve_path
 
@@ -52,29 +53,24 @@ def find_daemon(path: str | None) -> Target:
         return Target(config.path, config.daemon)
     except ConfigError as error:
         problem = str(error)
-    values = {key: default for key, (_, default) in DAEMON_KEYS.items()}
+    written: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as handle:
             for section in parse_ini(handle.read(), path):
                 if section.name == "Daemon":
-                    values.update({e.key: e.value for e in section.entries if e.key in values})
+                    written.update({e.key: e.value for e in section.entries})
     except (OSError, UnicodeDecodeError, ConfigError):
         pass
     base = config_folder(path)
-
-    def resolve(value: str | None) -> str:
-        return resolve_path(base, value or "")
-
-    try:
-        timeout = DAEMON_KEYS["shutdown_timeout"][0](values["shutdown_timeout"] or "30s")
-    except ValueError:
-        timeout = 30.0
-    daemon = DaemonConfig(
-        state_dir=resolve(values["state_dir"]),
-        pid_file=resolve(values["pid_file"]),
-        log_file=resolve(values["log_file"]),
-        shutdown_timeout=timeout,
-    )
+    values: dict[str, object] = {}
+    for field, spec in declared(DaemonConfig):
+        default = spec.value.parse(spec.default or "")
+        try:  # whatever is wrong elsewhere, a readable [Daemon] value is the daemon's
+            value = spec.value.parse(written.get(field) or spec.default or "")
+        except ValueError:
+            value = default
+        values[field] = resolve_path(base, value) if isinstance(value, str) else value
+    daemon = DaemonConfig(**values)  # type: ignore[arg-type]
     return Target(path, daemon, problem)
 
 

@@ -7,36 +7,30 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
+from smtpmailer.daemon.reload import ReloadService
+from smtpmailer.daemon.stats import StatsService
+from smtpmailer.daemon.systemd import Notifier, SystemdService
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.delivery.smtp.transport import Connector
-from smtpmailer.intake.checks import check_envelope
+from smtpmailer.dispatch.poller import QueuePoller
+from smtpmailer.dispatch.turns import Dispatcher
 from smtpmailer.intake.sendmail.handover import SendmailSocketService
 from smtpmailer.intake.smtp.listener import SubmissionService
 from smtpmailer.intake.smtp.worker_pool import Spawn, WorkerPool
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
-from smtpmailer.message import Envelope, MessageError
+from smtpmailer.message import Envelope
 from smtpmailer.metrics import Metrics
-from smtpmailer.poller import QueuePoller
 from smtpmailer.queue import (
     PRIORITY_NAMES,
-    Lease,
-    NewMessage,
-    Outcome,
-    QueueError,
     QueueStore,
-    Recorded,
     backends,
 )
-from smtpmailer.queue.retry import RetryPolicy
-from smtpmailer.queue.runner import AsyncQueue, QueueWriter, Runner
-from smtpmailer.reload import ReloadService
-from smtpmailer.stats import StatsService
-from smtpmailer.systemd import Notifier, SystemdService
+from smtpmailer.queue.runner import AsyncQueue, Runner
 from smtpmailer.web.service import StatusService
 
 
@@ -78,21 +72,21 @@ class MailerService(MultiService):
         self._wakeup_port: Any = None
         self.metrics = Metrics()
         self.queue = AsyncQueue(run)
-        self.retry_policy = RetryPolicy.from_config(config.queue)
         # Submissions (SMTP, HTTP, sendmail) and delivery outcomes that arrive together
-        # share one commit.
-        self.writer = QueueWriter(self._commit_turn)
+        # share one commit: the Dispatcher's.
+        self.dispatcher = Dispatcher(config, self.queue, reactor)
         self.delivery = DeliveryService(
             config,
-            self.writer,
+            self.dispatcher,
             release=self.queue.release_leases,
             clock=reactor,
             connector=connector,
             blocking=blocking,
             metrics=self.metrics,
-            on_capacity=lambda: self.poller.wake_if_more(),
+            on_capacity=self.dispatcher.room_freed,
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
+        self.dispatcher.serve(self.delivery, self.poller)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
         notifier = notifier or Notifier({})
         self.reload = ReloadService(
@@ -237,7 +231,7 @@ class MailerService(MultiService):
             await maybeDeferred(self.delivery.stopService)
             if self._wakeup_port is not None:
                 await self._wakeups.stop(self._wakeup_port)
-            await self.writer.flush()
+            await self.dispatcher.flush()
             if self._on_stop is not None:
                 self._on_stop()
             if self.queue.store is not None:
@@ -246,67 +240,22 @@ class MailerService(MultiService):
 
         return Deferred.fromCoroutine(stop())
 
-    # --- input ---
+    # --- input: the Dispatcher's, for the ways in and the tests ---
 
     def submit(self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]) -> Deferred[str]:
-        """The daemon's way into the queue (SMTP submission, HTTP): the same checks as
-        `smtpmailer send`, a durable commit on the queue thread, then a poll."""
-        try:
-            checked = check_envelope(self.config, envelope)
-        except MessageError:
-            return fail()
-        return self.commit_checked(checked, priority)
+        return self.dispatcher.submit(envelope, priority)
 
     def commit_checked(
         self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]
     ) -> Deferred[str]:
-        """A message already through check_envelope (here, or in a submission worker's
-        process with the same code): only the group commit is left."""
-        return self.writer.submit(
-            NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
-        )
-
-    def _commit_turn(
-        self, outcomes: list[Outcome], items: list[NewMessage]
-    ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
-        """One commit for what arrived together. With idle connections and nothing older
-        queued, the new messages are leased in that same commit and go straight to
-        delivery; what is not leased is the poller's."""
-        room = 0 if self.poller.paused or not self.delivery.running else self.delivery.capacity()
-        committed = self.queue.record_and_enqueue(
-            outcomes,
-            self.retry_policy,
-            items,
-            self.config.queue.max_queue_size,
-            room,
-            self.delivery.lease_seconds,
-            self._reactor.seconds(),
-        )
-
-        def hand_over(
-            result: tuple[list[Recorded], list[str | QueueError], list[Lease]],
-        ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
-            recorded, results, leases = result
-            given_back: Deferred[Any] = succeed(None)
-            if leases:
-                if self.delivery.running:
-                    self.delivery.submit(leases)
-                else:  # stopped meanwhile: back to the queue, unattempted, before it closes
-                    given_back = self.queue.release_leases(leases).addErrback(
-                        lambda failure: log.failure("could not give back leases", failure=failure)
-                    )
-            if len(leases) < sum(isinstance(r, str) for r in results):
-                self.poller.wake()
-            return given_back.addCallback(lambda _: (recorded, results))
-
-        return committed.addCallback(hand_over)
+        return self.dispatcher.commit_checked(envelope, priority)
 
     # --- reload ---
 
     async def reconfigure(self, config: Config) -> None:
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
-        self.retry_policy = RetryPolicy.from_config(config.queue)
+        self.dispatcher.reconfigure(config)
         for child in (self.delivery, self.poller, self.stats, self.sendmail_socket):
             child.reconfigure(config)
         await self.status.reconfigure(config)

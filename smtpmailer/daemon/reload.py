@@ -9,7 +9,6 @@ that ``smtpmailer reload`` reads back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,72 +16,20 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.config import Config, load_config, relay_title, render_config
+from smtpmailer.config import Config, flatten, keep_restart_only, load_config
+from smtpmailer.daemon.systemd import Notifier
 from smtpmailer.ini import ConfigError
 from smtpmailer.logs import log
-from smtpmailer.systemd import Notifier
 
-# (section, key) pairs that cannot change under a running daemon.
-RESTART_ONLY = (
-    ("Daemon", "state_dir"),
-    ("Daemon", "pid_file"),
-    ("Daemon", "log_file"),
-    ("Queue", "backend"),
-    ("Queue", "path"),
-    ("Logging", "format"),
-)
 STATUS_FILE = "reload.json"
-
-
-def flatten(config: Config) -> dict[str, str]:
-    """``{"[Queue] poll_interval": "1s", ...}``; passwords as a digest, never in clear."""
-    values: dict[str, str] = {}
-    section = ""
-    for line in render_config(config).splitlines():
-        if line.startswith("["):
-            section = line
-        elif " =" in line:
-            key, _, value = line.partition(" =")
-            values[f"{section} {key}"] = value.strip()
-    for relay in config.relays:
-        secret = hashlib.sha256((getattr(relay, "password", None) or "").encode()).hexdigest()
-        values[f"[{relay_title(config, relay)}] password"] = secret
-    return values
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     before, after = flatten(old), flatten(new)
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
-
-
-def _section(config: Config, name: str) -> Any:
-    return {"Daemon": config.daemon, "Queue": config.queue, "Logging": config.logging}[name]
-
-
-def keep_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
-    """The new config with every restart-only value put back to the running one, and the
-    names of those that differed."""
-    refused = [
-        f"[{section}] {key}"
-        for section, key in RESTART_ONLY
-        if getattr(_section(old, section), key) != getattr(_section(new, section), key)
-    ]
-    kept = attrs.evolve(
-        new,
-        daemon=attrs.evolve(
-            new.daemon,
-            state_dir=old.daemon.state_dir,
-            pid_file=old.daemon.pid_file,
-            log_file=old.daemon.log_file,
-        ),
-        queue=attrs.evolve(new.queue, backend=old.queue.backend, path=old.queue.path),
-        logging=attrs.evolve(new.logging, format=old.logging.format),
-    )
-    return kept, refused
 
 
 async def _call(function: Callable[[Config], Any], config: Config) -> None:

@@ -1,0 +1,234 @@
+"""The configuration as frozen attrs objects, one class per INI section, each key declared
+on its field (see declare.py). Services receive these; none reads the file itself."""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import attrs
+
+from smtpmailer.config.declare import key, schema
+from smtpmailer.config.values import (
+    BOOL,
+    DURATION,
+    LISTEN,
+    PATH,
+    POSITIVE_DURATION,
+    RATE,
+    SIZE,
+    TEXT,
+    WORKERS,
+    Value,
+    choice,
+    number,
+    whole,
+)
+from smtpmailer.paths import DEFAULT_STATE_DIR, SENDMAIL_SOCKET, WAKEUP_SOCKET
+
+SECURITY_MODES = ("starttls", "tls", "none")
+AUTH_MODES = ("auto", "plain", "login", "cram-md5", "none")
+TRANSPORTS = ("smtp", "maildir")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+@attrs.frozen
+class DaemonConfig:
+    state_dir: str = key(PATH, DEFAULT_STATE_DIR, "the queue, sockets and keys", restart=True)
+    pid_file: str = key(
+        PATH, "/run/smtpmailer/smtpmailer.pid", "for start/stop/status", restart=True
+    )
+    log_file: str = key(
+        PATH, "/var/log/smtpmailer/smtpmailer.log", "for `smtpmailer start`", restart=True
+    )
+    shutdown_timeout: float = key(
+        DURATION, "30s", "how long SIGTERM lets deliveries under way finish"
+    )
+
+
+@attrs.frozen
+class QueueConfig:
+    backend: str = key(
+        choice("sqlite", "postgresql"), "sqlite", "where the queue is kept", restart=True
+    )
+    path: str = key(PATH, None, "the SQLite file (default: state_dir/queue.sqlite3)", restart=True)
+    dsn: str | None = key(TEXT, None, "postgresql: the database to connect to", secret=True)
+    poll_interval: float = key(POSITIVE_DURATION, "1s", "how often due mail is looked for")
+    batch_size: int = key(whole(1, 10000), "50", "messages leased in one poll")
+    max_queue_size: int = key(whole(1), "100000", "beyond it new mail is refused")
+    retry_delay: float = key(POSITIVE_DURATION, "60s", "wait before the first retry")
+    backoff_factor: float = key(number(1.0), "2", "each retry waits this much longer")
+    max_retry_delay: float = key(POSITIVE_DURATION, "1h", "the longest wait between tries")
+    max_retries: int = key(whole(0), "10", "retries after the first attempt")
+    max_age: float = key(POSITIVE_DURATION, "5d", "a message older than this fails")
+    max_message_size: int = key(SIZE, "25MB", "larger messages are refused")
+    keep_sent: float = key(DURATION, "1d", "how long sent messages stay listed")
+
+
+@attrs.frozen(kw_only=True)
+class RelayBase:
+    """What every kind of relay has: its name and its own pool's limits."""
+
+    kind: ClassVar[str]
+    name: str
+    max_connections: int = key(whole(1, 1000), "4", "connections (or requests) at once")
+    max_messages_per_connection: int = key(whole(1), "100", "then a fresh connection")
+    rate_limit: tuple[int, float] | None = key(RATE, None, "e.g. 100/m; empty: no limit")
+    timeout: float = key(POSITIVE_DURATION, "60s", "for each step of a session")
+    priority: int = key(whole(0), "0", "relays are tried lowest first")
+
+
+@attrs.frozen(kw_only=True)
+class SMTPRelayConfig(RelayBase):
+    """A smarthost reached over ESMTP (``transport = smtp``, the default)."""
+
+    kind: ClassVar[str] = "smtp"
+    host: str = key(TEXT, None, "the relay's host name")
+    port: int = key(whole(1, 65535), None, "default: 587, 465 with tls, 25 with none")
+    security: str = key(choice(*SECURITY_MODES), "starttls", "starttls | tls | none")
+    verify: bool = key(BOOL, "true", "check the certificate and host name")
+    ca_file: str | None = key(PATH, None, "a private CA's certificates (PEM)")
+    auth: str = key(choice(*AUTH_MODES, "xoauth2"), "auto", "the AUTH mechanism, or auto")
+    username: str | None = key(TEXT, None, "for AUTH")
+    password: str | None = key(
+        TEXT,
+        None,
+        "the AUTH secret: password, password_file (mode 0600) or password_env",
+        secret=True,
+        names=("password", "password_file", "password_env"),
+    )
+    helo: str = key(TEXT, None, "the name given in EHLO (default: this host's)")
+
+    @property
+    def label(self) -> str:
+        """How metrics and /health name this relay: its section name, or the host for a
+        lone unnamed ``[Relay]``."""
+        return self.host if self.name == "default" else self.name
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
+class MaildirRelayConfig(RelayBase):
+    """A local Maildir capture (``transport = maildir``): every message becomes a file."""
+
+    kind: ClassVar[str] = "maildir"
+    path: str = key(PATH, None, "the Maildir folder (transport = maildir)")
+
+    @property
+    def label(self) -> str:
+        return f"maildir:{self.path}" if self.name == "default" else self.name
+
+    @property
+    def where(self) -> str:
+        return f"maildir:{self.path}"
+
+
+# A relay is one of these kinds, told apart by ``kind``; delivery picks the transport by it.
+RelayConfig = SMTPRelayConfig | MaildirRelayConfig
+RELAY_KINDS: dict[str, type[RelayBase]] = {
+    SMTPRelayConfig.kind: SMTPRelayConfig,
+    MaildirRelayConfig.kind: MaildirRelayConfig,
+}
+# The one Relay key that is no field: it picks the class.
+TRANSPORT = ("transport", choice(*TRANSPORTS), "smtp")
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: str = key(choice(*LOG_LEVELS), "info", "debug | info | warn | error")
+    format: str = key(choice("text", "json"), "text", "text | json", restart=True)
+    stats_interval: float = key(DURATION, "5m", "a statistics line this often; 0: off")
+
+
+@attrs.frozen
+class StatusConfig:
+    """The HTTP status service; ``listen`` empty turns it off."""
+
+    listen: str = key(LISTEN, "tcp:8025:interface=127.0.0.1", "endpoint; empty: off")
+    token: str | None = key(
+        PATH,
+        None,
+        "bearer token for /v1/* and / (required off loopback)",
+        secret=True,
+        names=("token_file",),
+    )
+    stuck_after: float = key(POSITIVE_DURATION, "1h", "/health warns of older mail")
+
+
+@attrs.frozen
+class ManholeConfig:
+    """The SSH console; on only when ``authorized_keys`` is set."""
+
+    listen: str = key(LISTEN, "tcp:8022:interface=127.0.0.1", "endpoint; empty: off")
+    authorized_keys: str | None = key(PATH, None, "the keys that may log in; empty: off")
+    host_key: str = key(PATH, None, "default: state_dir/ssh_host_ed25519_key")
+
+
+@attrs.frozen
+class SubmissionConfig:
+    """The local ESMTP listener; ``listen`` empty turns it off."""
+
+    listen: str = key(LISTEN, None, "endpoint, e.g. tcp:2525:interface=127.0.0.1; empty: off")
+    tls_cert: str | None = key(PATH, None, "STARTTLS certificate (PEM)")
+    tls_key: str | None = key(PATH, None, "its key, when not in tls_cert")
+    users_file: str | None = key(PATH, None, "AUTH users, name:HASH (bcrypt/argon2)")
+    max_recipients: int = key(whole(1, 100000), "100", "per message, by any way in")
+    max_connections_per_client: int = key(whole(1, 100000), "50", "per client address")
+    workers: int = key(WORKERS, "auto", "SMTP worker processes; auto: 1 with 2+ CPUs")
+
+
+# Section name -> the classes its keys are declared on (a Relay is one of its kinds).
+SECTIONS: dict[str, tuple[type, ...]] = {
+    "Daemon": (DaemonConfig,),
+    "Queue": (QueueConfig,),
+    "Relay": (SMTPRelayConfig, MaildirRelayConfig),
+    "Logging": (LoggingConfig,),
+    "Status": (StatusConfig,),
+    "Manhole": (ManholeConfig,),
+    "Submission": (SubmissionConfig,),
+}
+
+
+def section_schema(section: str) -> dict[str, tuple[Value, str | None]]:
+    keys = schema(*SECTIONS[section])
+    if section == "Relay":
+        name, value, default = TRANSPORT
+        keys = {name: (value, default), **keys}
+    return keys
+
+
+@attrs.frozen
+class Config:
+    path: str
+    daemon: DaemonConfig
+    queue: QueueConfig
+    relays: tuple[RelayConfig, ...]
+    logging: LoggingConfig
+    status: StatusConfig = StatusConfig("", None, 3600.0)
+    manhole: ManholeConfig = ManholeConfig("", None, "")
+    submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def wakeup_socket(self) -> str:
+        """The datagram socket the CLI pokes so that the daemon picks up new mail at once."""
+        return os.path.join(self.daemon.state_dir, WAKEUP_SOCKET)
+
+    @property
+    def sendmail_socket(self) -> str:
+        """The stream socket where ``sendmail`` hands messages to a running daemon."""
+        return os.path.join(self.daemon.state_dir, SENDMAIL_SOCKET)
+
+
+# The Config attribute that holds each single section.
+SECTION_ATTRIBUTES = {
+    "Daemon": "daemon",
+    "Queue": "queue",
+    "Logging": "logging",
+    "Status": "status",
+    "Manhole": "manhole",
+    "Submission": "submission",
+}

@@ -1,0 +1,251 @@
+"""Committing a turn: what arrives together goes into one transaction.
+
+New messages from every way in and delivery outcomes that arrive while the queue thread
+writes share its next commit (one fsync), and each caller's Deferred fires only after the
+commit that holds its item. With idle connections and nothing older queued, new messages
+are leased in that same commit and go straight to delivery, without a poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from smtpmailer.config import Config
+from smtpmailer.intake.checks import check_envelope
+from smtpmailer.intake.refusals import Refusal
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope
+from smtpmailer.queue import (
+    PRIORITY_NAMES,
+    Lease,
+    NewMessage,
+    Outcome,
+    QueueError,
+    Recorded,
+)
+from smtpmailer.queue.retry import RetryPolicy
+from smtpmailer.queue.runner import AsyncQueue
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Everything submitted while a commit runs goes together into the next one.
+
+    One fsync then covers many items, and each caller's Deferred still fires only after the
+    commit that holds its item. ``commit`` takes a list of items and returns a Deferred list
+    of results in the same order; a result that is an Exception fails only its own caller.
+    """
+
+    def __init__(self, commit: Callable[[list[Item]], Deferred[list[Any]]]) -> None:
+        self._commit = commit
+        self._batch: list[tuple[Item, Deferred[Result]]] = []
+        self._writing: Deferred[Any] | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def submit(self, item: Item) -> Deferred[Result]:
+        waiter: Deferred[Result] = Deferred()
+        self._batch.append((item, waiter))
+        if self._writing is None:
+            self._write_next()
+        return waiter
+
+    def _write_next(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            self._writing = None
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for idle in waiters:
+                idle.callback(None)
+            return
+        writing = self._commit([item for item, _ in batch])
+        self._writing = writing
+
+        def written(results: list[Any]) -> None:
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    waiter.errback(Failure(result))
+                else:
+                    waiter.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _, waiter in batch:
+                waiter.errback(failure)
+
+        writing.addCallbacks(written, failed)
+        writing.addBoth(lambda _: self._write_next())
+
+    def flush(self) -> Deferred[None]:
+        """Fires once everything submitted so far is committed."""
+        if self._writing is None and not self._batch:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+
+class QueueWriter:
+    """Submissions and delivery outcomes, group-committed together.
+
+    Whatever arrives while the queue thread writes goes into its next transaction, new
+    messages and outcomes alike: one fsync a turn, and a submission never waits behind a
+    separate outcome commit. ``commit`` takes the outcomes and the new messages and
+    returns a Deferred of (one result per outcome, one result per message).
+    """
+
+    def __init__(
+        self,
+        commit: Callable[
+            [list[Outcome], list[NewMessage]],
+            Deferred[tuple[list[Recorded], list[str | QueueError]]],
+        ],
+    ) -> None:
+        self._commit = commit
+        self._group: GroupCommit[Outcome | NewMessage, Recorded | str] = GroupCommit(
+            self._commit_mixed
+        )
+
+    def submit(self, message: NewMessage) -> Deferred[str]:
+        """Fires with the new message's id once it is committed."""
+        return self._group.submit(message)  # type: ignore[return-value]
+
+    def record(self, outcome: Outcome) -> Deferred[Recorded]:
+        """Fires with what the store made of the outcome once it is committed."""
+        return self._group.submit(outcome)  # type: ignore[return-value]
+
+    def flush(self) -> Deferred[None]:
+        return self._group.flush()
+
+    def _commit_mixed(self, items: list[Outcome | NewMessage]) -> Deferred[list[Any]]:
+        outcomes = [item for item in items if isinstance(item, Outcome)]
+        messages = [item for item in items if isinstance(item, NewMessage)]
+
+        def in_order(
+            written: tuple[list[Recorded], list[str | QueueError]],
+        ) -> list[Recorded | str | QueueError]:
+            recorded, results = iter(written[0]), iter(written[1])
+            return [
+                next(recorded) if isinstance(item, Outcome) else next(results) for item in items
+            ]
+
+        return self._commit(outcomes, messages).addCallback(in_order)
+
+
+class Outlet(Protocol):
+    """Where leased messages go (delivery), and how many more it welcomes now."""
+
+    running: int  # a twisted Service's flag
+    lease_seconds: float
+
+    def capacity(self) -> int: ...
+
+    def submit(self, leases: list[Lease]) -> None: ...
+
+
+class Feeder(Protocol):
+    """Who otherwise finds due mail (the poller): whether it is paused, and a nudge."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    def wake(self) -> None: ...
+
+    def wake_if_more(self) -> None: ...
+
+
+class Dispatcher:
+    """The daemon's one writer of new mail and outcomes: intake submits through it,
+    delivery records through it. ``serve`` tells it, once both exist, where leases go
+    (delivery) and who to nudge when not all new mail could be leased (the poller)."""
+
+    def __init__(self, config: Config, queue: AsyncQueue, clock: IReactorTime) -> None:
+        self.config = config
+        self._queue = queue
+        self._clock = clock
+        self._policy = RetryPolicy.from_config(config.queue)
+        self._outlet: Outlet | None = None
+        self._feeder: Feeder | None = None
+        self.writer = QueueWriter(self._commit_turn)
+
+    def serve(self, outlet: Outlet, feeder: Feeder) -> None:
+        self._outlet, self._feeder = outlet, feeder
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._policy = RetryPolicy.from_config(config.queue)
+
+    # --- what intake and delivery call ---
+
+    def submit(self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]) -> Deferred[str]:
+        """The daemon's way into the queue (SMTP submission, HTTP, sendmail's socket): the
+        same checks as ``smtpmailer send``, then the group commit."""
+        try:
+            checked = check_envelope(self.config, envelope)
+        except Refusal:
+            return fail()
+        return self.commit_checked(checked, priority)
+
+    def commit_checked(
+        self, envelope: Envelope, priority: int = PRIORITY_NAMES["normal"]
+    ) -> Deferred[str]:
+        """A message already through check_envelope (here, or in a submission worker's
+        process with the same code): only the group commit is left."""
+        return self.writer.submit(
+            NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
+        )
+
+    def record(self, outcome: Outcome) -> Deferred[Recorded]:
+        """Fires with what the store made of a delivery outcome once it is committed."""
+        return self.writer.record(outcome)
+
+    def flush(self) -> Deferred[None]:
+        """Fires once everything submitted so far is committed."""
+        return self.writer.flush()
+
+    def room_freed(self) -> None:
+        """Delivery has room again: the poller looks for more if its last batch was full."""
+        if self._feeder is not None:
+            self._feeder.wake_if_more()
+
+    # --- one turn ---
+
+    def _commit_turn(
+        self, outcomes: list[Outcome], items: list[NewMessage]
+    ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
+        """One commit for what arrived together; what is not leased is the poller's."""
+        outlet, feeder = self._outlet, self._feeder
+        serving = outlet is not None and feeder is not None and not feeder.paused
+        room = outlet.capacity() if serving and outlet is not None and outlet.running else 0
+        committed = self._queue.record_and_enqueue(
+            outcomes,
+            self._policy,
+            items,
+            self.config.queue.max_queue_size,
+            room,
+            outlet.lease_seconds if outlet is not None else 0.0,
+            self._clock.seconds(),
+        )
+
+        def hand_over(
+            result: tuple[list[Recorded], list[str | QueueError], list[Lease]],
+        ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
+            recorded, results, leases = result
+            given_back: Deferred[Any] = succeed(None)
+            if leases:
+                if outlet is not None and outlet.running:
+                    outlet.submit(leases)
+                else:  # stopped meanwhile: back to the queue, unattempted, before it closes
+                    given_back = self._queue.release_leases(leases).addErrback(
+                        lambda failure: log.failure("could not give back leases", failure=failure)
+                    )
+            if feeder is not None and len(leases) < sum(isinstance(r, str) for r in results):
+                feeder.wake()
+            return given_back.addCallback(lambda _: (recorded, results))
+
+        return committed.addCallback(hand_over)
