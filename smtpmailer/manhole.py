@@ -14,19 +14,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from twisted.application.service import Service
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from zope.interface import implementer
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.listeners import describe_port
+from smtpmailer.listening import Listen, ListeningService
 from smtpmailer.logs import log
 from smtpmailer.queue import STATES, QueueStore, priority_name
 
@@ -299,23 +299,22 @@ class Stats:
         return "<stats: type `stats` alone to see them>"
 
 
-class ManholeService(Service):
+class ManholeService(ListeningService):
     """Listens on ``[Manhole] listen`` when ``authorized_keys`` is set."""
 
     name = "manhole"
+    what = "manhole"
 
     def __init__(
         self,
         config: Config,
         mailer: Any,
-        listen: Any,
+        listen: Listen | None,
         run: Callable[..., Deferred[Any]],
         open_store: Callable[[], QueueStore],
     ) -> None:
-        self.config = config
+        super().__init__(config, listen)
         self.mailer = mailer
-        self._listen = listen
-        self.port: Any = None
         self.helpers = Helpers(mailer, run, open_store)
 
     def namespace(self) -> dict[str, Any]:
@@ -334,7 +333,21 @@ class ManholeService(Service):
             "resume": helpers.resume,
         }
 
-    def _factory(self, config: Config) -> Any:
+    def address(self, config: Config) -> str | None:
+        return config.manhole.listen if config.manhole.authorized_keys else None
+
+    def needs_rebind(self, old: Config, new: Config) -> bool:
+        """Its endpoint, keys file or host key: the factory holds all three."""
+        return old.manhole != new.manhole
+
+    def bound(self, port: Any, config: Config) -> None:
+        log.info(
+            "manhole listening on {address} (ssh, keys from {keys})",
+            address=describe_port(port),
+            keys=config.manhole.authorized_keys,
+        )
+
+    def make_factory(self, config: Config) -> Any:
         service = self
 
         class Realm(manhole_ssh.TerminalRealm):
@@ -359,43 +372,7 @@ class ManholeService(Service):
         factory.noisy = False
         return factory
 
-    def _bind(self, config: Config) -> Any:
-        port = self._listen(config.manhole.listen, self._factory(config))
-        log.info(
-            "manhole listening on {address} (ssh, keys from {keys})",
-            address=describe_port(port),
-            keys=config.manhole.authorized_keys,
-        )
-        return port
-
-    @staticmethod
-    def _wanted(config: Config) -> bool:
-        return bool(config.manhole.authorized_keys and config.manhole.listen)
-
-    def bind(self) -> None:
-        """Bind now (see StatusService.bind)."""
-        if self.port is None and self._listen is not None and self._wanted(self.config):
-            self.port = self._bind(self.config)
-
-    def startService(self) -> None:
-        super().startService()
-        self.bind()
-
     def stopService(self) -> Any:
-        super().stopService()
         closed = self.helpers.close()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return DeferredList([closed, maybeDeferred(port.stopListening)])
-        return closed
-
-    async def reconfigure(self, config: Config) -> None:
-        """Re-bound (new before old) when its endpoint, keys file or host key changes."""
-        changed = config.manhole != self.config.manhole
-        self.config = config
-        if not changed or not self.running or self._listen is None:
-            return
-        new_port = self._bind(config) if self._wanted(config) else None
-        if self.port is not None:
-            await maybeDeferred(self.port.stopListening)
-        self.port = new_port
+        stopped = super().stopService()
+        return DeferredList([closed, stopped]) if stopped is not None else closed

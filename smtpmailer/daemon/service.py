@@ -21,6 +21,7 @@ from smtpmailer.dispatch.turns import Dispatcher
 from smtpmailer.intake.sendmail.handover import SendmailSocketService
 from smtpmailer.intake.smtp.listener import SubmissionService
 from smtpmailer.intake.smtp.worker_pool import Spawn, WorkerPool
+from smtpmailer.listening import listen_unix_socket
 from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope
@@ -114,7 +115,11 @@ class MailerService(MultiService):
             config, self.submit, reactor, blocking, listen, workers=workers
         )
         self.sendmail_socket = SendmailSocketService(
-            config, self.submit, reactor, blocking, reactor.listenUNIX if listen_wakeup else None
+            config,
+            self.submit,
+            reactor,
+            blocking,
+            listen_unix_socket(reactor, mode=0o660) if listen_wakeup else None,
         )
         # Listeners bind early in startService (see there); systemd's READY comes last.
         for child in (
@@ -256,9 +261,8 @@ class MailerService(MultiService):
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
         self.dispatcher.reconfigure(config)
-        for child in (self.delivery, self.poller, self.stats, self.sendmail_socket):
+        for child in (self.delivery, self.poller, self.stats):
             child.reconfigure(config)
-        await self.status.reconfigure(config)
-        await self.manhole.reconfigure(config)
-        await self.submission.reconfigure(config)
+        for listener in (self.status, self.manhole, self.submission, self.sendmail_socket):
+            await listener.reconfigure(config)
         self.config = config

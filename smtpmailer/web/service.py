@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.web.server import Site
 
@@ -16,7 +14,7 @@ from smtpmailer import __version__
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.dispatch.poller import QueuePoller
-from smtpmailer.listeners import describe_port
+from smtpmailer.listening import Listen, ListeningService
 from smtpmailer.logs import log
 from smtpmailer.metrics import Metrics
 from smtpmailer.queue import STATES
@@ -27,10 +25,9 @@ from smtpmailer.web.resources import Root
 STATUS_URL_FILE = "status.url"
 SAMPLE_EVERY = 30.0
 HISTORY = int(3600 / SAMPLE_EVERY) + 1
-Listen = Callable[[str, Any], Any]
 
 
-class StatusService(Service):
+class StatusService(ListeningService):
     """Serves /health, /metrics, /v1/queue and the dashboard on ``[Status] listen``.
 
     ``/health`` fails (503) when the queue store does not answer, the poller is not running,
@@ -51,15 +48,13 @@ class StatusService(Service):
         listen: Listen | None = None,
         submit: Any = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, listen)
         self.queue = queue
         self.poller = poller
         self.delivery = delivery
         self.metrics = metrics
         self.clock = clock
-        self._listen = listen
         self.submit = submit
-        self.port: Any = None
         self.started = clock.seconds()
         self.history: deque[Sample] = deque(maxlen=HISTORY)
         self._last_outcomes: Counter[str] = Counter()
@@ -70,29 +65,26 @@ class StatusService(Service):
 
     # --- listening ---
 
-    def bind(self) -> None:
-        """Bind ``listen`` now; MailerService calls this early, so a port that cannot be
-        bound stops the start before anything else runs."""
-        if self.port is None and self._listen is not None and self.config.status.listen:
-            self.port = self._bind(self.config.status.listen)
+    what = "status service"
+
+    def address(self, config: Config) -> str | None:
+        return config.status.listen
+
+    def make_factory(self, config: Config) -> Any:
+        return self.site
+
+    def bound(self, port: Any, config: Config) -> None:
+        super().bound(port, config)
+        self._publish(port)
 
     def startService(self) -> None:
         super().startService()
         self.started = self.clock.seconds()
-        self.bind()
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = self.clock
         self._sampler.start(SAMPLE_EVERY, now=True).addErrback(
             lambda failure: log.failure("status sampling stopped", failure=failure)
         )
-
-    def _bind(self, listen: str) -> Any:
-        assert self._listen is not None
-        port = self._listen(listen, self.site)
-        address = describe_port(port)
-        log.info("status service listening on {address}", address=address)
-        self._publish(port)
-        return port
 
     def _publish(self, port: Any) -> None:
         """Write the URL we answer on to state_dir/status.url, for `smtpmailer health`
@@ -111,25 +103,10 @@ class StatusService(Service):
         except OSError as error:
             log.warn("could not write {path}: {error}", path=path, error=error)
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+    def stopService(self) -> Deferred[Any] | None:
         if self._sampler is not None and self._sampler.running:
             self._sampler.stop()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
-        return None
-
-    async def reconfigure(self, config: Config) -> None:
-        """A new ``listen`` is bound before the old one is closed; the rest is read per
-        request."""
-        old = self.config.status.listen
-        if config.status.listen != old and self.running and self._listen is not None:
-            new_port = self._bind(config.status.listen) if config.status.listen else None
-            if self.port is not None:
-                await maybeDeferred(self.port.stopListening)
-            self.port = new_port
-        self.config = config
+        return super().stopService()
 
     # --- data ---
 

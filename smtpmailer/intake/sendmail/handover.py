@@ -16,8 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -33,6 +32,7 @@ from smtpmailer.intake.refusals import (
     kind_of,
 )
 from smtpmailer.intake.sendmail.command import REQUEST_MAGIC, decode_header, prepare_envelope
+from smtpmailer.listening import ListeningService
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope
 from smtpmailer.queue.runner import Runner
@@ -203,55 +203,45 @@ class SendmailFactory(Factory):
         return SendmailRequest(self)
 
 
-class SendmailSocketService(Service):
+class SendmailSocketService(ListeningService):
     """Listens on ``state_dir/sendmail.sock`` (mode 0660: whoever may write the queue may
-    hand mail over). Without it sendmail still works, writing the queue itself."""
+    hand mail over). Without it sendmail still works, writing the queue itself, so a
+    socket that cannot be bound is logged, not fatal."""
 
     name = "sendmail-socket"
+    what = "sendmail socket"
+    required = False
 
     def __init__(
-        self, config: Config, submit: Submit, clock: Any, blocking: Runner, listen_unix: Any = None
+        self, config: Config, submit: Submit, clock: Any, blocking: Runner, listen: Any = None
     ) -> None:
-        self.config = config
+        super().__init__(config, listen)
         self.factory = SendmailFactory(config, submit, clock, blocking)
-        self._listen_unix = listen_unix
-        self.port: Any = None
         self.path = config.sendmail_socket
 
-    def bind(self) -> None:
-        if self.port is not None or self._listen_unix is None:
-            return
-        from twisted.internet.error import CannotListenError
+    def address(self, config: Config) -> str | None:
+        return self.path  # in state_dir, which only a restart can move
 
-        try:
-            if os.path.exists(self.path):  # a dead daemon's (we hold state_dir's lock)
+    def make_factory(self, config: Config) -> Any:
+        return self.factory
+
+    def open_port(self, config: Config) -> Any:
+        if os.path.exists(self.path):  # a dead daemon's (we hold state_dir's lock)
+            try:
                 os.unlink(self.path)
-            self.port = self._listen_unix(self.path, self.factory, mode=0o660, wantPID=False)
-        except (CannotListenError, OSError) as error:
-            log.warn(
-                "sendmail socket {path} unavailable ({error}); sendmail writes the queue itself",
-                path=self.path,
-                error=getattr(error, "socketError", error),
-            )
+            except OSError:
+                pass  # the bind below says what is wrong
+        return super().open_port(config)
 
-    def startService(self) -> None:
-        super().startService()
-        self.bind()
+    def bound(self, port: Any, config: Config) -> None:
+        pass  # a fixed place in state_dir: nothing worth a log line
 
-    def stopService(self) -> Deferred[None] | None:
+    def closed(self) -> None:
         """Stop taking new requests; those in flight still get their answer after commit."""
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
-        def remove(_: object) -> None:
-            if os.path.exists(self.path):
-                os.unlink(self.path)
-
-        return maybeDeferred(port.stopListening).addCallback(remove)
-
-    def reconfigure(self, config: Config) -> None:
+    async def reconfigure(self, config: Config) -> None:
         """New limits apply to the next request; the socket's place (state_dir) needs a
         restart, as reload says."""
         self.config = config

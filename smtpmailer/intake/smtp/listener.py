@@ -15,7 +15,6 @@ import socket
 from collections import Counter
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
@@ -37,7 +36,7 @@ from smtpmailer.intake.refusals import (
     kind_of,
 )
 from smtpmailer.intake.smtp.worker_pool import WorkerPool
-from smtpmailer.listeners import describe_port
+from smtpmailer.listening import Listen, ListeningService
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope, normalize_address, to_crlf
 from smtpmailer.units import format_size
@@ -520,10 +519,12 @@ def _server_tls(cert: str, key: str | None) -> Any:
     return ssl.PrivateCertificate.loadPEM(pem).options()
 
 
-class SubmissionService(Service):
-    """Listens on ``[Submission] listen`` (off when empty)."""
+class SubmissionService(ListeningService):
+    """The SMTP listener: served by worker processes where there are CPUs for them, else
+    by this process (tests, Windows, and while a new worker starts)."""
 
     name = "submission"
+    what = "submission"
 
     def __init__(
         self,
@@ -531,30 +532,25 @@ class SubmissionService(Service):
         queue_enqueue: Any,
         clock: Any,
         blocking: Any,
-        listen: Any = None,
+        listen: Listen | None = None,
         workers: WorkerPool | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, listen)
         self._enqueue = queue_enqueue
         self._clock = clock
         self._blocking = blocking
-        self._listen = listen
         self.workers = workers  # None: everything in this process (tests, Windows)
-        self.port: Any = None
         self.factory: SubmissionFactory | None = None
 
-    def _build(self, config: Config) -> SubmissionFactory:
-        return SubmissionFactory(config, self._enqueue, self._clock, self._blocking)
+    def address(self, config: Config) -> str | None:
+        return config.submission.listen
 
-    def bind(self) -> None:
-        if self.port is None and self._listen is not None and self.config.submission.listen:
-            self.factory = self._build(self.config)
-            self.port = self._listen(self.config.submission.listen, self.factory)
-            log.info("submission listening on {address}", address=describe_port(self.port))
+    def make_factory(self, config: Config) -> SubmissionFactory:
+        self.factory = SubmissionFactory(config, self._enqueue, self._clock, self._blocking)
+        return self.factory
 
     def startService(self) -> None:
         super().startService()
-        self.bind()
         self._start_workers()
 
     def _start_workers(self) -> None:
@@ -563,18 +559,15 @@ class SubmissionService(Service):
             self.workers.start(self.config, self.port, count)
 
     def stopService(self) -> Any:
-        super().stopService()
-        stopping = []
-        if self.port is not None:
-            port, self.port = self.port, None
-            stopping.append(maybeDeferred(port.stopListening))
+        stopping = [super().stopService()]
         if self.workers is not None:
             stopping.append(self.workers.stop())
-        return DeferredList(stopping) if stopping else None
+        waits = [d for d in stopping if d is not None]
+        return DeferredList(waits) if waits else None
 
     async def reconfigure(self, config: Config) -> None:
         changed = config.submission != self.config.submission
-        moved = config.submission.listen != self.config.submission.listen
+        moved = self.needs_rebind(self.config, config)
         # Workers hold their own copy of the config: a new one means new workers.
         renew_workers = changed or (
             config.queue.max_message_size,
@@ -589,15 +582,10 @@ class SubmissionService(Service):
             # Until the new ones are ready, this process serves the port itself.
             await self.workers.stop(keep_port=not moved)
         if moved:
-            old = self.port
-            self.port = None
-            self.bind()
-            if old is not None:
-                await maybeDeferred(old.stopListening)
+            await self.rebind(config)
         elif changed and self.port is not None:
             # Same address: the port stays open (a second bind of it would fail) and new
             # connections get the new settings (TLS, users, limits).
-            self.factory = self._build(config)
-            self.port.factory = self.factory
+            self.port.factory = self.make_factory(config)
         if renew_workers:
             self._start_workers()
