@@ -7,100 +7,14 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.daemon.service import MailerService
 from smtpmailer.delivery.pool import DOWN_FOR, IDLE_TIMEOUT
-from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
 from smtpmailer.queue import Outcome, QueueError, RecipientResult
-from smtpmailer.queue.runner import synchronous_runner
 from smtpmailer.queue.sqlite import SQLiteQueue
-from tests.fake_relay import FakeRelay, settle
-
-
-class DeliveryCase(SynchronousTestCase):
-    relay_keys = ""
-    queue_keys = ""
-
-    def setUp(self) -> None:
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        self.relays = {"a.test": FakeRelay(self.clock, 25), "b.test": FakeRelay(self.clock, 26)}
-        self.relay = self.relays["a.test"]
-        self.lines: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace") == "smtpmailer" and "line" in event:
-                self.lines.append(event["line"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-
-    def configure(self, relays: str | None = None, queue: str = "") -> None:
-        relays = relays or (
-            "[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n" + self.relay_keys
-        )
-        text = (
-            f"[Daemon]\nstate_dir = {self.dir}\nshutdown_timeout = 10s\n"
-            f"[Queue]\npoll_interval = 5s\nretry_delay = 60s\nmax_retry_delay = 10m\n"
-            f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
-            "[Logging]\nstats_interval = 0\n"
-        )
-        self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
-        self.store = SQLiteQueue(self.config.queue.path)
-
-    def connect(self, relay: Any, client: SMTPClientProtocol) -> Deferred[Any]:
-        return self.relays[relay.host].connect(relay, client)
-
-    def start(self, **options: Any) -> MailerService:
-        """The daemon's service tree in memory; ``options`` go to MailerService."""
-        self.service = MailerService(
-            self.config,
-            open_store=lambda: self.store,
-            reactor=self.clock,
-            run=synchronous_runner,
-            blocking=synchronous_runner,
-            connector=self.connect,
-            listen_wakeup=False,
-            **options,
-        )
-        self.service.startService()
-        self.addCleanup(self.stop)
-        settle(self.clock)
-        return self.service
-
-    def stop(self) -> None:
-        if self.service.running:
-            result = self.service.stopService()
-            settle(self.clock)
-            self.clock.advance(60)
-            settle(self.clock)
-            self.successResultOf(result)
-        self.assertEqual(self.clock.getDelayedCalls(), [], "stop left timers behind")
-
-    def enqueue(self, *recipients: str, priority: int = 5, body: bytes = b"hi") -> str:
-        data = b"Subject: test\r\n\r\n" + body + b"\r\n"
-        return self.store.enqueue(
-            "app@example.com",
-            list(recipients) or ["r@example.org"],
-            data,
-            priority,
-            self.clock.seconds(),
-            10_000,
-        )
-
-    def state(self, message_id: str) -> str:
-        """Read through a connection of its own: the service closes its store on stop."""
-        reader = SQLiteQueue(self.config.queue.path)
-        try:
-            return reader.show(message_id).state
-        finally:
-            reader.close()
+from tests.fake_relay import settle
+from tests.support import DeliveryCase
 
 
 class DeliveryTests(DeliveryCase):

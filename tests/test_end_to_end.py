@@ -3,77 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import socket
-import tempfile
 from typing import Any
 
-from twisted.trial.unittest import TestCase
-
-from tests.certs import TestCA
 from tests.daemon import Daemon, fill_queue, wait_until
 from tests.smtp_peer import SMTPPeer
-
-OUTCOME = re.compile(
-    r"id=(?P<id>\w+) to=<(?P<to>[^>]+)> relay=(?P<relay>\S+) delay=\d+\.\d\d "
-    r"attempts=(?P<attempts>\d+) status=(?P<status>\w+) \((?P<reply>.*)\)$",
-    re.MULTILINE,
-)
-
-
-class EndToEndCase(TestCase):
-    """Starts a TLS+AUTH relay and a daemon configured for it; both are torn down."""
-
-    timeout = 120
-
-    def relay_section(self, port: int, **overrides: str) -> str:
-        keys = {
-            "host": "localhost",
-            "port": str(port),
-            "security": "starttls",
-            "ca_file": self.ca.ca_file,
-            "auth": "auto",
-            "username": "app",
-            "password_file": self.secret,
-            "timeout": "3s",
-            "max_connections": "2",
-        }
-        keys.update(overrides)
-        return "[Relay]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v)
-
-    def setUp(self) -> None:
-        # Short paths: a UNIX socket path must fit in 108 bytes.
-        self.home = tempfile.mkdtemp(prefix="smtpm-")
-        self.addCleanup(shutil.rmtree, self.home, True)
-        self.ca = TestCA(os.path.join(self.home, "ca"))
-        self.server_cert = self.ca.issue("localhost", dns=("localhost",))
-        self.secret = os.path.join(self.home, "relay-password")
-        with open(self.secret, "w") as handle:
-            handle.write("s3cret\n")
-        os.chmod(self.secret, 0o600)
-
-    def start_peer(
-        self, port: int = 0, cert: tuple[str, str] | None = None, implicit_tls: bool = False
-    ) -> SMTPPeer:
-        peer = SMTPPeer(
-            tls_cert=cert or self.server_cert,
-            users={"app": "s3cret"},
-            port=port,
-            implicit_tls=implicit_tls,
-        )
-        peer.start()
-        self.addCleanup(peer.stop)
-        return peer
-
-    def start_daemon(self, port: int, queue: str = "", **relay: str) -> Daemon:
-        daemon = Daemon(os.path.join(self.home, "d"), self.relay_section(port, **relay), queue)
-        self.addCleanup(daemon.stop)
-        return daemon
-
-    def outcomes(self, daemon: Daemon, message_id: str) -> list[dict[str, str]]:
-        return [m.groupdict() for m in OUTCOME.finditer(daemon.log()) if m["id"] == message_id]
+from tests.support import EndToEndCase
 
 
 class DeliveryTests(EndToEndCase):

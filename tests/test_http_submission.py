@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.daemon import REPO, Daemon, started_peer, temporary_home, wait_until
 from tests.fake_relay import settle
-from tests.test_delivery import DeliveryCase
+from tests.support import DeliveryCase
 
 TOKEN = "t0ken-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,7 +12,7 @@ import sys
 
 from tests.daemon import BIN, Daemon, environment, fill_queue, wait_until
 from tests.smtp_peer import SMTPPeer
-from tests.test_end_to_end import EndToEndCase
+from tests.support import EndToEndCase
 
 
 def plain_relay(port: int, extra: str = "") -> str:

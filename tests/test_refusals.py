@@ -32,7 +32,7 @@ from smtpmailer.message import Envelope
 from smtpmailer.queue import StoreBusy
 from smtpmailer.queue.runner import synchronous_runner
 from tests.fake_relay import settle
-from tests.test_delivery import DeliveryCase
+from tests.support import DeliveryCase
 
 TOKEN = "t0ken-0123456789abcdef"
 

@@ -16,7 +16,7 @@ from smtpmailer.daemon.reload import ReloadService, changed_keys, keep_restart_o
 from smtpmailer.daemon.service import MailerService
 from smtpmailer.queue.sqlite import SQLiteQueue
 from tests.fake_relay import settle
-from tests.test_delivery import DeliveryCase
+from tests.support import DeliveryCase
 
 BASE = """[Daemon]
 state_dir = {state}

@@ -14,7 +14,7 @@ from smtpmailer.config import parse_config
 from smtpmailer.delivery.service import IDLE_TIMEOUT
 from smtpmailer.queue.sqlite import SQLiteQueue
 from tests.fake_relay import settle
-from tests.test_delivery import DeliveryCase
+from tests.support import DeliveryCase
 
 
 class StatusCase(DeliveryCase):

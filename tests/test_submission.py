@@ -21,15 +21,7 @@ from smtpmailer.intake.smtp.listener import verify_password
 from tests.certs import TestCA
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.smtp_peer import SMTPPeer
-
-
-def submission_port(daemon: Daemon) -> int:
-    """The port this run of the daemon's submission listener bound (tcp:0)."""
-    found = wait_until(
-        lambda: re.search(r"submission listening on 127.0.0.1:(\d+)", daemon.new_log()),
-        what="the submission listener",
-    )
-    return int(found.group(1))
+from tests.support import submission_port
 
 
 class PasswordTests(SynchronousTestCase):

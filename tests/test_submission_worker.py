@@ -40,7 +40,7 @@ from smtpmailer.intake.smtp.worker_pool import (
 from smtpmailer.message import Envelope, MessageError
 from smtpmailer.queue import QueueError, QueueFull
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
-from tests.test_submission import submission_port
+from tests.support import submission_port
 
 
 def config(workers: int = 1) -> Any:
