@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from smtpmailer.config import Config
-from smtpmailer.listeners import describe_port
+from smtpmailer.endpoints import describe_port
 from smtpmailer.logs import log
 
 # (address, factory) -> a listening port, bound now (listen_now); raises if it cannot bind.

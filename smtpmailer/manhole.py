@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
-from smtpmailer.listeners import describe_port
+from smtpmailer.endpoints import describe_port
 from smtpmailer.listening import Listen, ListeningService
 from smtpmailer.logs import log
 from smtpmailer.queue import STATES, QueueStore, priority_name

@@ -81,7 +81,7 @@ def makeService(options: Options) -> Any:
     from smtpmailer.daemon.service import MailerService
     from smtpmailer.daemon.systemd import Notifier
     from smtpmailer.delivery.smtp.transport import tcp_connector
-    from smtpmailer.listeners import listen_now
+    from smtpmailer.endpoints import listen_now
     from smtpmailer.queue.backends import open_store
     from smtpmailer.queue.runner import QueueThread
 

@@ -17,7 +17,7 @@ def status_url(config: Config) -> str:
     what the config asks for."""
     import os
 
-    from smtpmailer.listeners import parse_listen
+    from smtpmailer.endpoints import parse_listen
 
     try:
         with open(os.path.join(config.daemon.state_dir, "status.url")) as handle:

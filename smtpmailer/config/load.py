@@ -302,7 +302,7 @@ def _manhole(path: str, base: str, section: Section | None, state_dir: str) -> M
 
 
 def _submission(path: str, base: str, section: Section | None) -> SubmissionConfig:
-    from smtpmailer.listeners import parse_listen
+    from smtpmailer.endpoints import parse_listen
 
     reader = Reader(path, section, "Submission")
 
@@ -346,7 +346,7 @@ def _submission(path: str, base: str, section: Section | None) -> SubmissionConf
 
 
 def _status(path: str, base: str, section: Section | None, warnings: list[str]) -> StatusConfig:
-    from smtpmailer.listeners import parse_listen
+    from smtpmailer.endpoints import parse_listen
 
     reader = Reader(path, section, "Status")
     listen = "" if reader.turned_off("listen") else reader.get("listen")

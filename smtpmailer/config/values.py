@@ -83,7 +83,7 @@ def _show_rate(rate: tuple[int, float] | None) -> str:
 
 
 def _listen(text: str) -> str:
-    from smtpmailer.listeners import parse_listen
+    from smtpmailer.endpoints import parse_listen
 
     parse_listen(text)
     return text

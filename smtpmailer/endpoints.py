@@ -1,4 +1,4 @@
-"""Listening endpoints: check Twisted endpoint strings, tell loopback from not, bind at start.
+"""Endpoint strings: check them, tell loopback from not, and bind one at once (listen_now).
 
 A port that cannot be bound must stop the daemon at start, not be logged and forgotten, so
 listeners are bound synchronously in startService (TCP and UNIX endpoints listen at once).
