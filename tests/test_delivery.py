@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from smtpmailer.config import parse_config
 from smtpmailer.daemon.service import MailerService
@@ -281,7 +282,9 @@ class DeliveryTests(DeliveryCase):
         message_id = self.enqueue()
         self.start()
         self.assertEqual(self.state(message_id), "sent")
-        self.assertEqual(len(os.listdir(os.path.join(capture, "new"))), 1)
+        (captured,) = os.listdir(os.path.join(capture, "new"))
+        mode = os.stat(os.path.join(capture, "new", captured)).st_mode & 0o777
+        self.assertEqual(oct(mode), "0o600")  # it holds mail, whatever the umask
         self.assertIn(f"relay=maildir:{capture} ", self.lines[-1])
 
     def test_per_recipient_outcomes_are_kept(self) -> None:
@@ -558,3 +561,63 @@ class GroupCommitTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual(self.state(message_id), "queued")
         self.assertEqual(self.relay.messages, [])
+
+
+class StorageFaultTests(DeliveryCase):
+    def test_an_outcome_the_store_refused_is_recorded_once_it_takes_it(self) -> None:
+        """After a disk-full error the message stayed active until a restart or its lease
+        ran out (~20 min). Now the outcome is tried again every poll interval."""
+        from smtpmailer.queue import NoSpace
+
+        self.configure()
+        original = self.store.record_and_enqueue
+        full = [True]
+
+        def record_and_enqueue(outcomes: Any, *args: Any) -> Any:
+            if outcomes and full[0]:
+                raise NoSpace("queue storage is full: no space left on device (test)")
+            return original(outcomes, *args)
+
+        self.store.record_and_enqueue = record_and_enqueue  # type: ignore[method-assign]
+        message_id = self.enqueue()
+        self.start()
+        self.assertEqual(len(self.relay.messages), 1)
+        self.assertEqual(self.state(message_id), "active")
+        self.assertEqual(self.flushLoggedErrors(), [], "one warning line, no traceback")
+        self.clock.advance(5)  # poll_interval: still full
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "active")
+        full[0] = False  # space is back
+        self.clock.advance(5)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "sent")
+        self.assertEqual(len(self.relay.messages), 1, "delivered once")
+        self.assertIn("status=sent", self.lines[-1])
+
+    def test_a_damaged_queue_is_one_line_a_minute_not_a_traceback_a_poll(self) -> None:
+        from smtpmailer.queue import QueueCorrupt
+
+        self.configure()
+        errors = []
+
+        def damaged(*args: Any) -> Any:
+            errors.append(args)
+            raise QueueCorrupt("queue database q: database disk image is malformed; ...")
+
+        self.store.lease = damaged  # type: ignore[method-assign]
+        service = self.start()
+        seen: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "queue poll failed" in str(event.get("log_format", "")):
+                seen.append(str(event.get("error")))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for _ in range(12):  # a minute of polls
+            self.clock.advance(5)
+            settle(self.clock)
+        self.assertGreaterEqual(len(errors), 12)
+        self.assertEqual(len(seen), 1, seen)  # the first was logged before we listened
+        self.assertEqual(self.flushLoggedErrors(), [], "no traceback")
+        self.assertTrue(service.poller.running)

@@ -409,3 +409,19 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(list(empty.messages()), [])
         self.assertFalse(os.path.exists(missing))
         self.store = SQLiteQueue(self.path)
+
+    def test_queue_files_are_private_whatever_the_umask(self) -> None:
+        """The file and its -wal and -shm followed the umask (0644 under 022)."""
+        self.store.close()
+        os.remove(self.path)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.remove(self.path + suffix)
+        old = os.umask(0o022)
+        try:
+            self.store = SQLiteQueue(self.path)
+            self.add()
+        finally:
+            os.umask(old)
+        for suffix in ("", "-wal", "-shm"):
+            self.assertEqual(oct(os.stat(self.path + suffix).st_mode & 0o777), "0o600", suffix)

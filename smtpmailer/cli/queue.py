@@ -120,11 +120,44 @@ def _one_or_all(args: argparse.Namespace) -> None:
         raise CommandError("give a message ID or --all")
 
 
+def repair(action: str, config: Config, console: Console) -> int:
+    """``queue check`` and ``queue salvage``: for a queue file that may be damaged, so
+    they do not open it as a store."""
+    from smtpmailer.daemon.lock import holder
+    from smtpmailer.queue import repair
+
+    path = config.queue.path
+    if action == "check":
+        problems = repair.check(path)
+        if not problems:
+            console.say(f"{path}: ok")
+            return 0
+        for problem in problems:
+            console.say(f"{path}: {problem}")
+        console.warn(
+            f"smtpmailer: {path} is damaged; stop the daemon and run: smtpmailer queue salvage"
+        )
+        return 1
+    if holder(config.daemon.state_dir) is not None:
+        raise CommandError("the daemon is running: stop it first (smtpmailer stop)")
+    report = repair.salvage(path)
+    console.say(f"{_count(report.copied)} copied into a new {path}")
+    if report.lost or report.unreadable_rows:
+        console.say(
+            f"lost: {_count(len(report.lost) + report.unreadable_rows)}"
+            + (f" ({', '.join(report.lost[:20])})" if report.lost else "")
+        )
+    console.say(f"the damaged file is kept as {report.kept}")
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int:
     from smtpmailer.intake.checks import wake_daemon
 
     out = console.out
     action = args.queue_command
+    if action in ("check", "salvage"):
+        return repair(action, config, console)
     store = open_queue(config, read_only=action in LOOKING)
     now = time.time()
     try:
@@ -212,5 +245,10 @@ def add_commands(commands: Any) -> None:
         held = actions.add_parser(name, help=text)
         held.add_argument("id", nargs="?")
         held.add_argument("--all", action="store_true")
+    actions.add_parser("check", help="check the queue file for damage (SQLite's integrity check)")
+    actions.add_parser(
+        "salvage",
+        help="copy what can be read of a damaged queue into a new file (daemon stopped)",
+    )
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
     stats.add_argument("--json", action="store_true")

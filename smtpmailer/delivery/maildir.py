@@ -41,7 +41,8 @@ def deliver_to_maildir(path: str, lease: Lease) -> tuple[RecipientResult, ...]:
         f"X-Queue-Id: {lease.id}\r\n"
     ).encode()
     temporary = os.path.join(path, "tmp", name)
-    with open(temporary, "xb") as handle:
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # mail: 0600
+    with os.fdopen(descriptor, "wb") as handle:
         handle.write(envelope + lease.data.replace(b"\r\n", b"\n"))
         handle.flush()
         os.fsync(handle.fileno())

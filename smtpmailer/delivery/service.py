@@ -16,14 +16,15 @@ from typing import Any, Protocol
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from smtpmailer.config import Config, RelayConfig
 from smtpmailer.delivery.pool import IDLE_TIMEOUT, Job, RelayPool
 from smtpmailer.delivery.transport import OpenError, TransportContext, make_transport
 from smtpmailer.logs import log, outcome_line
 from smtpmailer.metrics import Metrics
-from smtpmailer.queue import Lease, Outcome, RecipientResult, Recorded
+from smtpmailer.queue import Lease, Outcome, QueueError, RecipientResult, Recorded
 from smtpmailer.queue.runner import Runner
 
 __all__ = ["IDLE_TIMEOUT", "DeliveryService", "RelayState", "lease_seconds"]
@@ -99,6 +100,8 @@ class DeliveryService(Service):
         self.lease_seconds = lease_seconds(config)
         self.counters: Counter[str] = Counter()
         self.pools: dict[str, RelayPool] = {}
+        # Outcomes the store refused, each waiting to be recorded again.
+        self._unrecorded: dict[str, IDelayedCall] = {}
         self._retired: set[RelayPool] = set()
         self._set_relays(config.relays)
 
@@ -253,13 +256,44 @@ class DeliveryService(Service):
         lease = job.lease
         sent_at = self._clock.seconds()
         relay_name = pool.relay.label if pool is not None else job.relay
-        recording = self._recorder.record(Outcome(lease, results, label))
-        recording.addCallback(self._log_outcome, sent_at, relay_name)
-        recording.addErrback(
-            lambda f: log.failure("could not record the outcome of {id}", failure=f, id=lease.id)
-        )
+        self._record(Outcome(lease, results, label), sent_at, relay_name)
         if pool is None or pool.pending < pool.relay.max_connections:
             self._on_capacity()
+
+    def _record(self, outcome: Outcome, sent_at: float, relay_name: str) -> None:
+        self._unrecorded.pop(outcome.lease.id, None)
+        recording = self._recorder.record(outcome)
+        recording.addCallback(self._log_outcome, sent_at, relay_name)
+        recording.addErrback(self._not_recorded, outcome, sent_at, relay_name)
+
+    def _not_recorded(
+        self, failure: Failure, outcome: Outcome, sent_at: float, relay_name: str
+    ) -> None:
+        """The store refused the outcome (disk full, busy): keep it and try again every
+        poll interval, so delivery resumes by itself once the store takes it, instead of
+        the message staying active until its lease runs out."""
+        message_id = outcome.lease.id
+        if not failure.check(QueueError):
+            log.failure("could not record the outcome of {id}", failure=failure, id=message_id)
+            return
+        if self._stopping:
+            log.warn(
+                "id={id} outcome not recorded ({error}); the message is delivered again "
+                "after the next start",
+                id=message_id,
+                error=failure.value,
+            )
+            return
+        wait = self.config.queue.poll_interval
+        log.warn(
+            "id={id} outcome not recorded yet ({error}); trying again in {wait:g}s",
+            id=message_id,
+            error=failure.value,
+            wait=wait,
+        )
+        self._unrecorded[message_id] = self._clock.callLater(
+            wait, self._record, outcome, sent_at, relay_name
+        )
 
     def _log_outcome(self, recorded: Recorded, sent_at: float, relay_name: str) -> None:
         outcome = recorded.outcome
@@ -322,6 +356,10 @@ class DeliveryService(Service):
         super().stopService()
         self._stopping = True
         unstarted = [job for pool in self._all_pools() for job in pool.close()]
+        for message_id, retry in list(self._unrecorded.items()):
+            retry.cancel()  # its lease runs out, or the next start requeues it
+            log.warn("id={id} outcome not recorded before the stop", id=message_id)
+        self._unrecorded.clear()
         released = self.give_back(unstarted)
         finished: Deferred[None] = Deferred()
         self._stopped_waiters.append(finished)

@@ -12,16 +12,20 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.logs import log
+from smtpmailer.queue import QueueError
 from smtpmailer.queue.runner import AsyncQueue
 from smtpmailer.timers import set_interval
 
 # Sent messages are forgotten in slices, so one tick never holds the queue for long.
 PURGE_SLICE = 500
 PURGE_EVERY = 60.0
+# The same queue error is logged again at most this often while it lasts.
+REPEAT_EVERY = 60.0
 
 
 class QueuePoller(TimerService):
@@ -45,6 +49,8 @@ class QueuePoller(TimerService):
         self._wakeup: IDelayedCall | None = None
         self._last_purge = -PURGE_EVERY
         self.last_batch_full = False
+        self._last_error: str | None = None
+        self._last_error_at = 0.0
         self.ticks = 0
         self.lag = 0.0
         self.paused = False
@@ -73,7 +79,7 @@ class QueuePoller(TimerService):
         self._busy = True
         self.ticks += 1
         result = Deferred.fromCoroutine(self._poll())
-        result.addErrback(lambda failure: log.failure("queue poll failed", failure=failure))
+        result.addErrback(self._failed)
 
         def done(_: Any) -> None:
             self._busy = False
@@ -86,6 +92,18 @@ class QueuePoller(TimerService):
 
         result.addBoth(done)
         return result
+
+    def _failed(self, failure: Failure) -> None:
+        """The queue's own errors (disk full, busy, a damaged file) are one line that says
+        what is wrong, repeated at most every REPEAT_EVERY while it lasts (not every poll);
+        anything else is a bug and gets its traceback."""
+        if not failure.check(QueueError):
+            log.failure("queue poll failed", failure=failure)
+            return
+        text, now = str(failure.value), self._clock.seconds()
+        if text != self._last_error or now - self._last_error_at >= REPEAT_EVERY:
+            self._last_error, self._last_error_at = text, now
+            log.error("queue poll failed: {error}", error=text)
 
     async def _poll(self) -> None:
         capacity = 0 if self.paused else self._delivery.capacity()
@@ -108,6 +126,7 @@ class QueuePoller(TimerService):
             purged = await self._queue.purge_sent(now - self.config.queue.keep_sent, PURGE_SLICE)
             if purged:
                 log.debug("forgot {n} sent message(s)", n=purged)
+        self._last_error = None  # a poll that worked: the next error is news again
 
     def reconfigure(self, config: Config) -> None:
         """poll_interval and batch_size apply from the next tick."""

@@ -120,6 +120,24 @@ def _insert_rows(
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
+def keep_private(path: str) -> None:
+    """The queue holds mail: its file is 0600 whatever the umask, and so are the -wal and
+    -shm files, which SQLite creates with the database file's mode. Files made by an
+    older smtpmailer are tightened where this user owns them."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+    except OSError:
+        pass  # not ours (root running `queue` on the daemon's file): leave it as it is
+    finally:
+        os.close(descriptor)
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.chmod(path + suffix, 0o600)
+        except OSError:
+            pass  # not there yet, or not ours
+
+
 def _driver_errors(method: Method) -> Method:
     """A public method of SQLiteQueue: sqlite3's errors leave it as the queue's own
     (NoSpace, StoreBusy, QueueCorrupt, QueueError), never as ``sqlite3.*``."""
@@ -164,6 +182,7 @@ class SQLiteQueue:
             if read_only:
                 self._db = self._open_read_only(path, busy_timeout)
                 return
+            keep_private(path)
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -223,8 +242,8 @@ class SQLiteQueue:
             return StoreBusy(f"queue database {self.path} is busy: {error}")
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return QueueCorrupt(
-                f"{where}: {error}; the file is damaged: stop the daemon, move it aside "
-                "and restore it from a backup"
+                f"{where}: {error}; the file is damaged: stop the daemon and run "
+                "smtpmailer queue salvage (it keeps the damaged file)"
             )
         if code == _SQLITE_READONLY:
             return QueueError(f"{where}: the file is read-only for this user")
