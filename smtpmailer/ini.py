@@ -116,3 +116,22 @@ def parse_ini(text: str, path: str) -> list[Section]:
         entries.append(Entry(key, _strip_inline_comment(value), number))
     close()
     return sections
+
+
+def read_leniently(text: str, name: str) -> dict[str, str]:
+    """The keys of the unlabelled section ``name`` from a file that may be broken anywhere
+    (a duplicate key, a malformed line): what can be read, the first value of a key
+    winning. For commands that must reach a daemon running on an earlier, valid file."""
+    values: dict[str, str] = {}
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("["):
+            inside = _strip_inline_comment(line) == f"[{name}]"
+            continue
+        if inside and "=" in line:
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), _strip_inline_comment(value))
+    return values

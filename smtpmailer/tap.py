@@ -131,7 +131,7 @@ def spawn_submission_worker(reactor: Any) -> Any:
         return reactor.spawnProcess(
             protocol,
             sys.executable,
-            [sys.executable, "-m", "smtpmailer.intake.smtp.worker", family],
+            [sys.executable, "-m", "smtpmailer.intake.smtp.worker", family, str(os.getpid())],
             env=env,
             childFDs={0: "w", 1: "r", 2: "r", 3: listen_fd},
         )

@@ -244,3 +244,73 @@ class ReadOnlyTests(CLITestCase):
             self.assertIn(self.queue_path(), err)
             self.assertIn("the file is damaged", err)
             self.assertNotIn("Traceback", err)
+
+
+class HashPasswordTests(CLITestCase):
+    def test_needs_no_config(self) -> None:
+        """It refused to run until the config named an existing users_file, or with none."""
+        import bcrypt
+
+        with open(self.config, "a") as handle:
+            handle.write("[Submission]\nusers_file = does-not-exist-yet\n")
+        for args in (("--config", self.config), ("--config", "/nonexistent/smtpmailer.conf")):
+            out, err = io.StringIO(), io.StringIO()
+            stdin = io.TextIOWrapper(io.BytesIO(b"hunter2\n"))
+            code = main([*args, "hash-password"], out=out, err=err, stdin=stdin)
+            self.assertEqual((code, err.getvalue()), (0, ""))
+            self.assertTrue(bcrypt.checkpw(b"hunter2", out.getvalue().strip().encode()))
+
+
+class RepairTests(CLITestCase):
+    """queue check and queue salvage, on a file damaged the way a harness damaged it:
+    random bytes over the tables, the header left intact."""
+
+    def fill(self, count: int) -> list[str]:
+        ids = []
+        for n in range(count):
+            body = f"--body={'x' * 3000} {n}"  # a few messages a page: damage costs some
+            ids.append(self.send("--to", f"r{n}@example.org", "--subject", f"m{n}", body))
+        return ids
+
+    def damage(self) -> None:
+        path = os.path.join(self.dir, "var", "queue.sqlite3")
+        size = os.path.getsize(path)
+        with open(path, "r+b") as handle:
+            handle.seek(size // 2)
+            handle.write(os.urandom(4096 * 2))
+
+    def test_check_says_ok_then_damaged(self) -> None:
+        self.fill(3)
+        code, out, _ = self.run_cli("queue", "check")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.endswith(": ok\n"), out)
+        self.damage()
+        code, out, err = self.run_cli("queue", "check")
+        self.assertEqual(code, 1)
+        self.assertIn("is damaged; stop the daemon and run: smtpmailer queue salvage", err)
+
+    def test_salvage_keeps_what_can_be_read_and_the_damaged_file(self) -> None:
+        ids = self.fill(40)
+        self.damage()
+        code, out, err = self.run_cli("queue", "salvage")
+        self.assertEqual((code, err), (0, ""), out)
+        copied = int(out.split()[0])
+        self.assertGreater(copied, 20, out)
+        self.assertLess(copied, 40, out)  # the damaged pages' messages are gone
+        names = os.listdir(os.path.join(self.dir, "var"))
+        kept = [name for name in names if ".damaged-" in name and name[-1].isdigit()]
+        self.assertEqual(len(kept), 1, names)  # with its -wal and -shm, if it had them
+        self.assertEqual(self.run_cli("queue", "check")[0], 0)  # the new file is sound
+        listed = {item["id"] for item in self.queued()}
+        self.assertEqual(len(listed), copied)
+        self.assertTrue(listed <= set(ids))
+        for message_id in listed:  # each one whole: its recipient and its body
+            code, out, _ = self.run_cli("queue", "show", message_id)
+            self.assertEqual(code, 0)
+            self.assertIn("Subject: m", out)
+        self.assertEqual(self.queued_stats()["queued"], copied)
+
+    def queued_stats(self) -> dict[str, int]:
+        code, out, _ = self.run_cli("queue", "stats", "--json")
+        self.assertEqual(code, 0)
+        return dict(json.loads(out)["counts"])

@@ -364,6 +364,8 @@ class RelayTestCommandTests(EndToEndCase):
         self.assertRegex(result.stdout, r"connect: ok \((127\.0\.0\.1|::1)\)")
         self.assertIn("greeting: 220 relay.test", result.stdout)
         self.assertIn("STARTTLS: ok, certificate verified", result.stdout)
+        # The mechanisms the relay offers after STARTTLS, not just the word AUTH.
+        self.assertRegex(result.stdout, r"EHLO again: .*AUTH\((?=[^)]*PLAIN)(?=[^)]*LOGIN)[^)]*\)")
         self.assertIn("AUTH PLAIN: ok", result.stdout)
         self.assertEqual(lines[-1], "  QUIT: ok")
         self.assertNotIn("s3cret", result.stdout)

@@ -87,6 +87,7 @@ class InMemoryTests(DeliveryCase):
         good = {"from": "a@example.com", "to": "b@example.org", "subject": "s"}
         cases = [
             (b"{not json", 400, "not JSON"),
+            (b"[" * 20_000, 400, "nested too deeply"),
             ([1, 2], 400, "JSON object"),
             ({"to": "b@example.org", "subject": "s"}, 400, "'from' and 'subject' are required"),
             ({**good, "subject": "s\r\nBcc: v@example.org"}, 400, "CR/LF"),
@@ -201,3 +202,43 @@ class LiveTests(TestCase):
         )
         self.assertEqual(result.returncode, 0, result.stdout[-4000:] + result.stderr[-2000:])
         self.assertRegex(result.stdout, r"\d+ generated, \d+ passed")
+
+    def chunked_post(self, chunks: int, chunk: bytes) -> tuple[int, dict[str, Any]]:
+        """POST a body in HTTP chunks, with no Content-Length, over a raw socket."""
+        import http.client
+        import urllib.parse
+
+        address = urllib.parse.urlsplit(self.url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+        self.addCleanup(connection.close)
+        connection.putrequest("POST", "/v1/messages")
+        connection.putheader("Content-Type", "message/rfc822")
+        connection.putheader("Authorization", AUTH["Authorization"])
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        try:
+            for _ in range(chunks):
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            connection.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the daemon may answer and close before the client has sent it all
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def rss(self) -> int:
+        assert self.daemon.process is not None
+        with open(f"/proc/{self.daemon.process.pid}/status") as handle:
+            line = next(line for line in handle if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    def test_a_chunked_body_is_counted_as_it_arrives(self) -> None:
+        """The size limit held only for Content-Length: a chunked body was read whole into
+        memory (RSS +2x the body), then refused. Now it is counted and dropped unread."""
+        head = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: s\r\n\r\n"
+        code, body = self.chunked_post(1, head + b"small\r\n")
+        self.assertEqual(code, 202, body)
+        before = self.rss()
+        code, body = self.chunked_post(1024, head + b"x" * 65536)  # 64 MB: over the 33 MB limit
+        self.assertEqual(code, 413, body)
+        self.assertIn("over max_message_size", body["error"])
+        self.assertLess(self.rss() - before, 16 << 20, "the refused body was kept in memory")

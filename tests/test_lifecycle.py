@@ -34,6 +34,16 @@ class LifecycleCase(EndToEndCase):
 
 
 class ManagementTests(LifecycleCase):
+    def assert_running(self, daemon: Daemon, pid: int) -> None:
+        """status finds it with its PID, and start refuses a second one."""
+        status = daemon.cli("status")
+        self.assertEqual(
+            (status.returncode, status.stdout), (0, f"Daemon is running (PID: {pid})\n")
+        )
+        again = daemon.cli("start")
+        self.assertEqual(again.returncode, 1)
+        self.assertIn(f"Daemon is already running (PID: {pid})", again.stderr)
+
     def configure(self, daemon: Daemon, port: int, extra: str = "") -> None:
         daemon.write_config(plain_relay(port, extra))
         text = (
@@ -60,13 +70,7 @@ class ManagementTests(LifecycleCase):
         pid = int(open(pidfile).read())
         self.assertIn(f"Daemon started (PID: {pid})", started.stdout)
         self.assertEqual(oct(os.stat(pidfile).st_mode & 0o777), "0o600")
-        status = daemon.cli("status")
-        self.assertEqual(
-            (status.returncode, status.stdout), (0, f"Daemon is running (PID: {pid})\n")
-        )
-        again = daemon.cli("start")
-        self.assertEqual(again.returncode, 1)
-        self.assertIn(f"Daemon is already running (PID: {pid})", again.stderr)
+        self.assert_running(daemon, pid)
 
         daemon.send("--from", "a@example.com", "--to", "b@example.org", "--subject", "one")
         wait_until(lambda: len(first.messages()) == 1, what="delivery to the first relay")
@@ -109,13 +113,7 @@ class ManagementTests(LifecycleCase):
         daemon.start()
         assert daemon.process is not None
         pid = daemon.process.pid
-        status = daemon.cli("status")
-        self.assertEqual(
-            (status.returncode, status.stdout), (0, f"Daemon is running (PID: {pid})\n")
-        )
-        again = daemon.cli("start")
-        self.assertEqual(again.returncode, 1)
-        self.assertIn(f"Daemon is already running (PID: {pid})", again.stderr)
+        self.assert_running(daemon, pid)
 
         daemon.write_config(plain_relay(second.port))
         reloaded = daemon.cli("reload")
@@ -124,6 +122,16 @@ class ManagementTests(LifecycleCase):
         )
         daemon.send("--from", "a@example.com", "--to", "b@example.org", "--subject", "one")
         wait_until(lambda: len(second.messages()) == 1, what="delivery after the reload")
+
+        # A duplicate key breaks the whole file: reload still reaches the daemon through
+        # the file's [Daemon] keys and prints its verdict (it waited 30 s, then gave up).
+        with open(daemon.config_path, "a") as handle:
+            handle.write("[Daemon]\nshutdown_timeout = 5s\n")
+        broken = daemon.cli("reload")
+        self.assertEqual(broken.returncode, 1)
+        self.assertIn(f"reload failed: {daemon.config_path}:", broken.stderr)
+        self.assertIn("appears twice", broken.stderr)
+        daemon.write_config(plain_relay(second.port))
 
         stopped = daemon.cli("stop")
         self.assertEqual(

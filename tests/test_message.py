@@ -51,6 +51,20 @@ class AddressTests(SynchronousTestCase):
 
 
 class BuildTests(SynchronousTestCase):
+    def test_every_line_break_python_knows_is_refused_in_headers(self) -> None:
+        """Found by fuzzing: NEL, U+2028, VT... passed the CR/LF check, then crashed the
+        message builder (a traceback from `send`)."""
+        for breaker in ("\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1e"):
+            for field in ("subject", "header", "name"):
+                with self.assertRaises(MessageError):
+                    build_message(
+                        sender=f"A{breaker}B <a@example.com>" if field == "name" else "a@x.org",
+                        to=["b@example.org"],
+                        subject=f"hi{breaker}there" if field == "subject" else "s",
+                        headers=[("X-A", f"1{breaker}2")] if field == "header" else [],
+                        now=0.0,
+                    )
+
     def build(self, **overrides: object) -> tuple[object, object]:
         arguments: dict[str, object] = {
             "sender": "Jörg Müller <joerg@example.com>",

@@ -215,6 +215,26 @@ class TwistedServerTests(SynchronousTestCase):
             (result,) = self.drive(session.deliver(lease()))
             self.assertEqual(result.status, "sent", mechanism)
 
+    def test_auth_waits_for_a_secret_that_is_still_being_fetched(self) -> None:
+        """Each mechanism awaits credentials.secret(): a token being refreshed (XOAUTH2)
+        holds AUTH back, and nothing is sent until it comes."""
+        from smtpmailer.delivery.smtp.auth import Credentials
+
+        for mechanism in ("plain", "login", "cram-md5"):
+            fetching: Deferred[str] = Deferred()
+            session = self.connect(relay(auth=mechanism), users={"app": "s3cret"})
+            session.credentials = Credentials("app", lambda fetching=fetching: fetching)
+            opened = Deferred.fromCoroutine(session.open())
+            for _ in range(20):
+                self.pump.pump()
+            self.assertNoResult(opened)
+            fetching.callback("s3cret")
+            for _ in range(20):
+                self.pump.pump()
+            self.successResultOf(opened)
+            (result,) = self.drive(session.deliver(lease()))
+            self.assertEqual(result.status, "sent", mechanism)
+
     def test_auth_auto_without_tls_prefers_cram_md5(self) -> None:
         session = self.connect(relay(username="app", password="s3cret"), users={"app": "s3cret"})
         self.drive(session.open())

@@ -10,16 +10,18 @@ import smtplib
 import ssl
 import subprocess
 import tempfile
+import unittest
 from typing import Any
 
 import bcrypt
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.ini import ConfigError
 from smtpmailer.intake.smtp.listener import verify_password
 from tests.certs import TestCA
-from tests.daemon import Daemon, started_peer, temporary_home, wait_until
+from tests.daemon import REPO, Daemon, started_peer, temporary_home, wait_until
 from tests.smtp_peer import SMTPPeer
 from tests.support import submission_port
 
@@ -161,8 +163,44 @@ class SubmissionTests(TestCase):
         client.ehlo("x")
         client.starttls(context=ssl.create_default_context(cafile=self.ca_file))
         client.ehlo("x")
-        with self.assertRaises(smtplib.SMTPAuthenticationError):
-            client.login("app", "wrong")
+        with self.assertRaises(smtplib.SMTPAuthenticationError) as caught:
+            client.login("app", "wrong-pw-123")
+        # RFC 4954's enhanced code, which EHLO's ENHANCEDSTATUSCODES promises.
+        self.assertEqual(caught.exception.smtp_code, 535)
+        self.assertTrue(caught.exception.smtp_error.startswith(b"5.7.8 "))
+        line = wait_until(
+            lambda: re.search(r"submission: authentication failed .*", self.daemon.new_log()),
+            what="the failed AUTH's log line",
+        )
+        self.assertEqual(
+            line.group(0),
+            "submission: authentication failed for user=app from=127.0.0.1 (1 in a row)",
+        )
+        self.assertNotIn("wrong-pw-123", self.daemon.log())
+        # smtplib tried PLAIN, then LOGIN: two failures, two lines for fail2ban.
+        self.fail2ban_finds(self.daemon.log_path, "127.0.0.1", 2)
+
+    def fail2ban_finds(self, log_path: str, host: str, count: int) -> None:
+        """The shipped filter, run by fail2ban's own fail2ban-regex, on the real log."""
+        import shutil
+        import subprocess
+
+        if shutil.which("fail2ban-regex") is None:
+            raise unittest.SkipTest("fail2ban-regex is missing (make system-deps installs it)")
+        result = subprocess.run(
+            [
+                "fail2ban-regex",
+                "--print-all-matched",
+                log_path,
+                os.path.join(REPO, "packaging", "fail2ban", "filter.d", "smtpmailer.conf"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, rf"Failregex: {count} total")
+        self.assertIn(host, result.stdout)
 
     def test_connections_per_client_are_limited(self) -> None:
         clients = [smtplib.SMTP("127.0.0.1", self.port, timeout=30) for _ in range(4)]
@@ -436,3 +474,148 @@ class BulkDataTests(SynchronousTestCase):
         self.assertEqual(self.feed(b".\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
         self.clock.advance(301)  # idle now: the session times out
         self.assertTrue(self.transport.disconnecting)
+
+    def test_a_command_that_is_not_ascii_is_answered_and_the_session_goes_on(self) -> None:
+        self.assertEqual(self.feed(b"EHLO x\r\n")[0][:4], b"250-")
+        for line in (b"\xff\xfe\r\n", b"M\xc3\xa4IL FROM:<a@example.com>\r\n", b"AUTH \xff\r\n"):
+            replies = self.feed(line)
+            self.assertEqual(len(replies), 1, line)
+            self.assertTrue(replies[0].startswith((b"500 5.5.2", b"501", b"503", b"504")), replies)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.transaction()
+        self.assertEqual(self.feed(b"body\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
+
+    def test_auth_without_a_mechanism_is_a_syntax_error(self) -> None:
+        """Found by fuzzing: Twisted raised IndexError on a bare AUTH and dropped the
+        connection (a traceback in the log)."""
+        self.feed(b"EHLO x\r\n")
+        self.assertEqual(
+            self.feed(b"AUTH\r\n"), [b"501 5.5.4 Syntax: AUTH mechanism [initial-response]"]
+        )
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class AuthFailureTests(SynchronousTestCase):
+    """Failed AUTH in memory: 535 5.7.8, one log line, and a refusal that waits longer
+    after each failure from the same address (time is a task.Clock)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from smtpmailer.intake.smtp.listener import SubmissionFactory
+        from smtpmailer.queue.runner import synchronous_runner
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as handle:
+            handle.write(f"app:{bcrypt.hashpw(b'app-pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+        config = parse_config(f"[Relay]\nhost = h\n[Submission]\nusers_file = {users}\n", "c")
+        self.clock = Clock()
+        self.factory = SubmissionFactory(config, None, self.clock, synchronous_runner)
+        self.transports: list[Any] = []
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "line" in event:
+                self.lines.append(event["line"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.make = lambda: self._connect(IPv4Address("TCP", "192.0.2.7", 1), StringTransport)
+
+    def _connect(self, address: Any, transport_type: Any) -> tuple[Any, Any]:
+        protocol = self.factory.buildProtocol(None)
+        transport = transport_type(peerAddress=address)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        return protocol, transport
+
+    def login(self, password: bytes) -> list[bytes]:
+        import base64
+
+        protocol, transport = self.make()
+        transport.clear()
+        token = base64.b64encode(b"\0app\0" + password)
+        protocol.dataReceived(b"EHLO x\r\nAUTH PLAIN " + token + b"\r\n")
+        self.protocol, self.transport = protocol, transport
+        self.clock.advance(0)  # a refusal that need not wait still goes through the clock
+        return self.replies()
+
+    def replies(self) -> list[bytes]:
+        return [line for line in self.transport.value().split(b"\r\n") if line][-1:]
+
+    def test_each_failure_waits_longer_and_a_success_forgets(self) -> None:
+        self.assertEqual(self.login(b"wrong"), [b"535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(
+            self.lines[-1],
+            "submission: authentication failed for user=app from=192.0.2.7 (1 in a row)",
+        )
+        for failures, delay in ((2, 1.0), (3, 2.0), (4, 4.0)):
+            self.assertNotEqual(self.login(b"wrong")[0][:3], b"535")  # not yet
+            self.clock.advance(delay - 0.02)
+            self.assertNotEqual(self.replies()[0][:3], b"535")
+            self.clock.advance(0.02)
+            self.assertEqual(self.replies(), [b"535 5.7.8 Authentication credentials invalid"])
+            self.assertIn(f"({failures} in a row)", self.lines[-1])
+        self.assertEqual(self.login(b"app-pw")[0][:3], b"235")
+        self.assertEqual(self.login(b"wrong")[0][:3], b"535")  # forgotten: at once again
+        self.assertNotIn("wrong", " ".join(self.lines).replace("=app", ""))
+
+
+class DrainTests(SynchronousTestCase):
+    """A listener that is replaced (a reload restarting its worker) finishes the
+    transactions under way, answers them after their commit, then closes."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from smtpmailer.intake.smtp.listener import SubmissionFactory
+
+        config = parse_config("[Relay]\nhost = h\n", "c.conf")
+        self.commits: list[Any] = []
+        self.factory = SubmissionFactory(config, self.enqueue, Clock(), None)
+
+    def enqueue(self, envelope: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        committed: Deferred[str] = Deferred()
+        self.commits.append(committed)
+        return committed
+
+    def connect(self) -> tuple[Any, Any]:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"EHLO x\r\n")
+        transport.clear()
+        return protocol, transport
+
+    def test_a_transaction_under_way_gets_its_250_before_the_close(self) -> None:
+        idle, idle_transport = self.connect()
+        busy, busy_transport = self.connect()
+        busy.dataReceived(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        busy.dataReceived(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(len(self.commits), 1)  # being committed
+        drained = self.factory.drain()
+        self.assertTrue(idle_transport.value().startswith(b"421 4.3.2"))
+        self.assertTrue(idle_transport.disconnecting)
+        idle.connectionLost(None)
+        self.assertFalse(busy_transport.disconnecting, "cut before its answer")
+        self.assertNoResult(drained)
+        self.commits[0].callback("Q1")
+        replies = busy_transport.value().split(b"\r\n")
+        self.assertIn(b"250 2.0.0 Ok: queued as Q1", replies)
+        self.assertTrue(
+            replies[replies.index(b"250 2.0.0 Ok: queued as Q1") + 1].startswith(b"421")
+        )
+        self.assertTrue(busy_transport.disconnecting)
+        busy.connectionLost(None)
+        self.successResultOf(drained)

@@ -377,9 +377,120 @@ class RealWorkerTests(TestCase):
             self.assertEqual(client.rcpt("b@example.org")[0], 250)
             self.assertEqual(client.rcpt("c@example.org")[0], 452)
 
+    def test_reloads_during_a_flood_commit_only_what_was_acknowledged(self) -> None:
+        """A reload that restarts the worker cut connections after DATA, before their
+        250: 3,030 committed for 3,000 acknowledged, the clients' retries duplicates.
+        Now every committed message had its 250, and every 250 was committed."""
+        acknowledged: list[int] = []
+        errors: list[str] = []
+        stop = threading.Event()
+        total = 600
+
+        def client(numbers: range) -> None:
+            pending = list(numbers)
+            connection: smtplib.SMTP | None = None
+            attempts = 0
+            while pending and attempts < 5 * len(numbers) and not stop.is_set():
+                attempts += 1
+                try:
+                    if connection is None:
+                        connection = smtplib.SMTP("127.0.0.1", self.port, timeout=30)
+                    number = pending[0]
+                    connection.sendmail(
+                        "a@example.com", ["r@example.org"], f"X-Seq: {number}\r\n\r\nb\r\n"
+                    )
+                    acknowledged.append(number)  # the 250 came
+                    pending.pop(0)
+                except (smtplib.SMTPException, OSError) as error:
+                    errors.append(type(error).__name__)  # a 421, or cut: try again
+                    if connection is not None:
+                        try:
+                            connection.close()
+                        except OSError:
+                            pass
+                    connection = None
+            if connection is not None:
+                try:
+                    connection.quit()
+                except (smtplib.SMTPException, OSError):
+                    pass
+
+        clients = [threading.Thread(target=client, args=(range(n, total, 4),)) for n in range(4)]
+        for thread in clients:
+            thread.start()
+        self.addCleanup(stop.set)
+        text = open(self.daemon.config_path).read()
+        for level in ("debug", "info", "debug"):  # each reload restarts the worker
+            wait_until(lambda: len(acknowledged) >= total // 5, what="the flood to run")
+            offset = len(self.daemon.new_log())
+            with open(self.daemon.config_path, "w") as handle:
+                handle.write(text.replace("[Logging]\n", f"[Logging]\nlevel = {level}\n"))
+            self.daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+            wait_until(
+                lambda offset=offset: "reload: applied" in self.daemon.new_log()[offset:],
+                what="the reload",
+            )
+        for thread in clients:
+            thread.join(timeout=120)
+        self.assertEqual(sorted(acknowledged), list(range(total)), "every message acknowledged")
+
+        def all_sent() -> dict[str, int] | None:
+            states = self.daemon.states()
+            return states if states and set(states) == {"sent"} else None
+
+        states = wait_until(all_sent, timeout=90, what="every committed message sent")
+        self.assertEqual(states["sent"], total, f"committed = acknowledged (retries: {errors})")
+
     def test_stop_waits_for_the_worker(self) -> None:
         pid = self.worker_pid()
         self.daemon.stop()
         self.assertIn("smtpmailer stopped", self.daemon.new_log())
         with self.assertRaises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+class OrphanTests(TestCase):
+    """A worker whose daemon died by kill -9 dies too, at once, even while its channel
+    stays open (another process still holding the pipe: the case that left orphans)."""
+
+    timeout = 60
+
+    def test_the_worker_dies_with_its_parent(self) -> None:
+        import subprocess
+        import sys
+
+        from tests.daemon import environment
+
+        read_end, write_end = os.pipe()  # the worker's stdin; this test keeps it open
+        self.addCleanup(os.close, write_end)
+        # A stand-in daemon: starts the worker as tap.py does, then waits for a signal.
+        # (The worker touches its listening socket only once configured: none is needed.)
+        parent_code = (
+            "import os, signal, subprocess, sys\n"
+            "worker = subprocess.Popen([sys.executable, '-m', 'smtpmailer.intake.smtp.worker',"
+            " 'inet', str(os.getpid())], stdin=int(sys.argv[1]), stdout=subprocess.DEVNULL)\n"
+            "print(worker.pid, flush=True)\n"
+            "signal.pause()\n"
+        )
+        parent = subprocess.Popen(
+            [sys.executable, "-c", parent_code, str(read_end)],
+            pass_fds=(read_end,),
+            stdout=subprocess.PIPE,
+            env=environment(),
+        )
+        os.close(read_end)
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+
+        def alive() -> bool:
+            try:
+                with open(f"/proc/{worker}/stat") as handle:
+                    return handle.read().split()[2] != "Z"
+            except FileNotFoundError:
+                return False
+
+        self.assertTrue(alive())
+        parent.kill()
+        parent.wait(timeout=30)
+        parent.stdout.close()
+        wait_until(lambda: not alive(), timeout=10, what="the orphaned worker to die")

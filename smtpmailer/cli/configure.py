@@ -21,8 +21,9 @@ def cmd_config(args: argparse.Namespace, config: Config, console: Console) -> in
     return 0
 
 
-def cmd_hash_password(args: argparse.Namespace, config: Config, console: Console) -> int:
-    """``user:$(smtpmailer hash-password)`` is a users_file line."""
+def cmd_hash_password(args: argparse.Namespace, config: Config | None, console: Console) -> int:
+    """``user:$(smtpmailer hash-password)`` is a users_file line. It reads no config: a
+    hash is needed before the users_file the config names exists."""
     import bcrypt
 
     if console.stdin.isatty():
@@ -41,7 +42,7 @@ def add_commands(commands: Any) -> None:
     hashing = commands.add_parser(
         "hash-password", help="print a bcrypt hash for [Submission] users_file (reads stdin)"
     )
-    hashing.set_defaults(handler=cmd_hash_password)
+    hashing.set_defaults(handler=cmd_hash_password, needs_config=False)
 
     config = commands.add_parser("config", help="print the effective config (secrets redacted)")
     config.add_argument("--check", action="store_true", help="only validate")

@@ -18,7 +18,7 @@ from smtpmailer.cli.common import CommandError, Console
 if TYPE_CHECKING:
     from smtpmailer.config import Config
 
-Handler = Callable[[argparse.Namespace, "Config", Console], int]
+Handler = Callable[[argparse.Namespace, "Config | None", Console], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +86,8 @@ def main(
         return int(args.daemon_handler(args, console))
     handler: Handler = args.handler
     try:
+        if not getattr(args, "needs_config", True):
+            return handler(args, None, console)
         config = load_config(args.config)
         for warning in config.warnings:
             console.warn(f"smtpmailer: warning: {warning}")

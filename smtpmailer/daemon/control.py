@@ -19,7 +19,7 @@ import attrs
 from smtpmailer.config import DaemonConfig, load_config
 from smtpmailer.config.declare import declared
 from smtpmailer.daemon import lock as daemon_lock
-from smtpmailer.ini import ConfigError, parse_ini
+from smtpmailer.ini import ConfigError, read_leniently
 from smtpmailer.paths import config_folder, default_config_path, resolve_path
 
 EXIT_NOT_RUNNING = 3
@@ -53,14 +53,11 @@ def find_daemon(path: str | None) -> Target:
         return Target(config.path, config.daemon)
     except ConfigError as error:
         problem = str(error)
-    written: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8") as handle:
-            for section in parse_ini(handle.read(), path):
-                if section.name == "Daemon":
-                    written.update({e.key: e.value for e in section.entries})
-    except (OSError, UnicodeDecodeError, ConfigError):
-        pass
+            written = read_leniently(handle.read(), "Daemon")
+    except (OSError, UnicodeDecodeError):
+        written = {}
     base = config_folder(path)
     values: dict[str, object] = {}
     for field, spec in declared(DaemonConfig):

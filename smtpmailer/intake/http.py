@@ -62,6 +62,8 @@ def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(400, f"the body is not JSON: {error}") from None
+    except RecursionError:  # "[" * 200000: a 400, not a 500 with a traceback in the log
+        raise BadRequest(400, "the body is not JSON we take: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "the body must be a JSON object")
     unknown = set(body) - JSON_FIELDS
@@ -119,10 +121,11 @@ def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
 
 async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
     """Parse, check, commit; the status code and JSON body to answer with."""
-    limit = status.config.queue.max_message_size
-    # JSON carries attachments in base64 (4/3 larger); anything beyond that is refused unread.
+    # Anything beyond the body limit is refused unread: announced by Content-Length, or
+    # counted as a chunked body arrived (LimitedRequest kept none of it).
     length = request.getHeader(b"content-length")
-    if length is not None and length.isdigit() and int(length) > limit * 4 // 3 + 65536:
+    announced = int(length) if length is not None and length.isdigit() else 0
+    if announced > status.body_limit() or getattr(request, "too_large", False):
         return answer_for(MessageTooBig()).http, {"error": "the message is over max_message_size"}
     assert request.content is not None
     raw = request.content.read()

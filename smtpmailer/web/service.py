@@ -8,7 +8,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.web.server import Site
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
@@ -20,6 +19,7 @@ from smtpmailer.metrics import Metrics
 from smtpmailer.queue import STATES
 from smtpmailer.queue.runner import AsyncQueue
 from smtpmailer.web.dashboard import DashboardView, Sample
+from smtpmailer.web.limits import LimitedSite
 from smtpmailer.web.resources import Root
 
 STATUS_URL_FILE = "status.url"
@@ -59,9 +59,14 @@ class StatusService(ListeningService):
         self.history: deque[Sample] = deque(maxlen=HISTORY)
         self._last_outcomes: Counter[str] = Counter()
         self._sampler: LoopingCall | None = None
-        self.site = Site(Root(self))
+        self.site = LimitedSite(Root(self), self.body_limit)
         self.site.displayTracebacks = False
         self.site.noisy = False
+
+    def body_limit(self) -> int:
+        """The largest request body worth reading: a message of max_message_size in JSON
+        (base64 attachments, 4/3 larger) with room for the other fields."""
+        return self.config.queue.max_message_size * 4 // 3 + 65536
 
     # --- listening ---
 

@@ -77,7 +77,7 @@ class SMTPSession:
             raise SessionError(f"relay refused the session: {greeting}", greeting.code >= 500)
         report(f"greeting: {greeting}")
         await self._ehlo()
-        report(f"EHLO: {' '.join(sorted(self.extensions)) or '(no extensions)'}")
+        report(f"EHLO: {self.offered()}")
         if self.relay.security == "starttls":
             if "STARTTLS" not in self.extensions:
                 raise SessionError("relay does not offer STARTTLS (security = starttls)")
@@ -88,10 +88,21 @@ class SMTPSession:
             self.tls = True
             await self._ehlo()  # the handshake, and the certificate check, happen here
             verified = "certificate verified" if self.relay.verify else "NOT verified"
-            report(f"STARTTLS: ok, {verified}; EHLO again: {' '.join(sorted(self.extensions))}")
+            report(f"STARTTLS: ok, {verified}; EHLO again: {self.offered()}")
         mechanism = self._mechanism()
         await self._authenticate()
         report(f"AUTH {mechanism}: ok" if mechanism else "AUTH: not used")
+
+    def offered(self) -> str:
+        """The EHLO extensions, sorted, with the AUTH mechanisms the relay offers (what
+        ``smtpmailer test`` shows: "AUTH" alone would not say which)."""
+        words = [
+            f"AUTH({' '.join(self.extensions[name].upper().split())})"
+            if name == "AUTH" and self.extensions[name]
+            else name
+            for name in sorted(self.extensions)
+        ]
+        return " ".join(words) or "(no extensions)"
 
     async def _ehlo(self) -> None:
         reply = await self.protocol.command(f"EHLO {self.helo_name}")

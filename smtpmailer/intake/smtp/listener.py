@@ -204,12 +204,59 @@ class SubmissionProtocol(smtp.ESMTP):
         self._counted = True
         self.factory.open_connections[peer] += 1
         super().connectionMade()
+        self.factory.opened(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         if getattr(self, "_counted", False):
             self.factory.open_connections[self._peer] -= 1
             self._counted = False
+            self.factory.closed(self)
+        refusal = getattr(self, "_auth_refusal", None)
+        if refusal is not None and refusal.active():
+            refusal.cancel()
         super().connectionLost(reason)
+
+    # --- draining: a worker that is replaced finishes what it has begun ---
+
+    @property
+    def busy(self) -> bool:
+        """In a transaction: an envelope begun, DATA under way, or a commit awaited."""
+        return (
+            self._from is not None
+            or self.mode == smtp.DATA
+            or self._held is not None
+            or self._collector is not None
+        )
+
+    def close_if_idle(self) -> None:
+        """While draining: close now if no transaction is under way (after its answer
+        otherwise), with a 421 the client takes as "try again" (RFC 5321 3.8)."""
+        if self.busy or self.transport is None or getattr(self.transport, "disconnecting", False):
+            return
+        self.sendCode(421, b"4.3.2 Service restarting, please try again")
+        self.transport.loseConnection()  # what was written (the last 250) goes out first
+
+    # --- AUTH that fails: RFC 4954's code, a log line for fail2ban, a growing delay ---
+
+    def _cbAuthenticated(self, login_info: Any) -> Any:
+        self.factory.auth_failures.succeeded(self._peer)
+        return super()._cbAuthenticated(login_info)
+
+    def _ebAuthenticated(self, reason: Failure) -> None:
+        if not reason.check(cred_error.UnauthorizedLogin):
+            super()._ebAuthenticated(reason)
+            return
+        self.challenge = None
+        user = getattr(self.challenger, "username", b"") or b""
+        failures, delay = self.factory.auth_failures.failed(self._peer)
+        log.warn(
+            "{line}",
+            line=auth_failure_line(self._peer, user.decode("utf-8", "replace"), failures),
+        )
+        refuse = self.sendCode
+        self._auth_refusal = self.factory.clock.callLater(
+            delay, refuse, 535, b"5.7.8 Authentication credentials invalid"
+        )
 
     # --- EHLO ---
 
@@ -241,6 +288,9 @@ class SubmissionProtocol(smtp.ESMTP):
     def ext_AUTH(self, rest: bytes) -> None:
         if self.canStartTLS and not self.startedTLS and self.factory.tls_required_for_auth:
             self.sendCode(538, b"5.7.11 Encryption required: STARTTLS first")
+            return
+        if not rest.split():  # Twisted's own would raise IndexError (found by fuzzing)
+            self.sendCode(501, b"5.5.4 Syntax: AUTH mechanism [initial-response]")
             return
         super().ext_AUTH(rest)
 
@@ -346,6 +396,17 @@ class SubmissionProtocol(smtp.ESMTP):
             f"with {with_}; {stamp}"
         ).encode()
 
+    # --- commands that are not ASCII ---
+
+    def state_COMMAND(self, line: bytes) -> None:
+        """Bytes that are not ASCII where Twisted expects a command or an ASCII argument
+        raised UnicodeError inside Twisted: an "Unhandled Error" traceback in the log and
+        a dropped connection. Now they get 500 5.5.2, and the session goes on."""
+        try:
+            super().state_COMMAND(line)
+        except UnicodeError:
+            self.sendCode(500, b"5.5.2 Syntax error: the command is not ASCII")
+
     # --- the end of DATA: reply only after the commit ---
 
     def lineReceived(self, line: bytes) -> Any:
@@ -448,6 +509,8 @@ class SubmissionProtocol(smtp.ESMTP):
                 peer=self._peer,
             )
         self._release_held()
+        if self.factory.draining:
+            self.close_if_idle()
 
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
@@ -456,6 +519,43 @@ class SubmissionProtocol(smtp.ESMTP):
                 self._held.append(line)
             else:
                 self.lineReceived(line)
+
+
+def auth_failure_line(peer: str, user: str, failures: int) -> str:
+    """One stable line per failed AUTH, for fail2ban (packaging/fail2ban): the client
+    address and the user name as given, never the password."""
+    shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in user)[:64]
+    return f"submission: authentication failed for user={shown or '-'} from={peer} " + (
+        f"({failures} in a row)"
+    )
+
+
+class AuthFailures:
+    """Failed AUTH by client address: each failure in a row makes the next refusal wait
+    longer (1, 2, 4 ... up to MAX_DELAY s); a success, or QUIET s without one, forgets."""
+
+    MAX_DELAY = 30.0
+    QUIET = 900.0
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._by_peer: dict[str, tuple[int, float]] = {}
+
+    def failed(self, peer: str) -> tuple[int, float]:
+        """(failures in a row, seconds to wait before answering this one)."""
+        now = self._clock.seconds()
+        count, last = self._by_peer.get(peer, (0, now))
+        if now - last > self.QUIET:
+            count = 0
+        count += 1
+        self._by_peer[peer] = (count, now)
+        if len(self._by_peer) > 10000:  # a flood of addresses: forget the oldest
+            oldest = min(self._by_peer, key=lambda key: self._by_peer[key][1])
+            del self._by_peer[oldest]
+        return count, min(self.MAX_DELAY, 2.0 ** (count - 2)) if count > 1 else 0.0
+
+    def succeeded(self, peer: str) -> None:
+        self._by_peer.pop(peer, None)
 
 
 def _ascii(text: str) -> str:
@@ -501,11 +601,41 @@ class SubmissionFactory(protocol.ServerFactory):
             else None
         )
         self.auth_required = settings.users_file is not None
+        self.auth_failures = AuthFailures(clock)
+        self.protocols: set[SubmissionProtocol] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
         self.tls = _server_tls(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         self.tls_required_for_auth = self.tls is not None
 
     def buildProtocol(self, addr: Any) -> Any:
         return SubmissionProtocol(self)
+
+    def opened(self, protocol: SubmissionProtocol) -> None:
+        self.protocols.add(protocol)
+        if self.draining:
+            protocol.close_if_idle()
+
+    def closed(self, protocol: SubmissionProtocol) -> None:
+        self.protocols.discard(protocol)
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self.draining and not self.protocols:
+            waiters, self._drained = self._drained, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Begin no new transaction: every connection is closed once the one it is in
+        has its answer. Fires when the last connection is closed."""
+        self.draining = True
+        waiter: Deferred[None] = Deferred()
+        self._drained.append(waiter)
+        for connection in list(self.protocols):
+            connection.close_if_idle()
+        self._maybe_drained()
+        return waiter
 
 
 def _server_tls(cert: str, key: str | None) -> Any:

@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, formatEvent, globalLogBeginner
 from twisted.python.failure import Failure
@@ -134,6 +134,7 @@ class Worker:
         self.channel = DaemonChannel(self.configured, self.daemon_gone)
         self.config: Config | None = None
         self.port: Any = None
+        self.factory: Any = None
         self._stopping = False
 
     def configured(self, config: Config) -> None:
@@ -144,6 +145,7 @@ class Worker:
         self.config = config
         set_level(config.logging.level)
         factory = SubmissionFactory(config, self.enqueue, self._reactor, deferToThread)
+        self.factory = factory
         self.port = self._reactor.adoptStreamPort(self._listen_fd, self._family, factory)
         os.close(self._listen_fd)  # adoptStreamPort made its own copy
         self.channel.send(frame(READY))
@@ -157,19 +159,30 @@ class Worker:
             return fail()
         return self.channel.submit(checked)
 
-    def stop(self) -> Deferred[None]:
-        """SIGTERM: no new connections; the answers already owed still come."""
+    def stop(self) -> Deferred[Any]:
+        """SIGTERM (a reload that replaces us, or the daemon stopping): no new connections;
+        every transaction under way is finished and answered after its commit before its
+        connection is closed (cutting it after DATA made the client's retry a duplicate);
+        idle connections are closed with a 421. At most STOP_TIMEOUT."""
         if self.port is not None:
             self.port.stopListening()
             self.port = None
-        waiting = self.channel.when_idle()
+        waits: list[Deferred[Any]] = [self.channel.when_idle()]
+        if self.factory is not None:
+            waits.append(self.factory.drain())
+        waiting: Deferred[Any] = DeferredList(waits)
         timer = self._reactor.callLater(STOP_TIMEOUT, waiting.cancel)
         waiting.addBoth(lambda _: timer.cancel() if timer.active() else None)
         return waiting
 
     def daemon_gone(self) -> None:
-        """stdin closed: the daemon stopped or died; nothing here can be committed now."""
-        self.shut_down()
+        """stdin closed: the daemon stopped or died; nothing here can be committed now,
+        so connections still open are not waited for: stop at once."""
+        self._stopping = True
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        self._reactor.stop()
 
     def shut_down(self) -> None:
         """Stop the reactor once (SIGTERM, SIGINT or the daemon gone); ``stop`` runs
@@ -196,7 +209,23 @@ def channel_observer(channel: DaemonChannel) -> Any:
     return observe
 
 
+def die_with(daemon_pid: int | None) -> None:
+    """Die at once when the daemon dies, even by kill -9: an orphan worker could still
+    hold the listening socket beside a restarted daemon's. On Linux the kernel sends us
+    SIGKILL then (PR_SET_PDEATHSIG); a daemon already gone before that was set is seen
+    by our parent no longer being it. Elsewhere, the end of the channel (stdin) stops us."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if daemon_pid is not None and os.getppid() != daemon_pid:
+        os._exit(0)
+
+
 def main(argv: list[str]) -> int:
+    die_with(int(argv[2]) if len(argv) > 2 else None)
     from twisted.internet import reactor, stdio
 
     running: Any = reactor
