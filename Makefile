@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: run test check lint typecheck unit deps system-deps clean
+.PHONY: run test check lint typecheck unit deps system-deps chaos clean
 
 # Debian packages the tests use, as tool:package: systemd-analyze (the unit file check),
 # the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client),
-# Postfix (smtp-sink and smtp-source for the benchmarks).
+# Postfix (smtp-sink and smtp-source for the benchmarks), fail2ban (fail2ban-regex checks
+# the shipped filter against a real log).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
-	swaks:swaks smtp-sink:postfix smtp-source:postfix
+	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
 # recommends it (we install without recommends).
 PERL_MODULES := Net::SSLeay=libnet-ssleay-perl
@@ -65,6 +66,11 @@ unit: deps system-deps
 	$(BIN)/python tools/run_trial.py tests
 
 test: lint typecheck unit
+
+# The fault suite at full size (make test runs its tiny mode): kill -9 and SIGHUP storms,
+# a full disk, a damaged queue, fuzzing, and a sweep of every output for secrets.
+chaos: deps system-deps
+	$(BIN)/python bench/chaos
 
 clean:
 	rm -rf $(VENV) _trial_temp var
