@@ -1,5 +1,6 @@
-"""The benchmarks in a tiny mode, so they cannot rot: each must finish and write its JSON.
-They measure nothing here (timings belong to bench/, on a quiet machine)."""
+"""The benchmarks and the fault suite in a tiny mode, so they cannot rot: each must finish
+and write its JSON. They measure nothing here (timings belong to bench/, on a quiet
+machine); the fault suite's checks must hold."""
 
 from __future__ import annotations
 
@@ -59,6 +60,15 @@ class TinyBenchTests(TestCase):
             self.skipTest("bench/submit reconfigures the system's Postfix: it needs root")
         report = self.bench("submit", "--messages", "200", "--runs", "1", "--calls", "2")
         self.assertIn("ratio", report["accept_per_s"])  # type: ignore[operator]
+
+    def test_chaos(self) -> None:
+        """The fault suite (bench/chaos): every check must hold, even in its tiny mode."""
+        report = self.bench("chaos", "--tiny")
+        self.assertEqual(report["kill_storm"]["lost"], 0)  # type: ignore[index]
+        self.assertEqual(report["reload_storm"]["lost"], 0)  # type: ignore[index]
+        self.assertEqual(report["secrets"]["leaked"], [])  # type: ignore[index]
+        self.assertGreater(report["secrets"]["searched"], 5)  # type: ignore[index]
+        self.assertTrue(all(part["ok"] for part in report.values()), report)  # type: ignore[attr-defined]
 
     def test_profile(self) -> None:
         if os.geteuid() != 0:

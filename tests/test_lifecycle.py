@@ -34,6 +34,15 @@ class LifecycleCase(EndToEndCase):
 
 
 class ManagementTests(LifecycleCase):
+    def assert_reload_refuses(self, daemon: Daemon, appended: str, reason: str) -> None:
+        """A broken file: reload says so with FILE:LINE (the daemon's own verdict)."""
+        with open(daemon.config_path, "a") as handle:
+            handle.write(appended)
+        broken = daemon.cli("reload")
+        self.assertEqual(broken.returncode, 1)
+        self.assertIn(f"reload failed: {daemon.config_path}:", broken.stderr)
+        self.assertIn(reason, broken.stderr)
+
     def assert_running(self, daemon: Daemon, pid: int) -> None:
         """status finds it with its PID, and start refuses a second one."""
         status = daemon.cli("status")
@@ -86,12 +95,7 @@ class ManagementTests(LifecycleCase):
         self.assertEqual(len(first.messages()), 1)
 
         # A broken file: reload says so with FILE:LINE, and the daemon goes on as it was.
-        with open(daemon.config_path, "a") as handle:
-            handle.write("retry_dealy = 5m\n")
-        broken = daemon.cli("reload")
-        self.assertEqual(broken.returncode, 1)
-        self.assertIn(f"reload failed: {daemon.config_path}:", broken.stderr)
-        self.assertIn("unknown key 'retry_dealy' in [", broken.stderr)
+        self.assert_reload_refuses(daemon, "retry_dealy = 5m\n", "unknown key 'retry_dealy' in [")
         self.configure(daemon, second.port)  # `send` checks the file too: mend it, no reload
         daemon.send("--from", "a@example.com", "--to", "b@example.org", "--subject", "three")
         wait_until(lambda: len(second.messages()) == 2, what="delivery after a failed reload")
@@ -125,12 +129,7 @@ class ManagementTests(LifecycleCase):
 
         # A duplicate key breaks the whole file: reload still reaches the daemon through
         # the file's [Daemon] keys and prints its verdict (it waited 30 s, then gave up).
-        with open(daemon.config_path, "a") as handle:
-            handle.write("[Daemon]\nshutdown_timeout = 5s\n")
-        broken = daemon.cli("reload")
-        self.assertEqual(broken.returncode, 1)
-        self.assertIn(f"reload failed: {daemon.config_path}:", broken.stderr)
-        self.assertIn("appears twice", broken.stderr)
+        self.assert_reload_refuses(daemon, "[Daemon]\nshutdown_timeout = 5s\n", "appears twice")
         daemon.write_config(plain_relay(second.port))
 
         stopped = daemon.cli("stop")

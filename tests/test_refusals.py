@@ -234,13 +234,15 @@ class DaemonCommitTests(RefusalCase):
 
     def refusals(self) -> list[tuple[str, Exception]]:
         from smtpmailer.intake.refusals import BadAddress, MessageTooBig, TooManyRecipients
-        from smtpmailer.queue import QueueFull
+        from smtpmailer.queue import NoSpace, QueueFull
 
         return [
             ("address", BadAddress("recipient 'x' is not an email address")),
             ("message", MessageError("malformed message")),
             ("size", MessageTooBig("message is 3000 bytes, over max_message_size (2KB)")),
             ("full", QueueFull("the queue is full")),
+            # A full disk is answered as a full queue: sendmail 75, SMTP 452, HTTP 507.
+            ("full", NoSpace("queue storage is full: no space left on device (q)")),
             ("busy", StoreBusy("queue database is busy")),
             ("recipients", TooManyRecipients("3 recipients, over max_recipients (2)")),
         ]
