@@ -1,1 +1,2 @@
-"""Delivery: the ESMTP client and the local Maildir capture, behind one DeliveryService."""
+"""Delivery: routing each message along the relays, a pool per relay, and the transports
+behind one seam (``transport.py``): ESMTP (``smtp/``) and the Maildir capture."""
