@@ -621,3 +621,83 @@ class StorageFaultTests(DeliveryCase):
         self.assertEqual(len(seen), 1, seen)  # the first was logged before we listened
         self.assertEqual(self.flushLoggedErrors(), [], "no traceback")
         self.assertTrue(service.poller.running)
+
+
+class RouteTests(DeliveryCase):
+    """[Route:NAME]: the relays by envelope sender; everything else in priority order."""
+
+    def routes(self, routes: str) -> None:
+        self.configure(
+            "[Relay:main]\nhost = a.test\nsecurity = none\npriority = 1\n"
+            "[Relay:backup]\nhost = b.test\nsecurity = none\nport = 26\npriority = 2\n" + routes
+        )
+
+    def enqueue_from(self, sender: str) -> str:
+        return self.store.enqueue(
+            sender, ["r@example.org"], b"Subject: t\r\n\r\nb\r\n", 5, self.clock.seconds(), 100
+        )
+
+    def test_the_sender_picks_the_relays(self) -> None:
+        self.routes(
+            "[Route:billing]\nsender = *@billing.example.com, ceo@example.com\nvia = backup\n"
+        )
+        billing = self.enqueue_from("Invoices@Billing.example.com")  # globs ignore case
+        ceo = self.enqueue_from("ceo@example.com")
+        other = self.enqueue_from("app@example.com")
+        self.start()
+        main, backup = self.relays["a.test"], self.relays["b.test"]
+        self.assertEqual(
+            sorted(m[0] for m in backup.messages),
+            ["Invoices@Billing.example.com", "ceo@example.com"],
+        )
+        self.assertEqual([m[0] for m in main.messages], ["app@example.com"])
+        self.assertEqual({self.state(i) for i in (billing, ceo, other)}, {"sent"})
+
+    def test_the_first_route_that_matches_wins_and_via_is_the_order(self) -> None:
+        self.routes(
+            "[Route:first]\nsender = *@example.com\nvia = backup, main\n"
+            "[Route:second]\nsender = *\nvia = main\n"
+        )
+        self.relays["b.test"].refuse = True  # the route's first relay is down: its second
+        message_id = self.enqueue_from("app@example.com")
+        self.start()
+        self.assertEqual(self.state(message_id), "sent")
+        self.assertEqual(len(self.relays["a.test"].messages), 1)
+        self.assertEqual(len(self.relays["b.test"].refused), 1)
+
+    def test_a_route_names_only_its_relays(self) -> None:
+        """Mail routed to one relay is not handed to the others when that one is down."""
+        self.routes("[Route:billing]\nsender = *@billing.example.com\nvia = backup\n")
+        self.relays["b.test"].refuse = True
+        message_id = self.enqueue_from("a@billing.example.com")
+        self.start()
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual(info.last_error, "b.test:26: connection refused")
+        self.assertEqual(self.relays["a.test"].messages, [])
+
+    def test_config_errors_name_the_line(self) -> None:
+        from smtpmailer.ini import ConfigError
+
+        relays = "[Relay:main]\nhost = a\n[Relay:backup]\nhost = b\n"
+        cases = {
+            "[Route:x]\nsender = *@a.org\nvia = mian\n": "7: via: no relay named 'mian'",
+            "[Route:x]\nsender = not an address\nvia = main\n": "can never match a sender",
+            "[Route]\nsender = *\nvia = main\n": "name each route: [Route:NAME]",
+            "[Route:x]\nvia = main\n": "needs sender",
+            "[Route:x]\nsender = *\n": "needs via",
+        }
+        for text, reason in cases.items():
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(relays + text, "c.conf")
+            self.assertIn(reason, str(caught.exception), text)
+
+    def test_shown_by_config_and_compared_on_reload(self) -> None:
+        from smtpmailer.config import flatten, render_config
+
+        self.routes("[Route:billing]\nsender = *@billing.example.com\nvia = backup, main\n")
+        rendered = render_config(self.config)
+        self.assertIn(
+            "[Route:billing]\nsender = *@billing.example.com\nvia = backup, main\n", rendered
+        )
+        self.assertEqual(flatten(self.config)["[Route:billing] via"], "backup, main")

@@ -23,6 +23,7 @@ from smtpmailer.config.sections import (
     ManholeConfig,
     QueueConfig,
     RelayConfig,
+    RouteConfig,
     SMTPRelayConfig,
     StatusConfig,
     SubmissionConfig,
@@ -200,10 +201,11 @@ def _relay(path: str, base: str, section: Section, warnings: list[str]) -> Relay
     return smtp
 
 
-def _sections(text: str, path: str) -> tuple[dict[str, Section], list[Section]]:
-    """The single sections by name, and the relay sections in file order."""
+def _sections(text: str, path: str) -> tuple[dict[str, Section], list[Section], list[Section]]:
+    """The single sections by name, and the relay and route sections in file order."""
     by_name: dict[str, Section] = {}
     relays: list[Section] = []
+    routes: list[Section] = []
     for section in parse_ini(text, path):
         if section.name in NOT_YET:
             raise ConfigError(path, section.line, f"[{section.title}]: {NOT_YET[section.name]}")
@@ -215,6 +217,10 @@ def _sections(text: str, path: str) -> tuple[dict[str, Section], list[Section]]:
             )
         if section.name == "Relay":
             relays.append(section)
+        elif section.name == "Route":
+            if not section.label:
+                raise ConfigError(path, section.line, "name each route: [Route:NAME]")
+            routes.append(section)
         elif section.label:
             raise ConfigError(path, section.line, f"[{section.name}] takes no ':NAME' label")
         else:
@@ -224,7 +230,7 @@ def _sections(text: str, path: str) -> tuple[dict[str, Section], list[Section]]:
     if len(relays) > 1 and any(s.label is None for s in relays):
         unnamed = next(s for s in relays if s.label is None)
         raise ConfigError(path, unnamed.line, "with several relays, name each: [Relay:NAME]")
-    return by_name, relays
+    return by_name, relays, routes
 
 
 def read_daemon(path: str, section: Section | None) -> DaemonConfig:
@@ -243,7 +249,7 @@ def read_daemon(path: str, section: Section | None) -> DaemonConfig:
 def parse_config(text: str, path: str) -> Config:
     """Validate the whole file; raise ConfigError at the first problem."""
     base = config_folder(path)
-    by_name, relays = _sections(text, path)
+    by_name, relays, routes = _sections(text, path)
     warnings: list[str] = []
     daemon = read_daemon(path, by_name.get("Daemon"))
     queue = Reader(path, by_name.get("Queue"), "Queue")
@@ -274,11 +280,43 @@ def parse_config(text: str, path: str) -> Config:
         queue=queue_config,
         relays=tuple(relay_configs),
         logging=logging,
+        routes=tuple(_route(path, section, relay_configs) for section in routes),
         status=_status(path, base, by_name.get("Status"), warnings),
         manhole=_manhole(path, base, by_name.get("Manhole"), daemon.state_dir),
         submission=_submission(path, base, by_name.get("Submission")),
         warnings=tuple(warnings),
     )
+
+
+def _route(path: str, section: Section, relays: list[RelayConfig]) -> RouteConfig:
+    from smtpmailer.intake.refusals import MessageError
+    from smtpmailer.message import normalize_address
+
+    reader = Reader(path, section, "Route")
+    route: RouteConfig = read_section(reader, RouteConfig, name=section.label)
+    if not route.sender:
+        raise reader.fail("sender", f"[{section.title}] needs sender (globs on the sender)")
+    for glob in route.sender:
+        wild = any(char in glob for char in "*?[")
+        try:
+            if not wild and glob != "<>":
+                normalize_address(glob, "sender")
+        except MessageError:
+            raise reader.fail(
+                "sender",
+                f"sender: {glob!r} can never match a sender: use an address or a glob "
+                "such as *@example.com",
+            ) from None
+    if not route.via:
+        raise reader.fail("via", f"[{section.title}] needs via (relay names, in order)")
+    names = [relay.name for relay in relays]
+    for name in route.via:
+        if name not in names:
+            raise reader.fail(
+                "via",
+                f"via: no relay named {name!r}{_hint(name, names)} (relays: {', '.join(names)})",
+            )
+    return route
 
 
 def _manhole(path: str, base: str, section: Section | None, state_dir: str) -> ManholeConfig:

@@ -16,6 +16,7 @@ from smtpmailer.config.sections import (
     Config,
     RelayBase,
     RelayConfig,
+    RouteConfig,
 )
 
 # One line of output: (section title, key, value as the file would spell it).
@@ -66,6 +67,10 @@ def effective(config: Config, secret: Callable[[Any], str] = redact) -> list[Lin
     for relay in config.relays:
         title = relay_title(config, relay)
         lines.extend((title, key, text) for _, key, text in _relay_lines(relay, secret))
+    for route in config.routes:
+        title = f"Route:{route.name}"
+        for field, spec in declared(RouteConfig):
+            lines.append((title, *_shown(route, field, spec, secret)[1:]))
     for title in SINGLE_AFTER_RELAYS:
         single(title)
     return lines

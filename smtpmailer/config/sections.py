@@ -3,6 +3,7 @@ on its field (see declare.py). Services receive these; none reads the file itsel
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ from smtpmailer.config.values import (
     RATE,
     SIZE,
     TEXT,
+    WORDS,
     WORKERS,
     Value,
     choice,
@@ -136,6 +138,23 @@ RELAY_KINDS: dict[str, type[RelayBase]] = {
 TRANSPORT = ("transport", choice(*TRANSPORTS), "smtp")
 
 
+@attrs.frozen(kw_only=True)
+class RouteConfig:
+    """``[Route:NAME]``: mail whose envelope sender matches one of ``sender`` (globs,
+    case-insensitive) goes to the relays ``via``, in that order. The first route that
+    matches wins; mail no route matches uses every relay in priority order."""
+
+    name: str
+    sender: tuple[str, ...] = key(
+        WORDS, None, "globs on the envelope sender, e.g. *@billing.example.com"
+    )
+    via: tuple[str, ...] = key(WORDS, None, "relay names, tried in this order")
+
+    def matches(self, sender: str) -> bool:
+        address = sender.lower()
+        return any(fnmatch.fnmatchcase(address, glob.lower()) for glob in self.sender)
+
+
 @attrs.frozen
 class LoggingConfig:
     level: str = key(choice(*LOG_LEVELS), "info", "debug | info | warn | error")
@@ -185,6 +204,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Daemon": (DaemonConfig,),
     "Queue": (QueueConfig,),
     "Relay": (SMTPRelayConfig, MaildirRelayConfig),
+    "Route": (RouteConfig,),
     "Logging": (LoggingConfig,),
     "Status": (StatusConfig,),
     "Manhole": (ManholeConfig,),
@@ -207,10 +227,19 @@ class Config:
     queue: QueueConfig
     relays: tuple[RelayConfig, ...]
     logging: LoggingConfig
+    routes: tuple[RouteConfig, ...] = ()
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
     warnings: tuple[str, ...] = ()
+
+    def relays_for(self, sender: str) -> tuple[str, ...]:
+        """The relay names to try for mail from ``sender``, in order: the first route
+        that matches, else every relay by priority."""
+        for route in self.routes:
+            if route.matches(sender):
+                return route.via
+        return tuple(relay.name for relay in self.relays)
 
     @property
     def wakeup_socket(self) -> str:

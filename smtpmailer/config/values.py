@@ -98,7 +98,13 @@ def _workers(text: str) -> int:
     return parse(text)
 
 
+def _words(text: str) -> tuple[str, ...]:
+    """``a, b c``: a list, split at commas and white space."""
+    return tuple(word for word in text.replace(",", " ").split() if word)
+
+
 TEXT = Value(lambda text: text)
+WORDS = Value(_words, lambda words: ", ".join(words or ()))
 PATH = TEXT  # resolved against the config file's folder where the section is read
 BOOL = Value(_bool, lambda value: str(value).lower())
 DURATION = Value(parse_duration, format_duration)

@@ -1,9 +1,10 @@
 """DeliveryService: routes each leased message to a relay's pool, and records the outcome.
 
-Every relay has its own RelayPool with its own limits. A message goes to the relays in
-``priority`` order: one that cannot be reached, or refuses TLS or AUTH, hands it to the
-next at once; a reply to the message itself is the message's outcome. When no relay is
-left to try, the message is deferred with what each of them said.
+Every relay has its own RelayPool with its own limits. A message goes to the relays of the
+first ``[Route:NAME]`` its sender matches, else to every relay in ``priority`` order: one
+that cannot be reached, or refuses TLS or AUTH, hands it to the next at once; a reply to
+the message itself is the message's outcome. When no relay is left to try, the message is
+deferred with what each of them said.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class DeliveryService(Service):
         for pool in gone.values():
             self._retired.add(pool)
             for job in pool.close():
-                job.path = self._order
+                job.path = self.config.relays_for(job.lease.sender)
                 self._route(job)
         self._retired = {pool for pool in self._retired if pool.workers}
 
@@ -156,7 +157,7 @@ class DeliveryService(Service):
     def submit(self, leases: list[Lease]) -> None:
         for lease in leases:
             self._jobs += 1
-            self._route(Job(lease, self._order))
+            self._route(Job(lease, self.config.relays_for(lease.sender)))
 
     # --- routing ---
 
