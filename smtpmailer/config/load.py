@@ -23,6 +23,7 @@ from smtpmailer.config.sections import (
     ManholeConfig,
     QueueConfig,
     RelayConfig,
+    RewriteConfig,
     RouteConfig,
     SMTPRelayConfig,
     StatusConfig,
@@ -284,6 +285,7 @@ def parse_config(text: str, path: str) -> Config:
         status=_status(path, base, by_name.get("Status"), warnings),
         manhole=_manhole(path, base, by_name.get("Manhole"), daemon.state_dir),
         submission=_submission(path, base, by_name.get("Submission")),
+        rewrite=_rewrite(path, base, by_name.get("Rewrite")),
         warnings=tuple(warnings),
     )
 
@@ -317,6 +319,39 @@ def _route(path: str, section: Section, relays: list[RelayConfig]) -> RouteConfi
                 f"via: no relay named {name!r}{_hint(name, names)} (relays: {', '.join(names)})",
             )
     return route
+
+
+def _rewrite(path: str, base: str, section: Section | None) -> RewriteConfig:
+    """[Rewrite] with its map file read and checked, line by line."""
+    from smtpmailer.intake.refusals import MessageError
+    from smtpmailer.message import normalize_address
+
+    reader = Reader(path, section, "Rewrite")
+    map_file = reader.get("map_file")
+    rules: list[tuple[str, str]] = []
+    if map_file:
+        map_file = resolve_path(base, map_file)
+        try:
+            with open(map_file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8 text"
+            raise reader.fail("map_file", f"map_file: cannot read {map_file}: {reason}") from None
+        for number, line in enumerate(lines, start=1):
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            if len(words) != 2:
+                raise ConfigError(map_file, number, "expected 'PATTERN ADDRESS'")
+            try:
+                address = normalize_address(words[1], "rewritten address")
+            except MessageError as error:
+                raise ConfigError(map_file, number, str(error)) from None
+            rules.append((words[0].lower(), address))
+    rewrite: RewriteConfig = read_section(
+        reader, RewriteConfig, map_file=map_file, rules=tuple(rules)
+    )
+    return rewrite
 
 
 def _manhole(path: str, base: str, section: Section | None, state_dir: str) -> ManholeConfig:

@@ -22,7 +22,7 @@ from smtpmailer.config.sections import (
 # One line of output: (section title, key, value as the file would spell it).
 Line = tuple[str, str, str]
 SINGLE_BEFORE_RELAYS = ("Daemon", "Queue")
-SINGLE_AFTER_RELAYS = ("Logging", "Status", "Manhole", "Submission")
+SINGLE_AFTER_RELAYS = ("Logging", "Status", "Manhole", "Submission", "Rewrite")
 
 
 def relay_title(config: Config, relay: RelayConfig) -> str:
@@ -89,8 +89,12 @@ def render_config(config: Config) -> str:
 
 
 def flatten(config: Config) -> dict[str, str]:
-    """``{"[Queue] poll_interval": "1s", ...}``; secrets as a digest, never in clear."""
-    return {f"[{title}] {key}": text for title, key, text in effective(config, digest)}
+    """``{"[Queue] poll_interval": "1s", ...}``; secrets as a digest, never in clear. A
+    key naming a file whose contents the config holds counts as changed when they change
+    (a map file edited in place is applied by the next reload)."""
+    values = {f"[{title}] {key}": text for title, key, text in effective(config, digest)}
+    values["[Rewrite] map_file"] += f" ({digest(config.rewrite.rules)})"
+    return values
 
 
 def restart_only() -> list[tuple[str, str, str]]:

@@ -156,6 +156,17 @@ class RouteConfig:
 
 
 @attrs.frozen
+class RewriteConfig:
+    """``[Rewrite]``: the senders cron and daemons use (``root@host``) made real addresses
+    at intake, before the commit. ``rules`` are the map file's lines, read with the config
+    (a reload reads the map again)."""
+
+    map_file: str | None = key(PATH, None, "lines 'PATTERN ADDRESS': root, root@*, *@localhost")
+    header_from: bool = key(BOOL, "true", "rewrite a matching From: header too")
+    rules: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
 class LoggingConfig:
     level: str = key(choice(*LOG_LEVELS), "info", "debug | info | warn | error")
     format: str = key(choice("text", "json"), "text", "text | json", restart=True)
@@ -205,6 +216,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Queue": (QueueConfig,),
     "Relay": (SMTPRelayConfig, MaildirRelayConfig),
     "Route": (RouteConfig,),
+    "Rewrite": (RewriteConfig,),
     "Logging": (LoggingConfig,),
     "Status": (StatusConfig,),
     "Manhole": (ManholeConfig,),
@@ -231,6 +243,7 @@ class Config:
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
+    rewrite: RewriteConfig = RewriteConfig(None, True)
     warnings: tuple[str, ...] = ()
 
     def relays_for(self, sender: str) -> tuple[str, ...]:
@@ -260,4 +273,5 @@ SECTION_ATTRIBUTES = {
     "Status": "status",
     "Manhole": "manhole",
     "Submission": "submission",
+    "Rewrite": "rewrite",
 }

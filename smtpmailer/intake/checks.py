@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smtpmailer.config import Config
+from smtpmailer.intake import rewrite
 from smtpmailer.intake.refusals import MessageTooBig, TooManyRecipients
 from smtpmailer.message import Envelope, normalize_address
 from smtpmailer.queue import QueueStore
@@ -11,7 +12,8 @@ from smtpmailer.units import format_size
 
 def check_envelope(config: Config, envelope: Envelope) -> Envelope:
     """Size, recipient count and addresses, before anything touches the queue; a
-    Refusal (MessageTooBig, TooManyRecipients, BadAddress) if wrong."""
+    Refusal (MessageTooBig, TooManyRecipients, BadAddress) if wrong. Then [Rewrite]'s
+    rules, so every way in commits the same rewritten sender."""
     limit = config.queue.max_message_size
     if len(envelope.data) > limit:
         raise MessageTooBig(
@@ -22,13 +24,14 @@ def check_envelope(config: Config, envelope: Envelope) -> Envelope:
         raise TooManyRecipients(
             f"{len(envelope.recipients)} recipients, over max_recipients ({most})"
         )
-    return Envelope(
+    checked = Envelope(
         # An empty sender is SMTP's null reverse-path (<>), as bounces use.
         # UTF-8 local parts are taken here; delivering them needs a relay with SMTPUTF8.
         normalize_address(envelope.sender, "sender", allow_utf8=True) if envelope.sender else "",
         tuple(normalize_address(r, "recipient", allow_utf8=True) for r in envelope.recipients),
         envelope.data,
     )
+    return rewrite.apply(config.rewrite, checked)
 
 
 def enqueue_envelope(

@@ -1,0 +1,79 @@
+"""Sender rewriting at intake: ``root@host`` from cron becomes a real address before the
+message is committed, on every way in (it runs inside the shared checks).
+
+A pattern is a glob on the whole address (``root@*``, ``*@localhost``, an exact address),
+or, without an ``@``, on its local part alone (``root``); case does not matter and the first
+line that matches wins. With ``header_from`` the From: header's address is rewritten by the
+same rules, its display name kept; the rest of the message is untouched.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fnmatch
+from collections.abc import Sequence
+
+from smtpmailer.config import RewriteConfig
+from smtpmailer.message import Envelope
+
+Rules = Sequence[tuple[str, str]]
+
+
+def rewritten(rules: Rules, address: str) -> str | None:
+    """The address ``address`` becomes, or None when no rule matches it."""
+    if not address:
+        return None  # the null sender (<>) is never rewritten
+    lowered = address.lower()
+    local = lowered.rpartition("@")[0] if "@" in lowered else lowered
+    for pattern, replacement in rules:
+        subject = lowered if "@" in pattern else local
+        if fnmatch.fnmatchcase(subject, pattern):
+            return replacement
+    return None
+
+
+def _from_field(head: bytes) -> tuple[int, int] | None:
+    """(start, end) of the From: field in a header block, continuation lines included."""
+    start = 0 if head[:5].lower() == b"from:" else head.lower().find(b"\r\nfrom:")
+    if start < 0:
+        return None
+    if start > 0:
+        start += 2
+    end = head.find(b"\r\n", start)
+    while end >= 0 and head[end + 2 : end + 3] in (b" ", b"\t"):
+        end = head.find(b"\r\n", end + 2)
+    return start, (len(head) if end < 0 else end)
+
+
+def rewrite_from_header(rules: Rules, data: bytes) -> bytes:
+    """The message with its From: address rewritten (display name kept), or as it was."""
+    split = data.find(b"\r\n\r\n")
+    head = data if split < 0 else data[:split]
+    field = _from_field(head)
+    if field is None:
+        return data
+    start, end = field
+    value = head[start + 5 : end].decode("utf-8", "surrogateescape").replace("\r\n", "")
+    pairs = email.utils.getaddresses([value])
+    if len(pairs) != 1:
+        return data  # no address, or several: not ours to guess
+    name, address = pairs[0]
+    new = rewritten(rules, address)
+    if new is None:
+        return data
+    line = "From: " + email.utils.formataddr((name, new), charset="utf-8")
+    encoded = line.encode("utf-8", "surrogateescape")
+    return data[:start] + encoded + data[end:]
+
+
+def apply(rewrite: RewriteConfig, envelope: Envelope) -> Envelope:
+    """The envelope with its sender (and, with header_from, its From: header) rewritten."""
+    if not rewrite.rules:
+        return envelope
+    sender = rewritten(rewrite.rules, envelope.sender) or envelope.sender
+    data = envelope.data
+    if rewrite.header_from:
+        data = rewrite_from_header(rewrite.rules, data)
+    if sender == envelope.sender and data is envelope.data:
+        return envelope
+    return Envelope(sender, envelope.recipients, data)
