@@ -701,3 +701,28 @@ class RouteTests(DeliveryCase):
             "[Route:billing]\nsender = *@billing.example.com\nvia = backup, main\n", rendered
         )
         self.assertEqual(flatten(self.config)["[Route:billing] via"], "backup, main")
+
+
+class QuotaTests(DeliveryCase):
+    def test_a_quota_that_resets_defers_instead_of_failing(self) -> None:
+        """Gmail answers its daily limit with 550 5.4.5: the mail must wait, not fail."""
+        self.configure()
+        self.relay.data_replies = ["550 5.4.5 Daily user sending quota exceeded"]
+        message_id = self.enqueue()
+        self.start()
+        info = self.store.show(message_id)
+        self.assertEqual(info.state, "deferred")
+        self.assertEqual(info.last_error, "550 5.4.5 Daily user sending quota exceeded")
+        self.clock.advance(61)
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "sent")
+
+    def test_defer_on_is_the_relays_own(self) -> None:
+        self.relay_keys = "defer_on = 5.7.1\nmax_connections = 1\n"  # one after the other
+        self.configure()
+        self.relay.data_replies = ["550 5.4.5 quota", "550 5.7.1 throttled"]
+        first, second = self.enqueue("a@example.org"), self.enqueue("b@example.org")
+        self.relay_keys = ""
+        self.start()
+        self.assertEqual(self.state(first), "failed")  # 5.4.5 is not in this relay's list
+        self.assertEqual(self.state(second), "deferred")

@@ -48,6 +48,7 @@ def relay(**overrides: Any) -> SMTPRelayConfig:
         "rate_limit": None,
         "timeout": 30.0,
         "priority": 0,
+        "defer_on": ("5.4.5",),
     }
     values.update(overrides)
     return SMTPRelayConfig(**values)

@@ -100,6 +100,9 @@ class SMTPRelayConfig(RelayBase):
         names=("password", "password_file", "password_env"),
     )
     helo: str = key(TEXT, None, "the name given in EHLO (default: this host's)")
+    defer_on: tuple[str, ...] = key(
+        WORDS, "5.4.5", "5xx enhanced codes that mean a quota that resets: defer, not fail"
+    )
 
     @property
     def label(self) -> str:

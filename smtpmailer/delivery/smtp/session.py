@@ -22,8 +22,15 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
-def _status_for(reply: Reply) -> str:
-    return RCPT_SENT if reply.positive else ("deferred" if reply.temporary else RCPT_FAILED)
+def _status_for(reply: Reply, defer_on: tuple[str, ...] = ()) -> str:
+    """2xx sent, 4xx deferred, 5xx failed, except a 5xx whose enhanced status code says
+    a quota that resets (``defer_on``, e.g. Gmail's daily limit 5.4.5): deferred."""
+    if reply.positive:
+        return RCPT_SENT
+    if reply.temporary:
+        return "deferred"
+    first = (reply.lines[0].split() or [""])[0] if reply.lines else ""
+    return "deferred" if first in defer_on else RCPT_FAILED
 
 
 async def _await_all(waiters: list[Deferred[Reply]]) -> list[Reply]:
@@ -142,6 +149,9 @@ class SMTPSession:
 
     # --- transactions ---
 
+    def _status(self, reply: Reply) -> str:
+        return _status_for(reply, self.relay.defer_on)
+
     def _mail_from(self, lease: Lease, utf8: bool) -> str:
         params = []
         if "SIZE" in self.extensions:
@@ -177,12 +187,12 @@ class SMTPSession:
         if not mail.positive:
             await self._abandon(data)
             return tuple(
-                RecipientResult(r, _status_for(mail), f"MAIL FROM: {mail}")
+                RecipientResult(r, self._status(mail), f"MAIL FROM: {mail}")
                 for r in lease.recipients
             )
         accepted = [r for r, reply in zip(lease.recipients, rcpts, strict=True) if reply.positive]
         results = {
-            r: RecipientResult(r, _status_for(reply), str(reply))
+            r: RecipientResult(r, self._status(reply), str(reply))
             for r, reply in zip(lease.recipients, rcpts, strict=True)
             if not reply.positive
         }
@@ -192,11 +202,11 @@ class SMTPSession:
             await self._abandon(data)
             assert data is not None
             for r in accepted:
-                results[r] = RecipientResult(r, _status_for(data), f"DATA: {data}")
+                results[r] = RecipientResult(r, self._status(data), f"DATA: {data}")
         else:
             final = await self.protocol.send_body(lease.data)
             for r in accepted:
-                results[r] = RecipientResult(r, _status_for(final), str(final))
+                results[r] = RecipientResult(r, self._status(final), str(final))
             if not final.positive:
                 await self._reset()
         return tuple(results[r] for r in lease.recipients)
