@@ -53,10 +53,13 @@ class RuleTests(SynchronousTestCase):
         several = b"From: root@a, root@b\r\n\r\nx\r\n"
         self.assertIs(rewrite_from_header(RULES, several), several)
 
-    def test_a_broken_map_is_a_config_error_at_its_line(self) -> None:
+    def map_path(self) -> str:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        path = os.path.join(directory, "rewrite")
+        return os.path.join(directory, "rewrite")
+
+    def test_a_broken_map_is_a_config_error_at_its_line(self) -> None:
+        path = self.map_path()
         for text, reason in (
             ("root ops@example.com\n\n# comment\nroot\n", f"{path}:4: expected 'PATTERN ADDRESS'"),
             ("root not-an-address\n", f"{path}:1: rewritten address 'not-an-address'"),
@@ -68,9 +71,7 @@ class RuleTests(SynchronousTestCase):
             self.assertIn(reason, str(caught.exception))
 
     def test_an_edited_map_is_a_change_for_reload(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        path = os.path.join(directory, "rewrite")
+        path = self.map_path()
         text = f"[Relay]\nhost = h\n[Rewrite]\nmap_file = {path}\n"
         with open(path, "w") as handle:
             handle.write("root ops@example.com\n")
