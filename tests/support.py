@@ -174,3 +174,12 @@ class EndToEndCase(TestCase):
 
     def outcomes(self, daemon: Daemon, message_id: str) -> list[dict[str, str]]:
         return [m.groupdict() for m in OUTCOME.finditer(daemon.log()) if m["id"] == message_id]
+
+    def wait_for_outcomes(self, daemon: Daemon, message_id: str, count: int) -> list[Any]:
+        """The message's outcome lines once there are ``count``: each is logged when its
+        commit is done, a moment after the queue file already shows the new state."""
+        found: list[Any] = wait_until(
+            lambda: (lines := self.outcomes(daemon, message_id)) and len(lines) >= count and lines,
+            what=f"{count} outcome line(s) of {message_id}",
+        )
+        return found

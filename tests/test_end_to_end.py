@@ -52,7 +52,8 @@ class DeliveryTests(EndToEndCase):
         # dot-stuffing undone by the relay: the body arrives as written
         self.assertIn(b"\r\n.leading dot\r\n.\r\nend", got["two"].data)
         wait_until(lambda: daemon.states() == {"sent": 2}, what="both marked sent")
-        lines = self.outcomes(daemon, first)
+        self.wait_for_outcomes(daemon, second, 1)
+        lines = self.wait_for_outcomes(daemon, first, 2)
         self.assertEqual(sorted(line["to"] for line in lines), ["a@example.org", "b@example.org"])
         for line in lines + self.outcomes(daemon, second):
             self.assertEqual(line["status"], "sent")
@@ -122,7 +123,8 @@ class DeliveryTests(EndToEndCase):
         )
         wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after two 451s")
         statuses = [
-            (line["attempts"], line["status"]) for line in self.outcomes(daemon, message_id)
+            (line["attempts"], line["status"])
+            for line in self.wait_for_outcomes(daemon, message_id, 3)
         ]
         self.assertEqual(statuses, [("1", "deferred"), ("2", "deferred"), ("3", "sent")])
         self.assertIn("451 4.3.0 try again later", self.outcomes(daemon, message_id)[0]["reply"])
@@ -176,7 +178,7 @@ class DeliveryTests(EndToEndCase):
             "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"
         )
         wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery after the drop")
-        lines = self.outcomes(daemon, message_id)
+        lines = self.wait_for_outcomes(daemon, message_id, 2)
         self.assertEqual([line["status"] for line in lines], ["deferred", "sent"])
         self.assertIn("connection closed", lines[0]["reply"])
         self.assertEqual(peer.dropped, 1)
