@@ -79,7 +79,7 @@ class RuleTests(SynchronousTestCase):
         with open(path, "w") as handle:
             handle.write("root admin@example.com\n")
         after = flatten(parse_config(text, "c.conf"))
-        self.assertNotEqual(before["[Rewrite] map_file"], after["[Rewrite] map_file"])
+        self.assertNotEqual(before["[Rewrite] rules"], after["[Rewrite] rules"])
 
 
 class WaysInTests(DeliveryCase):

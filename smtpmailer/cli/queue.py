@@ -120,7 +120,7 @@ def _one_or_all(args: argparse.Namespace) -> None:
         raise CommandError("give a message ID or --all")
 
 
-def repair(action: str, config: Config, console: Console) -> int:
+def check_or_salvage(action: str, config: Config, console: Console) -> int:
     """``queue check`` and ``queue salvage``: for a queue file that may be damaged, so
     they do not open it as a store."""
     from smtpmailer.daemon.lock import holder
@@ -157,7 +157,7 @@ def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int
     out = console.out
     action = args.queue_command
     if action in ("check", "salvage"):
-        return repair(action, config, console)
+        return check_or_salvage(action, config, console)
     store = open_queue(config, read_only=action in LOOKING)
     now = time.time()
     try:

@@ -2,7 +2,7 @@
 hold the values (sections.py), read from the INI file (load.py), shown back and compared
 (render.py)."""
 
-from smtpmailer.config.load import load_config, parse_config, read_daemon
+from smtpmailer.config.load import load_config, parse_config
 from smtpmailer.config.render import flatten, keep_restart_only, relay_title, render_config
 from smtpmailer.config.sections import (
     Config,
@@ -36,7 +36,6 @@ __all__ = [
     "keep_restart_only",
     "load_config",
     "parse_config",
-    "read_daemon",
     "relay_title",
     "render_config",
 ]

@@ -234,8 +234,8 @@ def _sections(text: str, path: str) -> tuple[dict[str, Section], list[Section], 
     return by_name, relays, routes
 
 
-def read_daemon(path: str, section: Section | None) -> DaemonConfig:
-    """[Daemon] alone; control.py reads it from files that are broken elsewhere."""
+def _daemon(path: str, section: Section | None) -> DaemonConfig:
+    """[Daemon], its paths made absolute against the config file's folder."""
     base = config_folder(path)
     reader = Reader(path, section, "Daemon")
     return read_section(
@@ -252,7 +252,7 @@ def parse_config(text: str, path: str) -> Config:
     base = config_folder(path)
     by_name, relays, routes = _sections(text, path)
     warnings: list[str] = []
-    daemon = read_daemon(path, by_name.get("Daemon"))
+    daemon = _daemon(path, by_name.get("Daemon"))
     queue = Reader(path, by_name.get("Queue"), "Queue")
     if queue.get("backend") == "postgresql":
         raise queue.fail("backend", "backend: postgresql is not implemented yet (use sqlite)")

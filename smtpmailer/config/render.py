@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from smtpmailer.config.declare import KeySpec, declared
+from smtpmailer.config.declare import KEY, KeySpec, declared
 from smtpmailer.config.sections import (
     SECTION_ATTRIBUTES,
     TRANSPORT,
@@ -89,11 +89,15 @@ def render_config(config: Config) -> str:
 
 
 def flatten(config: Config) -> dict[str, str]:
-    """``{"[Queue] poll_interval": "1s", ...}``; secrets as a digest, never in clear. A
-    key naming a file whose contents the config holds counts as changed when they change
-    (a map file edited in place is applied by the next reload)."""
+    """``{"[Queue] poll_interval": "1s", ...}``; secrets as a digest, never in clear. What
+    a section holds beyond its keys (what it read from a file they name, such as
+    [Rewrite]'s rules) is compared as a digest too: a file edited in place is a change."""
     values = {f"[{title}] {key}": text for title, key, text in effective(config, digest)}
-    values["[Rewrite] map_file"] += f" ({digest(config.rewrite.rules)})"
+    for title, attribute in SECTION_ATTRIBUTES.items():
+        section = getattr(config, attribute)
+        for field in attrs.fields(type(section)):
+            if KEY not in field.metadata:
+                values[f"[{title}] {field.name}"] = digest(getattr(section, field.name))
     return values
 
 

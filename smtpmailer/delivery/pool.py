@@ -75,7 +75,6 @@ class RateLimiter:
 
     def __init__(self, clock: IReactorTime, rate: tuple[int, float] | None) -> None:
         self._clock = clock
-        self.rate = rate
         self.interval = rate[1] / rate[0] if rate else 0.0
         self._next = 0.0
 
@@ -106,10 +105,6 @@ class RelayPool:
         self.closing = False
         self.down_until = 0.0
         self.last_open_error: OpenError | None = None
-
-    @property
-    def name(self) -> str:
-        return self.relay.name
 
     @property
     def pending(self) -> int:

@@ -133,10 +133,6 @@ class DeliveryService(Service):
         pools = [self.pools[name] for name in self._order]
         return next((pool for pool in pools if not pool.down()), pools[0])
 
-    @property
-    def max_connections(self) -> int:
-        return self._primary().relay.max_connections
-
     def capacity(self) -> int:
         """How many more leases are welcome: enough to keep every connection busy, but no
         more than the rate limit lets start within half a lease (a lease that ran out while
@@ -149,10 +145,6 @@ class DeliveryService(Service):
             startable = int(self.lease_seconds / 2 / primary.limiter.interval)
             target = min(target, max(1, startable))
         return max(0, target - self._jobs)
-
-    @property
-    def busy(self) -> int:
-        return self._jobs
 
     def submit(self, leases: list[Lease]) -> None:
         for lease in leases:
