@@ -84,6 +84,19 @@ class Metrics:
             ["relay"],
             registry=registry,
         )
+        self.oauth2_refreshes = Counter(
+            "smtpmailer_oauth2_refreshes",
+            "Access token requests per [OAuth2:NAME], by result (ok, or the error: "
+            "invalid_grant, timeout, ...)",
+            ["oauth2", "result"],
+            registry=registry,
+        )
+        self.oauth2_ok = Gauge(
+            "smtpmailer_oauth2_ok",
+            "1 while an [OAuth2:NAME] section gets tokens, 0 while it cannot",
+            ["oauth2"],
+            registry=registry,
+        )
         self.reloads = Counter(
             "smtpmailer_reloads", "Configuration reloads attempted", registry=registry
         )

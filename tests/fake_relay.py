@@ -68,6 +68,7 @@ class _Connection:
         self.recipients: list[str] = []
         self.nodelay = False
         self.transport = _Transport(relay, self)
+        self.auth_abort: str | None = None  # the line that ends a refused AUTH exchange
 
     def send(self, *lines: str) -> None:
         data = "".join(line + "\r\n" for line in lines).encode()
@@ -99,10 +100,23 @@ class _Connection:
             else:
                 self.body.append(line[1:].encode() if line.startswith(".") else line.encode())
             return
+        if self.auth_abort is not None:
+            relay.auth_lines.append(line)
+            expected, self.auth_abort = self.auth_abort, None
+            if line == expected:
+                self.send("535 5.7.8 Username and Password not accepted.")
+            else:
+                self.send("501 5.5.2 expected the end of the exchange")
+            return
         verb = line.split(" ", 1)[0].upper()
+        if verb == "AUTH":
+            relay.auth_lines.append(line)
+            self._auth(line)
+            return
         relay.commands.append(line)
         if verb == "EHLO":
-            self.send("250-fake.test", "250-PIPELINING", "250 SIZE 100000000")
+            auth = ["250-AUTH XOAUTH2 OAUTHBEARER"] if relay.bearer is not None else []
+            self.send("250-fake.test", "250-PIPELINING", *auth, "250 SIZE 100000000")
         elif verb == "MAIL":
             self.sender = line.split("<", 1)[1].split(">", 1)[0]  # MAIL FROM:<x> SIZE=n
             self.recipients, self.body = [], []
@@ -128,6 +142,38 @@ class _Connection:
         else:
             self.send("502 5.5.2 unknown command")
 
+    def _auth(self, line: str) -> None:
+        """XOAUTH2 (Google's format) and OAUTHBEARER (RFC 7628), checked by ``bearer``;
+        a refused token gets the JSON challenge, then 535 after the client's answer."""
+        import base64
+        import json
+
+        words = line.split()
+        mechanism = words[1].upper() if len(words) > 1 else ""
+        if self.relay.bearer is None or mechanism not in ("XOAUTH2", "OAUTHBEARER"):
+            self.send("504 5.5.4 unrecognized authentication type")
+            return
+        try:
+            text = base64.b64decode(words[2], validate=True).decode()
+        except Exception:
+            self.send("501 5.5.2 cannot decode")
+            return
+        fields = dict(part.split("=", 1) for part in text.split("\x01") if "=" in part)
+        if mechanism == "XOAUTH2":
+            user = fields.get("user", "")
+        else:
+            user = text.split(",")[1][2:] if text.startswith("n,a=") else ""
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        if self.relay.bearer(user, token):
+            self.relay.authenticated.append(user)
+            self.send("235 2.7.0 Accepted")
+            return
+        challenge = json.dumps(
+            {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
+        )
+        self.auth_abort = "" if mechanism == "XOAUTH2" else "AQ=="
+        self.send("334 " + base64.b64encode(challenge.encode()).decode())
+
 
 class FakeRelay:
     """Counts connections and keeps every accepted message as (sender, recipients, body)."""
@@ -148,6 +194,10 @@ class FakeRelay:
         self.most_open = 0
         self.quits = 0
         self.live: list[_Connection] = []
+        # (user, token) -> accepted? Offers XOAUTH2 and OAUTHBEARER when set.
+        self.bearer: Any = None
+        self.auth_lines: list[str] = []
+        self.authenticated: list[str] = []
 
     def connect(self, relay: SMTPRelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
         if self.refuse:

@@ -112,8 +112,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_not_yet_built_sections_are_refused_not_ignored(self) -> None:
         self.assertIn(
-            "[OAuth2]: AUTH XOAUTH2 is not implemented yet",
-            self.error(MINIMAL + "[OAuth2]\ntoken_url = https://x\n"),
+            "[API:sendgrid]: HTTP API providers are not implemented yet",
+            self.error(MINIMAL + "[API:sendgrid]\nprovider = sendgrid\n"),
         )
         self.assertIn(
             "postgresql is not implemented yet",

@@ -42,6 +42,7 @@ def relay(**overrides: Any) -> SMTPRelayConfig:
         "auth": "auto",
         "username": None,
         "password": None,
+        "oauth2": None,
         "helo": "",
         "max_connections": 1,
         "max_messages_per_connection": 100,

@@ -14,6 +14,7 @@ from smtpmailer.config.sections import (
     SECTION_ATTRIBUTES,
     TRANSPORT,
     Config,
+    OAuth2Config,
     RelayBase,
     RelayConfig,
     RouteConfig,
@@ -67,6 +68,10 @@ def effective(config: Config, secret: Callable[[Any], str] = redact) -> list[Lin
     for relay in config.relays:
         title = relay_title(config, relay)
         lines.extend((title, key, text) for _, key, text in _relay_lines(relay, secret))
+    for oauth2 in config.oauth2:
+        title = f"OAuth2:{oauth2.name}"
+        for field, spec in declared(OAuth2Config):
+            lines.append((title, *_shown(oauth2, field, spec, secret)[1:]))
     for route in config.routes:
         title = f"Route:{route.name}"
         for field, spec in declared(RouteConfig):
@@ -93,11 +98,18 @@ def flatten(config: Config) -> dict[str, str]:
     a section holds beyond its keys (what it read from a file they name, such as
     [Rewrite]'s rules) is compared as a digest too: a file edited in place is a change."""
     values = {f"[{title}] {key}": text for title, key, text in effective(config, digest)}
-    for title, attribute in SECTION_ATTRIBUTES.items():
-        section = getattr(config, attribute)
+    sections = [
+        (title, getattr(config, attribute)) for title, attribute in SECTION_ATTRIBUTES.items()
+    ]
+    sections += [(f"OAuth2:{oauth2.name}", oauth2) for oauth2 in config.oauth2]
+    for title, section in sections:
         for field in attrs.fields(type(section)):
-            if KEY not in field.metadata:
-                values[f"[{title}] {field.name}"] = digest(getattr(section, field.name))
+            if KEY not in field.metadata and field.name != "name":
+                held = getattr(section, field.name)
+                # asdict: a repr would leave out what it hides (a private key)
+                values[f"[{title}] {field.name}"] = digest(
+                    attrs.asdict(held) if attrs.has(type(held)) else held
+                )
     return values
 
 

@@ -26,10 +26,12 @@ from smtpmailer.config.values import (
     number,
     whole,
 )
+from smtpmailer.oauth2.providers import FLOWS, PROVIDERS
 from smtpmailer.paths import DEFAULT_STATE_DIR, SENDMAIL_SOCKET, WAKEUP_SOCKET
 
 SECURITY_MODES = ("starttls", "tls", "none")
-AUTH_MODES = ("auto", "plain", "login", "cram-md5", "none")
+AUTH_MODES = ("auto", "plain", "login", "cram-md5", "xoauth2", "oauthbearer", "none")
+OAUTH2_MECHANISMS = ("xoauth2", "oauthbearer")
 TRANSPORTS = ("smtp", "maildir")
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
@@ -90,8 +92,9 @@ class SMTPRelayConfig(RelayBase):
     security: str = key(choice(*SECURITY_MODES), "starttls", "starttls | tls | none")
     verify: bool = key(BOOL, "true", "check the certificate and host name")
     ca_file: str | None = key(PATH, None, "a private CA's certificates (PEM)")
-    auth: str = key(choice(*AUTH_MODES, "xoauth2"), "auto", "the AUTH mechanism, or auto")
-    username: str | None = key(TEXT, None, "for AUTH")
+    auth: str = key(choice(*AUTH_MODES), "auto", "the AUTH mechanism, or auto")
+    oauth2: str | None = key(TEXT, None, "the [OAuth2:NAME] section for xoauth2 / oauthbearer")
+    username: str | None = key(TEXT, None, "for AUTH (and the XOAUTH2/OAUTHBEARER user)")
     password: str | None = key(
         TEXT,
         None,
@@ -170,6 +173,50 @@ class RewriteConfig:
 
 
 @attrs.frozen
+class ServiceAccount:
+    """A Google service account's JSON key, as read from ``service_account_file``."""
+
+    client_email: str
+    private_key: str = attrs.field(repr=False)
+    private_key_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OAuth2Config:
+    """``[OAuth2:NAME]``: where a relay's access tokens come from. The endpoints and scope
+    are filled in from the provider's defaults when the file leaves them empty."""
+
+    name: str
+    provider: str = key(choice(*PROVIDERS), "google", "google | microsoft | generic")
+    flow: str = key(
+        choice(*FLOWS), "refresh_token", "refresh_token | client_credentials | service_account"
+    )
+    client_id: str | None = key(TEXT, None, "the OAuth client (application) id")
+    client_secret: str | None = key(
+        TEXT,
+        None,
+        "the client secret: client_secret, client_secret_file (mode 0600) or client_secret_env",
+        secret=True,
+        names=("client_secret", "client_secret_file", "client_secret_env"),
+    )
+    refresh_token_file: str | None = key(
+        PATH, None, "written by oauth2 authorize; rewritten atomically (0600) when rotated"
+    )
+    tenant: str | None = key(TEXT, None, "microsoft: tenant id, organizations or consumers")
+    token_url: str | None = key(TEXT, None, "default from provider")
+    scope: str | None = key(TEXT, None, "default from provider and flow")
+    authorize_url: str | None = key(TEXT, None, "for oauth2 authorize; default from provider")
+    device_url: str | None = key(TEXT, None, "for oauth2 authorize --device; default from provider")
+    service_account_file: str | None = key(
+        PATH, None, "google service_account: the JSON key (mode 0600)"
+    )
+    subject: str | None = key(TEXT, None, "service_account: the mailbox to send as")
+    refresh_before: float = key(DURATION, "10m", "renew this long before expiry")
+    timeout: float = key(POSITIVE_DURATION, "30s", "for each request to the token endpoint")
+    service_account: ServiceAccount | None = None
+
+
+@attrs.frozen
 class LoggingConfig:
     level: str = key(choice(*LOG_LEVELS), "info", "debug | info | warn | error")
     format: str = key(choice("text", "json"), "text", "text | json", restart=True)
@@ -218,6 +265,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Daemon": (DaemonConfig,),
     "Queue": (QueueConfig,),
     "Relay": (SMTPRelayConfig, MaildirRelayConfig),
+    "OAuth2": (OAuth2Config,),
     "Route": (RouteConfig,),
     "Rewrite": (RewriteConfig,),
     "Logging": (LoggingConfig,),
@@ -243,6 +291,7 @@ class Config:
     relays: tuple[RelayConfig, ...]
     logging: LoggingConfig
     routes: tuple[RouteConfig, ...] = ()
+    oauth2: tuple[OAuth2Config, ...] = ()
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)

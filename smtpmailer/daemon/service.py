@@ -26,6 +26,7 @@ from smtpmailer.logs import LogTarget, json_observer, log, set_level
 from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope
 from smtpmailer.metrics import Metrics
+from smtpmailer.oauth2.endpoint import Poster
 from smtpmailer.queue import (
     PRIORITY_NAMES,
     QueueStore,
@@ -59,6 +60,7 @@ class MailerService(MultiService):
         log_target: LogTarget | None = None,
         listen: Callable[[str, Any], Any] | None = None,
         spawn_worker: Spawn | None = None,
+        token_poster: Poster | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -85,6 +87,7 @@ class MailerService(MultiService):
             blocking=blocking,
             metrics=self.metrics,
             on_capacity=self.dispatcher.room_freed,
+            token_poster=token_poster,
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.dispatcher.serve(self.delivery, self.poller)

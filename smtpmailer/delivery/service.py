@@ -21,12 +21,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from smtpmailer.config import Config, RelayConfig
+from smtpmailer.config.sections import OAuth2Config
 from smtpmailer.delivery.pool import IDLE_TIMEOUT, Job, RelayPool
 from smtpmailer.delivery.transport import OpenError, TransportContext, make_transport
 from smtpmailer.logs import log, outcome_line
 from smtpmailer.metrics import Metrics
+from smtpmailer.oauth2.endpoint import HTTPPoster, Poster
+from smtpmailer.oauth2.source import TokenSource, TokenSources
 from smtpmailer.queue import Lease, Outcome, QueueError, RecipientResult, Recorded
-from smtpmailer.queue.runner import Runner
+from smtpmailer.queue.runner import Runner, synchronous_runner
 
 __all__ = ["IDLE_TIMEOUT", "DeliveryService", "RelayState", "lease_seconds"]
 
@@ -79,16 +82,22 @@ class DeliveryService(Service):
         helo_name: str | None = None,
         metrics: Metrics | None = None,
         on_capacity: Callable[[], None] = lambda: None,
+        token_poster: Poster | None = None,
     ) -> None:
         self.config = config
         self._recorder = recorder
         self._release = release
         self._clock = clock
+        self._token_poster = token_poster
+        self._blocking = blocking
+        self.tokens = TokenSources(self._token_source)
+        self.tokens.configure(config.oauth2)
         self._context = TransportContext(
             clock=clock,
             helo_name=helo_name or socket.gethostname(),
             connector=connector,
             blocking=blocking,
+            tokens=self.tokens.get,
         )
         self._on_capacity = on_capacity
         self._jobs = 0  # accepted and not yet finished or given back
@@ -105,6 +114,25 @@ class DeliveryService(Service):
         self._unrecorded: dict[str, IDelayedCall] = {}
         self._retired: set[RelayPool] = set()
         self._set_relays(config.relays)
+
+    def _token_source(self, section: OAuth2Config) -> TokenSource:
+        if self._token_poster is None:
+            from twisted.internet import reactor
+
+            self._token_poster = HTTPPoster(reactor)
+        return TokenSource(
+            section,
+            self.config.daemon.state_dir,
+            self._clock,
+            self._token_poster,
+            self._blocking or synchronous_runner,
+            self._token_counted,
+        )
+
+    def _token_counted(self, section: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.oauth2_refreshes.labels(section, result).inc()
+            self.metrics.oauth2_ok.labels(section).set(1 if result == "ok" else 0)
 
     def _set_relays(self, relays: Sequence[RelayConfig]) -> None:
         """One pool per relay: kept where a relay is unchanged, told of new settings where
@@ -339,6 +367,7 @@ class DeliveryService(Service):
         message they carry on the old settings, then close instead of taking another."""
         self.config = config
         self.lease_seconds = lease_seconds(config)
+        self.tokens.configure(config.oauth2)
         self._set_relays(config.relays)
 
     # --- service ---

@@ -150,6 +150,7 @@ class StatusService(ListeningService):
             reasons.append("the queue poller is not running")
         if self.poller.paused:
             reasons.append("delivery is paused (manhole: resume())")
+        reasons += self.delivery.tokens.problems()
         stuck_after = self.config.status.stuck_after
         oldest_age = now - oldest if oldest is not None else None
         last = self.delivery.last_success
@@ -168,6 +169,15 @@ class StatusService(ListeningService):
             "last_success_age": round(now - last, 3) if last is not None else None,
             "poller_lag": round(self.poller.lag, 3),
             "paused": self.poller.paused,
+            "oauth2": {
+                name: {
+                    "ok": source.problem is None,
+                    "problem": source.problem,
+                    "expires_at": source.expires_at,
+                    "refreshes": source.refreshes,
+                }
+                for name, source in self.delivery.tokens.sources.items()
+            },
         }
 
     async def refresh_metrics(self) -> None:

@@ -22,6 +22,10 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
+class TokenRefused(SessionError):
+    """The relay refused the access token: a new connection with a fresh token may pass."""
+
+
 def _status_for(reply: Reply, defer_on: tuple[str, ...] = ()) -> str:
     """2xx sent, 4xx deferred, 5xx failed, except a 5xx whose enhanced status code says
     a quota that resets (``defer_on``, e.g. Gmail's daily limit 5.4.5): deferred."""
@@ -133,7 +137,12 @@ class SMTPSession:
         if self.relay.auth == "none" or self.credentials is None:
             return None
         try:
-            return auth.choose(self.relay.auth, self.extensions.get("AUTH", ""), self.tls)
+            return auth.choose(
+                self.relay.auth,
+                self.extensions.get("AUTH", ""),
+                self.tls,
+                self.credentials.bearer,
+            )
         except auth.AuthError as error:
             raise SessionError(str(error)) from None
 
@@ -142,10 +151,14 @@ class SMTPSession:
         if mechanism is None:
             return
         assert self.credentials is not None
-        reply = await auth.MECHANISMS[mechanism](self.protocol, self.credentials)
+        server = (self.relay.host, self.relay.port)
+        reply = await auth.MECHANISMS[mechanism](self.protocol, self.credentials, server)
         if reply.code != 235:
             # A wrong password is the operator's to fix: defer, never fail the mail for it.
-            raise SessionError(f"authentication failed ({mechanism}): {reply}")
+            problem = f"authentication failed ({mechanism}): {reply}"
+            if mechanism in auth.BEARER_MECHANISMS:
+                raise TokenRefused(problem)
+            raise SessionError(problem)
 
     # --- transactions ---
 

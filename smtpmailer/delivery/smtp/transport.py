@@ -13,9 +13,11 @@ from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 
 from smtpmailer.config import SMTPRelayConfig
+from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
-from smtpmailer.delivery.smtp.session import SessionError, SMTPSession
+from smtpmailer.delivery.smtp.session import SessionError, SMTPSession, TokenRefused
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.oauth2.source import TokenError
 from smtpmailer.queue import Lease, RecipientResult
 
 Connector = Callable[[SMTPRelayConfig, SMTPClientProtocol], "Deferred[Any]"]
@@ -23,7 +25,7 @@ Connector = Callable[[SMTPRelayConfig, SMTPClientProtocol], "Deferred[Any]"]
 
 def describe_error(error: BaseException) -> str:
     """One line an operator understands, for the queue's last_error and the log."""
-    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError):
+    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError | TokenError):
         return str(error)
     if isinstance(error, net_error.ConnectionRefusedError):
         return "connection refused"
@@ -102,23 +104,44 @@ class SMTPTransport:
         self._clock = context.clock
         self._connect: Connector = context.connector
         self._helo = relay.helo or context.helo_name
+        self._tokens = context.tokens
 
     def open(self) -> Deferred[Session]:
         return Deferred.fromCoroutine(self._open())
 
+    def credentials(self) -> auth.Credentials | None:
+        """A token source's for ``oauth2 = NAME``, else None (the relay's password)."""
+        relay = self.relay
+        if not relay.oauth2:
+            return None
+        assert self._tokens is not None and relay.username, "oauth2 without tokens or user"
+        source = self._tokens(relay.oauth2)
+        return auth.Credentials(relay.username, source.token, source.rejected)
+
     async def _open(self) -> Session:
         relay = self.relay
-        protocol = SMTPClientProtocol(self._clock, relay.timeout)
-        label = f"{relay.host}[none]"  # until a TCP connection is made
-        try:
-            await self._connect(relay, protocol)
-            label = peer_label(relay, protocol)
-            session = SMTPSession(protocol, relay, self._helo, start_tls(relay))
-            await session.open()
-        except Exception as error:
-            protocol.abort()
-            raise OpenError(describe_error(error), f"{relay.host}:{relay.port}", label) from None
-        return SMTPConnection(session, label)
+        # A refused token was dropped by its source: one more connection, with a fresh one.
+        for last in (False, True):
+            protocol = SMTPClientProtocol(self._clock, relay.timeout)
+            label = f"{relay.host}[none]"  # until a TCP connection is made
+            try:
+                await self._connect(relay, protocol)
+                label = peer_label(relay, protocol)
+                session = SMTPSession(
+                    protocol, relay, self._helo, start_tls(relay), self.credentials()
+                )
+                await session.open()
+            except TokenRefused as error:
+                protocol.abort()
+                if not last:
+                    continue
+                raise OpenError(str(error), f"{relay.host}:{relay.port}", label) from None
+            except Exception as error:
+                protocol.abort()
+                problem = describe_error(error)
+                raise OpenError(problem, f"{relay.host}:{relay.port}", label) from None
+            return SMTPConnection(session, label)
+        raise AssertionError("unreachable")
 
     def describe(self, error: BaseException) -> str:
         return describe_error(error)
