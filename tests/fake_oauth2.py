@@ -45,6 +45,7 @@ class TokenServer:
         self.token_url = "http://127.0.0.1/token"
         self.requests: list[dict[str, str]] = []
         self.issued = 0
+        self.every_access_token: list[str] = []  # for tests that grep for leaks
         self.stall = False
         self.broken: tuple[int, bytes] | None = None  # e.g. (503, b"<html>...")
         self.stalled: list[Deferred[tuple[int, bytes]]] = []
@@ -86,6 +87,7 @@ class TokenServer:
         token = f"ya29.access-{next(self._serial)}"
         with self.lock:
             self.access_tokens[token] = (user, self.clock.seconds() + self.lifetime)
+            self.every_access_token.append(token)
         self.issued += 1
         body: dict[str, Any] = {
             "access_token": token,

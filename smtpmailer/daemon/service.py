@@ -156,7 +156,7 @@ class MailerService(MultiService):
     def startService(self) -> None:
         set_level(self.config.logging.level)
         for warning in self.config.warnings:
-            log.warn("config: {warning}", warning=warning)
+            log.warn("config: {detail}", detail=warning)
         store: QueueStore = self._open_store()
         self.queue.attach(store)
         reclaimed = store.recover_leases()
