@@ -241,3 +241,127 @@ class ShippedConfigTests(SynchronousTestCase):
         config = load_config(os.path.join(repo, "conf", "local.conf"))
         self.assertEqual(config.daemon.state_dir, os.path.join(repo, "var"))
         self.assertEqual(config.relays[0].kind, "maildir")
+
+
+class OAuth2ConfigTests(SynchronousTestCase):
+    """[OAuth2:NAME] and a relay's oauth2 key: defaults from the provider, and every
+    mistake an error at FILE:LINE."""
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "smtpmailer.conf")
+        self.refresh = os.path.join(self.dir, "refresh-token")
+        with open(self.refresh, "w") as handle:
+            handle.write("1//refresh\n")
+        os.chmod(self.refresh, 0o600)
+
+    def text(self, oauth2: str = "", relay: str = "") -> str:
+        return (
+            f"[OAuth2:gmail]\nclient_id = c\nrefresh_token_file = {self.refresh}\n{oauth2}"
+            "[Relay]\nhost = smtp.gmail.com\nusername = me@example.com\n"
+            + (relay or "auth = xoauth2\noauth2 = gmail\n")
+        )
+
+    def error(self, text: str) -> str:
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(text, self.path)
+        return str(caught.exception)
+
+    def test_google_defaults(self) -> None:
+        config = parse_config(self.text(), self.path)
+        (oauth2,) = config.oauth2
+        self.assertEqual(oauth2.token_url, "https://oauth2.googleapis.com/token")
+        self.assertEqual(oauth2.scope, "https://mail.google.com/")
+        self.assertEqual(oauth2.refresh_before, 600)
+        self.assertEqual(config.relays[0].oauth2, "gmail")
+
+    def test_microsoft_delegated_defaults(self) -> None:
+        config = parse_config(self.text("provider = microsoft\ntenant = consumers\n"), self.path)
+        (oauth2,) = config.oauth2
+        self.assertEqual(
+            oauth2.token_url, "https://login.microsoftonline.com/consumers/oauth2/v2.0/token"
+        )
+        self.assertEqual(oauth2.scope, "https://outlook.office.com/SMTP.Send offline_access")
+        self.assertEqual(
+            oauth2.device_url, "https://login.microsoftonline.com/consumers/oauth2/v2.0/devicecode"
+        )
+
+    def test_mistakes_name_the_line(self) -> None:
+        cases = {
+            self.text(relay="auth = xoauth2\n"): ":7: auth = xoauth2 needs oauth2 = NAME",
+            self.text(relay="auth = xoauth2\noauth2 = gmial\n"): (
+                ":8: oauth2: no [OAuth2:gmial] section (did you mean 'gmail'?) (sections: gmail)"
+            ),
+            self.text(relay="auth = plain\npassword = x\noauth2 = gmail\n"): (
+                ":9: oauth2 is for auth = xoauth2 or oauthbearer, not plain"
+            ),
+            self.text(relay="auth = xoauth2\noauth2 = gmail\npassword = x\n"): (
+                "give a password or oauth2, not both"
+            ),
+            self.text(
+                "provider = generic\n"
+            ): "[OAuth2:gmail] with provider = generic needs token_url",
+            self.text("token_url = http://auth.example.com/token\n"): (
+                ":4: token_url: 'http://auth.example.com/token' is not an https:// URL "
+                "(plain http only to 127.0.0.1)"
+            ),
+            self.text("flow = client_credentials\n"): (
+                ":4: flow = client_credentials is not offered by google "
+                "(use refresh_token or service_account)"
+            ),
+            self.text("provider = microsoft\nflow = client_credentials\nclient_secret = s\n"): (
+                ":1: client_credentials needs tenant = your tenant id (or domain)"
+            ),
+            self.text("flow = service_account\n"): "needs service_account_file",
+            self.text(
+                "provider = gogle\n"
+            ): "provider: 'gogle' is not one of: google, microsoft, generic",
+            self.text("refresh_before = soon\n"): ":4: refresh_before:",
+            "[OAuth2]\nclient_id = c\n" + MINIMAL: ":1: name each OAuth2 section: [OAuth2:NAME]",
+        }
+        for text, expected in cases.items():
+            self.assertIn(expected, self.error(text), text)
+
+    def test_relay_without_username(self) -> None:
+        text = self.text(relay="auth = xoauth2\noauth2 = gmail\n").replace(
+            "username = me@example.com\n", ""
+        )
+        self.assertIn("with oauth2 needs username (the mailbox)", self.error(text))
+
+    def test_a_missing_refresh_token_is_a_warning_with_what_to_run(self) -> None:
+        os.unlink(self.refresh)
+        config = parse_config(self.text(), self.path)
+        self.assertIn(
+            f"{self.refresh}: no refresh token yet; run: smtpmailer oauth2 authorize gmail",
+            config.warnings,
+        )
+
+    def test_a_service_account_key_that_is_not_one(self) -> None:
+        key = os.path.join(self.dir, "sa.json")
+        for content, expected in (
+            ("{not json", "is not a JSON key file"),
+            ('{"type": "authorized_user"}', "is not a service account key (type)"),
+            ('{"type": "service_account", "client_email": "a@b"}', "has no private_key"),
+        ):
+            with open(key, "w") as handle:
+                handle.write(content)
+            text = self.text(
+                f"flow = service_account\nservice_account_file = {key}\nsubject = me@example.com\n"
+            )
+            self.assertIn(expected, self.error(text))
+
+    def test_secrets_redacted_in_config_output(self) -> None:
+        from smtpmailer.config import render_config
+
+        secret = os.path.join(self.dir, "secret")
+        with open(secret, "w") as handle:
+            handle.write("GOCSPX-very-secret\n")
+        os.chmod(secret, 0o600)
+        config = parse_config(self.text(f"client_secret_file = {secret}\n"), self.path)
+        self.assertEqual(config.oauth2[0].client_secret, "GOCSPX-very-secret")
+        shown = render_config(config)
+        self.assertIn("[OAuth2:gmail]\n", shown)
+        self.assertIn("client_secret = <redacted>\n", shown)
+        self.assertIn("token_url = https://oauth2.googleapis.com/token\n", shown)
+        self.assertNotIn("GOCSPX", shown + repr(config))
