@@ -45,10 +45,12 @@ class TokenServer:
         self.token_url = "http://127.0.0.1/token"
         self.requests: list[dict[str, str]] = []
         self.issued = 0
+        self.posts = 0  # requests that reached the endpoint over HTTP
         self.every_access_token: list[str] = []  # for tests that grep for leaks
         self.stall = False
         self.broken: tuple[int, bytes] | None = None  # e.g. (503, b"<html>...")
         self.stalled: list[Deferred[tuple[int, bytes]]] = []
+        self.unstall = threading.Event()
         self._serial = itertools.count(1)
         self._port: Any = None
 
@@ -252,3 +254,62 @@ class _Endpoint(Resource):
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
         return answer
+
+
+class WallClock:
+    def seconds(self) -> float:
+        import time
+
+        return time.time()
+
+
+class ThreadedTokenEndpoint:
+    """The same endpoint over HTTP from a thread of its own, for tests whose other side is
+    a real process (twistd, the CLI) while the test thread waits on conditions."""
+
+    def __init__(self, server: TokenServer) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        tokens = server
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length).decode()
+                form = {key: values[0] for key, values in parse_qs(body).items()}
+                route = {"/token": tokens.answer, "/devicecode": tokens.device_start}
+                handle = route.get(self.path)
+                if handle is None:
+                    status, answer = 404, b'{"error": "not_found"}'
+                elif tokens.stall:
+                    tokens.unstall.wait(60)  # unanswered: the client's deadline must end it
+                    return
+                else:
+                    with tokens.lock:
+                        tokens.posts += 1
+                    status, answer = handle(form)
+                self.send_response(status)
+                self.send_header("content-type", "application/json; charset=utf-8")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the test reads the server's own records, not a request log
+
+        self.server = server
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        port = self.http.server_address[1]
+        self.base = f"http://127.0.0.1:{port}"
+        server.token_url = f"{self.base}/token"
+
+    def start(self) -> str:
+        self.thread.start()
+        return self.server.token_url
+
+    def stop(self) -> None:
+        self.server.unstall.set()
+        self.http.shutdown()
+        self.http.server_close()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from smtpmailer.config import Config
     from smtpmailer.queue import QueueStore
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -50,3 +53,25 @@ def open_queue(config: Config, read_only: bool = False) -> QueueStore:
     from smtpmailer.queue.backends import open_store
 
     return open_store(config, read_only=read_only)
+
+
+def run_with_reactor(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work(reactor)`` to its end in a reactor of its own (the commands that talk to
+    relays and token endpoints); its exception, if any, is raised here."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    outcome: list[Any] = []
+
+    def begin() -> None:
+        running = Deferred.fromCoroutine(work(reactor))
+        running.addBoth(outcome.append)
+        running.addBoth(lambda _: reactor.callLater(0, reactor.stop))
+
+    reactor.callWhenRunning(begin)
+    reactor.run()
+    (result,) = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result

@@ -1,6 +1,7 @@
 """``smtpmailer``: the parser, the routing of ``sendmail``'s own syntax, and ``main``.
 
-Each group of commands is a module of its own (send, queue, daemon, relays, configure)
+Each group of commands is a module of its own (send, queue, daemon, relays, oauth2,
+configure)
 that adds its subcommands here. Imports stay inside the commands: ``send`` is run by cron
 jobs and scripts once per message, and must not pay for Twisted or OpenSSL.
 """
@@ -12,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING
 
-from smtpmailer.cli import configure, daemon, queue, relays, send
+from smtpmailer.cli import configure, daemon, oauth2, queue, relays, send
 from smtpmailer.cli.common import CommandError, Console
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_commands(commands)
     daemon.add_commands(commands)
     relays.add_commands(commands)
+    oauth2.add_commands(commands)
     # Routed before argparse (sendmail's syntax); listed here for --help.
     commands.add_parser(
         "sendmail", help="sendmail-compatible: -t, -i/-oi, -f, -F, -bp, -q; message on stdin"
@@ -89,8 +91,10 @@ def main(
         if not getattr(args, "needs_config", True):
             return handler(args, None, console)
         config = load_config(args.config)
+        moot = getattr(args, "moot_warning", None)  # one the command itself is there to fix
         for warning in config.warnings:
-            console.warn(f"smtpmailer: warning: {warning}")
+            if not (moot and moot in warning):
+                console.warn(f"smtpmailer: warning: {warning}")
         return handler(args, config, console)
     except (ConfigError, Refusal, QueueError, CommandError) as error:
         console.warn(f"smtpmailer: {error}")

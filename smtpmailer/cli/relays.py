@@ -39,10 +39,13 @@ def cmd_test(args: argparse.Namespace, config: Config, console: Console) -> int:
             say(f"[{relay.name}] {relay.host}:{relay.port} security={relay.security}")
             protocol = SMTPClientProtocol(reactor, relay.timeout)
             try:
+                credentials = await _oauth2_credentials(config, relay, say)
                 await connect(relay, protocol)
                 peer = protocol.transport.getPeer()  # type: ignore[union-attr]
                 say(f"  connect: ok ({getattr(peer, 'host', '?')})")
-                session = SMTPSession(protocol, relay, relay.helo or "localhost", start_tls(relay))
+                session = SMTPSession(
+                    protocol, relay, relay.helo or "localhost", start_tls(relay), credentials
+                )
                 await session.open(lambda step: say(f"  {step}"))
                 await session.quit()
                 say("  QUIT: ok")
@@ -56,6 +59,28 @@ def cmd_test(args: argparse.Namespace, config: Config, console: Console) -> int:
     finished.addBoth(lambda _: reactor.callLater(0, reactor.stop))
     reactor.run()
     return 1 if failures else 0
+
+
+async def _oauth2_credentials(config: Config, relay: Any, say: Any) -> Any:
+    """For a relay with ``oauth2 = NAME``: a token fetched now, reported as a step (its
+    expiry, never the token); None for a relay with a password."""
+    if not relay.oauth2:
+        return None
+    import time
+
+    from twisted.internet import reactor
+
+    from smtpmailer.cli.oauth2 import expiry, section
+    from smtpmailer.delivery.smtp.auth import Credentials
+    from smtpmailer.oauth2.endpoint import HTTPPoster
+    from smtpmailer.oauth2.source import TokenSource
+
+    oauth2 = section(config, relay.oauth2)
+    source = TokenSource(oauth2, None, reactor, HTTPPoster(reactor))
+    await source.token()
+    assert source.expires_at is not None
+    say(f"  oauth2 {oauth2.name}: token ok, {expiry(source.expires_at, time.time())}")
+    return Credentials(relay.username, source.token, source.rejected)
 
 
 def add_commands(commands: Any) -> None:
