@@ -44,6 +44,7 @@ class TokenServer:
         self.public_keys: dict[str, Any] = {}  # service account email -> RSA public key
         self.token_url = "http://127.0.0.1/token"
         self.requests: list[dict[str, str]] = []
+        self.times: list[float] = []  # when each request came, by the server's clock
         self.issued = 0
         self.posts = 0  # requests that reached the endpoint over HTTP
         self.every_access_token: list[str] = []  # for tests that grep for leaks
@@ -109,6 +110,7 @@ class TokenServer:
         return secret is None or form.get("client_secret") == secret
 
     def answer(self, form: dict[str, str]) -> tuple[int, bytes]:
+        self.times.append(self.clock.seconds())
         self.requests.append(form)
         if self.broken is not None:
             return self.broken

@@ -89,8 +89,53 @@ class _Handler:
         return "250 2.0.0 OK queued"
 
 
+@attrs.frozen
+class _Bearer:
+    login: bytes
+    password: bytes = b""
+
+
+class _BearerHandler(_Handler):
+    """XOAUTH2 (Google's format) and OAUTHBEARER (RFC 7628), each token checked by the
+    peer's ``bearer(user, token)``; a refused token gets the JSON challenge, then 535."""
+
+    async def _check(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        import base64
+        import json
+
+        if len(args) < 2:
+            await server.push("501 5.5.2 an initial response is required")
+            return AuthResult(success=False, handled=True)
+        text = base64.b64decode(args[1]).decode()
+        fields = dict(part.split("=", 1) for part in text.split("\x01") if "=" in part)
+        if mechanism == "XOAUTH2":
+            user = fields.get("user", "")
+        else:
+            user = text.split(",")[1][2:] if text.startswith("n,a=") else ""
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        with self.peer.lock:
+            self.peer.auth_attempts.append((mechanism, user))
+        assert self.peer.bearer is not None
+        if self.peer.bearer(user, token):
+            return AuthResult(success=True, auth_data=_Bearer(user.encode()))
+        challenge = {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
+        await server.challenge_auth(json.dumps(challenge))
+        return AuthResult(
+            success=False,
+            handled=False,
+            message="535 5.7.8 Username and Password not accepted.",
+        )
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._check(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._check(server, args, "OAUTHBEARER")
+
+
 class SMTPPeer:
-    """``start()`` returns the port. ``users`` turns on AUTH (PLAIN, LOGIN) and requires it."""
+    """``start()`` returns the port. ``users`` turns on AUTH (PLAIN, LOGIN) and requires it;
+    ``bearer(user, token)`` turns on XOAUTH2 and OAUTHBEARER instead."""
 
     def __init__(
         self,
@@ -99,8 +144,11 @@ class SMTPPeer:
         port: int = 0,
         implicit_tls: bool = False,
         smtputf8: bool = False,
+        bearer: Any = None,
     ) -> None:
         self.lock = threading.Lock()
+        self.bearer = bearer
+        self.auth_attempts: list[tuple[str, str]] = []
         self.behaviour = Behaviour()
         self.received: list[Received] = []
         self.dropped = 0
@@ -129,6 +177,17 @@ class SMTPPeer:
         with self.lock:
             self.connections += 1
         starttls = self._tls if not self.implicit_tls else None
+        if self.bearer is not None:
+            return SMTP(
+                _BearerHandler(self),
+                hostname="relay.test",
+                tls_context=starttls,
+                require_starttls=starttls is not None,
+                auth_required=True,
+                auth_require_tls=starttls is not None,
+                auth_exclude_mechanism=["PLAIN", "LOGIN"],
+                timeout=60,
+            )
         return SMTP(
             _Handler(self),
             hostname="relay.test",
