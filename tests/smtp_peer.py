@@ -7,6 +7,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from email import message_from_bytes
 from typing import Any
 
@@ -24,6 +25,7 @@ class Received:
     data: bytes
     authenticated_as: str | None
     tls: bool
+    at: float = attrs.Factory(time.monotonic)  # when the relay took it
 
     def header(self, name: str) -> str | None:
         return message_from_bytes(self.data).get(name)

@@ -309,19 +309,38 @@ class DeliveryTests(DeliveryCase):
             [m[1] for m in self.relay.messages], [["ok@example.org"], ["grey@example.org"]]
         )
 
-    def test_rate_limit_spaces_messages(self) -> None:
-        self.relay_keys = "rate_limit = 2/s\nmax_connections = 1\n"
+    def test_rate_limit_lets_a_burst_through_then_one_period_per_batch(self) -> None:
+        self.relay_keys = "rate_limit = 3/s\nmax_connections = 2\n"
         self.configure()
-        for _ in range(4):
+        for _ in range(10):
             self.enqueue()
         self.start()
-        self.assertEqual(len(self.relay.messages), 1)
-        self.clock.advance(0.5)
+        self.assertEqual(len(self.relay.messages), 3)
+        self.clock.advance(0.999)
         settle(self.clock)
-        self.assertEqual(len(self.relay.messages), 2)
-        self.clock.advance(1.0)
-        settle(self.clock)
-        self.assertEqual(len(self.relay.messages), 4)
+        self.assertEqual(len(self.relay.messages), 3)
+        for sent in (6, 9, 10):
+            self.clock.pump([0.001, 0.999])
+            settle(self.clock)
+            self.assertEqual(len(self.relay.messages), sent)
+
+    def test_30_a_minute_holds_in_every_window_of_a_minute(self) -> None:
+        """Microsoft 365's limit per mailbox: however the minute is laid over the run."""
+        self.relay_keys = "rate_limit = 30/m\nmax_connections = 4\n"
+        self.configure()
+        for _ in range(100):
+            self.enqueue()
+        arrivals: list[float] = []
+        self.relay.messages = _Clocked(self.clock, arrivals)  # type: ignore[assignment]
+        self.start()
+        for _ in range(4 * 60 * 4):  # four minutes, in quarter seconds
+            self.clock.advance(0.25)
+            settle(self.clock)
+        self.assertEqual(len(arrivals), 100)
+        busiest = max(sum(1 for t in arrivals if start <= t < start + 60) for start in arrivals)
+        self.assertEqual(busiest, 30)
+        self.assertEqual(arrivals[29] - arrivals[0], 0.0, "the first 30 go at once")
+        self.assertGreaterEqual(arrivals[-1] - arrivals[0], 180.0)
 
     def test_timeout_defers(self) -> None:
         self.configure()
@@ -354,6 +373,19 @@ class DeliveryTests(DeliveryCase):
         self.clock.advance(5)
         settle(self.clock)
         self.assertEqual(self.state(message_id), "sent")
+
+
+class _Clocked(list):  # type: ignore[type-arg]
+    """The fake relay's message list, noting when each message arrived."""
+
+    def __init__(self, clock: Any, arrivals: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.arrivals = arrivals
+
+    def append(self, item: Any) -> None:
+        self.arrivals.append(self.clock.seconds())
+        super().append(item)
 
 
 class StopTests(DeliveryCase):

@@ -88,10 +88,6 @@ class OAuth2EndToEndTests(EndToEndCase):
         daemon.start()
         wait_until(lambda: daemon.states() == {"sent": 200}, timeout=90, what="200 sent")
         ran = time.time() - began
-        print(
-            f"\n  ran {ran:.1f}s, {len(peer.auth_attempts)} AUTHs, refreshes at",
-            self.refresh_times(),
-        )
         self.assertEqual(len({m.header("X-Seq") for m in peer.messages()}), 200)
         self.assertEqual({m.authenticated_as for m in peer.messages()}, {USER})
         # Every AUTH on those connections (40 and more) got a token still good; one refresh
@@ -152,3 +148,21 @@ class OAuth2EndToEndTests(EndToEndCase):
         self.assertEqual(daemon.cli("health").returncode, 0)
         # While the grant was refused, the endpoint was not asked again and again.
         self.assertLessEqual(asked, 2)
+
+    def test_smtpmailer_test_shows_the_oauth2_steps(self) -> None:
+        peer, daemon = self.start_oauth2("xoauth2")
+        result = daemon.cli("test")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertRegex(
+            result.stdout,
+            r"\n  oauth2 gmail: token ok, expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in \ds\)\n"
+            r"  connect: ok",
+        )
+        self.assertIn("AUTH(OAUTHBEARER XOAUTH2)", result.stdout)
+        self.assertIn("AUTH XOAUTH2: ok", result.stdout)
+        for secret in self.tokens.every_access_token:
+            self.assertNotIn(secret, result.stdout)
+        self.tokens.revoke_refresh(open(self.refresh_file).read().strip())
+        failed = daemon.cli("test")
+        self.assertEqual(failed.returncode, 1)
+        self.assertIn("FAILED: oauth2 gmail: invalid_grant", failed.stdout)

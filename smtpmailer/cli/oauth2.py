@@ -39,9 +39,9 @@ def expiry(at: float, now: float) -> str:
     moment = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
     left = max(0, round(at - now))
     hours, rest = divmod(left, 3600)
-    parts = [f"{hours}h"] if hours else []
-    parts += [f"{rest // 60}m", f"{rest % 60}s"] if rest or not hours else []
-    return f"expires {moment} (in {' '.join(parts)})"
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return f"expires {moment} (in {' '.join(parts) or '0s'})"
 
 
 def cmd_token(args: argparse.Namespace, config: Config, console: Console) -> int:

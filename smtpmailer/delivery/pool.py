@@ -2,7 +2,7 @@
 
 Up to ``max_connections`` sessions run at once; each carries up to
 ``max_messages_per_connection`` messages and stays open briefly when idle, so a steady flow
-reuses it; ``rate_limit`` spaces the messages this relay is given. A session that cannot
+reuses it; ``rate_limit`` bounds how many start per period. A session that cannot
 be opened hands every message waiting here back to its owner at once (which tries the next
 relay or defers them), instead of dialling once per message, and marks the relay down for
 a while so that new mail goes straight to the next one.
@@ -71,20 +71,42 @@ class PoolOwner(Protocol):
 
 
 class RateLimiter:
-    """Spaces messages evenly: ``100/m`` lets one start every 0.6 s."""
+    """``rate_limit = N/period`` as a token bucket of N tokens, each one back a full period
+    after it was spent: a burst of up to N goes at once, and no window of one period ever
+    carries more than N (Microsoft 365's 30 messages a minute holds however the window is
+    laid). A classic bucket refilled at N/period would let almost 2N through one window.
+    Reservations are made when a message is about to start and waited for by the caller."""
 
     def __init__(self, clock: IReactorTime, rate: tuple[int, float] | None) -> None:
         self._clock = clock
-        self.interval = rate[1] / rate[0] if rate else 0.0
-        self._next = 0.0
+        self.count, self.period = rate if rate else (0, 0.0)
+        self._starts: deque[float] = deque()  # the last ``count`` starts, in order
+
+    @property
+    def limited(self) -> bool:
+        return self.count > 0
 
     def delay(self) -> float:
-        if not self.interval:
+        """Reserve the next start; how long to wait for it."""
+        if not self.limited:
             return 0.0
         now = self._clock.seconds()
-        start = max(self._next, now)
-        self._next = start + self.interval
+        start = now
+        if len(self._starts) >= self.count:
+            start = max(now, self._starts[-self.count] + self.period)
+        self._starts.append(start)
+        while len(self._starts) > self.count:
+            self._starts.popleft()
         return start - now
+
+    def startable_within(self, seconds: float) -> int:
+        """How many more messages could start within ``seconds`` from now."""
+        if not self.limited:
+            return 1 << 30
+        now = self._clock.seconds()
+        free = sum(1 for start in self._starts if start + self.period <= now)
+        free += self.count - len(self._starts)
+        return free + self.count * int(seconds / self.period)
 
 
 class RelayPool:

@@ -169,8 +169,8 @@ class DeliveryService(Service):
             return 0
         primary = self._primary()
         target = max(self.config.queue.batch_size, 2 * primary.relay.max_connections)
-        if primary.limiter.interval:
-            startable = int(self.lease_seconds / 2 / primary.limiter.interval)
+        if primary.limiter.limited:
+            startable = primary.limiter.startable_within(self.lease_seconds / 2)
             target = min(target, max(1, startable))
         return max(0, target - self._jobs)
 
