@@ -684,6 +684,20 @@ class RouteTests(DeliveryCase):
         )
         self.assertEqual([m[0] for m in main.messages], ["app@example.com"])
         self.assertEqual({self.state(i) for i in (billing, ceo, other)}, {"sent"})
+        # queue show names the relay that took each message, by name and address.
+        import io
+
+        from smtpmailer.cli.queue import show_message
+
+        for message, name, address in (
+            (billing, "backup", "b.test[192.0.2.25]:26"),
+            (other, "main", "a.test[192.0.2.25]:25"),
+        ):
+            shown = self.store.show(message).as_json(self.clock.seconds())
+            self.assertEqual((shown["relay"], shown["relay_address"]), (name, address))
+            out = io.StringIO()
+            show_message(self.store, self.clock.seconds(), out, message, as_json=False)
+            self.assertIn(f"\nrelay: {name} ({address})\n", out.getvalue())
 
     def test_the_first_route_that_matches_wins_and_via_is_the_order(self) -> None:
         self.routes(

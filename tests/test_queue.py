@@ -213,6 +213,8 @@ class SQLiteStoreTests(SynchronousTestCase):
         )
         if version == 1:
             db.execute("DELETE FROM state_counts WHERE state = 'accepted'")
+        for column in ("relay", "relay_address"):  # schema 4's
+            db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         self.store.close()
 
@@ -247,7 +249,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("3",))
+        self.assertEqual(version.fetchone(), ("4",))  # through 3
 
     def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
         """An older CLI opening the file re-creates its triggers before it refuses the
@@ -259,6 +261,36 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.add()
         self.assertEqual(self.store.counts()["queued"], 2)
+
+    def test_migration_from_schema_3_keeps_every_message_and_names_relays_from_then(
+        self,
+    ) -> None:
+        self.add()
+        self.add()
+        (lease, _) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        self.make_old_schema(3)
+        # A CLI upgraded before the daemon restarts can still look at the old file.
+        reader = SQLiteQueue(self.path, read_only=True)
+        self.assertEqual(
+            sorted((m.state, m.relay) for m in reader.messages()),
+            [("active", None), ("sent", None)],
+        )
+        reader.close()
+        self.store = SQLiteQueue(self.path)
+        version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        self.assertEqual(version.fetchone(), ("4",))
+        self.assertEqual(self.store.counts()["sent"], 1)
+        (lease,) = self.store.lease(300, 10, 60)
+        outcome = Outcome(
+            lease, results(lease, ("r@y.org", "sent")), "smtp.example.com[192.0.2.1]:587", "main"
+        )
+        self.store.record([outcome], 301, POLICY)
+        shown = self.store.show(lease.id)
+        self.assertEqual(
+            (shown.relay, shown.relay_address), ("main", "smtp.example.com[192.0.2.1]:587")
+        )
+        self.assertEqual(shown.as_json(301)["relay"], "main")
 
     def test_only_leases_commit_without_waiting_for_fsync(self) -> None:
         """A lease is undone at every start, so it need not wait for the disk; accepting

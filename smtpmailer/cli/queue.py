@@ -94,6 +94,9 @@ def show_message(
         print(json.dumps(info.as_json(now), indent=2, sort_keys=True), file=out)
         return
     _print_message(info, now, out)
+    if info.relay or info.relay_address:
+        where = f" ({info.relay_address})" if info.relay_address else ""
+        print(f"relay: {info.relay or '?'}{where}", file=out)
     if info.last_error:
         print(f"last error: {info.last_error}", file=out)
     try:

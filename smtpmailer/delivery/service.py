@@ -277,7 +277,7 @@ class DeliveryService(Service):
         lease = job.lease
         sent_at = self._clock.seconds()
         relay_name = pool.relay.label if pool is not None else job.relay
-        self._record(Outcome(lease, results, label), sent_at, relay_name)
+        self._record(Outcome(lease, results, label, relay_name), sent_at, relay_name)
         if pool is None or pool.pending < pool.relay.max_connections:
             self._on_capacity()
 

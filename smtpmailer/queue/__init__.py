@@ -102,6 +102,9 @@ class MessageInfo:
     attempts: int
     size: int
     last_error: str | None
+    # The relay its last attempt went to: its name, and where it was reached.
+    relay: str | None = None
+    relay_address: str | None = None
 
     def as_json(self, now: float) -> dict[str, object]:
         return {
@@ -116,6 +119,8 @@ class MessageInfo:
             "attempts": self.attempts,
             "size": self.size,
             "last_error": self.last_error,
+            "relay": self.relay,
+            "relay_address": self.relay_address,
         }
 
 
@@ -160,7 +165,8 @@ class Outcome:
 
     lease: Lease
     results: tuple[RecipientResult, ...]
-    relay: str
+    relay: str  # where it went, as log lines name it: host[address]:port
+    via: str = ""  # the relay's name (its section), for queue show
 
 
 @attrs.frozen

@@ -42,7 +42,10 @@ from smtpmailer.queue import (
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# The oldest schema a read-only look (queue list, show) still reads: the daemon migrates at
+# its next start, and a CLI upgraded before that can still look.
+READABLE_SINCE = 3
 # SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xff).
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
@@ -63,7 +66,9 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_token TEXT,
     last_error TEXT,
     size INTEGER NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    relay TEXT,
+    relay_address TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
@@ -175,6 +180,7 @@ class SQLiteQueue:
         self.path = path
         self.read_only = read_only
         self._count_changes: Counter[str] = Counter()
+        self._relay_columns = "relay, relay_address"
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise QueueError(f"queue directory {directory} does not exist")
@@ -201,9 +207,11 @@ class SQLiteQueue:
                 version = self._migrate_to_2()
             if version == 2:
                 version = self._migrate_to_3()
-            elif version == SCHEMA_VERSION and self._has_count_triggers():
+            elif version >= 3 and self._has_count_triggers():
                 # An older smtpmailer opened this file and put its triggers back.
-                self._migrate_to_3()
+                self._count_without_triggers()
+            if version == 3:
+                version = self._migrate_to_4()
         except sqlite3.Error as error:
             raise self._translate(error, f"cannot open queue database {path}") from None
         self._check_version(version)
@@ -218,7 +226,11 @@ class SQLiteQueue:
             uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         self._db = db
-        self._check_version(self._schema_version())
+        version = self._schema_version()
+        if READABLE_SINCE <= version < SCHEMA_VERSION:
+            self._relay_columns = "NULL, NULL"  # before version 4: not known
+        else:
+            self._check_version(version)
         return db
 
     def _schema_version(self) -> int:
@@ -276,6 +288,12 @@ class SQLiteQueue:
 
     def _migrate_to_3(self) -> int:
         """Version 3 keeps the counts without triggers; they are counted afresh here."""
+        self._count_without_triggers()
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        return 3
+
+    def _count_without_triggers(self) -> None:
         with self._transaction() as db:
             for trigger in COUNT_TRIGGERS:
                 db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
@@ -283,8 +301,16 @@ class SQLiteQueue:
                 "UPDATE state_counts SET n = (SELECT count(*) FROM messages"
                 " WHERE messages.state = state_counts.state) WHERE state != 'accepted'"
             )
-            db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        return 3
+
+    def _migrate_to_4(self) -> int:
+        """Version 4 names the relay that took each message (its last attempt)."""
+        with self._transaction() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            for column in ("relay", "relay_address"):
+                if column not in present:
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
+            db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        return 4
 
     def close(self) -> None:
         self._db.close()
@@ -689,22 +715,32 @@ class SQLiteQueue:
                     (*live, RCPT_FAILED),
                 )
             }
+            # One statement per state and relay (a batch comes from a few connections).
+            where: dict[str, tuple[str | None, str | None]] = {
+                outcome.lease.id: (outcome.via or None, outcome.relay or None)
+                for outcome in outcomes
+            }
             for state, group in (
                 (rules.all_sent_state(False), [i for i in live if i not in failed]),
                 (rules.all_sent_state(True), sorted(failed)),
             ):
-                if not group:
-                    continue
-                group_marks = ", ".join("?" for _ in group)
-                db.execute(
-                    f"UPDATE messages SET state = ?, attempts = attempts + 1, next_attempt = ?,"
-                    f" lease_token = NULL, last_error = NULL, updated = ?"
-                    f" WHERE id IN ({group_marks})",
-                    (state, now, now, *group),
-                )
+                by_relay: dict[tuple[str | None, str | None], list[str]] = {}
+                for message_id in group:
+                    by_relay.setdefault(where[message_id], []).append(message_id)
+                for (via, relay), ids_here in by_relay.items():
+                    group_marks = ", ".join("?" for _ in ids_here)
+                    db.execute(
+                        f"UPDATE messages SET state = ?, attempts = attempts + 1,"
+                        f" next_attempt = ?, lease_token = NULL, last_error = NULL,"
+                        f" updated = ?, relay = ?, relay_address = ?"
+                        f" WHERE id IN ({group_marks})",
+                        (state, now, now, via, relay, *ids_here),
+                    )
+                    if state == SENT:
+                        db.execute(
+                            f"DELETE FROM bodies WHERE message_id IN ({group_marks})", ids_here
+                        )
                 self._moved(ACTIVE, state, len(group))
-                if state == SENT:
-                    db.execute(f"DELETE FROM bodies WHERE message_id IN ({group_marks})", group)
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
@@ -767,13 +803,15 @@ class SQLiteQueue:
             )
         db.execute(
             "UPDATE messages SET state = ?, attempts = ?, next_attempt = ?, lease_token = NULL,"
-            " last_error = ?, updated = ? WHERE id = ?",
+            " last_error = ?, updated = ?, relay = ?, relay_address = ? WHERE id = ?",
             (
                 verdict.state,
                 verdict.attempts,
                 verdict.next_attempt,
                 verdict.last_error,
                 now,
+                outcome.via or None,
+                outcome.relay or None,
                 lease.id,
             ),
         )
@@ -848,12 +886,12 @@ class SQLiteQueue:
         for state in (FAILED, DEFERRED):
             rows += self._db.execute(
                 "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
-                " last_error, updated FROM messages WHERE state = ?"
+                f" last_error, {self._relay_columns}, updated FROM messages WHERE state = ?"
                 " ORDER BY updated DESC LIMIT ?",
                 (state, limit),
             ).fetchall()
-        rows.sort(key=lambda row: row[9], reverse=True)
-        return [self._info(row[:9]) for row in rows[:limit]]
+        rows.sort(key=lambda row: row[11], reverse=True)
+        return [self._info(row[:11]) for row in rows[:limit]]
 
     @_driver_errors
     def messages(
@@ -865,7 +903,7 @@ class SQLiteQueue:
         """Oldest first; streamed, so a million-message queue is never in memory at once."""
         query = (
             "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
-            " last_error FROM messages"
+            f" last_error, {self._relay_columns} FROM messages"
         )
         args: list[object] = []
         where = []
@@ -907,13 +945,15 @@ class SQLiteQueue:
             attempts=row[6],
             size=row[7],
             last_error=row[8],
+            relay=row[9],
+            relay_address=row[10],
         )
 
     @_driver_errors
     def show(self, message_id: str) -> MessageInfo:
         row = self._db.execute(
             "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
-            " last_error FROM messages WHERE id = ?",
+            f" last_error, {self._relay_columns} FROM messages WHERE id = ?",
             (message_id,),
         ).fetchone()
         if row is None:
