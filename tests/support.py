@@ -71,7 +71,10 @@ class DeliveryCase(SynchronousTestCase):
             f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
             "[Logging]\nstats_interval = 0\n"
         )
-        self.config = parse_config(text, os.path.join(self.dir, "c.conf"))
+        path = os.path.join(self.dir, "c.conf")
+        with open(path, "w") as handle:  # for tests that reload it
+            handle.write(text)
+        self.config = parse_config(text, path)
         self.store = SQLiteQueue(self.config.queue.path)
 
     def connect(self, relay: Any, client: SMTPClientProtocol) -> Deferred[Any]:

@@ -403,3 +403,49 @@ class RateLimitTests(EndToEndCase):
         self.assertEqual(busiest, 10)
         self.assertGreaterEqual(arrivals[-1] - arrivals[0], 2.9, "four bursts: 0, 1, 2, 3 s")
         self.assertLess(arrivals[9] - arrivals[0], 0.5, "the first ten go at once")
+
+
+class RoutesAndRewritingTests(EndToEndCase):
+    def test_routes_by_sender_and_cron_mail_rewritten(self) -> None:
+        """Two real relays: billing mail goes to its own, the rest by priority; cron's
+        ``From: root`` through ``sendmail -t`` leaves as the configured address, envelope
+        and header; queue show and the log line name the relay that took each message."""
+        main, billing = self.start_peer(), self.start_peer()
+        relays = "".join(
+            self.relay_section(peer.port, priority=str(priority)).replace(
+                "[Relay]", f"[Relay:{name}]"
+            )
+            for name, peer, priority in (("main", main, 1), ("billing", billing, 2))
+        )
+        rewrite_map = os.path.join(self.home, "rewrite-map")
+        with open(rewrite_map, "w") as handle:
+            handle.write("root ops@example.com\n")
+        extra = (
+            "[Route:billing]\nsender = *@billing.example.com\nvia = billing, main\n"
+            f"[Rewrite]\nmap_file = {rewrite_map}\n"
+        )
+        daemon = Daemon(os.path.join(self.home, "d"), relays, extra=extra)
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        invoice = daemon.send(
+            "--from", "Invoices@Billing.example.com", "--to", "c@example.org", "--subject", "i"
+        )
+        cron = daemon.cli(
+            "sendmail",
+            "-t",
+            stdin=b"From: root (Cron Daemon)\nTo: admin@example.org\nSubject: backup\n\nok\n",
+        )
+        self.assertEqual(cron.returncode, 0, cron.stderr)
+        wait_until(lambda: daemon.states() == {"sent": 2}, what="both sent")
+        (to_billing,) = billing.messages()
+        (to_main,) = main.messages()
+        self.assertEqual(to_billing.sender, "Invoices@billing.example.com")  # domain lowered
+        self.assertEqual(to_main.sender, "ops@example.com")
+        self.assertEqual(to_main.header("From"), "Cron Daemon <ops@example.com>")
+        shown = daemon.message(invoice)
+        self.assertEqual(shown["relay"], "billing")
+        self.assertEqual(shown["relay_address"], f"localhost[127.0.0.1]:{billing.port}")
+        (line,) = self.wait_for_outcomes(daemon, invoice, 1)
+        self.assertEqual(line["relay"], f"localhost[127.0.0.1]:{billing.port}")
+        text = daemon.cli("queue", "show", invoice).stdout
+        self.assertIn(f"relay: billing (localhost[127.0.0.1]:{billing.port})", text)

@@ -177,11 +177,53 @@ class OAuth2DeliveryTests(DeliveryCase):
             [*self.lines, *shown, render_config(self.config), json.dumps(self.health())]
         )
         text += self.metrics()
+        from smtpmailer.web.dashboard import render_dashboard
+
+        view = self.successResultOf(Deferred.fromCoroutine(self.service.status.dashboard_view()))
+        page = render_dashboard(view)
+        self.assertIn("invalid_grant", page, "the dashboard shows the reason")
+        text += page
         secrets = ["client-secret-1", *self.tokens.every_access_token]
         secrets += [form["refresh_token"] for form in self.tokens.requests]
         self.assertEqual(len(secrets), 4)  # the client secret, a token, two refreshes
         for secret in secrets:
             self.assertNotIn(secret, text)
+
+    def test_reload_keeps_an_unchanged_section_and_its_token(self) -> None:
+        self.configure_oauth2()
+        self.enqueue()
+        self.start_oauth2()
+        before = self.service.delivery.tokens.get("gmail")
+        self.successResultOf(self.service.reload.request())
+        self.assertIs(self.service.delivery.tokens.get("gmail"), before)
+        self.clock.advance(10)
+        self.enqueue()
+        self.service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(self.tokens.grants_of("refresh_token"), 1, "the token was kept")
+
+    def test_reload_with_a_new_client_secret_uses_it_at_the_next_refresh(self) -> None:
+        self.configure_oauth2()
+        self.enqueue()
+        self.start_oauth2()
+        path = self.config.path
+        with open(path) as handle:
+            text = handle.read()
+        self.tokens.clients["client-1"] = "client-secret-2"  # rotated in the console
+        with open(path, "w") as handle:
+            handle.write(text.replace("client-secret-1", "client-secret-2"))
+        self.successResultOf(self.service.reload.request())
+        status = json.load(open(os.path.join(self.dir, "reload.json")))
+        self.assertIn("[OAuth2:gmail] client_secret", json.dumps(status))
+        self.assertNotIn("client-secret-2", json.dumps(status) + "\n".join(self.lines))
+        # The access token in hand stays good (a new secret does not revoke it); the next
+        # refresh goes out with the new secret.
+        self.clock.advance(3600)
+        message = self.enqueue()
+        self.service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(self.state(message), "sent")
+        self.assertEqual(self.tokens.requests[-1]["client_secret"], "client-secret-2")
 
 
 class OAuthBearerDeliveryTests(OAuth2DeliveryTests):
