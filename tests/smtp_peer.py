@@ -115,10 +115,11 @@ class _BearerHandler(_Handler):
         else:
             user = text.split(",")[1][2:] if text.startswith("n,a=") else ""
         token = fields.get("auth", "").removeprefix("Bearer ")
-        with self.peer.lock:
-            self.peer.auth_attempts.append((mechanism, user))
         assert self.peer.bearer is not None
-        if self.peer.bearer(user, token):
+        accepted = bool(self.peer.bearer(user, token))
+        with self.peer.lock:
+            self.peer.auth_attempts.append((mechanism, user, accepted))
+        if accepted:
             return AuthResult(success=True, auth_data=_Bearer(user.encode()))
         challenge = {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"}
         await server.challenge_auth(json.dumps(challenge))
@@ -150,7 +151,7 @@ class SMTPPeer:
     ) -> None:
         self.lock = threading.Lock()
         self.bearer = bearer
-        self.auth_attempts: list[tuple[str, str]] = []
+        self.auth_attempts: list[tuple[str, str, bool]] = []  # mechanism, user, accepted
         self.behaviour = Behaviour()
         self.received: list[Received] = []
         self.dropped = 0

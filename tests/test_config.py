@@ -323,6 +323,14 @@ class OAuth2ConfigTests(SynchronousTestCase):
         for text, expected in cases.items():
             self.assertIn(expected, self.error(text), text)
 
+    def test_a_section_no_relay_uses_is_a_warning(self) -> None:
+        config = parse_config(self.text(relay="auth = plain\npassword = x\n"), self.path)
+        self.assertIn(
+            f"{self.path}:1: [OAuth2:gmail] is not used by any relay "
+            "(a relay names it with oauth2 = gmail)",
+            config.warnings,
+        )
+
     def test_relay_without_username(self) -> None:
         text = self.text(relay="auth = xoauth2\noauth2 = gmail\n").replace(
             "username = me@example.com\n", ""

@@ -128,6 +128,8 @@ class OAuth2DeliveryTests(DeliveryCase):
         )
         self.assertEqual(info.state, "deferred", "never failed for a token")
         self.assertEqual(info.recipients[0].last_error, f"a.test:25: {reason}")
+        self.assertEqual(self.relay.connections, 0, "no connection without a token")
+        self.assertIn("relay=a.test[none]", "\n".join(self.lines))
         self.assertTrue(any(reason in line for line in self.lines), "the log line says it")
         health = self.health()
         self.assertEqual(health["status"], "fail")

@@ -98,7 +98,8 @@ class OAuth2EndToEndTests(EndToEndCase):
         self.assertLessEqual(len(times), int(ran / (LIFETIME / 2)) + 2)
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         self.assertGreater(min(gaps), LIFETIME / 2 - 0.5, f"two refreshes at once: {gaps}")
-        self.assertNotIn("535", daemon.log())
+        self.assertEqual({accepted for _, _, accepted in peer.auth_attempts}, {True})
+        self.assertNotIn("authentication failed", daemon.log())
         # The rotated refresh token is on disk, private, and the one the endpoint honours.
         on_disk = open(self.refresh_file).read().strip()
         self.assertEqual(self.tokens.refresh_tokens, {on_disk: USER})

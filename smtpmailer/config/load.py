@@ -426,6 +426,13 @@ def parse_config(text: str, path: str) -> Config:
         (_relay(path, base, section, warnings, oauth2) for section in relays),
         key=lambda relay: relay.priority,
     )
+    used = {getattr(relay, "oauth2", None) for relay in relay_configs}
+    for section in oauth2_sections:
+        if section.label not in used:
+            warnings.append(
+                f"{path}:{section.line}: [{section.title}] is not used by any relay "
+                f"(a relay names it with oauth2 = {section.label})"
+            )
     logging: LoggingConfig = read_section(
         Reader(path, by_name.get("Logging"), "Logging"), LoggingConfig
     )

@@ -125,11 +125,14 @@ class SMTPTransport:
             protocol = SMTPClientProtocol(self._clock, relay.timeout)
             label = f"{relay.host}[none]"  # until a TCP connection is made
             try:
+                credentials = self.credentials()
+                if credentials is not None:
+                    # The token first: no connection waits idle on a token endpoint, and
+                    # none is made at all when there is no token to send.
+                    await credentials.secret()
                 await self._connect(relay, protocol)
                 label = peer_label(relay, protocol)
-                session = SMTPSession(
-                    protocol, relay, self._helo, start_tls(relay), self.credentials()
-                )
+                session = SMTPSession(protocol, relay, self._helo, start_tls(relay), credentials)
                 await session.open()
             except TokenRefused as error:
                 protocol.abort()
