@@ -120,6 +120,23 @@ class OAuth2EndToEndTests(EndToEndCase):
         for secret in [*self.tokens.every_access_token, on_disk, "client-secret-1"]:
             self.assertNotIn(secret, log)
 
+    def test_a_token_revoked_mid_run_is_refreshed_without_a_deferral(self) -> None:
+        self.tokens.lifetime = 3600  # only the revocation makes a new token needed
+        peer, daemon = self.start_oauth2(
+            "xoauth2", "max_messages_per_connection = 5\nrate_limit = 20/s\n"
+        )
+        fill_queue(daemon, 60)
+        daemon.start()
+        wait_until(lambda: len(peer.messages()) >= 20, what="20 delivered")
+        self.tokens.revoke_access()  # e.g. the account's password was changed
+        wait_until(lambda: daemon.states() == {"sent": 60}, what="60 sent")
+        refused = [attempt for attempt in peer.auth_attempts if not attempt[2]]
+        self.assertGreaterEqual(len(refused), 1, "the revoked token was offered and refused")
+        self.assertEqual(self.tokens.grants_of("refresh_token"), 2, "one refresh for it")
+        with daemon.db() as db:
+            self.assertEqual(db.execute("SELECT max(attempts) FROM messages").fetchone(), (1,))
+        self.assertNotIn("status=deferred", daemon.log())
+
     def test_invalid_grant_defers_shows_on_health_and_resumes_after_authorize(self) -> None:
         self.tokens.revoke_refresh(open(self.refresh_file).read().strip())
         peer, daemon = self.start_oauth2("oauthbearer")
