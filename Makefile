@@ -9,14 +9,16 @@ BIN := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)
 DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: run test check lint typecheck unit deps system-deps chaos clean
+.PHONY: run test check lint typecheck unit deps system-deps chaos clean install uninstall man news
 
 # Debian packages the tests use, as tool:package: systemd-analyze (the unit file check),
 # the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client),
 # Postfix (smtp-sink and smtp-source for the benchmarks), fail2ban (fail2ban-regex checks
-# the shipped filter against a real log).
+# the shipped filter against a real log), promtool (the alert rules), man and groff (the
+# man pages render without warnings), zsh (its completion script parses).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
-	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban
+	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
+	promtool:prometheus man:man-db groff:groff-base zsh:zsh
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
 # recommends it (we install without recommends).
 PERL_MODULES := Net::SSLeay=libnet-ssleay-perl
@@ -26,6 +28,12 @@ $(DEPS_STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python tools/requirements.py install_requires test > $(VENV)/requirements.txt
 	$(BIN)/python -m pip install -q -r $(VENV)/requirements.txt
+	# The commands of this checkout, so that trying it needs no PYTHONPATH and no -m.
+	for command in smtpmailer:smtpmailer.cli smtpmailer-sendmail:smtpmailer.intake.sendmail.command; do \
+		printf '#!/bin/sh\nPYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" exec "$(CURDIR)/$(BIN)/python" -m %s "$$@"\n' \
+			"$${command#*:}" > $(BIN)/$${command%%:*}; \
+		chmod 755 $(BIN)/$${command%%:*}; \
+	done
 	rm -f $(VENV)/.deps-*
 	touch $@
 
@@ -72,5 +80,25 @@ test: lint typecheck unit
 chaos: deps system-deps
 	$(BIN)/python bench/chaos
 
+# A server install (see README "Install"): a virtualenv at PREFIX, the unit, man pages,
+# completions. DESTDIR stages it for a package; SENDMAIL_LINK=1 adds /usr/sbin/sendmail.
+PREFIX ?= /opt/smtpmailer
+DESTDIR ?=
+INSTALL_ARGS = --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --python "$(PYTHON)"
+
+install: deps
+	$(BIN)/python tools/install.py install $(INSTALL_ARGS) $(if $(filter 1,$(SENDMAIL_LINK)),--sendmail-link)
+
+uninstall:
+	python3 tools/install.py uninstall $(INSTALL_ARGS)
+
+# The man pages alone, into build/man (make install puts them in place).
+man: deps
+	$(BIN)/python tools/manpages.py build/man
+
+# NEWS.rst from the fragments in changelog.d/ (towncrier).
+news: deps
+	$(BIN)/towncrier build --yes --version "$$($(BIN)/python -c 'import smtpmailer; print(smtpmailer.__version__.public())')"
+
 clean:
-	rm -rf $(VENV) _trial_temp var
+	rm -rf $(VENV) _trial_temp var build

@@ -84,6 +84,12 @@ class Metrics:
             ["relay"],
             registry=registry,
         )
+        self.auth_failures = Counter(
+            "smtpmailer_relay_auth_failures",
+            "Sessions a relay would not open for our credentials (AUTH refused, no token)",
+            ["relay"],
+            registry=registry,
+        )
         self.oauth2_refreshes = Counter(
             "smtpmailer_oauth2_refreshes",
             "Access token requests per [OAuth2:NAME], by result (ok, or the error: "

@@ -140,6 +140,7 @@ class OAuth2DeliveryTests(DeliveryCase):
             'smtpmailer_oauth2_refreshes_total{oauth2="gmail",result="invalid_grant"} 1.0', metrics
         )
         self.assertIn('smtpmailer_oauth2_ok{oauth2="gmail"} 0.0', metrics)
+        self.assertIn('smtpmailer_relay_auth_failures_total{relay="a.test"} 1.0', metrics)
         self.authorize()
         self.clock.advance(61)  # retry_delay
         settle(self.clock)

@@ -1,7 +1,7 @@
 """``smtpmailer``: the parser, the routing of ``sendmail``'s own syntax, and ``main``.
 
 Each group of commands is a module of its own (send, queue, daemon, relays, oauth2,
-configure)
+configure, completion)
 that adds its subcommands here. Imports stay inside the commands: ``send`` is run by cron
 jobs and scripts once per message, and must not pay for Twisted or OpenSSL.
 """
@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING
 
-from smtpmailer.cli import configure, daemon, oauth2, queue, relays, send
+from smtpmailer.cli import completion, configure, daemon, oauth2, queue, relays, send
 from smtpmailer.cli.common import CommandError, Console
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sendmail", help="sendmail-compatible: -t, -i/-oi, -f, -F, -bp, -q; message on stdin"
     )
     configure.add_commands(commands)
+    completion.add_commands(commands)
     return parser
 
 

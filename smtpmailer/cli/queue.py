@@ -231,27 +231,31 @@ def add_commands(commands: Any) -> None:
     queue.set_defaults(handler=cmd_queue)
     actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list messages, oldest first (like mailq)")
-    listing.add_argument("--state")
-    listing.add_argument("--limit", type=int)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--state", help="only this state: queued, deferred, active, held, failed, sent"
+    )
+    listing.add_argument("--limit", type=int, help="at most this many messages")
+    listing.add_argument("--json", action="store_true", help="a JSON array, one object each")
     show = actions.add_parser("show", help="one message with its headers")
-    show.add_argument("id")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("id", help="the queue id")
+    show.add_argument(
+        "--json", action="store_true", help="as JSON (recipients, relay, last errors)"
+    )
     retry = actions.add_parser("retry", help="attempt a message now; --all flushes deferred")
-    retry.add_argument("id", nargs="?")
-    retry.add_argument("--all", action="store_true")
-    actions.add_parser("delete", help="remove a message").add_argument("id")
+    retry.add_argument("id", nargs="?", help="the queue id")
+    retry.add_argument("--all", action="store_true", help="every deferred message")
+    actions.add_parser("delete", help="remove a message").add_argument("id", help="the queue id")
     for name, text in (
         ("hold", "keep a message (or --all) from delivery"),
         ("release", "let a held message (or --all) go"),
     ):
         held = actions.add_parser(name, help=text)
-        held.add_argument("id", nargs="?")
-        held.add_argument("--all", action="store_true")
+        held.add_argument("id", nargs="?", help="the queue id")
+        held.add_argument("--all", action="store_true", help="every message that could be")
     actions.add_parser("check", help="check the queue file for damage (SQLite's integrity check)")
     actions.add_parser(
         "salvage",
         help="copy what can be read of a damaged queue into a new file (daemon stopped)",
     )
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="as one JSON object")

@@ -83,16 +83,22 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
 
 def add_commands(commands: Any) -> None:
     send = commands.add_parser("send", help="queue a message; prints its queue id")
-    send.add_argument("--from", dest="sender", metavar="ADDRESS")
-    send.add_argument("--to", action="append", default=[], metavar="ADDRESS")
-    send.add_argument("--cc", action="append", default=[], metavar="ADDRESS")
-    send.add_argument("--bcc", action="append", default=[], metavar="ADDRESS")
-    send.add_argument("--subject")
-    send.add_argument("--body")
+    send.add_argument(
+        "--from", dest="sender", metavar="ADDRESS", help="the sender: address or 'Name <address>'"
+    )
+    send.add_argument("--to", action="append", default=[], metavar="ADDRESS", help="a recipient")
+    send.add_argument("--cc", action="append", default=[], metavar="ADDRESS", help="a copy to")
+    send.add_argument(
+        "--bcc", action="append", default=[], metavar="ADDRESS", help="a hidden recipient"
+    )
+    send.add_argument("--subject", help="the Subject: header")
+    send.add_argument("--body", help="the text body")
     send.add_argument("--body-file", metavar="FILE", help="'-' reads stdin")
-    send.add_argument("--html-file", metavar="FILE")
-    send.add_argument("--attach", action="append", default=[], metavar="FILE")
-    send.add_argument("--header", action="append", default=[], metavar="'K: V'")
+    send.add_argument("--html-file", metavar="FILE", help="an HTML alternative to the text")
+    send.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach a file")
+    send.add_argument(
+        "--header", action="append", default=[], metavar="'K: V'", help="an extra header"
+    )
     send.add_argument("--priority", default="normal", help="high, normal, low or 0-9")
     send.add_argument(
         "-t",

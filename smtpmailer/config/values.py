@@ -23,6 +23,7 @@ def _plain(value: Any) -> str:
 class Value:
     parse: Callable[[str], Any]
     show: Callable[[Any], str] = _plain
+    kind: str = "text"  # what smtpmailer.conf(5) calls it
 
 
 def whole(low: int, high: int | None = None) -> Value:
@@ -36,7 +37,8 @@ def whole(low: int, high: int | None = None) -> Value:
             raise ValueError(f"{value} is out of range (must be {bound})")
         return value
 
-    return Value(parse)
+    between = f"{low}..{high}" if high is not None else f"{low} or more"
+    return Value(parse, kind=f"integer, {between}")
 
 
 def number(low: float) -> Value:
@@ -49,7 +51,7 @@ def number(low: float) -> Value:
             raise ValueError(f"{value:g} is out of range (must be at least {low:g})")
         return value
 
-    return Value(parse, lambda value: f"{value:g}")
+    return Value(parse, lambda value: f"{value:g}", kind=f"number, {low:g} or more")
 
 
 def choice(*choices: str) -> Value:
@@ -59,7 +61,7 @@ def choice(*choices: str) -> Value:
             raise ValueError(f"{text!r} is not one of: {', '.join(choices)}")
         return value
 
-    return Value(parse)
+    return Value(parse, kind="one of " + " | ".join(choices))
 
 
 def _bool(text: str) -> bool:
@@ -104,12 +106,13 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 TEXT = Value(lambda text: text)
-WORDS = Value(_words, lambda words: ", ".join(words or ()))
-PATH = TEXT  # resolved against the config file's folder where the section is read
-BOOL = Value(_bool, lambda value: str(value).lower())
-DURATION = Value(parse_duration, format_duration)
-POSITIVE_DURATION = Value(_positive_duration, format_duration)
-SIZE = Value(parse_size, format_size)
-RATE = Value(lambda text: parse_rate(text) if text else None, _show_rate)
-LISTEN = Value(_listen)
-WORKERS = Value(_workers)
+WORDS = Value(_words, lambda words: ", ".join(words or ()), kind="list")
+# Resolved against the config file's folder where the section is read.
+PATH = Value(lambda text: text, kind="path")
+BOOL = Value(_bool, lambda value: str(value).lower(), kind="boolean")
+DURATION = Value(parse_duration, format_duration, kind="duration")
+POSITIVE_DURATION = Value(_positive_duration, format_duration, kind="duration")
+SIZE = Value(parse_size, format_size, kind="size")
+RATE = Value(lambda text: parse_rate(text) if text else None, _show_rate, kind="rate")
+LISTEN = Value(_listen, kind="endpoint")
+WORKERS = Value(_workers, kind="auto, or 0..16")

@@ -223,6 +223,8 @@ class DeliveryService(Service):
 
     def unreachable(self, pool: RelayPool, jobs: list[Job], error: OpenError) -> None:
         self._relay_failed(pool.relay.label, error.problem)
+        if error.credentials and self.metrics is not None:
+            self.metrics.auth_failures.labels(pool.relay.label).inc()
         if self._stopping:
             self.give_back(jobs)
             return

@@ -31,14 +31,16 @@ class OpenError(Exception):
 
     ``problem`` is the reason alone, ``where`` the relay's address as the operator wrote
     it, and ``label`` what log lines name: ``HOST[none]`` only when no connection was made,
-    else the address that was reached (a failure at TLS or AUTH).
+    else the address that was reached (a failure at TLS or AUTH). ``credentials`` when it
+    was our credentials that were refused or could not be had (a password, a token).
     """
 
-    def __init__(self, problem: str, where: str, label: str) -> None:
+    def __init__(self, problem: str, where: str, label: str, credentials: bool = False) -> None:
         super().__init__(f"{where}: {problem}")
         self.problem = problem
         self.where = where
         self.label = label
+        self.credentials = credentials
 
 
 class Session(Protocol):

@@ -22,7 +22,11 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
-class TokenRefused(SessionError):
+class AuthFailed(SessionError):
+    """The relay refused our credentials: the operator's to fix (metrics count these)."""
+
+
+class TokenRefused(AuthFailed):
     """The relay refused the access token: a new connection with a fresh token may pass."""
 
 
@@ -158,7 +162,7 @@ class SMTPSession:
             problem = f"authentication failed ({mechanism}): {reply}"
             if mechanism in auth.BEARER_MECHANISMS:
                 raise TokenRefused(problem)
-            raise SessionError(problem)
+            raise AuthFailed(problem)
 
     # --- transactions ---
 

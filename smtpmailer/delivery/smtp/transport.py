@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
-from smtpmailer.delivery.smtp.session import SessionError, SMTPSession, TokenRefused
+from smtpmailer.delivery.smtp.session import AuthFailed, SessionError, SMTPSession, TokenRefused
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
 from smtpmailer.oauth2.source import TokenError
 from smtpmailer.queue import Lease, RecipientResult
@@ -138,11 +138,12 @@ class SMTPTransport:
                 protocol.abort()
                 if not last:
                     continue
-                raise OpenError(str(error), f"{relay.host}:{relay.port}", label) from None
+                raise OpenError(str(error), f"{relay.host}:{relay.port}", label, True) from None
             except Exception as error:
                 protocol.abort()
                 problem = describe_error(error)
-                raise OpenError(problem, f"{relay.host}:{relay.port}", label) from None
+                refused = isinstance(error, AuthFailed | TokenError)
+                raise OpenError(problem, f"{relay.host}:{relay.port}", label, refused) from None
             return SMTPConnection(session, label)
         raise AssertionError("unreachable")
 

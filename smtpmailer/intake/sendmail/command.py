@@ -38,6 +38,21 @@ USAGE = (
 )
 
 
+# What each option does, for smtpmailer-sendmail(8) (tools/manpages.py): beside the parser
+# below, which is hand-written because sendmail's syntax is not argparse's.
+OPTIONS = (
+    ("-t", "take the recipients from the To:, Cc: and Bcc: headers (Bcc: is removed)"),
+    ("-i, -oi", "a line holding only a dot does not end the message"),
+    ("-f SENDER, -r SENDER", "the envelope sender (default: the user at this host)"),
+    ("-F NAME", "the sender's full name, for a From: header that is added"),
+    ("-v", "say what happened to the message"),
+    ("-bp", "list the queue, as mailq does"),
+    ("-q", "retry every deferred message now"),
+    ("-bm", "deliver mail (the default)"),
+    ("--config PATH", "the config file (default: $SMTPMAILER_CONFIG, then /etc)"),
+    ("-odb, -oem, -B, -N, -R, -V, -L, -h, -X, -O, ...", "accepted and ignored, with their value"),
+)
+
 # How long to wait for a running daemon's answer (its commit) before giving up.
 DAEMON_ANSWER_TIMEOUT = 60.0
 
