@@ -115,10 +115,28 @@ class ConfigTests(SynchronousTestCase):
             "[API:sendgrid]: HTTP API providers are not implemented yet",
             self.error(MINIMAL + "[API:sendgrid]\nprovider = sendgrid\n"),
         )
+
+    def test_the_postgresql_keys(self) -> None:
         self.assertIn(
-            "postgresql is not implemented yet",
+            ":2: backend = postgresql needs dsn or dsn_file",
             self.error("[Queue]\nbackend = postgresql\n" + MINIMAL),
         )
+        self.assertIn(
+            ":2: dsn is only for backend = postgresql",
+            self.error("[Queue]\ndsn = postgresql://db/mail\n" + MINIMAL),
+        )
+        config = parse_config(
+            "[Queue]\nbackend = postgresql\ndsn = postgresql://db/mail\nnode = mx1\n" + MINIMAL,
+            "/etc/smtpmailer/smtpmailer.conf",
+        )
+        self.assertEqual(
+            (config.queue.dsn, config.queue.node, config.queue.lease_timeout),
+            ("postgresql://db/mail", "mx1", 60.0),
+        )
+        self.assertEqual(config.queue.where, "postgresql (node mx1)")
+        from smtpmailer.config import render_config
+
+        self.assertIn("dsn = <redacted>\n", render_config(config))
 
     def test_inline_comments(self) -> None:
         config = parse_config("[Relay]\nhost = smtp.example.com   ; the smarthost\n", "c")

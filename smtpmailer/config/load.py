@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 import stat
 from typing import Any
 
@@ -408,10 +409,15 @@ def parse_config(text: str, path: str) -> Config:
     oauth2 = tuple(_oauth2(path, base, section, warnings) for section in oauth2_sections)
     daemon = _daemon(path, by_name.get("Daemon"))
     queue = Reader(path, by_name.get("Queue"), "Queue")
-    if queue.get("backend") == "postgresql":
-        raise queue.fail("backend", "backend: postgresql is not implemented yet (use sqlite)")
-    if queue.get("dsn"):
-        raise queue.fail("dsn", "dsn is only for backend = postgresql")
+    backend = queue.get("backend")
+    dsn = _read_secret(queue, base, warnings, "dsn")
+    given = [k for k in ("dsn", "dsn_file", "dsn_env", "node") if queue.raw(k)]
+    if backend == "sqlite" and given:
+        raise queue.fail(given[0], f"{given[0]} is only for backend = postgresql")
+    if backend == "postgresql" and not dsn:
+        raise queue.fail("backend", "backend = postgresql needs dsn or dsn_file")
+    if backend == "postgresql" and queue.raw("path"):
+        raise queue.fail("path", "path is only for backend = sqlite")
     queue_path = queue.get("path")
     queue_config: QueueConfig = read_section(
         queue,
@@ -419,6 +425,8 @@ def parse_config(text: str, path: str) -> Config:
         path=resolve_path(base, queue_path)
         if queue_path
         else os.path.join(daemon.state_dir, "queue.sqlite3"),
+        dsn=dsn,
+        node=queue.get("node") or (socket.gethostname() if backend == "postgresql" else None),
     )
     if queue_config.max_retry_delay < queue_config.retry_delay:
         raise queue.fail("max_retry_delay", "max_retry_delay is shorter than retry_delay")

@@ -56,7 +56,23 @@ class QueueConfig:
         choice("sqlite", "postgresql"), "sqlite", "where the queue is kept", restart=True
     )
     path: str = key(PATH, None, "the SQLite file (default: state_dir/queue.sqlite3)", restart=True)
-    dsn: str | None = key(TEXT, None, "postgresql: the database to connect to", secret=True)
+    dsn: str | None = key(
+        TEXT,
+        None,
+        "postgresql: the database: dsn, dsn_file (mode 0600, for one with a password) or dsn_env",
+        secret=True,
+        restart=True,
+        names=("dsn", "dsn_file", "dsn_env"),
+    )
+    node: str | None = key(
+        TEXT, None, "postgresql: this daemon's name in leases (default: host name)", restart=True
+    )
+    lease_timeout: float = key(
+        POSITIVE_DURATION,
+        "60s",
+        "postgresql: a node silent this long loses its leases to the others",
+        restart=True,
+    )
     poll_interval: float = key(POSITIVE_DURATION, "1s", "how often due mail is looked for")
     batch_size: int = key(whole(1, 10000), "50", "messages leased in one poll")
     max_queue_size: int = key(whole(1), "100000", "beyond it new mail is refused")
@@ -67,6 +83,13 @@ class QueueConfig:
     max_age: float = key(POSITIVE_DURATION, "5d", "a message older than this fails")
     max_message_size: int = key(SIZE, "25MB", "larger messages are refused")
     keep_sent: float = key(DURATION, "1d", "how long sent messages stay listed")
+
+    @property
+    def where(self) -> str:
+        """The queue as the ready line and commands name it."""
+        if self.backend == "postgresql":
+            return f"postgresql (node {self.node})"
+        return self.path
 
 
 @attrs.frozen(kw_only=True)

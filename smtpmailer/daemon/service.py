@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from smtpmailer import __version__
 from smtpmailer.config import Config
+from smtpmailer.daemon.heartbeat import HeartbeatService
 from smtpmailer.daemon.reload import ReloadService
 from smtpmailer.daemon.stats import StatsService
 from smtpmailer.daemon.systemd import Notifier, SystemdService
@@ -92,6 +93,7 @@ class MailerService(MultiService):
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.dispatcher.serve(self.delivery, self.poller)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
+        self.heartbeat = HeartbeatService(config, self.queue, reactor)
         notifier = notifier or Notifier({})
         self.reload = ReloadService(
             self,
@@ -129,6 +131,7 @@ class MailerService(MultiService):
             self.delivery,
             self.poller,
             self.stats,
+            self.heartbeat,
             self.status,
             self.manhole,
             self.submission,
@@ -159,6 +162,9 @@ class MailerService(MultiService):
             log.warn("config: {detail}", detail=warning)
         store: QueueStore = self._open_store()
         self.queue.attach(store)
+        beat = getattr(store, "heartbeat", None)
+        if beat is not None:
+            beat(self._reactor.seconds())  # alive before anything is leased
         reclaimed = store.recover_leases()
         if reclaimed:
             log.warn(
@@ -189,7 +195,7 @@ class MailerService(MultiService):
             "smtpmailer {version} ready: queue={queue} relay={relays} queued={queued} "
             "deferred={deferred} held={held}",
             version=__version__.public(),
-            queue=self.config.queue.path,
+            queue=self.config.queue.where,
             relays=relays,
             queued=counts.get("queued", 0),
             deferred=counts.get("deferred", 0),
@@ -237,6 +243,8 @@ class MailerService(MultiService):
             ]
             await DeferredList(first)
             await maybeDeferred(self.delivery.stopService)
+            # The last heartbeat after the last delivery: leases stay ours until then.
+            await maybeDeferred(self.heartbeat.stopService)
             if self._wakeup_port is not None:
                 await self._wakeups.stop(self._wakeup_port)
             await self.dispatcher.flush()

@@ -26,6 +26,16 @@ def open_store(config: Config, *, read_only: bool = False) -> QueueStore:
         from smtpmailer.queue.sqlite import SQLiteQueue
 
         return SQLiteQueue(config.queue.path, read_only=read_only)
+    if config.queue.backend == "postgresql":
+        from smtpmailer.queue.postgresql import PostgreSQLQueue
+
+        assert config.queue.dsn is not None
+        return PostgreSQLQueue(
+            config.queue.dsn,
+            node=config.queue.node,
+            lease_timeout=config.queue.lease_timeout,
+            read_only=read_only,
+        )
     raise QueueError(f"queue backend {config.queue.backend!r} is not available")
 
 
@@ -98,5 +108,71 @@ class DatagramWakeups:
         return stopped.addBoth(remove)
 
 
+class NotifyWakeups:
+    """PostgreSQL's LISTEN/NOTIFY: every commit that adds due mail sends one NOTIFY (the
+    store does it inside the commit, so ``notify`` has nothing left to do), and the daemon
+    listens on a connection of its own, in a thread, reconnecting after a loss."""
+
+    RECONNECT_AFTER = 5.0
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def notify(self) -> bool:
+        return True
+
+    def listen(self, reactor: Any, wake: Callable[[], None]) -> Any:
+        import threading
+
+        stopping = threading.Event()
+        thread = threading.Thread(
+            target=self._listen,
+            args=(reactor, wake, stopping),
+            name="smtpmailer-listen",
+            daemon=True,
+        )
+        thread.start()
+        return (thread, stopping)
+
+    def _listen(self, reactor: Any, wake: Callable[[], None], stopping: Any) -> None:
+        import psycopg
+
+        from smtpmailer.logs import log
+        from smtpmailer.queue.postgresql import CHANNEL
+
+        lost = False
+        while not stopping.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as db:
+                    db.execute(f"LISTEN {CHANNEL}")
+                    if lost:
+                        reactor.callFromThread(log.info, "listening for new mail again")
+                        reactor.callFromThread(wake)  # what was missed meanwhile
+                        lost = False
+                    while not stopping.is_set():
+                        for _ in db.notifies(timeout=1.0, stop_after=1):
+                            reactor.callFromThread(wake)
+            except psycopg.Error as error:
+                if not lost:
+                    text = " ".join(str(error).split())
+                    reactor.callFromThread(
+                        log.warn,
+                        "not listening for new mail ({error}); polling until it is back",
+                        error=text,
+                    )
+                lost = True
+                stopping.wait(self.RECONNECT_AFTER)
+
+    def stop(self, port: Any) -> Any:
+        from twisted.internet.threads import deferToThread
+
+        thread, stopping = port
+        stopping.set()
+        return deferToThread(thread.join, 5)
+
+
 def wakeups_for(config: Config) -> Wakeups:
+    if config.queue.backend == "postgresql":
+        assert config.queue.dsn is not None
+        return NotifyWakeups(config.queue.dsn)
     return DatagramWakeups(config.wakeup_socket)

@@ -91,6 +91,10 @@ class AsyncQueue:
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         return self._call("lease", now, limit, lease_seconds)
 
+    def heartbeat(self, now: float) -> Deferred[None]:
+        """A shared store's node is alive (stores without nodes have no such call)."""
+        return self._call("heartbeat", now)
+
     def release_leases(self, leases: list[Lease]) -> Deferred[int]:
         return self._call("release_leases", leases)
 
