@@ -115,7 +115,7 @@ def retry_all(store: QueueStore, now: float, out: IO[str]) -> None:
 
 
 # The actions that only look: they open the queue read-only and never take its write lock.
-LOOKING = ("list", "show", "stats")
+LOOKING = ("list", "show", "stats", "nodes")
 
 
 def _one_or_all(args: argparse.Namespace) -> None:
@@ -170,6 +170,8 @@ def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int
             show_message(store, now, out, args.id, args.json)
         elif action == "stats":
             _stats(store, now, args.json, out)
+        elif action == "nodes":
+            _nodes(store, now, args.json, out)
         elif action == "delete":
             store.delete(args.id)
             print(f"{args.id}: deleted", file=out)
@@ -201,6 +203,25 @@ def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int
     if action in ("retry", "release"):
         wake_daemon(config)
     return 0
+
+
+def _nodes(store: QueueStore, now: float, as_json: bool, out: IO[str]) -> None:
+    """The daemons sharing this queue: how long since each heartbeat, the leases it holds."""
+    nodes = getattr(store, "nodes", None)
+    if nodes is None:
+        raise CommandError(
+            "queue nodes is for a shared queue (backend = postgresql); this one is a "
+            "SQLite file with one daemon"
+        )
+    found = nodes(now)
+    if as_json:
+        print(json.dumps(found, indent=2, sort_keys=True), file=out)
+        return
+    print(f"{'NODE':<24} {'HEARTBEAT':>10} {'LEASES':>7}  STATE", file=out)
+    for node in found:
+        state = "alive" if node["alive"] else "silent (its leases go to the others)"
+        age = f"{node['heartbeat_age']:.0f}s ago"
+        print(f"{node['node']:<24} {age:>10} {node['leases']:>7}  {state}", file=out)
 
 
 def _stats(store: QueueStore, now: float, as_json: bool, out: IO[str]) -> None:
@@ -257,5 +278,9 @@ def add_commands(commands: Any) -> None:
         "salvage",
         help="copy what can be read of a damaged queue into a new file (daemon stopped)",
     )
+    nodes = actions.add_parser(
+        "nodes", help="shared queue: the daemons on it, their heartbeat age and leases"
+    )
+    nodes.add_argument("--json", action="store_true", help="as a JSON array")
     stats = actions.add_parser("stats", help="counts by state, oldest age, last hour's outcomes")
     stats.add_argument("--json", action="store_true", help="as one JSON object")

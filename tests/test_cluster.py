@@ -1,0 +1,95 @@
+"""Several real ``twistd`` daemons on one PostgreSQL queue: every message delivered once
+the survivors have taken over a killed node's leases, and ``queue nodes`` telling who is
+alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psycopg
+
+from smtpmailer.queue.postgresql import PostgreSQLQueue
+from tests.daemon import Daemon, wait_until
+from tests.postgres import fresh_database
+from tests.support import EndToEndCase
+
+LEASE_TIMEOUT = 3.0
+
+
+class ClusterTests(EndToEndCase):
+    timeout = 180
+
+    def node(self, name: str, dsn: str, port: int, relay: str = "") -> Daemon:
+        queue = (
+            f"backend = postgresql\ndsn = {dsn}\nnode = {name}\n"
+            f"lease_timeout = {LEASE_TIMEOUT:g}s\n"
+        )
+        daemon = Daemon(
+            os.path.join(self.home, name),
+            self.relay_section(port, **{"max_connections": "2"}) + relay,
+            queue,
+        )
+        # The config holds the DSN: private, as a secret's file must be.
+        os.chmod(daemon.config_path, 0o600)
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def states(self, dsn: str) -> dict[str, int]:
+        with psycopg.connect(dsn) as db:
+            return dict(
+                db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall()
+            )
+
+    def test_kill_9_of_one_node_loses_nothing_and_its_leases_are_taken_over(self) -> None:
+        dsn = fresh_database(self)
+        peer = self.start_peer()
+        # A slow relay for node a only would need two relays; instead the rate limit keeps
+        # both nodes busy long enough for the kill to catch leases in flight.
+        a = self.node("a", dsn, peer.port, "rate_limit = 40/s\n")
+        b = self.node("b", dsn, peer.port, "rate_limit = 40/s\n")
+        a.start()
+        b.start()
+        store = PostgreSQLQueue(dsn, node="test")
+        self.addCleanup(store.close)
+        for number in range(300):
+            body = f"From: app@example.com\r\nX-Seq: {number}\r\nSubject: {number}\r\n\r\nx\r\n"
+            store.enqueue(
+                "app@example.com", ["a@example.org"], body.encode(), 5, time.time(), 10**6
+            )
+        wait_until(lambda: len(peer.messages()) >= 60, what="60 deliveries")
+        held_by_a = store.nodes(time.time())
+        a.kill(signal.SIGKILL)
+        killed_at = time.time()
+        in_flight = next(n["leases"] for n in held_by_a if n["node"] == "a")
+        wait_until(lambda: self.states(dsn) == {"sent": 300}, timeout=120, what="all 300 sent")
+        sequence = [int(m.header("X-Seq") or -1) for m in peer.messages()]
+        self.assertEqual(set(sequence), set(range(300)), "every message arrived")
+        duplicates = len(sequence) - 300
+        self.assertLessEqual(duplicates, max(in_flight, 4), "only what a had in flight")
+        # queue nodes: a is silent, b alive, and a holds nothing any more.
+        shown = json.loads(b.cli("queue", "nodes", "--json").stdout)
+        by_name = {node["node"]: node for node in shown}
+        self.assertFalse(by_name["a"]["alive"])
+        self.assertTrue(by_name["b"]["alive"])
+        self.assertEqual(by_name["a"]["leases"], 0)
+        self.assertGreaterEqual(by_name["a"]["heartbeat_age"], time.time() - killed_at - 1)
+        table = b.cli("queue", "nodes").stdout
+        self.assertIn("silent (its leases go to the others)", table)
+        stats = json.loads(b.cli("queue", "stats", "--json").stdout)
+        self.assertEqual((stats["counts"]["sent"], stats["oldest_pending_age"]), (300, None))
+
+    def test_new_mail_wakes_an_idle_node_without_waiting_for_its_poll(self) -> None:
+        dsn = fresh_database(self)
+        peer = self.start_peer()
+        idle = self.node("idle", dsn, peer.port)
+        with open(idle.config_path) as handle:
+            text = handle.read()
+        with open(idle.config_path, "w") as handle:  # only a NOTIFY can wake it in time
+            handle.write(text.replace("poll_interval = 1s", "poll_interval = 1h"))
+        idle.start()
+        sent = idle.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "s")
+        wait_until(lambda: self.states(dsn) == {"sent": 1}, timeout=15, what="delivery")
+        self.assertEqual(idle.message(sent)["state"], "sent")
