@@ -15,7 +15,8 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 # the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client),
 # Postfix (smtp-sink and smtp-source for the benchmarks), fail2ban (fail2ban-regex checks
 # the shipped filter against a real log), promtool (the alert rules), man and groff (the
-# man pages render without warnings), zsh (its completion script parses).
+# man pages render without warnings), zsh (its completion script parses); and PostgreSQL
+# when none answers on 127.0.0.1:5432 (the tests then start a throwaway cluster).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
 	promtool:prometheus man:man-db groff:groff-base zsh:zsh
@@ -49,6 +50,9 @@ system-deps:
 		module=$${pair%%=*}; package=$${pair#*=}; \
 		perl -M$$module -e1 >/dev/null 2>&1 || missing="$$missing $$package"; \
 	done; \
+	if ! bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		missing="$$missing postgresql"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -64,6 +64,13 @@ class ClusterTests(EndToEndCase):
         a.kill(signal.SIGKILL)
         killed_at = time.time()
         in_flight = next(n["leases"] for n in held_by_a if n["node"] == "a")
+
+        def leases_of_a() -> int:
+            return next(n["leases"] for n in store.nodes(time.time()) if n["node"] == "a")
+
+        wait_until(lambda: leases_of_a() == 0, timeout=30, what="a's leases taken over")
+        # a's last heartbeat came at most a second before the kill; b looks every poll.
+        self.assertLess(time.time() - killed_at, LEASE_TIMEOUT + 1 + 1.5)
         wait_until(lambda: self.states(dsn) == {"sent": 300}, timeout=120, what="all 300 sent")
         sequence = [int(m.header("X-Seq") or -1) for m in peer.messages()]
         self.assertEqual(set(sequence), set(range(300)), "every message arrived")
