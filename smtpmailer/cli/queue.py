@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -161,6 +162,8 @@ def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int
     action = args.queue_command
     if action in ("check", "salvage"):
         return check_or_salvage(action, config, console)
+    if action == "migrate":
+        return migrate_from(args.source, config, console)
     store = open_queue(config, read_only=action in LOOKING)
     now = time.time()
     try:
@@ -202,6 +205,32 @@ def cmd_queue(args: argparse.Namespace, config: Config, console: Console) -> int
         store.close()
     if action in ("retry", "release"):
         wake_daemon(config)
+    return 0
+
+
+def migrate_from(source: str, config: Config, console: Console) -> int:
+    """``queue migrate --from sqlite:PATH``: resumable, idempotent, with counts."""
+    from smtpmailer.daemon.lock import holder
+    from smtpmailer.queue.migrate import migrate
+
+    kind, _, path = source.partition(":")
+    if kind != "sqlite" or not path:
+        raise CommandError(
+            "--from takes sqlite:PATH, e.g. sqlite:/var/lib/smtpmailer/queue.sqlite3"
+        )
+    if config.queue.backend != "postgresql":
+        raise CommandError("queue migrate copies into backend = postgresql: set it first")
+    folder = os.path.dirname(os.path.abspath(path))
+    if holder(folder) is not None:
+        raise CommandError(f"a daemon is running on {path}: stop it first")
+    store = open_queue(config)
+    try:
+        report = migrate(path, store)
+    finally:
+        store.close()
+    console.say(
+        f"{_count(report.copied)} copied from {path}, {_count(report.already_there)} already there"
+    )
     return 0
 
 
@@ -277,6 +306,12 @@ def add_commands(commands: Any) -> None:
     actions.add_parser(
         "salvage",
         help="copy what can be read of a damaged queue into a new file (daemon stopped)",
+    )
+    migrating = actions.add_parser(
+        "migrate", help="copy a SQLite queue into the PostgreSQL queue (resumable)"
+    )
+    migrating.add_argument(
+        "--from", dest="source", required=True, metavar="sqlite:PATH", help="the SQLite queue"
     )
     nodes = actions.add_parser(
         "nodes", help="shared queue: the daemons on it, their heartbeat age and leases"

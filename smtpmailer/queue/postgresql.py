@@ -695,6 +695,40 @@ class PostgreSQLQueue:
             raise WrongState(f"message {message_id} was sent; its content is no longer kept")
         return bytes(row[0])
 
+    # --- moving over from SQLite (queue/migrate.py) ---
+
+    @_driver_errors
+    def import_messages(self, batch: Sequence[Any]) -> int:
+        """Insert what is not here yet (by id), in one transaction; returns how many were new."""
+        new = 0
+        with self._transaction() as db:
+            for carried in batch:
+                inserted = db.execute(
+                    "INSERT INTO messages (id, state, priority, sender, created, age_from,"
+                    " next_attempt, attempts, last_error, size, updated)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    carried.row,
+                )
+                if inserted.rowcount != 1:
+                    continue
+                new += 1
+                message_id = carried.row[0]
+                with db.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO recipients (message_id, position, address, state,"
+                        " last_error) VALUES (%s, %s, %s, %s, %s)",
+                        [(message_id, *recipient) for recipient in carried.recipients],
+                    )
+                if carried.body is not None:
+                    db.execute(
+                        "INSERT INTO bodies (message_id, data) VALUES (%s, %s)",
+                        (message_id, carried.body),
+                    )
+                db.execute("SELECT nextval('messages_accepted')")
+            self._notify = new > 0
+        return new
+
     # --- operator actions ---
 
     def _state_of(self, db: Any, message_id: str) -> str:
