@@ -28,57 +28,58 @@ def _answers(dsn: str) -> bool:
     return True
 
 
-def _throwaway_cluster() -> str:
-    """initdb and pg_ctl from /usr/lib/postgresql/*/bin, run as the postgres account when
-    the tests run as root (PostgreSQL refuses to run as root)."""
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not binaries:
-        raise AssertionError(
-            "no PostgreSQL answers on 127.0.0.1:5432 and Debian's postgresql is not "
-            "installed (make test installs it)"
-        )
-    bin_dir = os.path.dirname(binaries[-1])
-    folder = tempfile.mkdtemp(prefix="smtpm-pg-")
-    data = os.path.join(folder, "data")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("postgres")
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run(
-        [*as_user, f"{bin_dir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            f"{bin_dir}/pg_ctl",
-            "-D",
-            data,
-            "-w",
-            "-l",
-            os.path.join(folder, "log"),
-            "-o",
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+class Cluster:
+    """A PostgreSQL of the test's own: initdb and pg_ctl from /usr/lib/postgresql/*/bin, run
+    as the postgres account when the tests run as root (PostgreSQL refuses root). Tests
+    that stop and start the server (a database restart mid-run) use one of these."""
 
-    def stop() -> None:
+    def __init__(self) -> None:
+        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not binaries:
+            raise AssertionError(
+                "Debian's postgresql is not installed (make test installs it when no "
+                "server answers on 127.0.0.1:5432)"
+            )
+        self.bin = os.path.dirname(binaries[-1])
+        self.folder = tempfile.mkdtemp(prefix="smtpm-pg-")
+        self.data = os.path.join(self.folder, "data")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.folder, account.pw_uid, account.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.start()
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
         subprocess.run(
-            [*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
+            [*self.as_user, f"{self.bin}/{tool}", *args], check=True, capture_output=True
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = os.path.join(self.folder, "log")
+        self._run("pg_ctl", "-D", self.data, "-w", "-l", log, "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.data, "-w", "-m", mode, "stop")
+
+    def remove(self) -> None:
+        subprocess.run(
+            [*self.as_user, f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"],
             capture_output=True,
         )
-        shutil.rmtree(folder, True)
+        shutil.rmtree(self.folder, True)
 
-    atexit.register(stop)
-    return f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+def _throwaway_cluster() -> str:
+    cluster = Cluster()
+    atexit.register(cluster.remove)
+    return cluster.dsn
 
 
 def server() -> str:

@@ -100,3 +100,94 @@ class ClusterTests(EndToEndCase):
         sent = idle.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "s")
         wait_until(lambda: self.states(dsn) == {"sent": 1}, timeout=15, what="delivery")
         self.assertEqual(idle.message(sent)["state"], "sent")
+
+
+class DatabaseFaultTests(EndToEndCase):
+    """PostgreSQL itself goes away mid-run: a cluster of the test's own, stopped and started."""
+
+    timeout = 180
+
+    def test_postgresql_restarted_mid_run_refuses_for_a_while_and_loses_nothing(self) -> None:
+        import smtplib
+        import urllib.error
+        import urllib.request
+
+        from tests.postgres import Cluster
+        from tests.support import submission_port
+
+        cluster = Cluster()
+        self.addCleanup(cluster.remove)
+        with psycopg.connect(cluster.dsn, autocommit=True) as admin:
+            admin.execute("CREATE DATABASE mail")
+        dsn = cluster.dsn.replace("dbname=postgres", "dbname=mail")
+        peer = self.start_peer()
+        token = os.path.join(self.home, "status-token")
+        with open(token, "w") as handle:
+            handle.write("t0ken-for-http-submission\n")
+        os.chmod(token, 0o600)
+        daemon = Daemon(
+            os.path.join(self.home, "d"),
+            self.relay_section(peer.port, max_connections="2") + "rate_limit = 20/s\n",
+            f"backend = postgresql\ndsn = {dsn}\nnode = d\nlease_timeout = 3s\n",
+            extra="[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+            status=f"token_file = {token}\n",
+        )
+        os.chmod(daemon.config_path, 0o600)
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = submission_port(daemon)
+        store = PostgreSQLQueue(dsn, node="test")
+        for number in range(100):
+            body = f"From: app@example.com\r\nX-Seq: {number}\r\nSubject: {number}\r\n\r\nx\r\n"
+            store.enqueue(
+                "app@example.com", ["a@example.org"], body.encode(), 5, time.time(), 10**6
+            )
+        store.close()
+        wait_until(lambda: len(peer.messages()) >= 20, what="20 deliveries")
+        cluster.stop()
+        # Every way in answers "try again later"; /health says why.
+        sendmail = daemon.cli(
+            "sendmail", "-t", stdin=b"From: a@example.com\nTo: b@example.org\nSubject: s\n\nx\n"
+        )
+        self.assertEqual(sendmail.returncode, 75, sendmail.stderr)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            with self.assertRaises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.com", ["b@example.org"], b"Subject: s\r\n\r\nx\r\n")
+        # DESIGN.md's refusal table: a busy store is 452 4.3.1, a temporary refusal.
+        self.assertEqual(refused.exception.smtp_code, 452)
+        self.assertTrue(refused.exception.smtp_error.startswith(b"4.3.1"))
+        url = open(os.path.join(daemon.state_dir, "status.url")).read().strip()
+        request = urllib.request.Request(
+            url + "/v1/messages",
+            data=json.dumps(
+                {"from": "a@example.com", "to": "b@example.org", "subject": "s", "text": "x"}
+            ).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Bearer t0ken-for-http-submission",
+            },
+        )
+        with self.assertRaises(urllib.error.HTTPError) as http:
+            urllib.request.urlopen(request, timeout=30)
+        self.assertEqual(http.exception.code, 503)
+        with self.assertRaises(urllib.error.HTTPError) as health:
+            urllib.request.urlopen(url + "/health", timeout=30)
+        self.assertEqual(health.exception.code, 503)
+        self.assertIn("does not answer", json.loads(health.exception.read())["reasons"][0])
+        # Back: everything accepted before the stop is delivered, nothing twice more than
+        # the deliveries whose outcome could not be committed while it was down.
+        cluster.start()
+        wait_until(lambda: self.sent(dsn) == 100, timeout=90, what="all 100 sent after the restart")
+        sequence = [int(m.header("X-Seq") or -1) for m in peer.messages() if m.header("X-Seq")]
+        self.assertEqual(set(sequence), set(range(100)))
+        self.assertLessEqual(len(sequence) - 100, 4, "at most what was in flight")
+        self.assertEqual(daemon.cli("health").returncode, 0)
+        self.assertNotIn("Traceback", daemon.log(), "one line per problem, never a traceback")
+
+    def sent(self, dsn: str) -> int:
+        try:
+            with psycopg.connect(dsn, connect_timeout=3) as db:
+                row = db.execute("SELECT count(*) FROM messages WHERE state = 'sent'").fetchone()
+        except psycopg.Error:
+            return -1
+        return int(row[0]) if row else 0
