@@ -43,23 +43,31 @@ class ClusterTests(EndToEndCase):
                 db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall()
             )
 
-    def test_kill_9_of_one_node_loses_nothing_and_its_leases_are_taken_over(self) -> None:
+    def test_kill_9_of_one_of_three_nodes_loses_nothing_and_its_leases_are_taken_over(
+        self,
+    ) -> None:
         dsn = fresh_database(self)
         peer = self.start_peer()
-        # A slow relay for node a only would need two relays; instead the rate limit keeps
-        # both nodes busy long enough for the kill to catch leases in flight.
-        a = self.node("a", dsn, peer.port, "rate_limit = 40/s\n")
-        b = self.node("b", dsn, peer.port, "rate_limit = 40/s\n")
-        a.start()
-        b.start()
+        # The rate limit keeps the nodes busy long enough for the kill to catch leases.
+        a, b, c = (self.node(name, dsn, peer.port, "rate_limit = 80/s\n") for name in "abc")
+        for node in (a, b, c):
+            node.start()
         store = PostgreSQLQueue(dsn, node="test")
         self.addCleanup(store.close)
-        for number in range(300):
-            body = f"From: app@example.com\r\nX-Seq: {number}\r\nSubject: {number}\r\n\r\nx\r\n"
-            store.enqueue(
-                "app@example.com", ["a@example.org"], body.encode(), 5, time.time(), 10**6
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage(
+                "app@example.com",
+                ("a@example.org",),
+                f"From: app@example.com\r\nX-Seq: {n}\r\nSubject: {n}\r\n\r\nx\r\n".encode(),
+                5,
             )
-        wait_until(lambda: len(peer.messages()) >= 60, what="60 deliveries")
+            for n in range(2000)
+        ]
+        for first in range(0, 2000, 500):
+            store.enqueue_many(items[first : first + 500], time.time(), 10**6)
+        wait_until(lambda: len(peer.messages()) >= 300, what="300 deliveries")
         held_by_a = store.nodes(time.time())
         a.kill(signal.SIGKILL)
         killed_at = time.time()
@@ -71,10 +79,10 @@ class ClusterTests(EndToEndCase):
         wait_until(lambda: leases_of_a() == 0, timeout=30, what="a's leases taken over")
         # a's last heartbeat came at most a second before the kill; b looks every poll.
         self.assertLess(time.time() - killed_at, LEASE_TIMEOUT + 1 + 1.5)
-        wait_until(lambda: self.states(dsn) == {"sent": 300}, timeout=120, what="all 300 sent")
+        wait_until(lambda: self.states(dsn) == {"sent": 2000}, timeout=120, what="all 2000 sent")
         sequence = [int(m.header("X-Seq") or -1) for m in peer.messages()]
-        self.assertEqual(set(sequence), set(range(300)), "every message arrived")
-        duplicates = len(sequence) - 300
+        self.assertEqual(set(sequence), set(range(2000)), "every message arrived")
+        duplicates = len(sequence) - 2000
         self.assertLessEqual(duplicates, max(in_flight, 4), "only what a had in flight")
         # queue nodes: a is silent, b alive, and a holds nothing any more.
         shown = json.loads(b.cli("queue", "nodes", "--json").stdout)
@@ -86,7 +94,8 @@ class ClusterTests(EndToEndCase):
         table = b.cli("queue", "nodes").stdout
         self.assertIn("silent (its leases go to the others)", table)
         stats = json.loads(b.cli("queue", "stats", "--json").stdout)
-        self.assertEqual((stats["counts"]["sent"], stats["oldest_pending_age"]), (300, None))
+        self.assertEqual((stats["counts"]["sent"], stats["oldest_pending_age"]), (2000, None))
+        self.assertTrue(by_name["c"]["alive"])
 
     def test_new_mail_wakes_an_idle_node_without_waiting_for_its_poll(self) -> None:
         dsn = fresh_database(self)
