@@ -61,6 +61,23 @@ class TinyBenchTests(TestCase):
         report = self.bench("submit", "--messages", "200", "--runs", "1", "--calls", "2")
         self.assertIn("ratio", report["accept_per_s"])  # type: ignore[operator]
 
+    def test_cluster(self) -> None:
+        from tests.postgres import server
+
+        report = self.bench(
+            "cluster",
+            "--messages",
+            "200",
+            "--slow-messages",
+            "60",
+            "--runs",
+            "1",
+            "--dsn",
+            server(),
+        )
+        self.assertEqual(sorted(report["nodes, relay 20 ms"]), ["1", "2", "3"])  # type: ignore[call-overload]
+        self.assertIn("ratio", report["drain 1KB"])  # type: ignore[operator]
+
     def test_chaos(self) -> None:
         """The fault suite (bench/chaos): every check must hold, even in its tiny mode."""
         report = self.bench("chaos", "--tiny")

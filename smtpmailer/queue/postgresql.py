@@ -29,6 +29,7 @@ from smtpmailer.queue import (
     QUEUED,
     RCPT_FAILED,
     RCPT_PENDING,
+    RCPT_SENT,
     SENT,
     STATES,
     Lease,
@@ -315,7 +316,7 @@ class PostgreSQLQueue:
         now: float,
     ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]:
         with self._transaction() as db:
-            recorded = [self._record_one(db, o, now, policy) for o in outcomes]
+            recorded = self._record(db, outcomes, now, policy) if outcomes else []
             results, leases = (
                 self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
                 if items
@@ -481,7 +482,99 @@ class PostgreSQLQueue:
         self, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy
     ) -> list[Recorded]:
         with self._transaction() as db:
-            return [self._record_one(db, outcome, now, policy) for outcome in outcomes]
+            return self._record(db, outcomes, now, policy)
+
+    def _record(
+        self, db: Any, outcomes: Sequence[Outcome], now: float, policy: RetryPolicy
+    ) -> list[Recorded]:
+        """Outcomes whose every recipient got its 2xx (the common case) a few statements
+        for the whole batch; the rest one by one. Each statement is a round trip to the
+        server: one by one, a batch of 200 would take over a thousand."""
+        seen: dict[str, int] = {}
+        for outcome in outcomes:
+            seen[outcome.lease.id] = seen.get(outcome.lease.id, 0) + 1
+        simple = [
+            index
+            for index, outcome in enumerate(outcomes)
+            if seen[outcome.lease.id] == 1
+            and outcome.results
+            and all(result.status == RCPT_SENT for result in outcome.results)
+            and sorted(result.address for result in outcome.results)
+            == sorted(outcome.lease.recipients)
+        ]
+        recorded: list[Recorded | None] = [None] * len(outcomes)
+        if simple:
+            for index, done in zip(
+                simple, self._record_all_sent(db, [outcomes[i] for i in simple], now), strict=True
+            ):
+                recorded[index] = done
+        for index, outcome in enumerate(outcomes):
+            if recorded[index] is None:
+                recorded[index] = self._record_one(db, outcome, now, policy)
+        return [done for done in recorded if done is not None]
+
+    def _record_all_sent(self, db: Any, outcomes: Sequence[Outcome], now: float) -> list[Recorded]:
+        ids = [outcome.lease.id for outcome in outcomes]
+        rows = {
+            row[0]: row[1:]
+            for row in db.execute(
+                "SELECT id, state, lease_token, attempts FROM messages WHERE id = ANY(%s)"
+                " FOR UPDATE",
+                (ids,),
+            )
+        }
+        live = [
+            o.lease.id
+            for o in outcomes
+            if o.lease.id in rows
+            and rows[o.lease.id][0] == ACTIVE
+            and rows[o.lease.id][1] == o.lease.token
+        ]
+        failed: set[str] = set()
+        if live:
+            db.execute(
+                "UPDATE recipients SET state = %s, last_error = NULL"
+                " WHERE message_id = ANY(%s) AND state = %s",
+                (RCPT_SENT, live, RCPT_PENDING),
+            )
+            failed = {
+                message_id
+                for (message_id,) in db.execute(
+                    "SELECT DISTINCT message_id FROM recipients"
+                    " WHERE message_id = ANY(%s) AND state = %s",
+                    (live, RCPT_FAILED),
+                )
+            }
+            where = {o.lease.id: (o.via or None, o.relay or None) for o in outcomes}
+            groups: dict[tuple[str, str | None, str | None], list[str]] = {}
+            for message_id in live:
+                state = rules.all_sent_state(message_id in failed)
+                groups.setdefault((state, *where[message_id]), []).append(message_id)
+            for (state, via, relay), group in groups.items():
+                db.execute(
+                    "UPDATE messages SET state = %s, attempts = attempts + 1,"
+                    " next_attempt = %s, lease_token = NULL, lease_node = NULL,"
+                    " last_error = NULL, updated = %s, relay = %s, relay_address = %s"
+                    " WHERE id = ANY(%s)",
+                    (state, now, now, via, relay, group),
+                )
+            sent = [message_id for message_id in live if message_id not in failed]
+            if sent:
+                db.execute("DELETE FROM bodies WHERE message_id = ANY(%s)", (sent,))
+        done = []
+        for outcome in outcomes:
+            row = rows.get(outcome.lease.id)
+            if outcome.lease.id not in live:
+                done.append(
+                    Recorded(
+                        outcome, row[0] if row else "deleted", row[2] if row else 0, stale=True
+                    )
+                )
+                continue
+            assert row is not None
+            state = rules.all_sent_state(outcome.lease.id in failed)
+            done.append(Recorded(outcome, state, row[2] + 1))
+        return done
 
     def _record_one(self, db: Any, outcome: Outcome, now: float, policy: RetryPolicy) -> Recorded:
         lease = outcome.lease
