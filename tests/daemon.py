@@ -188,3 +188,44 @@ def fill_queue(daemon: Daemon, count: int) -> None:
         ).encode()
         store.enqueue("app@example.com", ["a@example.org"], body, 5, float(number), 10**6)
     store.close()
+
+
+def ssh_keypair(home: str, name: str) -> str:
+    """An ed25519 key without a passphrase in ``home``; returns the private key's path."""
+    path = os.path.join(home, name)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True, timeout=60
+    )
+    return path
+
+
+def manhole_ssh(
+    port: int, key: str, commands: str, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """The OpenSSH client into a daemon's manhole, typing ``commands``."""
+    return subprocess.run(
+        [
+            "ssh",
+            "-tt",
+            "-p",
+            str(port),
+            "-i",
+            key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            *options,
+            "admin@127.0.0.1",
+        ],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

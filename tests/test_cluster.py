@@ -200,3 +200,103 @@ class DatabaseFaultTests(EndToEndCase):
         except psycopg.Error:
             return -1
         return int(row[0]) if row else 0
+
+
+class InspectionOnPostgreSQLTests(EndToEndCase):
+    """/health, /metrics, /v1/queue, the dashboard and the manhole on a PostgreSQL node."""
+
+    timeout = 120
+
+    def test_every_way_of_looking(self) -> None:
+        import re
+        import urllib.request
+
+        from tests.daemon import manhole_ssh, ssh_keypair
+
+        dsn = fresh_database(self)
+        peer = self.start_peer()
+        key = ssh_keypair(self.home, "operator")
+        daemon = Daemon(
+            os.path.join(self.home, "d"),
+            self.relay_section(peer.port),
+            f"backend = postgresql\ndsn = {dsn}\nnode = mx1\n",
+            extra=(f"[Manhole]\nlisten = tcp:0:interface=127.0.0.1\nauthorized_keys = {key}.pub\n"),
+        )
+        os.chmod(daemon.config_path, 0o600)
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        sent = daemon.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "s")
+        wait_until(lambda: daemon.message(sent)["state"] == "sent", what="delivery")
+        peer.set(tempfail_data=100)  # the next one waits, deferred
+        waiting = daemon.send(
+            "--from", "app@example.com", "--to", "b@example.org", "--subject", "w"
+        )
+        wait_until(lambda: daemon.message(waiting)["state"] == "deferred", what="a deferral")
+        url = open(os.path.join(daemon.state_dir, "status.url")).read().strip()
+
+        def get(path: str) -> str:
+            with urllib.request.urlopen(url + path, timeout=10) as response:
+                self.assertEqual(response.status, 200, path)
+                return response.read().decode()
+
+        self.assertEqual(json.loads(get("/health"))["status"], "ok")
+        self.assertIn('smtpmailer_queue_messages{state="deferred"} 1.0', get("/metrics"))
+        listed = json.loads(get("/v1/queue?state=deferred"))
+        self.assertEqual([m["id"] for m in listed["messages"]], [waiting])
+        self.assertEqual(json.loads(get(f"/v1/queue/{sent}"))["relay"], "localhost")
+        self.assertIn(waiting, get("/"))
+        found = wait_until(
+            lambda: re.search(r"manhole listening on 127.0.0.1:(\d+)", daemon.log()),
+            what="the manhole",
+        )
+        session = manhole_ssh(int(found.group(1)), key, f"ls()\rhold('{waiting}')\rstats\r")
+        self.assertIn(f"{waiting}  deferred", session.stdout)
+        self.assertIn(f"{waiting}: held", session.stdout)
+        self.assertEqual(daemon.message(waiting)["state"], "held")
+
+
+class BackendTerminationTests(EndToEndCase):
+    timeout = 120
+
+    def test_connections_killed_by_the_server_during_a_run_lose_nothing(self) -> None:
+        """pg_terminate_backend on every connection of the daemon, again and again."""
+        dsn = fresh_database(self)
+        peer = self.start_peer()
+        daemon = Daemon(
+            os.path.join(self.home, "d"),
+            self.relay_section(peer.port, max_connections="2") + "rate_limit = 50/s\n",
+            f"backend = postgresql\ndsn = {dsn}\nnode = d\n",
+        )
+        os.chmod(daemon.config_path, 0o600)
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        store = PostgreSQLQueue(dsn, node="test")
+        self.addCleanup(store.close)
+        from smtpmailer.queue import NewMessage
+
+        items = [
+            NewMessage(
+                "app@example.com",
+                ("a@example.org",),
+                f"From: app@example.com\r\nX-Seq: {n}\r\nSubject: {n}\r\n\r\nx\r\n".encode(),
+                5,
+            )
+            for n in range(200)
+        ]
+        store.enqueue_many(items, time.time(), 10**6)
+        name = dsn.rsplit("dbname=", 1)[1]
+        killed = 0
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for round_ in range(4):
+                wait_until(lambda r=round_: len(peer.messages()) >= 30 * (r + 1), what="progress")
+                killed += admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = %s AND application_name = 'smtpmailer d'",
+                    (name,),
+                ).fetchone()[0]
+        self.assertGreaterEqual(killed, 4)
+        wait_until(lambda: store.counts()["sent"] == 200, timeout=90, what="all 200 sent")
+        sequence = [int(m.header("X-Seq") or -1) for m in peer.messages()]
+        self.assertEqual(set(sequence), set(range(200)))
+        self.assertLessEqual(len(sequence) - 200, 8, "at most what was in flight at each kill")
+        self.assertNotIn("Traceback", daemon.log())

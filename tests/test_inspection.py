@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.daemon import Daemon, started_peer, temporary_home, wait_until
+from tests.daemon import Daemon, manhole_ssh, ssh_keypair, started_peer, temporary_home, wait_until
 
 
 def relay_section(port: int) -> str:
@@ -128,41 +128,12 @@ class HTTPTests(InspectionCase):
 
 class ManholeTests(InspectionCase):
     def keypair(self, name: str) -> str:
-        path = os.path.join(self.home, name)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True, timeout=60
-        )
-        return path
+        return ssh_keypair(self.home, name)
 
     def ssh(
         self, port: int, key: str, commands: str, *options: str
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "ssh",
-                "-tt",
-                "-p",
-                str(port),
-                "-i",
-                key,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                *options,
-                "admin@127.0.0.1",
-            ],
-            input=commands,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return manhole_ssh(port, key, commands, *options)
 
     def test_console_over_ssh_with_a_key(self) -> None:
         key = self.keypair("operator")
