@@ -103,6 +103,12 @@ class Metrics:
             ["oauth2"],
             registry=registry,
         )
+        self.info = Gauge(
+            "smtpmailer_info",
+            "Always 1: this daemon's version, queue backend and node name (shared queue)",
+            ["version", "backend", "node"],
+            registry=registry,
+        )
         self.reloads = Counter(
             "smtpmailer_reloads", "Configuration reloads attempted", registry=registry
         )

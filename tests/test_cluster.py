@@ -240,7 +240,11 @@ class InspectionOnPostgreSQLTests(EndToEndCase):
                 return response.read().decode()
 
         self.assertEqual(json.loads(get("/health"))["status"], "ok")
-        self.assertIn('smtpmailer_queue_messages{state="deferred"} 1.0', get("/metrics"))
+        metrics = get("/metrics")
+        self.assertIn('smtpmailer_queue_messages{state="deferred"} 1.0', metrics)
+        self.assertRegex(
+            metrics, r'smtpmailer_info\{backend="postgresql",node="mx1",version="[^"]+"\} 1.0'
+        )
         listed = json.loads(get("/v1/queue?state=deferred"))
         self.assertEqual([m["id"] for m in listed["messages"]], [waiting])
         self.assertEqual(json.loads(get(f"/v1/queue/{sent}"))["relay"], "localhost")

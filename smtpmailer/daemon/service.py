@@ -75,6 +75,9 @@ class MailerService(MultiService):
         self._wakeups = backends.wakeups_for(config)
         self._wakeup_port: Any = None
         self.metrics = Metrics()
+        self.metrics.info.labels(
+            __version__.public(), config.queue.backend, config.queue.node or ""
+        ).set(1)
         self.queue = AsyncQueue(run)
         # Submissions (SMTP, HTTP, sendmail) and delivery outcomes that arrive together
         # share one commit: the Dispatcher's.
