@@ -156,7 +156,14 @@ class TokenSourceTests(SynchronousTestCase):
 
     def source(self, extra: str = "") -> TokenSource:
         config = oauth2_config(self.dir, extra)
-        return TokenSource(config.oauth2[0], config.daemon.state_dir, self.clock, self.server.post)
+        self.counted: list[tuple[str, str]] = []
+        return TokenSource(
+            config.oauth2[0],
+            config.daemon.state_dir,
+            self.clock,
+            self.server.post,
+            counted=lambda section, result: self.counted.append((section, result)),
+        )
 
     def refreshes(self) -> int:
         return self.server.grants_of("refresh_token")
@@ -272,6 +279,7 @@ class TokenSourceTests(SynchronousTestCase):
             self.clock.advance(RETRY_AFTER * 10)
             self.failureResultOf(source.token(), TokenError)
         self.assertEqual(len(self.server.requests), asked, "the refused token is not sent again")
+        self.assertEqual(self.counted, [("gmail", "invalid_grant")], "one request, counted once")
         self.assertEqual(self.log.text().count("invalid_grant"), 1, "logged once, not per try")
         self.write_refresh(self.server.grant("mailer@example.com"))  # oauth2 authorize
         self.assertTrue(self.successResultOf(source.token()).startswith("ya29."))

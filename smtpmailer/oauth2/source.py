@@ -52,6 +52,14 @@ class TokenError(Exception):
         self.error = error
 
 
+class _Unchanged(Exception):
+    """The refresh token on disk is still the one refused: the last failure stands."""
+
+    def __init__(self, failure: TokenError) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 def _advice(config: OAuth2Config, error: str) -> str:
     if error == "invalid_grant" and config.flow == "refresh_token":
         return f"; run: smtpmailer oauth2 authorize {config.name}"
@@ -156,7 +164,8 @@ class TokenSource:
                     "no_refresh_token",
                 )
             if self._refused is not None and refresh == self._refused and self._failure:
-                raise self._failure  # the same token the endpoint refused for good
+                # The same token the endpoint refused for good: not asked, not counted.
+                raise _Unchanged(self._failure)
         issued_for = self._issued_for(refresh)
         if not self._cache_read and self._cache is not None:
             self._cache_read = True
@@ -224,6 +233,10 @@ class TokenSource:
                 waiter.callback(result.value)
             return
         error = result.value
+        if isinstance(error, _Unchanged):
+            for waiter in waiters:
+                waiter.errback(error.failure)
+            return
         if not isinstance(error, TokenError):
             log.failure("oauth2 {name}: refresh failed", failure=result, name=name)
             error = TokenError(f"oauth2 {name}: {type(error).__name__}: {error}", "internal")

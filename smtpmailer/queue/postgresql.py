@@ -233,7 +233,11 @@ class PostgreSQLQueue:
 
             def __exit__(self, kind: Any, value: Any, trace: Any) -> Any:
                 if kind is None and store._notify:
-                    store._db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                    try:
+                        store._db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                    except BaseException as error:  # roll back, then say why
+                        self._inner.__exit__(type(error), error, error.__traceback__)
+                        raise
                 return self._inner.__exit__(kind, value, trace)
 
         return Transaction()
