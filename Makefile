@@ -90,11 +90,12 @@ PREFIX ?= /opt/smtpmailer
 DESTDIR ?=
 INSTALL_ARGS = --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --python "$(PYTHON)"
 
-install: deps
-	$(BIN)/python tools/install.py install $(INSTALL_ARGS) $(if $(filter 1,$(SENDMAIL_LINK)),--sendmail-link)
+# Only the standard library and the new virtualenv's pip: no need for this checkout's .venv.
+install:
+	$(PYTHON) tools/install.py install $(INSTALL_ARGS) $(if $(filter 1,$(SENDMAIL_LINK)),--sendmail-link)
 
 uninstall:
-	python3 tools/install.py uninstall $(INSTALL_ARGS)
+	$(PYTHON) tools/install.py uninstall $(INSTALL_ARGS)
 
 # The man pages alone, into build/man (make install puts them in place).
 man: deps
