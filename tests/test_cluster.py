@@ -290,13 +290,17 @@ class BackendTerminationTests(EndToEndCase):
         store.enqueue_many(items, time.time(), 10**6)
         name = dsn.rsplit("dbname=", 1)[1]
         killed = 0
+        ours = " FROM pg_stat_activity WHERE datname = %s AND application_name = 'smtpmailer d'"
         with psycopg.connect(dsn, autocommit=True) as admin:
+
+            def connected() -> int:
+                return int(admin.execute("SELECT count(*)" + ours, (name,)).fetchone()[0])
+
             for round_ in range(4):
                 wait_until(lambda r=round_: len(peer.messages()) >= 30 * (r + 1), what="progress")
+                wait_until(connected, what="the daemon to have reconnected")  # it does by itself
                 killed += admin.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE datname = %s AND application_name = 'smtpmailer d'",
-                    (name,),
+                    "SELECT count(pg_terminate_backend(pid))" + ours, (name,)
                 ).fetchone()[0]
         self.assertGreaterEqual(killed, 4)
         wait_until(lambda: store.counts()["sent"] == 200, timeout=90, what="all 200 sent")
