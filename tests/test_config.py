@@ -110,12 +110,6 @@ class ConfigTests(SynchronousTestCase):
             self.error("[Queue]\nretry_delay = 1h\nmax_retry_delay = 1m\n" + MINIMAL),
         )
 
-    def test_not_yet_built_sections_are_refused_not_ignored(self) -> None:
-        self.assertIn(
-            "[API:sendgrid]: HTTP API providers are not implemented yet",
-            self.error(MINIMAL + "[API:sendgrid]\nprovider = sendgrid\n"),
-        )
-
     def test_the_postgresql_keys(self) -> None:
         self.assertIn(
             ":2: backend = postgresql needs dsn or dsn_file",

@@ -151,7 +151,7 @@ def smtpmailer_conf_5(version: str) -> str:
         ),
     ]
     for section, classes in SECTIONS.items():
-        named = section in ("Relay", "OAuth2", "Route")
+        named = section in ("Relay", "API", "OAuth2", "Route")
         lines.append(f'.SH "[{section}{":NAME" if named else ""}]"')
         doc = (classes[0].__doc__ or "").strip()
         if doc and section != "Relay":

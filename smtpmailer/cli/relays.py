@@ -16,7 +16,7 @@ def cmd_test(args: argparse.Namespace, config: Config, console: Console) -> int:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
-    from smtpmailer.config import MaildirRelayConfig
+    from smtpmailer.config import MaildirRelayConfig, SMTPRelayConfig
     from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
     from smtpmailer.delivery.smtp.session import SMTPSession
     from smtpmailer.delivery.smtp.transport import describe_error, start_tls, tcp_connector
@@ -35,6 +35,9 @@ def cmd_test(args: argparse.Namespace, config: Config, console: Console) -> int:
         for relay in relays:
             if isinstance(relay, MaildirRelayConfig):
                 say(f"[{relay.name}] maildir {relay.path}: nothing to connect to")
+                continue
+            if not isinstance(relay, SMTPRelayConfig):
+                say(f"[API:{relay.name}] {relay.where}: an HTTP API, checked by test-api")
                 continue
             say(f"[{relay.name}] {relay.host}:{relay.port} security={relay.security}")
             protocol = SMTPClientProtocol(reactor, relay.timeout)

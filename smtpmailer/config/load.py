@@ -18,6 +18,7 @@ from smtpmailer.config.sections import (
     OAUTH2_MECHANISMS,
     RELAY_KINDS,
     SECTIONS,
+    APIRelayConfig,
     Config,
     DaemonConfig,
     LoggingConfig,
@@ -39,10 +40,9 @@ from smtpmailer.oauth2 import providers
 from smtpmailer.paths import config_folder, default_config_path, resolve_path
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
-# Named in DESIGN.md but not built yet: refusing them is more honest than ignoring them.
-NOT_YET = {
-    "API": "HTTP API providers are not implemented yet",
-}
+# [API:NAME] providers built so far, with the base URL each API lives at; the others are
+# refused by name rather than accepted and ignored.
+API_ENDPOINTS = {"sendgrid": "https://api.sendgrid.com"}
 
 
 def _hint(word: str, candidates: Any) -> str:
@@ -214,6 +214,30 @@ def _relay(
     return smtp
 
 
+def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRelayConfig:
+    """[API:NAME]: a provider that is built, its key, and its endpoint."""
+    reader = Reader(path, section, "API")
+    provider = reader.get("provider")
+    if not provider:
+        raise reader.fail("provider", f"[{section.title}] needs provider")
+    if provider not in API_ENDPOINTS:
+        built = ", ".join(API_ENDPOINTS)
+        raise reader.fail(
+            "provider", f"provider = {provider} is not built yet (built: {built}); use SMTP"
+        )
+    api_key = _read_secret(reader, base, warnings, "api_key")
+    if api_key is None:
+        raise reader.fail("api_key_file", f"[{section.title}] needs api_key_file or api_key_env")
+    endpoint = (reader.get("endpoint") or API_ENDPOINTS[provider]).rstrip("/")
+    problem = _url_problem(endpoint)
+    if problem:
+        raise reader.fail("endpoint", f"endpoint: {problem}")
+    api: APIRelayConfig = read_section(
+        reader, APIRelayConfig, name=section.label, api_key=api_key, endpoint=endpoint
+    )
+    return api
+
+
 def _relay_oauth2(
     reader: Reader,
     section: Section,
@@ -359,15 +383,19 @@ def _sections(
     routes: list[Section] = []
     oauth2: list[Section] = []
     for section in parse_ini(text, path):
-        if section.name in NOT_YET:
-            raise ConfigError(path, section.line, f"[{section.title}]: {NOT_YET[section.name]}")
         if section.name not in SECTIONS:
             raise ConfigError(
                 path,
                 section.line,
                 f"unknown section [{section.title}]{_hint(section.name, SECTIONS)}",
             )
-        if section.name == "Relay":
+        if section.name == "API" and not section.label:
+            raise ConfigError(path, section.line, "name each API relay: [API:NAME]")
+        if section.name in ("Relay", "API"):
+            if section.label and any(s.label == section.label for s in relays):
+                raise ConfigError(
+                    path, section.line, f"a relay named {section.label!r} is defined twice"
+                )
             relays.append(section)
         elif section.name in ("Route", "OAuth2"):
             if not section.label:
@@ -431,7 +459,12 @@ def parse_config(text: str, path: str) -> Config:
     if queue_config.max_retry_delay < queue_config.retry_delay:
         raise queue.fail("max_retry_delay", "max_retry_delay is shorter than retry_delay")
     relay_configs = sorted(
-        (_relay(path, base, section, warnings, oauth2) for section in relays),
+        (
+            _relay(path, base, section, warnings, oauth2)
+            if section.name == "Relay"
+            else _api(path, base, section, warnings)
+            for section in relays
+        ),
         key=lambda relay: relay.priority,
     )
     used = {getattr(relay, "oauth2", None) for relay in relay_configs}

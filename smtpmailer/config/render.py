@@ -27,7 +27,10 @@ SINGLE_AFTER_RELAYS = ("Logging", "Status", "Manhole", "Submission", "Rewrite")
 
 
 def relay_title(config: Config, relay: RelayConfig) -> str:
-    """``Relay`` for a lone unnamed relay, else ``Relay:NAME``, as the file spells it."""
+    """``Relay`` for a lone unnamed relay, else ``Relay:NAME`` (``API:NAME``), as the file
+    spells it."""
+    if relay.kind == "api":
+        return f"API:{relay.name}"
     return "Relay" if len(config.relays) == 1 and relay.name == "default" else f"Relay:{relay.name}"
 
 
@@ -46,8 +49,10 @@ def _shown(obj: Any, field: str, spec: KeySpec, secret: Callable[[Any], str]) ->
 
 
 def _relay_lines(relay: RelayConfig, secret: Callable[[Any], str]) -> Iterator[Line]:
-    """transport first, then the kind's own keys, then the pool's (as in the example file)."""
-    yield "", TRANSPORT[0], relay.kind
+    """transport first (not for [API:NAME], which has none), then the kind's own keys, then
+    the pool's (as in the example file)."""
+    if relay.kind != "api":
+        yield "", TRANSPORT[0], relay.kind
     common = {field for field, _ in declared(RelayBase)}
     fields = declared(type(relay))
     for field, spec in [*(f for f in fields if f[0] not in common), *declared(RelayBase)]:

@@ -157,11 +157,51 @@ class MaildirRelayConfig(RelayBase):
         return f"maildir:{self.path}"
 
 
+API_PROVIDERS = (
+    "sendgrid",
+    "mailgun",
+    "postmark",
+    "ses",
+    "sparkpost",
+    "mailjet",
+    "brevo",
+    "resend",
+)
+
+
+@attrs.frozen(kw_only=True)
+class APIRelayConfig(RelayBase):
+    """``[API:NAME]``: an HTTP mail API as a relay, with a priority, failover and routes like
+    ``[Relay:NAME]``; ``max_connections`` is the requests in flight."""
+
+    kind: ClassVar[str] = "api"
+    provider: str = key(choice(*API_PROVIDERS), None, " | ".join(API_PROVIDERS))
+    api_key: str | None = key(
+        TEXT,
+        None,
+        "the API key: api_key, api_key_file (mode 0600) or api_key_env",
+        secret=True,
+        names=("api_key", "api_key_file", "api_key_env"),
+    )
+    endpoint: str = key(TEXT, None, "base URL: default from provider (EU regions, a test server)")
+    domain: str | None = key(TEXT, None, "mailgun: the sending domain")
+    region: str | None = key(TEXT, None, "ses: e.g. eu-west-1")
+
+    @property
+    def label(self) -> str:
+        return f"api:{self.name}"
+
+    @property
+    def where(self) -> str:
+        return f"api:{self.name} ({self.endpoint})"
+
+
 # A relay is one of these kinds, told apart by ``kind``; delivery picks the transport by it.
-RelayConfig = SMTPRelayConfig | MaildirRelayConfig
+RelayConfig = SMTPRelayConfig | MaildirRelayConfig | APIRelayConfig
 RELAY_KINDS: dict[str, type[RelayBase]] = {
     SMTPRelayConfig.kind: SMTPRelayConfig,
     MaildirRelayConfig.kind: MaildirRelayConfig,
+    APIRelayConfig.kind: APIRelayConfig,
 }
 # The one Relay key that is no field: it picks the class.
 TRANSPORT = ("transport", choice(*TRANSPORTS), "smtp")
@@ -288,6 +328,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Daemon": (DaemonConfig,),
     "Queue": (QueueConfig,),
     "Relay": (SMTPRelayConfig, MaildirRelayConfig),
+    "API": (APIRelayConfig,),
     "OAuth2": (OAuth2Config,),
     "Route": (RouteConfig,),
     "Rewrite": (RewriteConfig,),

@@ -62,6 +62,7 @@ class MailerService(MultiService):
         listen: Callable[[str, Any], Any] | None = None,
         spawn_worker: Spawn | None = None,
         token_poster: Poster | None = None,
+        http_client: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -92,6 +93,7 @@ class MailerService(MultiService):
             metrics=self.metrics,
             on_capacity=self.dispatcher.room_freed,
             token_poster=token_poster,
+            http_client=http_client,
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.dispatcher.serve(self.delivery, self.poller)

@@ -190,11 +190,7 @@ class RelayPool:
                 session = await self._open()
             except OpenError as error:
                 assert job is not None
-                self.down_until = self._clock.seconds() + DOWN_FOR
-                self.last_open_error = error
-                jobs = [job, *self._pending]
-                self._pending.clear()
-                self._owner.unreachable(self, jobs, error)
+                self._unreachable(job, error)
                 return
             self.down_until = 0.0
             self._sessions.add(session)
@@ -207,6 +203,12 @@ class RelayPool:
                 began = self._clock.seconds()
                 try:
                     results = await session.deliver(job.lease)
+                except OpenError as error:
+                    # The relay cannot take mail now (an API's 5xx or 429): this job and
+                    # the ones waiting go on as if no session could be opened.
+                    self._unreachable(job, error)
+                    session.abort()
+                    return
                 except Exception as error:
                     self._owner.broken(self, job, error, session.label)
                     session.abort()
@@ -225,6 +227,15 @@ class RelayPool:
             self.workers -= 1
             self._dispatch()
             self._owner.worker_done()
+
+    def _unreachable(self, job: Job, error: OpenError) -> None:
+        """Mark the relay down (until it said, or DOWN_FOR) and hand back every job here."""
+        now = self._clock.seconds()
+        self.down_until = max(error.pause_until or 0.0, now + DOWN_FOR)
+        self.last_open_error = error
+        jobs = [job, *self._pending]
+        self._pending.clear()
+        self._owner.unreachable(self, jobs, error)
 
     async def _rate_wait(self) -> bool:
         """Wait for the rate limit; False if the pool closed meanwhile."""

@@ -83,6 +83,7 @@ class DeliveryService(Service):
         metrics: Metrics | None = None,
         on_capacity: Callable[[], None] = lambda: None,
         token_poster: Poster | None = None,
+        http_client: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.config = config
         self._recorder = recorder
@@ -98,7 +99,10 @@ class DeliveryService(Service):
             connector=connector,
             blocking=blocking,
             tokens=self.tokens.get,
+            http=http_client,
         )
+        # Relays whose credentials were refused, and what they said, until one delivers.
+        self.credential_problems: dict[str, str] = {}
         self._on_capacity = on_capacity
         self._jobs = 0  # accepted and not yet finished or given back
         self._stopping = False
@@ -211,6 +215,7 @@ class DeliveryService(Service):
     ) -> None:
         if self.metrics is not None:
             self.metrics.delivery_seconds.labels(pool.relay.label).observe(seconds)
+        self.credential_problems.pop(pool.relay.label, None)  # it took our credentials
         self._finish(job, results, label, pool)
 
     def broken(self, pool: RelayPool, job: Job, error: BaseException, label: str) -> None:
@@ -223,8 +228,10 @@ class DeliveryService(Service):
 
     def unreachable(self, pool: RelayPool, jobs: list[Job], error: OpenError) -> None:
         self._relay_failed(pool.relay.label, error.problem)
-        if error.credentials and self.metrics is not None:
-            self.metrics.auth_failures.labels(pool.relay.label).inc()
+        if error.credentials:
+            self.credential_problems[pool.relay.label] = str(error)
+            if self.metrics is not None:
+                self.metrics.auth_failures.labels(pool.relay.label).inc()
         if self._stopping:
             self.give_back(jobs)
             return

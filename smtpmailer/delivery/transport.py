@@ -23,6 +23,7 @@ from smtpmailer.queue import Lease, RecipientResult
 TRANSPORT_MODULES = {
     "smtp": "smtpmailer.delivery.smtp.transport",
     "maildir": "smtpmailer.delivery.maildir",
+    "api": "smtpmailer.delivery.api.transport",
 }
 
 
@@ -41,6 +42,8 @@ class OpenError(Exception):
         self.where = where
         self.label = label
         self.credentials = credentials
+        # Set when the relay said when to come back (an HTTP 429 with its reset time).
+        self.pause_until: float | None = None
 
 
 class Session(Protocol):
@@ -55,7 +58,9 @@ class Session(Protocol):
         """How many messages it has carried, for ``max_messages_per_connection``."""
 
     def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
-        """One message; fails only when the session cannot be trusted any more."""
+        """One message; fails only when the session cannot be trusted any more, or with
+        OpenError when the relay cannot take it now (an HTTP API's 5xx or 429): the
+        message then goes on to the next relay, as if no session could be opened."""
 
     def quit(self) -> Deferred[None]: ...
 
@@ -83,6 +88,8 @@ class TransportContext:
     connector: Callable[..., Deferred[Any]] | None = None
     # Runs blocking work (file writes with fsync) off the reactor thread.
     blocking: Callable[..., Deferred[Any]] | None = None
+    # For HTTP API relays: (request, timeout) -> Deferred response; default: treq.
+    http: Callable[..., Deferred[Any]] | None = None
     # The access tokens of an [OAuth2:NAME], by NAME (a TokenSource), looked up at each
     # open: a reload may have replaced the section while the relay stayed the same.
     tokens: Callable[[str], Any] | None = None

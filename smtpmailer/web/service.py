@@ -151,6 +151,10 @@ class StatusService(ListeningService):
         if self.poller.paused:
             reasons.append("delivery is paused (manhole: resume())")
         reasons += self.delivery.tokens.problems()
+        reasons += [
+            f"relay {name} refuses our credentials: {problem}"
+            for name, problem in sorted(self.delivery.credential_problems.items())
+        ]
         stuck_after = self.config.status.stuck_after
         oldest_age = now - oldest if oldest is not None else None
         last = self.delivery.last_success

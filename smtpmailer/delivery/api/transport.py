@@ -1,0 +1,105 @@
+"""The transport for ``[API:NAME]`` relays: each message one HTTP request, its answer
+classified by one table into per-recipient outcomes:
+
+- 2xx: sent; the provider's message id is in the reply.
+- 408, 429, 5xx, no answer, a timeout: the relay cannot take mail now. The message goes to
+  the next relay or is deferred, as after an SMTP 421; a 429's reset time pauses the relay.
+- 401, 403: our key is refused. Deferred, never failed; counted as a credentials failure.
+- Any other 4xx: the provider refuses this message. Failed, with the provider's words.
+- A message the provider cannot carry: failed, saying what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.http import Client, HTTPFailure, Response, TreqClient
+from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
+
+PROVIDER_MODULES = {"sendgrid": "smtpmailer.delivery.api.sendgrid"}
+# Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
+UNREACHABLE = {408, 429}
+
+
+def _all(lease: Lease, status: str, reply: str) -> tuple[RecipientResult, ...]:
+    return tuple(RecipientResult(r, status, reply) for r in lease.recipients)
+
+
+class APISession:
+    """Requests to one API, one at a time (the pool runs ``max_connections`` of these)."""
+
+    def __init__(self, transport: APITransport) -> None:
+        self._transport = transport
+        self.label = transport.relay.label
+        self.delivered = 0
+        self._sending: Deferred[Any] | None = None
+
+    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+        return Deferred.fromCoroutine(self._deliver(lease))
+
+    async def _deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
+        transport = self._transport
+        relay, provider = transport.relay, transport.provider
+        try:
+            request = provider.build(lease, relay)
+        except provider.Uncarried as error:
+            return _all(lease, RCPT_FAILED, f"5.6.0 {error}")
+        self.delivered += 1
+        try:
+            self._sending = transport.client(request, relay.timeout)
+            response: Response = await self._sending
+        except HTTPFailure as error:
+            raise OpenError(str(error), relay.where, relay.label) from None
+        finally:
+            self._sending = None
+        return transport.classify(lease, response)
+
+    def quit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self) -> None:
+        if self._sending is not None:
+            self._sending.cancel()
+
+
+class APITransport:
+    def __init__(self, relay: APIRelayConfig, context: TransportContext) -> None:
+        self.relay = relay
+        self._clock = context.clock
+        self.provider: Any = importlib.import_module(PROVIDER_MODULES[relay.provider])
+        self.client: Client = context.http or TreqClient(_reactor(), relay.max_connections)
+
+    def open(self) -> Deferred[Session]:
+        return succeed(APISession(self))
+
+    def describe(self, error: BaseException) -> str:
+        return str(error) or type(error).__name__
+
+    def classify(self, lease: Lease, response: Response) -> tuple[RecipientResult, ...]:
+        relay, provider, status = self.relay, self.provider, response.status
+        if 200 <= status < 300:
+            reply = f"HTTP {status} {provider.message_id(response)}".rstrip()
+            return _all(lease, RCPT_SENT, reply)
+        text = f"HTTP {status}: {provider.error_text(response)}"
+        if status in UNREACHABLE or status >= 500:
+            error = OpenError(text, relay.where, relay.label)
+            error.pause_until = provider.pause_until(response, self._clock.seconds())
+            raise error
+        if status in (401, 403):
+            raise OpenError(f"{text} (check the API key)", relay.where, relay.label, True)
+        return _all(lease, RCPT_FAILED, text)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def make_transport(relay: Any, context: TransportContext) -> APITransport:
+    return APITransport(relay, context)

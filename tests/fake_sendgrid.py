@@ -1,0 +1,90 @@
+"""A SendGrid v3 ``/v3/mail/send`` as SendGrid documents it, for tests: Bearer-key auth
+(401 with its error body otherwise), 202 with ``X-Message-Id``, 400 with
+``{"errors": [{"message", "field", "help"}]}``, 429 with ``X-RateLimit-Reset``, 5xx. It keeps
+every body it accepted. ``__call__`` is the in-memory client a transport takes; ``listen``
+serves the same over HTTP on 127.0.0.1 (twisted.web)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from smtpmailer.delivery.api.http import Request, Response
+
+KEY = "SG.test-key.abcdefghijklmnop"
+
+
+def _errors(*messages: tuple[str, str | None]) -> bytes:
+    return json.dumps(
+        {"errors": [{"message": m, "field": f, "help": None} for m, f in messages]}
+    ).encode()
+
+
+class FakeSendGrid:
+    def __init__(self, clock: Any = None) -> None:
+        self.clock = clock
+        self.key = KEY
+        self.accepted: list[dict[str, Any]] = []
+        self.requests: list[Request] = []
+        # Answers to give before behaving normally: (status, headers, body).
+        self.next: list[tuple[int, dict[str, str], bytes]] = []
+        self._ids = itertools.count(1)
+        self._port: Any = None
+
+    def answer(self, request: Request) -> Response:
+        self.requests.append(request)
+        if not request.url.endswith("/v3/mail/send") or request.method != "POST":
+            return Response(404, {}, _errors(("Not found", None)))
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            return Response(
+                401,
+                {"content-type": "application/json"},
+                _errors(("The provided authorization grant is invalid, expired, or revoked", None)),
+            )
+        if self.next:
+            status, headers, body = self.next.pop(0)
+            return Response(status, headers, body)
+        try:
+            body = json.loads(request.body)
+            to = body["personalizations"][0]["to"]
+            assert to and body["from"]["email"] and body["content"]
+        except (ValueError, KeyError, IndexError, AssertionError, TypeError):
+            return Response(400, {}, _errors(("Bad Request", None)))
+        self.accepted.append(body)
+        return Response(202, {"x-message-id": f"sg-{next(self._ids)}"}, b"")
+
+    def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
+        return succeed(self.answer(request))
+
+    def listen(self, reactor: Any) -> str:
+        fake = self
+
+        class Send(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                headers = {
+                    k.decode(): v[-1].decode() for k, v in request.requestHeaders.getAllRawHeaders()
+                }
+                answer = fake.answer(
+                    Request(
+                        "POST", "http://x" + request.uri.decode(), headers, request.content.read()
+                    )
+                )
+                request.setResponseCode(answer.status)
+                for name, value in answer.headers.items():
+                    request.setHeader(name, value)
+                return answer.body
+
+        site = Site(Send())
+        site.noisy = False
+        self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        return f"http://127.0.0.1:{self._port.getHost().port}"
+
+    def close(self) -> Any:
+        return self._port.stopListening() if self._port is not None else None
