@@ -121,8 +121,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_mistakes(self) -> None:
         self.assertIn(
-            ":2: provider = mailgun is not built yet (built: sendgrid); use SMTP",
-            self.error("[API:mg]\nprovider = mailgun\napi_key = k\n"),
+            ":2: provider = postmark is not built yet (built: sendgrid, mailgun); use SMTP",
+            self.error("[API:pm]\nprovider = postmark\napi_key = k\n"),
         )
         self.assertIn("needs api_key_file", self.error("[API:sg]\nprovider = sendgrid\n"))
         self.assertIn("name each API relay", self.error("[API]\nprovider = sendgrid\n"))

@@ -42,7 +42,7 @@ from smtpmailer.paths import config_folder, default_config_path, resolve_path
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 # [API:NAME] providers built so far, with the base URL each API lives at; the others are
 # refused by name rather than accepted and ignored.
-API_ENDPOINTS = {"sendgrid": "https://api.sendgrid.com"}
+API_ENDPOINTS = {"sendgrid": "https://api.sendgrid.com", "mailgun": "https://api.mailgun.net"}
 
 
 def _hint(word: str, candidates: Any) -> str:
@@ -228,7 +228,15 @@ def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRela
     api_key = _read_secret(reader, base, warnings, "api_key")
     if api_key is None:
         raise reader.fail("api_key_file", f"[{section.title}] needs api_key_file or api_key_env")
-    endpoint = (reader.get("endpoint") or API_ENDPOINTS[provider]).rstrip("/")
+    default = API_ENDPOINTS[provider]
+    if provider == "mailgun":
+        if not reader.get("domain"):
+            raise reader.fail("domain", f"[{section.title}] with provider = mailgun needs domain")
+        region = (reader.get("region") or "us").lower()
+        if region not in ("us", "eu"):
+            raise reader.fail("region", "region: mailgun has us and eu")
+        default = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}[region]
+    endpoint = (reader.get("endpoint") or default).rstrip("/")
     problem = _url_problem(endpoint)
     if problem:
         raise reader.fail("endpoint", f"endpoint: {problem}")

@@ -21,7 +21,10 @@ from smtpmailer.delivery.api.http import Client, HTTPFailure, Response, TreqClie
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
-PROVIDER_MODULES = {"sendgrid": "smtpmailer.delivery.api.sendgrid"}
+PROVIDER_MODULES = {
+    "sendgrid": "smtpmailer.delivery.api.sendgrid",
+    "mailgun": "smtpmailer.delivery.api.mailgun",
+}
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}
 
