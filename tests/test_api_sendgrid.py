@@ -121,7 +121,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_mistakes(self) -> None:
         self.assertIn(
-            ":2: provider = postmark is not built yet (built: sendgrid, mailgun); use SMTP",
+            ":2: provider = postmark is not built yet (built: sendgrid, mailgun, sparkpost); "
+            "use SMTP",
             self.error("[API:pm]\nprovider = postmark\napi_key = k\n"),
         )
         self.assertIn("needs api_key_file", self.error("[API:sg]\nprovider = sendgrid\n"))

@@ -42,7 +42,11 @@ from smtpmailer.paths import config_folder, default_config_path, resolve_path
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 # [API:NAME] providers built so far, with the base URL each API lives at; the others are
 # refused by name rather than accepted and ignored.
-API_ENDPOINTS = {"sendgrid": "https://api.sendgrid.com", "mailgun": "https://api.mailgun.net"}
+API_ENDPOINTS = {
+    "sendgrid": "https://api.sendgrid.com",
+    "mailgun": "https://api.mailgun.net",
+    "sparkpost": "https://api.sparkpost.com",
+}
 
 
 def _hint(word: str, candidates: Any) -> str:

@@ -24,6 +24,7 @@ from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 PROVIDER_MODULES = {
     "sendgrid": "smtpmailer.delivery.api.sendgrid",
     "mailgun": "smtpmailer.delivery.api.mailgun",
+    "sparkpost": "smtpmailer.delivery.api.sparkpost",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}

@@ -1,0 +1,76 @@
+"""SparkPost ``POST /api/v1/transmissions``: the stored message as ``content.email_rfc822``.
+
+The recipients are the envelope's (so Bcc works), the queue id goes in ``metadata``, and the
+key is the ``Authorization`` header itself (SparkPost's scheme, no "Bearer"). The message
+travels as a JSON string, so it must be UTF-8 (or ASCII) text: other 8-bit content is a
+clear failure, never mangled.
+
+Answers, as SparkPost documents them: 200 ``{"results": {"id", "total_accepted_recipients",
+"total_rejected_recipients"}}``; 400/422 ``{"errors": [{"message", "description", "code"}]}``;
+401 (a bad key); 403; 429; 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.queue import Lease
+
+
+class Uncarried(Exception):
+    """SparkPost cannot carry this message: the reason says why."""
+
+
+def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    try:
+        text = lease.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Uncarried(
+            "SparkPost takes the message as JSON text: this one has 8-bit bytes that are "
+            "not UTF-8; send it through an SMTP relay"
+        ) from None
+    body = {
+        "recipients": [{"address": {"email": recipient}} for recipient in lease.recipients],
+        "content": {"email_rfc822": text},
+        "metadata": {"smtpmailer_id": lease.id},
+    }
+    return Request(
+        "POST",
+        relay.endpoint + "/api/v1/transmissions",
+        {
+            "Authorization": relay.api_key or "",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+        json.dumps(body, ensure_ascii=False).encode("utf-8"),
+    )
+
+
+def message_id(response: Response) -> str:
+    try:
+        return str(json.loads(response.body)["results"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def error_text(response: Response) -> str:
+    try:
+        errors = json.loads(response.body).get("errors", [])
+        words = [
+            f"{e.get('message', '')}" + (f": {e['description']}" if e.get("description") else "")
+            for e in errors
+            if isinstance(e, dict)
+        ]
+    except (ValueError, AttributeError):
+        words = []
+    return "; ".join(w for w in words if w) or response.body[:200].decode("utf-8", "replace")
+
+
+def pause_until(response: Response, now: float) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
