@@ -46,6 +46,7 @@ API_ENDPOINTS = {
     "sendgrid": "https://api.sendgrid.com",
     "mailgun": "https://api.mailgun.net",
     "sparkpost": "https://api.sparkpost.com",
+    "postmark": "https://api.postmarkapp.com",
 }
 
 

@@ -16,132 +16,66 @@ from __future__ import annotations
 
 import base64
 import json
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.utils import getaddresses
 from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.fields import Uncarried, read
 from smtpmailer.delivery.api.http import Request, Response
 from smtpmailer.queue import Lease
 
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+
 PATH = "/v3/mail/send"
-# Headers SendGrid sets itself or refuses in ``headers`` (its "reserved" list), and the
-# ones mapped to fields of their own.
-NOT_PASSED = {
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "subject",
-    "reply-to",
-    "content-type",
-    "content-transfer-encoding",
-    "mime-version",
-    "date",
-    "message-id",
-    "received",
-    "dkim-signature",
-    "x-sg-id",
-    "x-sg-eid",
-}
-
-
-class Uncarried(Exception):
-    """SendGrid cannot carry this message: the reason names what is missing."""
-
-
-def _addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
-    return [(n, a) for n, a in getaddresses(message.get_all(name, [])) if a]
+# Headers SendGrid refuses in ``headers`` beyond those the fields carry (its reserved list).
+RESERVED = {"x-sg-id", "x-sg-eid"}
 
 
 def _person(name: str, address: str) -> dict[str, str]:
     return {"email": address, "name": name} if name else {"email": address}
 
 
-def _parts(message: EmailMessage) -> tuple[str | None, str | None, list[dict[str, str]]]:
-    """(text, html, attachments) of a message as SendGrid wants them."""
-    kind = message.get_content_type()
-    if kind in ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime"):
-        raise Uncarried(
-            f"SendGrid takes fields, not a {kind} message (its signature or encryption "
-            "would be lost): send it through an SMTP relay"
-        )
-    text = html = None
-    attachments: list[dict[str, str]] = []
-    for part in message.walk():
-        if part.is_multipart():
-            continue
-        disposition = part.get_content_disposition()
-        content_id = (part.get("Content-ID") or "").strip("<> ")
-        part_kind = part.get_content_type()
-        if disposition is None and part_kind == "text/plain" and text is None:
-            text = part.get_content()
-        elif disposition is None and part_kind == "text/html" and html is None:
-            html = part.get_content()
-        else:
-            payload = part.get_payload(decode=True)
-            data = payload if isinstance(payload, bytes) else b""
-            attachment = {
-                "content": base64.b64encode(data).decode("ascii"),
-                "type": part_kind,
-                "filename": part.get_filename() or (content_id or "attachment"),
-                "disposition": "inline"
-                if content_id and disposition != "attachment"
-                else "attachment",
-            }
-            if attachment["disposition"] == "inline":
-                attachment["content_id"] = content_id
-            attachments.append(attachment)
-    if text is None and html is None:
-        raise Uncarried("SendGrid needs a text or html part; this message has neither")
-    return text, html, attachments
-
-
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
-    message = BytesParser(policy=policy.default).parsebytes(lease.data)
-    assert isinstance(message, EmailMessage)
-    envelope = {address.lower(): address for address in lease.recipients}
-    to = [(n, a) for n, a in _addresses(message, "To") if envelope.pop(a.lower(), None)]
-    cc = [(n, a) for n, a in _addresses(message, "Cc") if envelope.pop(a.lower(), None)]
-    bcc = [("", address) for address in envelope.values()]
-    if not to:
+    fields = read(lease, "SendGrid")
+    if not fields.to:
         raise Uncarried(
             "SendGrid needs a To: recipient among the envelope recipients (it builds the "
             "To: header itself): this message has none"
         )
-    senders = _addresses(message, "From")
-    if not senders:
-        raise Uncarried("SendGrid needs a From: header")
     personalization: dict[str, Any] = {
-        "to": [_person(n, a) for n, a in to],
+        "to": [_person(*p) for p in fields.to],
         "custom_args": {"smtpmailer_id": lease.id},
     }
-    if cc:
-        personalization["cc"] = [_person(n, a) for n, a in cc]
-    if bcc:
-        personalization["bcc"] = [_person(n, a) for n, a in bcc]
-    text, html, attachments = _parts(message)
+    if fields.cc:
+        personalization["cc"] = [_person(*p) for p in fields.cc]
+    if fields.bcc:
+        personalization["bcc"] = [_person(*p) for p in fields.bcc]
     content = []
-    if text is not None:
-        content.append({"type": "text/plain", "value": text})
-    if html is not None:
-        content.append({"type": "text/html", "value": html})
+    if fields.text is not None:
+        content.append({"type": "text/plain", "value": fields.text})
+    if fields.html is not None:
+        content.append({"type": "text/html", "value": fields.html})
     body: dict[str, Any] = {
         "personalizations": [personalization],
-        "from": _person(*senders[0]),
-        "subject": str(message.get("Subject", "")),
+        "from": _person(*fields.sender),
+        "subject": fields.subject,
         "content": content,
     }
-    replies = _addresses(message, "Reply-To")
-    if replies:
-        body["reply_to"] = _person(*replies[0])
+    if fields.reply_to:
+        body["reply_to"] = _person(*fields.reply_to)
+    attachments = []
+    for attachment in fields.attachments:
+        entry = {
+            "content": base64.b64encode(attachment.data).decode("ascii"),
+            "type": attachment.content_type,
+            "filename": attachment.filename,
+            "disposition": "inline" if attachment.content_id else "attachment",
+        }
+        if attachment.content_id:
+            entry["content_id"] = attachment.content_id
+        attachments.append(entry)
     if attachments:
         body["attachments"] = attachments
-    headers = {
-        name: str(value) for name, value in message.items() if name.lower() not in NOT_PASSED
-    }
+    headers = {name: value for name, value in fields.headers if name.lower() not in RESERVED}
     if headers:
         body["headers"] = headers
     return Request(

@@ -25,6 +25,7 @@ PROVIDER_MODULES = {
     "sendgrid": "smtpmailer.delivery.api.sendgrid",
     "mailgun": "smtpmailer.delivery.api.mailgun",
     "sparkpost": "smtpmailer.delivery.api.sparkpost",
+    "postmark": "smtpmailer.delivery.api.postmark",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}

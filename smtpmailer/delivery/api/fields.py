@@ -1,0 +1,120 @@
+"""A stored message read as the JSON APIs want it: who from and to, the subject, the text
+and html parts, attachments and inline images, the other headers. The envelope decides who
+receives it: header To and Cc are kept where they are envelope recipients, and the other
+envelope recipients are Bcc. What a fielded API cannot carry (a signed or encrypted
+message, one with no text or html) is Uncarried, with the reason."""
+
+from __future__ import annotations
+
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses
+
+import attrs
+
+from smtpmailer.queue import Lease
+
+# Headers mapped to fields of their own, or that the APIs set themselves.
+FIELDED = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "reply-to",
+    "content-type",
+    "content-transfer-encoding",
+    "mime-version",
+    "date",
+    "message-id",
+    "received",
+    "dkim-signature",
+}
+
+
+class Uncarried(Exception):
+    """The provider cannot carry this message: the reason names what is missing."""
+
+
+@attrs.frozen
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes = attrs.field(repr=False)
+    content_id: str | None = None  # set for an inline part (an image the html shows)
+
+
+@attrs.frozen
+class Fields:
+    sender: tuple[str, str]  # (display name, address)
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    bcc: list[tuple[str, str]]
+    reply_to: tuple[str, str] | None
+    subject: str
+    text: str | None
+    html: str | None
+    attachments: list[Attachment]
+    headers: list[tuple[str, str]]
+
+
+def _addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
+    return [(n, a) for n, a in getaddresses(message.get_all(name, [])) if a]
+
+
+def read(lease: Lease, provider: str) -> Fields:
+    message = BytesParser(policy=policy.default).parsebytes(lease.data)
+    assert isinstance(message, EmailMessage)
+    kind = message.get_content_type()
+    if kind in ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime"):
+        raise Uncarried(
+            f"{provider} takes fields, not a {kind} message (its signature or encryption "
+            "would be lost): send it through an SMTP relay"
+        )
+    envelope = {address.lower(): address for address in lease.recipients}
+    to = [(n, a) for n, a in _addresses(message, "To") if envelope.pop(a.lower(), None)]
+    cc = [(n, a) for n, a in _addresses(message, "Cc") if envelope.pop(a.lower(), None)]
+    bcc = [("", address) for address in envelope.values()]
+    senders = _addresses(message, "From")
+    if not senders:
+        raise Uncarried(f"{provider} needs a From: header")
+    replies = _addresses(message, "Reply-To")
+    text = html = None
+    attachments: list[Attachment] = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        disposition = part.get_content_disposition()
+        content_id = (part.get("Content-ID") or "").strip("<> ")
+        part_kind = part.get_content_type()
+        if disposition is None and part_kind == "text/plain" and text is None:
+            text = part.get_content()
+        elif disposition is None and part_kind == "text/html" and html is None:
+            html = part.get_content()
+        else:
+            payload = part.get_payload(decode=True)
+            inline = bool(content_id) and disposition != "attachment"
+            attachments.append(
+                Attachment(
+                    part.get_filename() or content_id or "attachment",
+                    part_kind,
+                    payload if isinstance(payload, bytes) else b"",
+                    content_id if inline else None,
+                )
+            )
+    if text is None and html is None:
+        raise Uncarried(f"{provider} needs a text or html part; this message has neither")
+    headers = [(name, str(value)) for name, value in message.items() if name.lower() not in FIELDED]
+    return Fields(
+        sender=senders[0],
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        reply_to=replies[0] if replies else None,
+        subject=str(message.get("Subject", "")),
+        text=text,
+        html=html,
+        attachments=attachments,
+        headers=headers,
+    )

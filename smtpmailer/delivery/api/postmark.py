@@ -1,0 +1,109 @@
+"""Postmark ``POST /email``: the stored message mapped field by field.
+
+From, To, Cc and Bcc as Postmark's comma-separated strings (To and Cc from the headers,
+where they are envelope recipients; the other envelope recipients as Bcc), ReplyTo,
+Subject, TextBody and HtmlBody, Attachments (inline ones with their ``cid:`` ContentID),
+Headers, and the queue id in Metadata. The key is the server token header.
+
+Answers, as Postmark documents them: 200 ``{"MessageID", "ErrorCode": 0, "Message": "OK"}``;
+422 ``{"ErrorCode", "Message"}`` (300 invalid email request, 406 inactive recipient, ...);
+401 (a missing or bad server token); 429; 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.queue import Lease
+
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+
+
+SPECIALS = set('()<>[]:;@\\,."')
+
+
+def _person(person: tuple[str, str]) -> str:
+    """``Name <address>`` in plain Unicode (Postmark encodes headers itself), quoted where
+    the name holds a character that would split it."""
+    name, address = person
+    if not name:
+        return address
+    if SPECIALS & set(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
+def _list(people: list[tuple[str, str]]) -> str:
+    return ", ".join(_person(person) for person in people)
+
+
+def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    fields = read(lease, "Postmark")
+    if not (fields.to or fields.cc or fields.bcc):
+        raise Uncarried("Postmark needs at least one recipient")
+    body: dict[str, Any] = {
+        "From": _person(fields.sender),
+        "Subject": fields.subject,
+        "Metadata": {"smtpmailer_id": lease.id},
+        "MessageStream": "outbound",
+    }
+    for key, people in (("To", fields.to), ("Cc", fields.cc), ("Bcc", fields.bcc)):
+        if people:
+            body[key] = _list(people)
+    if fields.reply_to:
+        body["ReplyTo"] = _person(fields.reply_to)
+    if fields.text is not None:
+        body["TextBody"] = fields.text
+    if fields.html is not None:
+        body["HtmlBody"] = fields.html
+    if fields.attachments:
+        body["Attachments"] = [
+            {
+                "Name": attachment.filename,
+                "Content": base64.b64encode(attachment.data).decode("ascii"),
+                "ContentType": attachment.content_type,
+                **({"ContentID": f"cid:{attachment.content_id}"} if attachment.content_id else {}),
+            }
+            for attachment in fields.attachments
+        ]
+    if fields.headers:
+        body["Headers"] = [{"Name": name, "Value": value} for name, value in fields.headers]
+    return Request(
+        "POST",
+        relay.endpoint + "/email",
+        {
+            "X-Postmark-Server-Token": relay.api_key or "",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+        json.dumps(body, ensure_ascii=False).encode("utf-8"),
+    )
+
+
+def message_id(response: Response) -> str:
+    try:
+        return str(json.loads(response.body).get("MessageID", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def error_text(response: Response) -> str:
+    try:
+        data = json.loads(response.body)
+        text = f"{data['Message']} (ErrorCode {data['ErrorCode']})"
+    except (ValueError, KeyError, TypeError):
+        text = response.body[:200].decode("utf-8", "replace")
+    return text
+
+
+def pause_until(response: Response, now: float) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
