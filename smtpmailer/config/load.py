@@ -47,6 +47,7 @@ API_ENDPOINTS = {
     "mailgun": "https://api.mailgun.net",
     "sparkpost": "https://api.sparkpost.com",
     "postmark": "https://api.postmarkapp.com",
+    "resend": "https://api.resend.com",
 }
 
 

@@ -33,6 +33,20 @@ FIELDED = {
 }
 
 
+SPECIALS = set('()<>[]:;@\\,."')
+
+
+def person_text(person: tuple[str, str]) -> str:
+    """``Name <address>`` in plain Unicode (Postmark encodes headers itself), quoted where
+    the name holds a character that would split it."""
+    name, address = person
+    if not name:
+        return address
+    if SPECIALS & set(name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
 class Uncarried(Exception):
     """The provider cannot carry this message: the reason names what is missing."""
 

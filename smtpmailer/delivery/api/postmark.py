@@ -17,29 +17,15 @@ import json
 from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
-from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.fields import Uncarried, person_text, read
 from smtpmailer.delivery.api.http import Request, Response
 from smtpmailer.queue import Lease
 
 __all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
 
 
-SPECIALS = set('()<>[]:;@\\,."')
-
-
-def _person(person: tuple[str, str]) -> str:
-    """``Name <address>`` in plain Unicode (Postmark encodes headers itself), quoted where
-    the name holds a character that would split it."""
-    name, address = person
-    if not name:
-        return address
-    if SPECIALS & set(name):
-        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{address}>"
-
-
 def _list(people: list[tuple[str, str]]) -> str:
-    return ", ".join(_person(person) for person in people)
+    return ", ".join(person_text(person) for person in people)
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
@@ -47,7 +33,7 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
     if not (fields.to or fields.cc or fields.bcc):
         raise Uncarried("Postmark needs at least one recipient")
     body: dict[str, Any] = {
-        "From": _person(fields.sender),
+        "From": person_text(fields.sender),
         "Subject": fields.subject,
         "Metadata": {"smtpmailer_id": lease.id},
         "MessageStream": "outbound",
@@ -56,7 +42,7 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         if people:
             body[key] = _list(people)
     if fields.reply_to:
-        body["ReplyTo"] = _person(fields.reply_to)
+        body["ReplyTo"] = person_text(fields.reply_to)
     if fields.text is not None:
         body["TextBody"] = fields.text
     if fields.html is not None:

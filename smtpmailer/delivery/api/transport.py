@@ -26,6 +26,7 @@ PROVIDER_MODULES = {
     "mailgun": "smtpmailer.delivery.api.mailgun",
     "sparkpost": "smtpmailer.delivery.api.sparkpost",
     "postmark": "smtpmailer.delivery.api.postmark",
+    "resend": "smtpmailer.delivery.api.resend",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}
