@@ -121,9 +121,9 @@ class ConfigTests(SynchronousTestCase):
 
     def test_mistakes(self) -> None:
         self.assertIn(
-            ":2: provider = brevo is not built yet (built: sendgrid, mailgun, sparkpost, "
-            "postmark, resend); use SMTP",
-            self.error("[API:br]\nprovider = brevo\napi_key = k\n"),
+            ":2: provider = ses is not built yet (built: sendgrid, mailgun, sparkpost, "
+            "postmark, resend, brevo); use SMTP",
+            self.error("[API:ses]\nprovider = ses\napi_key = k\n"),
         )
         self.assertIn("needs api_key_file", self.error("[API:sg]\nprovider = sendgrid\n"))
         self.assertIn("name each API relay", self.error("[API]\nprovider = sendgrid\n"))

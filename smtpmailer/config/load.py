@@ -48,6 +48,7 @@ API_ENDPOINTS = {
     "sparkpost": "https://api.sparkpost.com",
     "postmark": "https://api.postmarkapp.com",
     "resend": "https://api.resend.com",
+    "brevo": "https://api.brevo.com",
 }
 
 

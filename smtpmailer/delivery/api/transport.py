@@ -27,6 +27,7 @@ PROVIDER_MODULES = {
     "sparkpost": "smtpmailer.delivery.api.sparkpost",
     "postmark": "smtpmailer.delivery.api.postmark",
     "resend": "smtpmailer.delivery.api.resend",
+    "brevo": "smtpmailer.delivery.api.brevo",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}

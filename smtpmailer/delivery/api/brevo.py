@@ -1,0 +1,94 @@
+"""Brevo (Sendinblue) ``POST /v3/smtp/email``: the stored message mapped field by field.
+
+sender, to, cc and bcc as ``{"email", "name"}`` lists (To and Cc from the headers where
+they are envelope recipients, the other envelope recipients as bcc), replyTo, subject,
+textContent, htmlContent, attachment (``{"name", "content"}``), headers, and the queue id
+as the ``X-Mailin-custom`` header Brevo's webhooks hand back. The key is the ``api-key``
+header.
+
+Answers, as Brevo documents them: 201 ``{"messageId": "<...>"}``; 400 ``{"code",
+"message"}``; 401 (``unauthorized``); 429 with ``x-sib-ratelimit-reset`` (seconds to wait);
+5xx. Brevo cannot show an attachment inline by Content-ID: a message with one fails saying so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.queue import Lease
+
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+
+
+def _person(name: str, address: str) -> dict[str, str]:
+    return {"email": address, "name": name} if name else {"email": address}
+
+
+def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    fields = read(lease, "Brevo")
+    if not fields.to:
+        raise Uncarried("Brevo needs a To: recipient among the envelope recipients")
+    if any(a.content_id for a in fields.attachments):
+        raise Uncarried(
+            "Brevo cannot show an image inline by Content-ID (this message has one): "
+            "send it through an SMTP relay"
+        )
+    body: dict[str, Any] = {
+        "sender": _person(*fields.sender),
+        "to": [_person(*p) for p in fields.to],
+        "subject": fields.subject,
+        "headers": {**dict(fields.headers), "X-Mailin-custom": f"smtpmailer_id:{lease.id}"},
+    }
+    if fields.cc:
+        body["cc"] = [_person(*p) for p in fields.cc]
+    if fields.bcc:
+        body["bcc"] = [_person(*p) for p in fields.bcc]
+    if fields.reply_to:
+        body["replyTo"] = _person(*fields.reply_to)
+    if fields.text is not None:
+        body["textContent"] = fields.text
+    if fields.html is not None:
+        body["htmlContent"] = fields.html
+    if fields.attachments:
+        body["attachment"] = [
+            {"name": a.filename, "content": base64.b64encode(a.data).decode("ascii")}
+            for a in fields.attachments
+        ]
+    return Request(
+        "POST",
+        relay.endpoint + "/v3/smtp/email",
+        {
+            "api-key": relay.api_key or "",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        },
+        json.dumps(body, ensure_ascii=False).encode("utf-8"),
+    )
+
+
+def message_id(response: Response) -> str:
+    try:
+        return str(json.loads(response.body).get("messageId", "")).strip("<>")
+    except (ValueError, AttributeError):
+        return ""
+
+
+def error_text(response: Response) -> str:
+    try:
+        data = json.loads(response.body)
+        return f"{data['message']} ({data['code']})"
+    except (ValueError, KeyError, TypeError):
+        return response.body[:200].decode("utf-8", "replace")
+
+
+def pause_until(response: Response, now: float) -> float | None:
+    value = response.headers.get("x-sib-ratelimit-reset") or response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
