@@ -122,7 +122,7 @@ class ConfigTests(SynchronousTestCase):
     def test_mistakes(self) -> None:
         self.assertIn(
             ":2: provider = ses is not built yet (built: sendgrid, mailgun, sparkpost, "
-            "postmark, resend, brevo); use SMTP",
+            "postmark, resend, brevo, mailjet); use SMTP",
             self.error("[API:ses]\nprovider = ses\napi_key = k\n"),
         )
         self.assertIn("needs api_key_file", self.error("[API:sg]\nprovider = sendgrid\n"))

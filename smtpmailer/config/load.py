@@ -49,6 +49,7 @@ API_ENDPOINTS = {
     "postmark": "https://api.postmarkapp.com",
     "resend": "https://api.resend.com",
     "brevo": "https://api.brevo.com",
+    "mailjet": "https://api.mailjet.com",
 }
 
 
@@ -235,6 +236,10 @@ def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRela
     api_key = _read_secret(reader, base, warnings, "api_key")
     if api_key is None:
         raise reader.fail("api_key_file", f"[{section.title}] needs api_key_file or api_key_env")
+    if provider == "mailjet" and ":" not in api_key:
+        raise reader.fail(
+            "api_key", "mailjet: the key is PUBLIC:PRIVATE (the API key and the secret key)"
+        )
     default = API_ENDPOINTS[provider]
     if provider == "mailgun":
         if not reader.get("domain"):

@@ -28,6 +28,7 @@ PROVIDER_MODULES = {
     "postmark": "smtpmailer.delivery.api.postmark",
     "resend": "smtpmailer.delivery.api.resend",
     "brevo": "smtpmailer.delivery.api.brevo",
+    "mailjet": "smtpmailer.delivery.api.mailjet",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}

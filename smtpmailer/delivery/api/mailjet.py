@@ -1,0 +1,111 @@
+"""Mailjet Send API v3.1 ``POST /v3.1/send``: the stored message mapped field by field.
+
+From, To, Cc and Bcc as ``{"Email", "Name"}`` (To and Cc from the headers where they are
+envelope recipients, the other envelope recipients as Bcc), ReplyTo, Subject, TextPart,
+HTMLPart, Attachments, InlinedAttachments (by ContentID), Headers, and the queue id as
+``CustomID``. Basic auth with the API key and the secret key: ``api_key = PUBLIC:PRIVATE``.
+
+Answers, as Mailjet documents them: 200 ``{"Messages": [{"Status": "success", "To":
+[{"Email", "MessageUUID", "MessageID"}]}]}``; 400 ``{"Messages": [{"Status": "error",
+"Errors": [{"ErrorCode", "ErrorMessage", "ErrorRelatedTo"}]}]}``; 401 ``{"ErrorMessage"}``;
+429; 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.queue import Lease
+
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+
+
+def _person(name: str, address: str) -> dict[str, str]:
+    return {"Email": address, "Name": name} if name else {"Email": address}
+
+
+def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    fields = read(lease, "Mailjet")
+    if not fields.to:
+        raise Uncarried("Mailjet needs a To: recipient among the envelope recipients")
+    message: dict[str, Any] = {
+        "From": _person(*fields.sender),
+        "To": [_person(*p) for p in fields.to],
+        "Subject": fields.subject,
+        "CustomID": lease.id,
+    }
+    if fields.cc:
+        message["Cc"] = [_person(*p) for p in fields.cc]
+    if fields.bcc:
+        message["Bcc"] = [_person(*p) for p in fields.bcc]
+    if fields.reply_to:
+        message["ReplyTo"] = _person(*fields.reply_to)
+    if fields.text is not None:
+        message["TextPart"] = fields.text
+    if fields.html is not None:
+        message["HTMLPart"] = fields.html
+    attached = [a for a in fields.attachments if not a.content_id]
+    inlined = [a for a in fields.attachments if a.content_id]
+    if attached:
+        message["Attachments"] = [
+            {
+                "ContentType": a.content_type,
+                "Filename": a.filename,
+                "Base64Content": base64.b64encode(a.data).decode("ascii"),
+            }
+            for a in attached
+        ]
+    if inlined:
+        message["InlinedAttachments"] = [
+            {
+                "ContentType": a.content_type,
+                "Filename": a.filename,
+                "ContentID": a.content_id,
+                "Base64Content": base64.b64encode(a.data).decode("ascii"),
+            }
+            for a in inlined
+        ]
+    if fields.headers:
+        message["Headers"] = dict(fields.headers)
+    credentials = base64.b64encode((relay.api_key or "").encode()).decode("ascii")
+    return Request(
+        "POST",
+        relay.endpoint + "/v3.1/send",
+        {"Authorization": f"Basic {credentials}", "Content-Type": "application/json"},
+        json.dumps({"Messages": [message]}, ensure_ascii=False).encode("utf-8"),
+    )
+
+
+def message_id(response: Response) -> str:
+    try:
+        return str(json.loads(response.body)["Messages"][0]["To"][0]["MessageID"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def error_text(response: Response) -> str:
+    try:
+        data = json.loads(response.body)
+        if "Messages" in data:
+            errors = [e for m in data["Messages"] for e in m.get("Errors", [])]
+            return "; ".join(
+                e["ErrorMessage"]
+                + (f" ({', '.join(e['ErrorRelatedTo'])})" if e.get("ErrorRelatedTo") else "")
+                for e in errors
+            )
+        return str(data["ErrorMessage"])
+    except (ValueError, KeyError, TypeError):
+        return response.body[:200].decode("utf-8", "replace")
+
+
+def pause_until(response: Response, now: float) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
