@@ -121,9 +121,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_mistakes(self) -> None:
         self.assertIn(
-            ":2: provider = ses is not built yet (built: sendgrid, mailgun, sparkpost, "
-            "postmark, resend, brevo, mailjet); use SMTP",
-            self.error("[API:ses]\nprovider = ses\napi_key = k\n"),
+            ":2: provider: 'sendmail' is not one of: sendgrid, mailgun, postmark, ses,",
+            self.error("[API:x]\nprovider = sendmail\napi_key = k\n"),
         )
         self.assertIn("needs api_key_file", self.error("[API:sg]\nprovider = sendgrid\n"))
         self.assertIn("name each API relay", self.error("[API]\nprovider = sendgrid\n"))

@@ -40,8 +40,7 @@ from smtpmailer.oauth2 import providers
 from smtpmailer.paths import config_folder, default_config_path, resolve_path
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
-# [API:NAME] providers built so far, with the base URL each API lives at; the others are
-# refused by name rather than accepted and ignored.
+# The base URL each [API:NAME] provider's API lives at (SES's by region).
 API_ENDPOINTS = {
     "sendgrid": "https://api.sendgrid.com",
     "mailgun": "https://api.mailgun.net",
@@ -50,6 +49,7 @@ API_ENDPOINTS = {
     "resend": "https://api.resend.com",
     "brevo": "https://api.brevo.com",
     "mailjet": "https://api.mailjet.com",
+    "ses": "https://email.{region}.amazonaws.com",
 }
 
 
@@ -228,15 +228,22 @@ def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRela
     provider = reader.get("provider")
     if not provider:
         raise reader.fail("provider", f"[{section.title}] needs provider")
-    if provider not in API_ENDPOINTS:
-        built = ", ".join(API_ENDPOINTS)
-        raise reader.fail(
-            "provider", f"provider = {provider} is not built yet (built: {built}); use SMTP"
-        )
     api_key = _read_secret(reader, base, warnings, "api_key")
-    if api_key is None:
+    secret_access_key = _read_secret(reader, base, warnings, "secret_access_key")
+    if provider == "ses":
+        if api_key is not None:
+            raise reader.fail("api_key", "ses signs with access_key_id and secret_access_key")
+        if bool(reader.get("access_key_id")) != (secret_access_key is not None):
+            raise reader.fail(
+                "access_key_id",
+                "give access_key_id and secret_access_key_file together (or neither, for "
+                "the standard AWS credential chain)",
+            )
+        if not reader.get("region"):
+            raise reader.fail("region", f"[{section.title}] with provider = ses needs region")
+    elif api_key is None:
         raise reader.fail("api_key_file", f"[{section.title}] needs api_key_file or api_key_env")
-    if provider == "mailjet" and ":" not in api_key:
+    if provider == "mailjet" and ":" not in (api_key or ""):
         raise reader.fail(
             "api_key", "mailjet: the key is PUBLIC:PRIVATE (the API key and the secret key)"
         )
@@ -248,12 +255,19 @@ def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRela
         if region not in ("us", "eu"):
             raise reader.fail("region", "region: mailgun has us and eu")
         default = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}[region]
+    if provider == "ses":
+        default = default.format(region=reader.get("region"))
     endpoint = (reader.get("endpoint") or default).rstrip("/")
     problem = _url_problem(endpoint)
     if problem:
         raise reader.fail("endpoint", f"endpoint: {problem}")
     api: APIRelayConfig = read_section(
-        reader, APIRelayConfig, name=section.label, api_key=api_key, endpoint=endpoint
+        reader,
+        APIRelayConfig,
+        name=section.label,
+        api_key=api_key,
+        secret_access_key=secret_access_key,
+        endpoint=endpoint,
     )
     return api
 

@@ -185,7 +185,15 @@ class APIRelayConfig(RelayBase):
     )
     endpoint: str = key(TEXT, None, "base URL: default from provider (EU regions, a test server)")
     domain: str | None = key(TEXT, None, "mailgun: the sending domain")
-    region: str | None = key(TEXT, None, "ses: e.g. eu-west-1")
+    region: str | None = key(TEXT, None, "ses: e.g. eu-west-1; mailgun: us or eu")
+    access_key_id: str | None = key(TEXT, None, "ses: else the standard AWS credential chain")
+    secret_access_key: str | None = key(
+        TEXT,
+        None,
+        "ses: secret_access_key_file (mode 0600) or secret_access_key_env",
+        secret=True,
+        names=("secret_access_key", "secret_access_key_file", "secret_access_key_env"),
+    )
 
     @property
     def label(self) -> str:

@@ -29,6 +29,7 @@ PROVIDER_MODULES = {
     "resend": "smtpmailer.delivery.api.resend",
     "brevo": "smtpmailer.delivery.api.brevo",
     "mailjet": "smtpmailer.delivery.api.mailjet",
+    "ses": "smtpmailer.delivery.api.ses",
 }
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}

@@ -1,0 +1,86 @@
+"""Amazon SES v2 ``POST /v2/email/outbound-emails``: the stored message as it is, as
+``Content.Raw.Data``, to the envelope's recipients (``Destination``, so Bcc works), with the
+queue id as an email tag. Signed with Signature Version 4 by botocore's own signer: AWS's
+implementation, rather than a hand-made one (the canonical request, the Host with a port
+that is not the default, the session token of temporary credentials).
+
+Credentials: ``access_key_id`` with ``secret_access_key_file`` (or ``_env``), else the
+standard AWS chain (environment, shared files, the instance's role) as botocore finds it.
+The region picks the endpoint, ``https://email.REGION.amazonaws.com``.
+
+Answers, as SES documents them: 200 ``{"MessageId"}``; 400 ``{"message"}`` with
+``x-amzn-ErrorType`` (MessageRejected, MailFromDomainNotVerifiedException, ...); 403 (the
+signature or the credentials); 429 (TooManyRequestsException: SES sends no reset time, so
+``rate_limit`` is what keeps under its sending rate); 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.queue import Lease
+
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+
+
+class Uncarried(Exception):
+    """Never raised: SES takes any MIME message as it is."""
+
+
+def credentials(relay: APIRelayConfig) -> Any:
+    from botocore.credentials import Credentials
+
+    if relay.access_key_id:
+        return Credentials(relay.access_key_id, relay.secret_access_key or "")
+    import botocore.session
+
+    found = botocore.session.get_session().get_credentials()
+    if found is None:
+        raise Uncarried("no AWS credentials: set access_key_id and secret_access_key_file")
+    return found.get_frozen_credentials()
+
+
+def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    body = json.dumps(
+        {
+            "FromEmailAddress": lease.sender or None,
+            "Destination": {"ToAddresses": list(lease.recipients)},
+            "Content": {"Raw": {"Data": base64.b64encode(lease.data).decode("ascii")}},
+            "EmailTags": [{"Name": "smtpmailer_id", "Value": lease.id}],
+        }
+    ).encode()
+    url = relay.endpoint + "/v2/email/outbound-emails"
+    signing = AWSRequest("POST", url, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(credentials(relay), "ses", relay.region or "us-east-1").add_auth(signing)
+    return Request("POST", url, dict(signing.headers.items()), body)
+
+
+def message_id(response: Response) -> str:
+    try:
+        return str(json.loads(response.body).get("MessageId", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def error_text(response: Response) -> str:
+    kind = response.headers.get("x-amzn-errortype", "").split(":")[0]
+    try:
+        text = str(json.loads(response.body).get("message", ""))
+    except (ValueError, AttributeError):
+        text = response.body[:200].decode("utf-8", "replace")
+    return f"{kind}: {text}" if kind else text
+
+
+def pause_until(response: Response, now: float) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
