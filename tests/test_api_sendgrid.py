@@ -211,6 +211,34 @@ class APIDeliveryTests(DeliveryCase):
         self.assertEqual({self.state(m) for m in (first, second, third)}, {"sent"})
         self.assertEqual(len(self.sendgrid.accepted), 1, "after the reset, SendGrid again")
 
+    def test_a_lone_paused_api_holds_the_mail_until_its_reset_without_an_attempt(self) -> None:
+        self.configure_api()
+        reset = self.clock.seconds() + 120
+        self.sendgrid.next = [(429, {"x-ratelimit-reset": str(int(reset))}, b"{}")]
+        message = self.enqueue_mail()
+        self.start_api()
+        self.assertEqual(self.state(message), "active", "held for the reset, not deferred")
+        self.clock.advance(119)
+        settle(self.clock)
+        self.assertEqual(self.sendgrid.accepted, [])
+        self.clock.advance(2)
+        settle(self.clock)
+        info = self.store.show(message)
+        self.assertEqual((info.state, info.attempts), ("sent", 1), "the pause cost no attempt")
+
+    def test_a_message_held_for_a_reset_goes_back_to_the_queue_at_a_stop(self) -> None:
+        self.configure_api()
+        self.sendgrid.next = [(429, {"retry-after": "120"}, b"{}")]
+        message = self.enqueue_mail()
+        self.start_api()
+        self.stop()
+        from smtpmailer.queue.sqlite import SQLiteQueue
+
+        reader = SQLiteQueue(self.config.queue.path)  # the service closed its own
+        self.addCleanup(reader.close)
+        info = reader.show(message)
+        self.assertEqual((info.state, info.attempts), ("queued", 0), "given back untouched")
+
     def test_a_server_error_defers_when_no_other_relay_is_left(self) -> None:
         self.configure_api()
         self.sendgrid.next = [(503, {}, b"<html>Service Unavailable</html>")]

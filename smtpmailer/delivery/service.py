@@ -116,6 +116,8 @@ class DeliveryService(Service):
         self.pools: dict[str, RelayPool] = {}
         # Outcomes the store refused, each waiting to be recorded again.
         self._unrecorded: dict[str, IDelayedCall] = {}
+        # Messages waiting for the last relay on their path to come back from a pause.
+        self._held: dict[str, tuple[Job, IDelayedCall]] = {}
         self._retired: set[RelayPool] = set()
         self._set_relays(config.relays)
 
@@ -235,11 +237,24 @@ class DeliveryService(Service):
         if self._stopping:
             self.give_back(jobs)
             return
+        wait = (error.pause_until or 0.0) - self._clock.seconds()
         for job in jobs:
+            if len(job.path) == 1 and 0 < wait <= self.lease_seconds / 2:
+                # The last relay left said when to come back (a 429's reset): the message
+                # waits for it here, leased, instead of spending an attempt.
+                self._hold(job, wait)
+                continue
             job.problems.append(str(error))
             job.label, job.relay = error.label, pool.relay.label
             job.path = job.path[1:]
             self._route(job)
+
+    def _hold(self, job: Job, wait: float) -> None:
+        def resume() -> None:
+            self._held.pop(job.lease.id, None)
+            self._route(job)
+
+        self._held[job.lease.id] = (job, self._clock.callLater(wait, resume))
 
     def give_back(self, jobs: Sequence[Job]) -> Deferred[Any]:
         if not jobs:
@@ -391,6 +406,10 @@ class DeliveryService(Service):
             retry.cancel()  # its lease runs out, or the next start requeues it
             log.warn("id={id} outcome not recorded before the stop", id=message_id)
         self._unrecorded.clear()
+        for job, resume in self._held.values():
+            resume.cancel()
+            unstarted.append(job)
+        self._held.clear()
         released = self.give_back(unstarted)
         finished: Deferred[None] = Deferred()
         self._stopped_waiters.append(finished)
