@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
 

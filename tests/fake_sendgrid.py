@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 
 KEY = "SG.test-key.abcdefghijklmnop"
 

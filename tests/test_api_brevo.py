@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from tests.fake_relay import settle
 from tests.support import DeliveryCase
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from tests.support import DeliveryCase
 from tests.test_api_sendgrid import PNG, rich_message
 

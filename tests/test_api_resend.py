@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from tests.support import DeliveryCase
 from tests.test_api_sendgrid import PNG, rich_message
 
@@ -27,7 +27,7 @@ class FakeResend:
         self._ids = itertools.count(1)
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
-        from smtpmailer.delivery.api.http import HTTPFailure
+        from smtpmailer.httpclient import HTTPFailure
 
         if request.headers.get("Authorization") != f"Bearer {KEY}":
             body = {"statusCode": 401, "name": "missing_api_key", "message": "Missing API key"}

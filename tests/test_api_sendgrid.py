@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.delivery.api import sendgrid
-from smtpmailer.delivery.api.http import TreqClient
+from smtpmailer.httpclient import TreqClient
 from smtpmailer.ini import ConfigError
 from smtpmailer.queue import Lease
 from tests.fake_relay import settle
@@ -328,7 +328,7 @@ class RealHTTPTests(TestCase):
         self.assertEqual(self.sendgrid.accepted[0]["subject"], "s")
 
     async def test_nothing_listening(self) -> None:
-        from smtpmailer.delivery.api.http import HTTPFailure, Request
+        from smtpmailer.httpclient import HTTPFailure, Request
 
         await self.sendgrid.close()
         with self.assertRaises(HTTPFailure) as caught:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config import parse_config
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from smtpmailer.ini import ConfigError
 from tests.support import DeliveryCase
 

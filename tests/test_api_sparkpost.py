@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from tests.support import DeliveryCase
 
 KEY = "a1b2c3d4e5f6sparkpostkey"

@@ -19,7 +19,7 @@ from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, read
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response
 from smtpmailer.queue import Lease
 
 __all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]

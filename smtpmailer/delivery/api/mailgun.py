@@ -17,7 +17,7 @@ import json
 import secrets
 
 from smtpmailer.config.sections import APIRelayConfig
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
 
@@ -76,9 +76,5 @@ def error_text(response: Response) -> str:
     return str(text) if text else response.body[:200].decode("utf-8", "replace").strip()
 
 
-def pause_until(response: Response, now: float) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return now + float(value) if value else None
-    except ValueError:
-        return None
+# These APIs name no reset time of their own: a Retry-After is all there may be.
+pause_until = retry_after

@@ -19,7 +19,7 @@ from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, read
-from smtpmailer.delivery.api.http import Request, Response
+from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
 __all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
@@ -103,9 +103,5 @@ def error_text(response: Response) -> str:
         return response.body[:200].decode("utf-8", "replace")
 
 
-def pause_until(response: Response, now: float) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return now + float(value) if value else None
-    except ValueError:
-        return None
+# These APIs name no reset time of their own: a Retry-After is all there may be.
+pause_until = retry_after

@@ -17,8 +17,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config.sections import APIRelayConfig
-from smtpmailer.delivery.api.http import Client, HTTPFailure, Response, TreqClient
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.httpclient import Client, HTTPFailure, Response, TreqClient
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
 PROVIDER_MODULES = {

@@ -1,6 +1,7 @@
-"""The HTTP client of API relays: treq over a persistent connection pool per relay (as many
-connections as ``max_connections``), TLS verified by Twisted's default policy, one deadline
-for each whole request. Failures on the way are HTTPFailure, in one line."""
+"""The HTTP client: treq over a persistent connection pool (one per API relay, with as many
+connections as its ``max_connections``; one for the OAuth2 token endpoints), TLS verified by
+Twisted's default policy, one deadline for each whole request, the body included (treq's
+own stops at the headers). Failures on the way are HTTPFailure, in one line."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def _reason(error: BaseException) -> str:
 
     if isinstance(error, net_error.ConnectionRefusedError):
         return "connection refused"
+    if isinstance(error, net_error.TimeoutError):
+        return "connecting timed out"
     if isinstance(error, net_error.DNSLookupError):
         return "host name lookup failed"
     name = type(error).__name__
@@ -70,6 +73,8 @@ class TreqClient:
     async def _send(self, request: Request, timeout: float) -> Response:
         import treq
 
+        # Cancelling may surface as CancelledError or wrapped in ResponseNeverReceived: the
+        # flag says which failures were the deadline's.
         expired = False
         doing: Deferred[Any] | None = None
 
@@ -109,3 +114,12 @@ class TreqClient:
     def close(self) -> Deferred[None]:
         closed: Deferred[None] = self._pool.closeCachedConnections()
         return closed
+
+
+def retry_after(response: Response, now: float) -> float | None:
+    """When a ``Retry-After`` (in seconds) says to come back; None without one."""
+    value = response.headers.get("retry-after")
+    try:
+        return now + float(value) if value else None
+    except ValueError:
+        return None
