@@ -2,7 +2,7 @@
 (401 with its error body otherwise), 202 with ``X-Message-Id``, 400 with
 ``{"errors": [{"message", "field", "help"}]}``, 429 with ``X-RateLimit-Reset``, 5xx. It keeps
 every body it accepted. ``__call__`` is the in-memory client a transport takes; ``listen``
-serves the same over HTTP on 127.0.0.1 (twisted.web)."""
+serves the same over HTTP on 127.0.0.1 (tests/fake_http.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from smtpmailer.httpclient import Request, Response
+from tests.fake_http import ServedOverHTTP
 
 KEY = "SG.test-key.abcdefghijklmnop"
 
@@ -34,7 +33,7 @@ class FakeSendGrid:
         # Answers to give before behaving normally: (status, headers, body).
         self.next: list[tuple[int, dict[str, str], bytes]] = []
         self._ids = itertools.count(1)
-        self._port: Any = None
+        self._served: ServedOverHTTP | None = None
 
     def answer(self, request: Request) -> Response:
         self.requests.append(request)
@@ -62,29 +61,8 @@ class FakeSendGrid:
         return succeed(self.answer(request))
 
     def listen(self, reactor: Any) -> str:
-        fake = self
-
-        class Send(Resource):
-            isLeaf = True
-
-            def render_POST(self, request: Any) -> bytes:
-                headers = {
-                    k.decode(): v[-1].decode() for k, v in request.requestHeaders.getAllRawHeaders()
-                }
-                answer = fake.answer(
-                    Request(
-                        "POST", "http://x" + request.uri.decode(), headers, request.content.read()
-                    )
-                )
-                request.setResponseCode(answer.status)
-                for name, value in answer.headers.items():
-                    request.setHeader(name, value)
-                return answer.body
-
-        site = Site(Send())
-        site.noisy = False
-        self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        return f"http://127.0.0.1:{self._port.getHost().port}"
+        self._served = ServedOverHTTP(self, reactor)
+        return self._served.url
 
     def close(self) -> Any:
-        return self._port.stopListening() if self._port is not None else None
+        return self._served.close() if self._served is not None else None

@@ -34,8 +34,11 @@ class FakeSES:
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
-        headers = dict(request.headers)
-        given = headers.pop("Authorization", "")
+        given = request.headers.get("Authorization", "")
+        # Only the headers the signature names count, as at AWS: a proxy or an HTTP
+        # client may add others (Content-Length, Connection) on the way.
+        signed = given.partition("SignedHeaders=")[2].partition(",")[0].split(";")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in signed}
         check = AWSRequest(request.method, request.url, data=request.body, headers=headers)
         check.context["timestamp"] = headers.get("X-Amz-Date", "")
         auth = SigV4Auth(Credentials(ACCESS, SECRET), "ses", self.region)

@@ -1,0 +1,98 @@
+"""Every provider over real HTTP on 127.0.0.1: the transport's request through treq to the
+provider's fake served by twisted.web, and its answer classified. In memory the fakes are
+called directly; here the bytes cross a socket (headers, bodies, SigV4's Host with a port)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from smtpmailer.config import parse_config
+from smtpmailer.delivery.api.transport import APITransport
+from smtpmailer.delivery.transport import TransportContext
+from smtpmailer.httpclient import TreqClient
+from smtpmailer.queue import Lease
+from tests import test_api_brevo, test_api_mailjet, test_api_postmark, test_api_resend
+from tests import test_api_ses, test_api_sparkpost
+from tests.fake_http import ServedOverHTTP
+from tests.fake_mailgun import KEY as MAILGUN_KEY
+from tests.fake_mailgun import FakeMailgun
+from tests.fake_sendgrid import KEY as SENDGRID_KEY
+from tests.fake_sendgrid import FakeSendGrid
+
+MESSAGE = (
+    b"From: Zoe <zoe@example.com>\r\nTo: Ann <ann@example.org>\r\n"
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n\r\nhello over http\r\n"
+)
+
+
+def _cases() -> dict[str, tuple[Any, str, Any]]:
+    """provider -> (fake, its [API:NAME] keys, where the fake keeps what it accepted)."""
+    ses_keys = (
+        f"region = eu-west-1\naccess_key_id = {test_api_ses.ACCESS}\n"
+        f"secret_access_key = {test_api_ses.SECRET}\n"
+    )
+    fakes = {
+        "sendgrid": (FakeSendGrid(), f"api_key = {SENDGRID_KEY}\n"),
+        "mailgun": (FakeMailgun(), f"api_key = {MAILGUN_KEY}\ndomain = mg.example.com\n"),
+        "postmark": (test_api_postmark.FakePostmark(), f"api_key = {test_api_postmark.TOKEN}\n"),
+        "resend": (test_api_resend.FakeResend(), f"api_key = {test_api_resend.KEY}\n"),
+        "brevo": (test_api_brevo.FakeBrevo(), f"api_key = {test_api_brevo.KEY}\n"),
+        "mailjet": (test_api_mailjet.FakeMailjet(), f"api_key = {test_api_mailjet.KEY}\n"),
+        "sparkpost": (test_api_sparkpost.FakeSparkPost(), f"api_key = {test_api_sparkpost.KEY}\n"),
+        "ses": (test_api_ses.FakeSES(), ses_keys),
+    }
+    return {name: (fake, keys, fake.accepted) for name, (fake, keys) in fakes.items()}
+
+
+class OverHTTPTests(TestCase):
+    timeout = 30
+
+    async def deliver(self, provider: str) -> tuple[Any, list[Any]]:
+        fake, keys, accepted = _cases()[provider]
+        served = ServedOverHTTP(fake, reactor)
+        self.addCleanup(served.close)
+        client = TreqClient(reactor, 2)
+        self.addCleanup(client.close)
+        relay = parse_config(
+            f"[API:{provider}]\nprovider = {provider}\n{keys}endpoint = {served.url}\n",
+            "/etc/smtpmailer/smtpmailer.conf",
+        ).relays[0]
+        transport = APITransport(relay, TransportContext(reactor, "localhost", http=client))
+        session = await transport.open()
+        lease = Lease("7JSCQ0000ABCDE", "tok", "zoe@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0.0)
+        (result,) = await session.deliver(lease)
+        return result, accepted
+
+    async def check(self, provider: str) -> None:
+        result, accepted = await self.deliver(provider)
+        self.assertEqual(result.status, "sent", result.reply)
+        self.assertRegex(result.reply, r"^HTTP 20\d \S+")
+        self.assertEqual(len(accepted), 1, "the fake got one message over the socket")
+
+    async def test_sendgrid(self) -> None:
+        await self.check("sendgrid")
+
+    async def test_mailgun(self) -> None:
+        await self.check("mailgun")
+
+    async def test_postmark(self) -> None:
+        await self.check("postmark")
+
+    async def test_resend(self) -> None:
+        await self.check("resend")
+
+    async def test_brevo(self) -> None:
+        await self.check("brevo")
+
+    async def test_mailjet(self) -> None:
+        await self.check("mailjet")
+
+    async def test_sparkpost(self) -> None:
+        await self.check("sparkpost")
+
+    async def test_ses_signed_for_a_host_with_a_port(self) -> None:
+        await self.check("ses")
