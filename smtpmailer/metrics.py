@@ -90,6 +90,27 @@ class Metrics:
             ["relay"],
             registry=registry,
         )
+        self.api_requests = Counter(
+            "smtpmailer_api_requests",
+            "Requests to HTTP API relays, by relay and answer (2xx, 4xx, 5xx, or none: no "
+            "answer, a timeout)",
+            ["relay", "status"],
+            registry=registry,
+        )
+        self.api_request_seconds = Histogram(
+            "smtpmailer_api_request_duration_seconds",
+            "Time one request to an HTTP API relay took, sent to the answer read",
+            ["relay"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.relay_paused_seconds = Counter(
+            "smtpmailer_relay_paused_seconds",
+            "Time a relay was paused because it said when to come back (429 with a reset "
+            "or Retry-After)",
+            ["relay"],
+            registry=registry,
+        )
         self.oauth2_refreshes = Counter(
             "smtpmailer_oauth2_refreshes",
             "Access token requests per [OAuth2:NAME], by result (ok, or the error: "

@@ -14,8 +14,14 @@ from smtpmailer.delivery.api.transport import APITransport
 from smtpmailer.delivery.transport import TransportContext
 from smtpmailer.httpclient import TreqClient
 from smtpmailer.queue import Lease
-from tests import test_api_brevo, test_api_mailjet, test_api_postmark, test_api_resend
-from tests import test_api_ses, test_api_sparkpost
+from tests import (
+    test_api_brevo,
+    test_api_mailjet,
+    test_api_postmark,
+    test_api_resend,
+    test_api_ses,
+    test_api_sparkpost,
+)
 from tests.fake_http import ServedOverHTTP
 from tests.fake_mailgun import KEY as MAILGUN_KEY
 from tests.fake_mailgun import FakeMailgun
@@ -63,7 +69,9 @@ class OverHTTPTests(TestCase):
         ).relays[0]
         transport = APITransport(relay, TransportContext(reactor, "localhost", http=client))
         session = await transport.open()
-        lease = Lease("7JSCQ0000ABCDE", "tok", "zoe@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0.0)
+        lease = Lease(
+            "7JSCQ0000ABCDE", "tok", "zoe@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0.0
+        )
         (result,) = await session.deliver(lease)
         return result, accepted
 
@@ -96,3 +104,85 @@ class OverHTTPTests(TestCase):
 
     async def test_ses_signed_for_a_host_with_a_port(self) -> None:
         await self.check("ses")
+
+
+class RetiredPoolTests(TestCase):
+    """A transport replaced by a reload closes its own connection pool, but only once the
+    requests it has under way are answered."""
+
+    timeout = 30
+
+    async def until(self, condition: Any, what: str) -> None:
+        import time
+
+        from twisted.internet.task import deferLater
+
+        deadline = time.monotonic() + 10
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await deferLater(reactor, 0.02)
+
+    async def test_closed_after_the_request_under_way(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        fake = FakeSendGrid()
+        held: list[Deferred[None]] = []
+
+        def answer_when_let(request: Any, timeout: float) -> Any:
+            let: Deferred[None] = Deferred()
+            held.append(let)
+            return let.addCallback(lambda _: fake.answer(request))
+
+        served = ServedOverHTTP(answer_when_let, reactor)
+        self.addCleanup(served.close)
+        relay = parse_config(
+            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\nendpoint = {served.url}\n",
+            "/etc/smtpmailer/smtpmailer.conf",
+        ).relays[0]
+        transport = APITransport(relay, TransportContext(reactor, "localhost"))
+        session = await transport.open()
+        lease = Lease(
+            "7JSCQ0000ABCDE", "t", "zoe@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0
+        )
+        sending = session.deliver(lease)
+        await self.until(lambda: held, "the request to arrive")
+        transport.retire()
+        self.assertEqual(served.connections.lost, 0, "not while a request is under way")
+        held[0].callback(None)
+        (result,) = await sending
+        self.assertEqual(result.status, "sent")
+        await self.until(lambda: served.connections.lost == 1, "the idle connection to close")
+        self.assertEqual(served.connections.made, 1)
+
+
+class LargeBodiesTests(TestCase):
+    """A large message's request is built on a thread, not on the reactor."""
+
+    async def test_built_off_the_reactor_above_the_bound(self) -> None:
+        from twisted.internet.defer import maybeDeferred
+
+        from smtpmailer.delivery.api.transport import BUILT_ON_REACTOR
+
+        fake = FakeSendGrid()
+        threaded: list[int] = []
+
+        def blocking(function: Any, *args: Any) -> Any:
+            threaded.append(len(args[0].data))
+            return maybeDeferred(function, *args)
+
+        relay = parse_config(
+            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\n",
+            "/etc/smtpmailer/smtpmailer.conf",
+        ).relays[0]
+        context = TransportContext(reactor, "localhost", http=fake, blocking=blocking)
+        session = await APITransport(relay, context).open()
+        large = MESSAGE + b"x" * BUILT_ON_REACTOR
+        for data in (MESSAGE, large):
+            lease = Lease(
+                "7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), data, 5, 0, 0
+            )
+            (result,) = await session.deliver(lease)
+            self.assertEqual(result.status, "sent")
+        self.assertEqual(threaded, [len(large)])
+        self.assertEqual(len(fake.accepted), 2)

@@ -10,6 +10,7 @@ import os
 from email.message import EmailMessage
 from typing import Any
 
+import attrs
 from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -210,6 +211,41 @@ class APIDeliveryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual({self.state(m) for m in (first, second, third)}, {"sent"})
         self.assertEqual(len(self.sendgrid.accepted), 1, "after the reset, SendGrid again")
+
+    def test_requests_counted_by_answer_with_their_time_and_the_pause(self) -> None:
+        self.configure_api(backup=True)
+        self.sendgrid.next = [
+            (429, {"x-ratelimit-reset": str(int(self.clock.seconds() + 120))}, b"{}"),
+            (400, {}, b'{"errors":[{"message":"bad"}]}'),
+        ]
+        self.enqueue_mail()
+        self.start_api()  # 429: paused for 120 s, the backup takes it
+        self.clock.advance(121)
+        self.enqueue_mail()  # 400
+        self.enqueue_mail()  # 202
+        self.service.poller.wake()
+        settle(self.clock)
+        registry = self.service.metrics.registry
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, {"relay": "api:sendgrid", **labels})
+
+        self.assertEqual(sample("smtpmailer_api_requests_total", status="4xx"), 2)
+        self.assertEqual(sample("smtpmailer_api_requests_total", status="2xx"), 1)
+        self.assertEqual(sample("smtpmailer_api_requests_total", status="none"), None)
+        self.assertEqual(sample("smtpmailer_api_request_duration_seconds_count"), 3)
+        self.assertEqual(sample("smtpmailer_relay_paused_seconds_total"), 120)
+
+    def test_a_reload_that_changes_the_api_retires_its_old_connection_pool(self) -> None:
+        self.configure_api()
+        self.start_api()
+        old = self.service.delivery.pools["sendgrid"].transport
+        changed = self.config.relays[0].__class__
+        relay = attrs.evolve(self.config.relays[0], timeout=10.0)
+        self.assertIsInstance(relay, changed)
+        self.service.delivery.reconfigure(attrs.evolve(self.config, relays=(relay,)))
+        self.assertTrue(old.retired)
+        self.assertIsNot(self.service.delivery.pools["sendgrid"].transport, old)
 
     def test_a_lone_paused_api_holds_the_mail_until_its_reset_without_an_attempt(self) -> None:
         self.configure_api()

@@ -91,6 +91,9 @@ class MaildirTransport:
             return f"maildir {self.relay.path}: {error.strerror or error}"
         return f"{type(error).__name__}: {error}"
 
+    def retire(self) -> None:
+        """Nothing to release: a capture holds no connection."""
+
 
 def make_transport(relay: Any, context: TransportContext) -> MaildirTransport:
     return MaildirTransport(relay, context)

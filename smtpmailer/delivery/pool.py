@@ -264,7 +264,8 @@ class RelayPool:
         if relay.rate_limit != self.relay.rate_limit:
             self.limiter = RateLimiter(self._clock, relay.rate_limit)
         self.relay = relay
-        self.transport = transport
+        retired, self.transport = self.transport, transport
+        retired.retire()
         self.down_until = 0.0
         self._close_idle()
         self._dispatch()
@@ -272,6 +273,7 @@ class RelayPool:
     def close(self) -> list[Job]:
         """Take no new work; returns the jobs that had not started."""
         self.closing = True
+        self.transport.retire()
         unstarted, self._pending = list(self._pending), deque()
         self._close_idle()
         for waiting in list(self._rate_waits):

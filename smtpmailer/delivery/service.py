@@ -100,6 +100,7 @@ class DeliveryService(Service):
             blocking=blocking,
             tokens=self.tokens.get,
             http=http_client,
+            http_observed=self._http_observed,
         )
         # Relays whose credentials were refused, and what they said, until one delivers.
         self.credential_problems: dict[str, str] = {}
@@ -119,6 +120,8 @@ class DeliveryService(Service):
         # Messages waiting for the last relay on their path to come back from a pause.
         self._held: dict[str, tuple[Job, IDelayedCall]] = {}
         self._retired: set[RelayPool] = set()
+        # Until when each relay was last told to pause, for the paused-time metric.
+        self._paused_until: dict[str, float] = {}
         self._set_relays(config.relays)
 
     def _token_source(self, section: OAuth2Config) -> TokenSource:
@@ -134,6 +137,21 @@ class DeliveryService(Service):
             self._blocking or synchronous_runner,
             self._token_counted,
         )
+
+    def _http_observed(self, label: str, status: int | None, seconds: float) -> None:
+        if self.metrics is not None:
+            answer = f"{status // 100}xx" if status is not None else "none"
+            self.metrics.api_requests.labels(label, answer).inc()
+            self.metrics.api_request_seconds.labels(label).observe(seconds)
+
+    def _count_pause(self, label: str, until: float) -> None:
+        """Count the time a pause adds beyond the one already under way."""
+        now = self._clock.seconds()
+        start = max(now, self._paused_until.get(label, 0.0))
+        if until > start:
+            self._paused_until[label] = until
+            if self.metrics is not None:
+                self.metrics.relay_paused_seconds.labels(label).inc(until - start)
 
     def _token_counted(self, section: str, result: str) -> None:
         if self.metrics is not None:
@@ -234,6 +252,8 @@ class DeliveryService(Service):
             self.credential_problems[pool.relay.label] = str(error)
             if self.metrics is not None:
                 self.metrics.auth_failures.labels(pool.relay.label).inc()
+        if error.pause_until:
+            self._count_pause(pool.relay.label, error.pause_until)
         if self._stopping:
             self.give_back(jobs)
             return

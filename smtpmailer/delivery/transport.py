@@ -77,6 +77,10 @@ class Transport(Protocol):
     def describe(self, error: BaseException) -> str:
         """A failure during delivery, as an operator reads it in last_error and the log."""
 
+    def retire(self) -> None:
+        """The pool is done with this transport (a reload replaced it, or its relay is
+        gone): release what it holds (an HTTP connection pool) once its sessions end."""
+
 
 @attrs.frozen
 class TransportContext:
@@ -93,6 +97,9 @@ class TransportContext:
     # The access tokens of an [OAuth2:NAME], by NAME (a TokenSource), looked up at each
     # open: a reload may have replaced the section while the relay stayed the same.
     tokens: Callable[[str], Any] | None = None
+    # Told of each HTTP request an API relay made: (relay label, status or None when no
+    # answer came, seconds), for the metrics.
+    http_observed: Callable[[str, int | None, float], None] = lambda label, status, took: None
 
 
 def make_transport(relay: RelayConfig, context: TransportContext) -> Transport:

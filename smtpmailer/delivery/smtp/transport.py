@@ -150,6 +150,9 @@ class SMTPTransport:
     def describe(self, error: BaseException) -> str:
         return describe_error(error)
 
+    def retire(self) -> None:
+        """Nothing to release: each session's connection closes with it."""
+
 
 def make_transport(relay: Any, context: TransportContext) -> SMTPTransport:
     return SMTPTransport(relay, context)
