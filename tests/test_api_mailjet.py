@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from smtpmailer.config import parse_config
 from smtpmailer.httpclient import Request, Response
 from smtpmailer.ini import ConfigError
+from tests.fake_relay import settle
 from tests.support import DeliveryCase
 from tests.test_api_sendgrid import PNG, rich_message
 
@@ -106,14 +107,32 @@ class MailjetTests(DeliveryCase):
             self.lines[0], r"relay=api:mj .* status=sent \(HTTP 200 576460752303423\)$"
         )
 
-    def test_a_refused_address_fails_with_mailjets_words(self) -> None:
+    def test_a_refused_address_fails_and_the_others_go_again_without_it(self) -> None:
         self.mailjet.invalid = {"bob@example.org"}
         info = self.run_one()
-        self.assertEqual(info.state, "failed")
+        self.assertEqual(info.state, "deferred")
+        states = {r.address: (r.state, r.last_error) for r in info.recipients}
         self.assertEqual(
-            info.recipients[0].last_error,
-            'HTTP 400: "bob@example.org" is an invalid email address. (To[1].Email)',
+            states["bob@example.org"],
+            ("failed", 'HTTP 400: "bob@example.org" is an invalid email address.'),
         )
+        self.assertEqual(
+            states["ann@example.org"],
+            (
+                "pending",
+                'HTTP 400: "bob@example.org" is an invalid email address. (To[1].Email) '
+                "(another recipient)",
+            ),
+        )
+        self.assertEqual(self.mailjet.accepted, [])
+        self.clock.advance(61)
+        self.service.poller.wake()
+        settle(self.clock)
+        (sent,) = self.mailjet.accepted
+        self.assertEqual([p["Email"] for p in sent["To"]], ["ann@example.org"])
+        info = self.store.show(info.id)
+        self.assertEqual(info.state, "failed", "sent to the others; bob failed for good")
+        self.assertEqual([r.state for r in info.recipients], ["sent", "failed", "sent", "sent"])
 
     def test_the_key_needs_both_halves(self) -> None:
         with self.assertRaises(ConfigError) as caught:

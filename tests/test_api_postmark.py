@@ -15,6 +15,10 @@ from tests.support import DeliveryCase
 from tests.test_api_sendgrid import PNG, rich_message
 
 TOKEN = "00000000-aaaa-bbbb-cccc-postmarktoken"
+WHY_INACTIVE = (
+    "Inactive recipients are ones that have generated a hard bounce, a spam complaint, "
+    "or a manual suppression."
+)
 
 
 class FakePostmark:
@@ -36,14 +40,28 @@ class FakePostmark:
             return succeed(Response(401, {}, json.dumps(body).encode()))
         sent = json.loads(request.body)
         to = sent.get("To", "")
-        if any(address in to for address in self.inactive):
+        everyone = [
+            person.rsplit("<", 1)[-1].strip(" >").lower()
+            for key in ("To", "Cc", "Bcc")
+            for person in sent.get(key, "").split(",")
+            if person.strip()
+        ]
+        inactive = [address for address in everyone if address in self.inactive]
+        if inactive and len(inactive) == len(everyone):
             body = {
                 "ErrorCode": 406,
-                "Message": "You tried to send to recipient(s) that have been marked as inactive.",
+                "Message": "You tried to send to recipient(s) that have been marked as inactive. "
+                f"Found inactive addresses: {', '.join(inactive)}. {WHY_INACTIVE}",
             }
             return succeed(Response(422, {}, json.dumps(body).encode()))
         self.accepted.append(sent)
-        body = {"To": to, "MessageID": f"pm-{next(self._ids)}", "ErrorCode": 0, "Message": "OK"}
+        words = "OK"
+        if inactive:
+            words = (
+                "Message OK, but will not deliver to these inactive addresses: "
+                f"{', '.join(inactive)}. {WHY_INACTIVE}"
+            )
+        body = {"To": to, "MessageID": f"pm-{next(self._ids)}", "ErrorCode": 0, "Message": words}
         return succeed(Response(200, {}, json.dumps(body).encode()))
 
 
@@ -86,12 +104,34 @@ class PostmarkTests(DeliveryCase):
         self.assertEqual(sent["Metadata"], {"smtpmailer_id": info.id})
         self.assertRegex(self.lines[0], r"relay=api:pm .* status=sent \(HTTP 200 pm-1\)$")
 
-    def test_an_inactive_recipient_fails_with_postmarks_words(self) -> None:
+    def test_an_inactive_recipient_fails_and_the_others_are_sent(self) -> None:
         self.postmark.inactive = {"ann@example.org"}
         info = self.run_one()
-        self.assertEqual(info.state, "failed")
+        self.assertEqual(len(self.postmark.accepted), 1, "Postmark sent it to the others")
+        self.assertEqual(info.state, "failed", "one recipient failed for good")
+        states = {r.address: (r.state, r.last_error) for r in info.recipients}
         self.assertEqual(
-            info.recipients[0].last_error,
-            "HTTP 422: You tried to send to recipient(s) that have been marked as inactive. "
-            "(ErrorCode 406)",
+            states["ann@example.org"],
+            (
+                "failed",
+                "HTTP 200: Postmark marked this recipient inactive (hard bounce, spam "
+                "complaint or suppression)",
+            ),
         )
+        self.assertEqual(
+            {a: s for a, (s, _) in states.items() if a != "ann@example.org"},
+            {"bob@example.org": "sent", "carl@example.org": "sent", "dan@example.net": "sent"},
+        )
+
+    def test_every_recipient_inactive_fails_each_with_postmarks_406(self) -> None:
+        self.postmark.inactive = {
+            "ann@example.org",
+            "bob@example.org",
+            "carl@example.org",
+            "dan@example.net",
+        }
+        info = self.run_one()
+        self.assertEqual(self.postmark.accepted, [])
+        self.assertEqual(info.state, "failed")
+        self.assertEqual({r.state for r in info.recipients}, {"failed"})
+        self.assertTrue(info.recipients[0].last_error.startswith("HTTP 422: Postmark marked"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
@@ -22,7 +23,7 @@ from smtpmailer.delivery.api.fields import Uncarried, read
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "refused_recipients"]
 
 
 def _person(name: str, address: str) -> dict[str, str]:
@@ -101,6 +102,27 @@ def error_text(response: Response) -> str:
         return str(data["ErrorMessage"])
     except (ValueError, KeyError, TypeError):
         return response.body[:200].decode("utf-8", "replace")
+
+
+_RELATED = re.compile(r"^(To|Cc|Bcc)\[(\d+)\]\.Email$")
+
+
+def refused_recipients(request: Request, response: Response) -> dict[str, str]:
+    """The addresses Mailjet's errors relate to (``ErrorRelatedTo: ["To[1].Email"]``),
+    looked up in the message we sent."""
+    try:
+        (sent,) = json.loads(request.body)["Messages"]
+        errors = [e for m in json.loads(response.body)["Messages"] for e in m.get("Errors", [])]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    refused: dict[str, str] = {}
+    for error in errors:
+        for related in error.get("ErrorRelatedTo") or []:
+            found = _RELATED.match(str(related))
+            people = sent.get(found.group(1), []) if found else []
+            if found and int(found.group(2)) < len(people):
+                refused[people[int(found.group(2))]["Email"]] = str(error.get("ErrorMessage"))
+    return refused
 
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
@@ -21,7 +22,7 @@ from smtpmailer.delivery.api.fields import Uncarried, person_text, read
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "refused_recipients"]
 
 
 def _list(people: list[tuple[str, str]]) -> str:
@@ -85,6 +86,24 @@ def error_text(response: Response) -> str:
     except (ValueError, KeyError, TypeError):
         text = response.body[:200].decode("utf-8", "replace")
     return text
+
+
+# The inactive addresses Postmark names, in the words of its 200 (some recipients
+# inactive) and its 422 ErrorCode 406 (all of them): "... inactive addresses: a@x, b@y.
+# Inactive recipients are ..." and "... Found inactive addresses: a@x. Inactive ...".
+_INACTIVE = re.compile(r"inactive addresses:\s*(.*?)\.?(?:\s+Inactive\b|\s*$)", re.S)
+
+
+def refused_recipients(request: Request, response: Response) -> dict[str, str]:
+    try:
+        words = str(json.loads(response.body).get("Message", ""))
+    except (ValueError, AttributeError):
+        return {}
+    found = _INACTIVE.search(words)
+    if found is None:
+        return {}
+    why = "Postmark marked this recipient inactive (hard bounce, spam complaint or suppression)"
+    return {address.strip(): why for address in found.group(1).split(",") if address.strip()}
 
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
-from smtpmailer.httpclient import Client, HTTPFailure, Response, TreqClient
+from smtpmailer.httpclient import Client, HTTPFailure, Request, Response, TreqClient
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
 PROVIDER_MODULES = {
@@ -37,6 +37,7 @@ PROVIDER_MODULES = {
 BUILT_ON_REACTOR = 64 * 1024
 # Answers that mean "not now, maybe elsewhere", as an SMTP 421 does.
 UNREACHABLE = {408, 429}
+DEFERRED = "deferred"
 
 
 def _all(lease: Lease, status: str, reply: str) -> tuple[RecipientResult, ...]:
@@ -79,7 +80,7 @@ class APISession:
         finally:
             self._sending = None
             transport.request_ended(status, transport.clock.seconds() - began)
-        return transport.classify(lease, response)
+        return transport.classify(lease, response, request)
 
     def quit(self) -> Deferred[None]:
         return succeed(None)
@@ -125,11 +126,14 @@ class APITransport:
             if close is not None:
                 close()
 
-    def classify(self, lease: Lease, response: Response) -> tuple[RecipientResult, ...]:
+    def classify(
+        self, lease: Lease, response: Response, request: Request
+    ) -> tuple[RecipientResult, ...]:
         relay, provider, status = self.relay, self.provider, response.status
+        refused = _refused(provider, lease, request, response)
         if 200 <= status < 300:
             reply = f"HTTP {status} {provider.message_id(response)}".rstrip()
-            return _all(lease, RCPT_SENT, reply)
+            return _split(lease, refused, status, RCPT_SENT, reply)
         text = f"HTTP {status}: {provider.error_text(response)}"
         if status in UNREACHABLE or status >= 500:
             error = OpenError(text, relay.where, relay.label)
@@ -137,7 +141,33 @@ class APITransport:
             raise error
         if status in (401, 403):
             raise OpenError(f"{text} (check the API key)", relay.where, relay.label, True)
+        if refused:
+            # The request was refused over these recipients alone: the others go again
+            # without them at the next attempt.
+            return _split(lease, refused, status, DEFERRED, f"{text} (another recipient)")
         return _all(lease, RCPT_FAILED, text)
+
+
+def _refused(provider: Any, lease: Lease, request: Request, response: Response) -> dict[str, str]:
+    """The envelope recipients the provider named as refused (an inactive recipient, an
+    address it calls invalid), with its words; a provider that never names them has no
+    ``refused_recipients``."""
+    named = getattr(provider, "refused_recipients", None)
+    if named is None:
+        return {}
+    reasons = {address.lower(): why for address, why in named(request, response).items()}
+    return {r: reasons[r.lower()] for r in lease.recipients if r.lower() in reasons}
+
+
+def _split(
+    lease: Lease, refused: dict[str, str], status: int, others: str, reply: str
+) -> tuple[RecipientResult, ...]:
+    return tuple(
+        RecipientResult(r, RCPT_FAILED, f"HTTP {status}: {refused[r]}")
+        if r in refused
+        else RecipientResult(r, others, reply)
+        for r in lease.recipients
+    )
 
 
 def _reactor() -> Any:
