@@ -1,5 +1,6 @@
 """Mailgun's ``POST /v3/{domain}/messages.mime`` as Mailgun documents it, in memory: HTTP
-Basic auth as ``api``, 200 ``{"id", "message"}``, 400 ``{"message"}``, 401 ``Forbidden``. It
+Basic auth as ``api``, 200 ``{"id", "message"}``, 400 ``{"message"}``, 401 ``Forbidden``;
+``o:testmode`` accepted and delivered to nobody; ``GET /v4/domains/{domain}``. It
 parses the multipart form it gets and keeps what it accepted."""
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ class FakeMailgun:
         self.accepted: list[dict[str, Any]] = []
         self.next: list[tuple[int, dict[str, str], bytes]] = []
         self._ids = itertools.count(1)
+        self.state = "active"  # GET /v4/domains/{domain}: active or unverified
+        self.test_mode: list[dict[str, Any]] = []
 
     def answer(self, request: Request) -> Response:
+        expected = "Basic " + base64.b64encode(f"api:{self.key}".encode()).decode()
+        if request.method == "GET" and "/v4/domains/" in request.url:
+            if request.headers.get("Authorization") != expected:
+                return Response(401, {"content-type": "text/plain"}, b"Forbidden")
+            if not request.url.endswith(f"/v4/domains/{self.domain}"):
+                return Response(404, {}, json.dumps({"message": "Domain not found"}).encode())
+            domain = {"name": self.domain, "state": self.state, "type": "custom"}
+            return Response(200, {}, json.dumps({"domain": domain}).encode())
         if not request.url.endswith(f"/v3/{self.domain}/messages.mime"):
             return Response(404, {}, json.dumps({"message": "Domain not found"}).encode())
-        expected = "Basic " + base64.b64encode(f"api:{self.key}".encode()).decode()
         if request.headers.get("Authorization") != expected:
             return Response(401, {"content-type": "text/plain"}, b"Forbidden")
         if self.next:
@@ -36,7 +46,10 @@ class FakeMailgun:
         fields = self.form(request)
         if not fields.get("to") or not fields.get("message"):
             return Response(400, {}, json.dumps({"message": "to parameter is missing"}).encode())
-        self.accepted.append(fields)
+        if fields.get("o:testmode") == ["yes"]:
+            self.test_mode.append(fields)  # accepted, delivered to nobody
+        else:
+            self.accepted.append(fields)
         number = next(self._ids)
         body = {"id": f"<2026{number}.1@{self.domain}>", "message": "Queued. Thank you."}
         return Response(200, {"content-type": "application/json"}, json.dumps(body).encode())

@@ -1,7 +1,9 @@
 """A SendGrid v3 ``/v3/mail/send`` as SendGrid documents it, for tests: Bearer-key auth
 (401 with its error body otherwise), 202 with ``X-Message-Id``, 400 with
-``{"errors": [{"message", "field", "help"}]}``, 429 with ``X-RateLimit-Reset``, 5xx. It keeps
-every body it accepted. ``__call__`` is the in-memory client a transport takes; ``listen``
+``{"errors": [{"message", "field", "help"}]}``, 403 for a sender that is not a verified Sender
+Identity, 429 with ``X-RateLimit-Reset``, 5xx; ``GET /v3/scopes``; a send with
+``mail_settings.sandbox_mode`` checked and answered 200, delivered to nobody. It keeps every
+body it accepted. ``__call__`` is the in-memory client a transport takes; ``listen``
 serves the same over HTTP on 127.0.0.1 (tests/fake_http.py)."""
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ class FakeSendGrid:
         self.next: list[tuple[int, dict[str, str], bytes]] = []
         self._ids = itertools.count(1)
         self._served: ServedOverHTTP | None = None
+        # What GET /v3/scopes lists; the verified senders (None: any sender will do).
+        self.scopes = ["mail.send", "user.profile.read"]
+        self.senders: set[str] | None = None
+        self.sandboxed: list[dict[str, Any]] = []
 
     def answer(self, request: Request) -> Response:
         self.requests.append(request)
-        if not request.url.endswith("/v3/mail/send") or request.method != "POST":
+        path = request.url.split("://", 1)[-1].partition("/")[2]
+        if (request.method, path) not in (("POST", "v3/mail/send"), ("GET", "v3/scopes")):
             return Response(404, {}, _errors(("Not found", None)))
         if request.headers.get("Authorization") != f"Bearer {self.key}":
             return Response(
@@ -45,6 +52,8 @@ class FakeSendGrid:
                 {"content-type": "application/json"},
                 _errors(("The provided authorization grant is invalid, expired, or revoked", None)),
             )
+        if path == "v3/scopes":
+            return Response(200, {}, json.dumps({"scopes": self.scopes}).encode())
         if self.next:
             status, headers, body = self.next.pop(0)
             return Response(status, headers, body)
@@ -54,6 +63,21 @@ class FakeSendGrid:
             assert to and body["from"]["email"] and body["content"]
         except (ValueError, KeyError, IndexError, AssertionError, TypeError):
             return Response(400, {}, _errors(("Bad Request", None)))
+        if self.senders is not None and body["from"]["email"] not in self.senders:
+            return Response(
+                403,
+                {},
+                _errors(
+                    (
+                        "The from address does not match a verified Sender Identity. Mail "
+                        "cannot be sent until this error is resolved.",
+                        "from",
+                    )
+                ),
+            )
+        if body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable"):
+            self.sandboxed.append(body)  # checked, delivered to nobody: 200, not 202
+            return Response(200, {}, b"")
         self.accepted.append(body)
         return Response(202, {"x-message-id": f"sg-{next(self._ids)}"}, b"")
 

@@ -20,13 +20,28 @@ class FakeBrevo:
     def __init__(self) -> None:
         self.accepted: list[dict[str, Any]] = []
         self.next: list[tuple[int, dict[str, str], bytes]] = []
+        self.senders = {"zoe@example.com": True, "old@example.com": False}
+        self.dropped: list[dict[str, Any]] = []
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
         if request.headers.get("api-key") != KEY:
             body = {"code": "unauthorized", "message": "Key not found"}
             return succeed(Response(401, {}, json.dumps(body).encode()))
+        if request.method == "GET" and request.url.endswith("/v3/account"):
+            plan = [{"type": "free", "creditsType": "sendLimit", "credits": 287}]
+            body = {"email": "ops@example.com", "companyName": "Example", "plan": plan}
+            return succeed(Response(200, {}, json.dumps(body).encode()))
+        if request.method == "GET" and request.url.endswith("/v3/senders"):
+            senders = [
+                {"id": n, "name": "", "email": email, "active": active}
+                for n, (email, active) in enumerate(self.senders.items())
+            ]
+            return succeed(Response(200, {}, json.dumps({"senders": senders}).encode()))
         if self.next:
             return succeed(Response(*self.next.pop(0)))
+        if request.headers.get("X-Sib-Sandbox") == "drop":
+            self.dropped.append(json.loads(request.body))  # checked, then dropped
+            return succeed(Response(201, {}, b'{"messageId": "<sandbox@smtp-relay.mailin.fr>"}'))
         self.accepted.append(json.loads(request.body))
         body = {"messageId": f"<2026{len(self.accepted)}.1@smtp-relay.mailin.fr>"}
         return succeed(Response(201, {}, json.dumps(body).encode()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -23,6 +24,8 @@ class FakeMailjet:
     def __init__(self) -> None:
         self.accepted: list[dict[str, Any]] = []
         self.invalid: set[str] = set()
+        self.senders = {"zoe@example.com": "Active", "new@example.com": "Inactive"}
+        self.sandboxed: list[dict[str, Any]] = []
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
         expected = "Basic " + base64.b64encode(KEY.encode()).decode()
@@ -34,6 +37,16 @@ class FakeMailjet:
                 "unauthorized to access the API or your API key may be expired.",
             }
             return succeed(Response(401, {}, json.dumps(body).encode()))
+        if request.method == "GET" and "/v3/REST/sender" in request.url:
+            asked = parse_qs(urlsplit(request.url).query).get("Email", [None])[0]
+            data = [
+                {"ID": n, "Email": email, "Status": status}
+                for n, (email, status) in enumerate(self.senders.items())
+                if asked in (None, email)
+            ]
+            body = {"Count": len(data), "Data": data, "Total": len(data)}
+            return succeed(Response(200, {}, json.dumps(body).encode()))
+        sandbox = json.loads(request.body).get("SandboxMode", False)
         (message,) = json.loads(request.body)["Messages"]
         bad = [i for i, to in enumerate(message["To"]) if to["Email"] in self.invalid]
         if bad:
@@ -48,7 +61,7 @@ class FakeMailjet:
             ]
             body = {"Messages": [{"Status": "error", "Errors": errors}]}
             return succeed(Response(400, {}, json.dumps(body).encode()))
-        self.accepted.append(message)
+        (self.sandboxed if sandbox else self.accepted).append(message)
         to = [
             {"Email": t["Email"], "MessageUUID": "u", "MessageID": 576460752303423 + i}
             for i, t in enumerate(message["To"])

@@ -38,6 +38,9 @@ class FakePostmark:
                 "request header was invalid.",
             }
             return succeed(Response(401, {}, json.dumps(body).encode()))
+        if request.method == "GET" and request.url.endswith("/server"):
+            server = {"ID": 1, "Name": "Production", "Color": "blue", "DeliveryType": "Live"}
+            return succeed(Response(200, {}, json.dumps(server).encode()))
         sent = json.loads(request.body)
         to = sent.get("To", "")
         everyone = [

@@ -25,6 +25,8 @@ class FakeResend:
         self.by_key: dict[str, str] = {}
         self.lose_answer = 0  # answers to lose after doing the work (a dropped connection)
         self._ids = itertools.count(1)
+        self.domains = {"example.com": "verified", "example.net": "pending"}  # GET /domains
+        self.sending_only = False  # a key with sending access only
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
         from smtpmailer.httpclient import HTTPFailure
@@ -32,6 +34,19 @@ class FakeResend:
         if request.headers.get("Authorization") != f"Bearer {KEY}":
             body = {"statusCode": 401, "name": "missing_api_key", "message": "Missing API key"}
             return succeed(Response(401, {}, json.dumps(body).encode()))
+        if request.method == "GET" and request.url.endswith("/domains"):
+            if self.sending_only:
+                body = {
+                    "statusCode": 401,
+                    "name": "restricted_api_key",
+                    "message": "This API key is restricted to only send emails",
+                }
+                return succeed(Response(401, {}, json.dumps(body).encode()))
+            data = [
+                {"id": f"d-{n}", "name": name, "status": status, "region": "us-east-1"}
+                for n, (name, status) in enumerate(self.domains.items())
+            ]
+            return succeed(Response(200, {}, json.dumps({"data": data}).encode()))
         key = request.headers.get("Idempotency-Key", "")
         if key not in self.by_key:
             sent = json.loads(request.body)

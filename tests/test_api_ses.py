@@ -28,6 +28,32 @@ class FakeSES:
         self.region = region
         self.accepted: list[dict[str, Any]] = []
         self.next: list[tuple[int, dict[str, str], bytes]] = []
+        self.identities = {"example.com": True, "example.org": False}  # verified for sending
+        self.sending_enabled = True
+
+    def read(self, path: str) -> Response:
+        """GetAccount and GetEmailIdentity, as SES v2 answers them."""
+        if path == "v2/email/account":
+            body: dict[str, Any] = {
+                "SendingEnabled": self.sending_enabled,
+                "ProductionAccessEnabled": False,
+                "EnforcementStatus": "HEALTHY",
+                "SendQuota": {"Max24HourSend": 200.0, "MaxSendRate": 1.0, "SentLast24Hours": 3.0},
+            }
+            return Response(200, {}, json.dumps(body).encode())
+        name = path.rpartition("/")[2]
+        if not path.startswith("v2/email/identities/") or name not in self.identities:
+            body = {"message": f"Email identity {name} does not exist."}
+            return Response(
+                404, {"x-amzn-errortype": "NotFoundException:"}, json.dumps(body).encode()
+            )
+        verified = self.identities[name]
+        body = {
+            "IdentityType": "DOMAIN",
+            "VerifiedForSendingStatus": verified,
+            "VerificationStatus": "SUCCESS" if verified else "PENDING",
+        }
+        return Response(200, {}, json.dumps(body).encode())
 
     def signed_right(self, request: Request) -> bool:
         from botocore.auth import SigV4Auth
@@ -47,7 +73,9 @@ class FakeSES:
         return given.endswith(f"Signature={signature}") and f"Credential={ACCESS}/" in given
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
-        if not request.url.endswith("/v2/email/outbound-emails"):
+        path = request.url.split("://", 1)[-1].partition("/")[2]
+        reads = request.method == "GET" and path.startswith("v2/email/")
+        if not reads and path != "v2/email/outbound-emails":
             return succeed(Response(404, {}, b'{"message":"Not Found"}'))
         if not self.signed_right(request):
             body = (
@@ -55,6 +83,8 @@ class FakeSES:
                 b'signature you provided."}'
             )
             return succeed(Response(403, {"x-amzn-errortype": "SignatureDoesNotMatch:"}, body))
+        if reads:
+            return succeed(self.read(path))
         if self.next:
             return succeed(Response(*self.next.pop(0)))
         sent = json.loads(request.body)

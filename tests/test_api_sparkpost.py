@@ -26,13 +26,35 @@ class FakeSparkPost:
         self.accepted: list[dict[str, Any]] = []
         self.next: list[tuple[int, bytes]] = []
         self._ids = itertools.count(7000)
+        self.domains = {"example.com": True, "example.org": False}  # ownership verified
+
+    def sending_domains(self, rest: str) -> Response:
+        def status(verified: bool) -> dict[str, Any]:
+            dkim = "valid" if verified else "unverified"
+            return {"ownership_verified": verified, "dkim_status": dkim, "spf_status": dkim}
+
+        if not rest:
+            listed = [{"domain": d, "status": status(v)} for d, v in self.domains.items()]
+            return Response(200, {}, json.dumps({"results": listed}).encode())
+        domain = rest.strip("/")
+        if domain not in self.domains:
+            error = {
+                "message": "resource not found",
+                "code": "1600",
+                "description": f"Sending domain '{domain}' does not exist",
+            }
+            return Response(404, {}, json.dumps({"errors": [error]}).encode())
+        results = {"status": status(self.domains[domain])}
+        return Response(200, {}, json.dumps({"results": results}).encode())
 
     def __call__(self, request: Request, timeout: float) -> Deferred[Response]:
-        if not request.url.endswith("/api/v1/transmissions"):
-            return succeed(Response(404, {}, b'{"errors":[{"message":"Not found"}]}'))
         if request.headers.get("Authorization") != KEY:
             body = b'{"errors":[{"message":"Unauthorized."}]}'
             return succeed(Response(401, {}, body))
+        if request.method == "GET" and "/api/v1/sending-domains" in request.url:
+            return succeed(self.sending_domains(request.url.partition("/sending-domains")[2]))
+        if not request.url.endswith("/api/v1/transmissions"):
+            return succeed(Response(404, {}, b'{"errors":[{"message":"Not found"}]}'))
         if self.next:
             status, body = self.next.pop(0)
             return succeed(Response(status, {}, body))

@@ -17,12 +17,15 @@ import base64
 import json
 from typing import Any
 
+import attrs
+
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Skipped, Step, json_of, sandbox_lease
 from smtpmailer.httpclient import Request, Response
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "probes"]
 
 
 def _person(name: str, address: str) -> dict[str, str]:
@@ -92,3 +95,47 @@ def pause_until(response: Response, now: float) -> float | None:
         return now + float(value) if value else None
     except ValueError:
         return None
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The account and its credits (``GET /v3/account``), the sender among the active ones
+    (``GET /v3/senders``), and a send with ``X-Sib-Sandbox: drop``, which Brevo checks and
+    drops."""
+    auth = {"api-key": relay.api_key or "", "Accept": "application/json"}
+
+    def account(response: Response) -> str:
+        data = json_of(response)
+        plans = [
+            f"{p.get('credits')} credits ({p.get('type')}, {p.get('creditsType')})"
+            for p in data.get("plan", [])
+        ]
+        return f"{data.get('email', '?')}: " + ("; ".join(plans) or "no plan")
+
+    steps: list[Step] = [
+        Probe(
+            "credentials and quota",
+            Request("GET", relay.endpoint + "/v3/account", auth, b""),
+            account,
+        )
+    ]
+    if sender is None:
+        steps.append(Skipped("sender", "give --from ADDRESS to check a sender"))
+        return steps
+
+    def senders(response: Response) -> str:
+        found = [s for s in json_of(response).get("senders", []) if s.get("email") == sender]
+        if not found or not found[0].get("active"):
+            raise ProbeFailed(f"{sender} is {'inactive' if found else 'not a sender'} in Brevo")
+        return f"{sender} is an active sender"
+
+    sandbox = build(sandbox_lease(sender), relay)
+    sandbox = attrs.evolve(sandbox, headers={**sandbox.headers, "X-Sib-Sandbox": "drop"})
+    steps += [
+        Probe("sender", Request("GET", relay.endpoint + "/v3/senders", auth, b""), senders),
+        Probe(
+            "sandbox send",
+            sandbox,
+            lambda r: "accepted with X-Sib-Sandbox: drop, nothing delivered",
+        ),
+    ]
+    return steps

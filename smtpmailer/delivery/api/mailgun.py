@@ -17,6 +17,7 @@ import json
 import secrets
 
 from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Step, json_of, sandbox_lease
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
@@ -78,3 +79,37 @@ def error_text(response: Response) -> str:
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.
 pause_until = retry_after
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The domain as Mailgun knows it (``GET /v4/domains/{domain}``: it must be active),
+    then a send in test mode (``o:testmode``), which Mailgun accepts and delivers to nobody."""
+    credentials = base64.b64encode(f"api:{relay.api_key}".encode()).decode("ascii")
+    auth = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
+
+    def domain(response: Response) -> str:
+        state = json_of(response).get("domain", {}).get("state")
+        if state != "active":
+            raise ProbeFailed(f"domain {relay.domain} is {state}, not active (verify its DNS)")
+        return f"{relay.domain} is active"
+
+    lease = sandbox_lease(sender or f"postmaster@{relay.domain}")
+    kind, body = _form([("to", lease.recipients[0]), ("o:testmode", "yes")], lease.data)
+    test_mode = Request(
+        "POST",
+        f"{relay.endpoint}/v3/{relay.domain}/messages.mime",
+        {**auth, "Content-Type": kind},
+        body,
+    )
+    return [
+        Probe(
+            "domain",
+            Request("GET", f"{relay.endpoint}/v4/domains/{relay.domain}", auth, b""),
+            domain,
+        ),
+        Probe(
+            "test-mode send",
+            test_mode,
+            lambda r: f"from {lease.sender} accepted in test mode, nothing delivered",
+        ),
+    ]

@@ -17,9 +17,19 @@ import base64
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.probe import (
+    Probe,
+    ProbeFailed,
+    Skipped,
+    Step,
+    json_of,
+    sandbox_lease,
+    with_json,
+)
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
@@ -127,3 +137,39 @@ def refused_recipients(request: Request, response: Response) -> dict[str, str]:
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.
 pause_until = retry_after
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The sender's status (``GET /v3/REST/sender``: Active), then a send with
+    ``SandboxMode``, which Mailjet checks and delivers to nobody."""
+    credentials = base64.b64encode((relay.api_key or "").encode()).decode("ascii")
+    auth = {"Authorization": f"Basic {credentials}", "Accept": "application/json"}
+    if sender is None:
+        return [
+            Probe(
+                "credentials",
+                Request("GET", relay.endpoint + "/v3/REST/sender?Limit=1", auth, b""),
+                lambda r: "the key is accepted",
+            ),
+            Skipped("sender", "give --from ADDRESS to check a sender"),
+        ]
+
+    def status(response: Response) -> str:
+        found = json_of(response).get("Data", [])
+        state = found[0].get("Status") if found else None
+        if state != "Active":
+            raise ProbeFailed(f"{sender} is {state or 'not a sender'} in Mailjet, not Active")
+        return f"{sender} is Active"
+
+    def sandbox(body: dict[str, Any]) -> None:
+        body["SandboxMode"] = True
+
+    asked = Request("GET", f"{relay.endpoint}/v3/REST/sender?Email={quote(sender)}", auth, b"")
+    return [
+        Probe("sender", asked, status),
+        Probe(
+            "sandbox send",
+            with_json(build(sandbox_lease(sender), relay), sandbox),
+            lambda r: "accepted in SandboxMode, nothing delivered",
+        ),
+    ]

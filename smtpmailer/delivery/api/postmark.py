@@ -19,6 +19,7 @@ from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, person_text, read
+from smtpmailer.delivery.api.probe import Probe, Skipped, Step, json_of
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
@@ -108,3 +109,17 @@ def refused_recipients(request: Request, response: Response) -> dict[str, str]:
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.
 pause_until = retry_after
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The server the token belongs to (``GET /server``). Postmark has no no-delivery mode
+    for a real token, and lists sender signatures only to an account token."""
+
+    def server(response: Response) -> str:
+        return f"server {json_of(response).get('Name', '?')}"
+
+    auth = {"X-Postmark-Server-Token": relay.api_key or "", "Accept": "application/json"}
+    return [
+        Probe("credentials", Request("GET", relay.endpoint + "/server", auth, b""), server),
+        Skipped("sender", "Postmark shows sender signatures to an account token only"),
+    ]

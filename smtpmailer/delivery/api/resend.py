@@ -18,10 +18,11 @@ from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, person_text, read
+from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Step, domain_of, json_of
 from smtpmailer.httpclient import Request, Response
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "probes"]
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
@@ -92,3 +93,39 @@ def pause_until(response: Response, now: float) -> float | None:
         except ValueError:
             continue
     return None
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The key and the sender's domain (``GET /domains``: it must be verified). A key
+    restricted to sending may not read domains: Resend answers 401 restricted_api_key,
+    which still proves the key. Resend has no no-delivery mode."""
+    auth = {"Authorization": f"Bearer {relay.api_key}", "Accept": "application/json"}
+    wanted = domain_of(sender) if sender else None
+
+    def domains(response: Response) -> str:
+        known = {d.get("name"): d.get("status") for d in json_of(response).get("data", [])}
+        if wanted is None:
+            return f"{len(known)} domain(s); give --from ADDRESS to check a sender"
+        if known.get(wanted) != "verified":
+            raise ProbeFailed(
+                f"domain {wanted} is {known.get(wanted) or 'not added'}, not verified"
+            )
+        return f"{wanted} is verified"
+
+    def restricted(response: Response) -> str | None:
+        try:
+            name = json.loads(response.body).get("name")
+        except (ValueError, AttributeError):
+            return None
+        if response.status == 401 and name == "restricted_api_key":
+            return "a sending-only key: domains not readable with it"
+        return None
+
+    return [
+        Probe(
+            "credentials and domain",
+            Request("GET", relay.endpoint + "/domains", auth, b""),
+            domains,
+            restricted,
+        )
+    ]

@@ -20,10 +20,19 @@ from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.fields import Uncarried, read
+from smtpmailer.delivery.api.probe import (
+    Probe,
+    ProbeFailed,
+    Skipped,
+    Step,
+    json_of,
+    sandbox_lease,
+    with_json,
+)
 from smtpmailer.httpclient import Request, Response
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "probes"]
 
 PATH = "/v3/mail/send"
 # Headers SendGrid refuses in ``headers`` beyond those the fields carry (its reserved list).
@@ -120,3 +129,35 @@ def pause_until(response: Response, now: float) -> float | None:
             continue
         return number if name == "x-ratelimit-reset" and number > now else now + number
     return None
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The key's scopes (``GET /v3/scopes``), then a send in sandbox mode, which SendGrid
+    checks like a real one (the sender identity included) and delivers to nobody."""
+    auth = {"Authorization": f"Bearer {relay.api_key}", "Accept": "application/json"}
+
+    def scopes(response: Response) -> str:
+        granted = json_of(response).get("scopes", [])
+        if "mail.send" not in granted:
+            raise ProbeFailed("the key lacks the mail.send scope")
+        return f"{len(granted)} scopes, mail.send among them"
+
+    steps: list[Step] = [
+        Probe("credentials", Request("GET", relay.endpoint + "/v3/scopes", auth, b""), scopes)
+    ]
+    if sender is None:
+        steps.append(Skipped("sandbox send", "give --from ADDRESS to check a sender"))
+        return steps
+
+    def sandbox(body: dict[str, Any]) -> None:
+        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+
+    request = with_json(build(sandbox_lease(sender), relay), sandbox)
+    steps.append(
+        Probe(
+            "sandbox send",
+            request,
+            lambda r: f"{sender} accepted in sandbox mode (HTTP {r.status}), nothing delivered",
+        )
+    )
+    return steps

@@ -21,10 +21,11 @@ import json
 from typing import Any
 
 from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Skipped, Step, domain_of, json_of
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
-__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until"]
+__all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "probes"]
 
 
 class Uncarried(Exception):
@@ -80,3 +81,56 @@ def error_text(response: Response) -> str:
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.
 pause_until = retry_after
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The account (``GetAccount``: sending enabled, production or sandbox, the 24-hour
+    quota) and the sender's domain identity (``GetEmailIdentity``: verified for sending).
+    Both are signed reads; nothing is sent."""
+
+    def account(response: Response) -> str:
+        data = json_of(response)
+        if not data.get("SendingEnabled", False):
+            raise ProbeFailed("sending is disabled for this account")
+        quota = data.get("SendQuota", {})
+        mode = "production" if data.get("ProductionAccessEnabled") else "sandbox"
+        return (
+            f"{mode}; sent {quota.get('SentLast24Hours', 0):g} of "
+            f"{quota.get('Max24HourSend', 0):g} in 24 h, at most {quota.get('MaxSendRate', 0):g}/s"
+        )
+
+    steps: list[Step] = [
+        Probe("account and quota", _signed_get(relay, "/v2/email/account"), account)
+    ]
+    if sender is None:
+        steps.append(Skipped("identity", "give --from ADDRESS to check a sender"))
+        return steps
+    domain = domain_of(sender)
+
+    def identity(response: Response) -> str:
+        data = json_of(response)
+        if not data.get("VerifiedForSendingStatus"):
+            raise ProbeFailed(
+                f"identity {data.get('IdentityName', domain)} is not verified for sending"
+            )
+        return f"{data.get('IdentityType', 'identity').lower()} verified for sending"
+
+    def not_found(response: Response) -> str | None:
+        if response.status == 404:
+            raise ProbeFailed(f"{domain} is not an identity of this account in {relay.region}")
+        return None
+
+    steps.append(
+        Probe("identity", _signed_get(relay, f"/v2/email/identities/{domain}"), identity, not_found)
+    )
+    return steps
+
+
+def _signed_get(relay: APIRelayConfig, path: str) -> Request:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    url = relay.endpoint + path
+    signing = AWSRequest("GET", url, data=b"")
+    SigV4Auth(credentials(relay), "ses", relay.region or "us-east-1").add_auth(signing)
+    return Request("GET", url, dict(signing.headers.items()), b"")

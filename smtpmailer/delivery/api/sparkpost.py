@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 from smtpmailer.config.sections import APIRelayConfig
+from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Skipped, Step, domain_of, json_of
 from smtpmailer.httpclient import Request, Response, retry_after
 from smtpmailer.queue import Lease
 
@@ -70,3 +71,34 @@ def error_text(response: Response) -> str:
 
 # These APIs name no reset time of their own: a Retry-After is all there may be.
 pause_until = retry_after
+
+
+def probes(relay: APIRelayConfig, sender: str | None) -> list[Step]:
+    """The key (``GET /api/v1/sending-domains``), and the sender's sending domain with its
+    ownership verified (``GET /api/v1/sending-domains/{domain}``). SparkPost's sandbox
+    domain sends real mail, so there is no no-delivery send here."""
+    auth = {"Authorization": relay.api_key or "", "Accept": "application/json"}
+    if sender is None:
+        return [
+            Probe(
+                "credentials",
+                Request("GET", relay.endpoint + "/api/v1/sending-domains", auth, b""),
+                lambda r: f"{len(json_of(r).get('results', []))} sending domain(s)",
+            ),
+            Skipped("sending domain", "give --from ADDRESS to check a sender's domain"),
+        ]
+    domain = domain_of(sender)
+
+    def verified(response: Response) -> str:
+        status = json_of(response).get("results", {}).get("status", {})
+        if not status.get("ownership_verified"):
+            raise ProbeFailed(f"{domain}: ownership not verified")
+        return f"{domain}: ownership verified, DKIM {status.get('dkim_status', '?')}"
+
+    def unknown(response: Response) -> str | None:
+        if response.status == 404:
+            raise ProbeFailed(f"{domain} is not a sending domain of this account")
+        return None
+
+    asked = Request("GET", f"{relay.endpoint}/api/v1/sending-domains/{domain}", auth, b"")
+    return [Probe("sending domain", asked, verified, unknown)]
