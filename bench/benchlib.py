@@ -71,6 +71,79 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
     return process, port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process so far (its children included once they ended)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def find_nginx() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    print("nginx not found: installing Debian's nginx-light package", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
+    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx-light"]
+    subprocess.run([*prefix, *command], check=True, env=env)
+    return "/usr/sbin/nginx"
+
+
+def start_http_sink(home: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The HTTP counterpart of smtp-sink: nginx on an ephemeral loopback port answering
+    SendGrid's ``POST /v3/mail/send`` with 202 and an ``X-Message-Id``, and discarding the
+    body. One worker process, keep-alive without limit, no logs."""
+    nginx = find_nginx()
+    port = free_port()
+    config = os.path.join(home, "nginx.conf")
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    with open(config, "w") as handle:
+        handle.write(
+            f"{user}daemon off;\nworker_processes 1;\npid {home}/nginx.pid;\n"
+            f"error_log {home}/nginx-error.log warn;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"  access_log off;\n  client_body_temp_path {home}/body;\n"
+            f"  proxy_temp_path {home}/proxy;\n  fastcgi_temp_path {home}/fastcgi;\n"
+            f"  uwsgi_temp_path {home}/uwsgi;\n  scgi_temp_path {home}/scgi;\n"
+            "  keepalive_requests 1000000;\n  keepalive_timeout 120s;\n"
+            "  client_max_body_size 30m;\n"
+            f"  server {{\n    listen 127.0.0.1:{port};\n"
+            "    location = /v3/mail/send {\n"
+            "      add_header X-Message-Id $request_id always;\n"
+            "      return 202;\n    }\n"
+            '    location / { return 404 \'{"errors":[{"message":"Not found"}]}\'; }\n'
+            "  }\n}\n"
+        )
+    process = subprocess.Popen(
+        [nginx, "-c", config, "-p", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return process.poll() is not None
+
+    wait_for(listening, 10, "nginx to listen")
+    if process.poll() is not None:
+        with open(os.path.join(home, "nginx-error.log")) as log:
+            raise SystemExit(f"nginx did not start: {log.read()[-500:]}")
+    return process, port
+
+
 def message(number: int, size: int) -> bytes:
     head = (
         f"From: bench@example.com\r\nTo: sink@example.org\r\nSubject: bench {number}\r\n"
@@ -222,11 +295,21 @@ class Smtpmailer:
         sink_port: int,
         attach: Callable[[int], Callable[[], None]] | None = None,
         connections: int = 4,
+        relay: str | None = None,
     ) -> None:
+        """``relay`` replaces the SMTP relay to the sink (an ``[API:NAME]`` section)."""
         self.sink_port = sink_port
         self.connections = connections
         self.attach = attach
+        self.relay = relay or (
+            f"[Relay]\nhost = 127.0.0.1\nport = {sink_port}\nsecurity = none\n"
+            f"max_connections = {connections}\nmax_messages_per_connection = 1000\n"
+        )
         self._detach: Callable[[], None] | None = None
+        # The daemon's CPU seconds from "go" to the last message, and its peak RSS.
+        self._cpu_at_go = 0.0
+        self.cpu_seconds = 0.0
+        self.peak_rss_kib = 0
 
     def _daemon(self, home: str, submission: int | None) -> tuple[subprocess.Popen[bytes], str]:
         config = os.path.join(home, "smtpmailer.conf")
@@ -235,8 +318,7 @@ class Smtpmailer:
             handle.write(
                 "[Daemon]\nstate_dir = state\n"
                 "[Queue]\nbatch_size = 200\nmax_queue_size = 1000000\n"
-                f"[Relay]\nhost = 127.0.0.1\nport = {self.sink_port}\nsecurity = none\n"
-                f"max_connections = {self.connections}\nmax_messages_per_connection = 1000\n"
+                f"{self.relay}"
                 f"[Submission]\nlisten = {listen}\n[Status]\nlisten =\n"
                 "[Logging]\nlevel = warn\nstats_interval = 0\n"
             )
@@ -273,6 +355,8 @@ class Smtpmailer:
         """Wait until all are sent; messages per second since ``started``."""
         wait_for(lambda: reader.counts()["sent"] >= messages, 600, "smtpmailer to relay all")
         elapsed = time.perf_counter() - started
+        self.cpu_seconds = cpu_seconds(daemon.pid) - self._cpu_at_go
+        self.peak_rss_kib = peak_rss_kib(daemon.pid)
         reader.close()
         self._stop(daemon)
         return messages / elapsed
@@ -289,6 +373,7 @@ class Smtpmailer:
             wakeup = os.path.join(home, "state", "wakeup.sock")
             wait_for(lambda: os.path.exists(wakeup), 60, "smtpmailer to start")
             started = time.perf_counter()
+            self._cpu_at_go = cpu_seconds(daemon.pid)
             reader.release_all(time.time())  # "go", like postqueue -f
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
                 poke.sendto(b"wake", wakeup)
@@ -304,6 +389,7 @@ class Smtpmailer:
             wait_for(lambda: listening(port), 60, "the submission listener")
             reader = store_at(path)
             started = time.perf_counter()
+            self._cpu_at_go = cpu_seconds(daemon.pid)
             inject(port, messages, size)
             return self._rate(daemon, reader, messages, started)
         finally:

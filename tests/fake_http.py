@@ -83,12 +83,17 @@ class _Everything(Resource):
 class ServedOverHTTP:
     """``url`` is the base URL an ``endpoint =`` takes; ``close()`` stops listening."""
 
-    def __init__(self, handler: Handler, reactor: Any) -> None:
+    def __init__(self, handler: Handler, reactor: Any, tls: Any = None) -> None:
+        """``tls``: the server's TLS options (an https:// URL then)."""
         site = Site(_Everything(handler))
         site.noisy = False
         self.connections = _Counting(site)
-        self._port = reactor.listenTCP(0, self.connections, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self._port.getHost().port}"
+        if tls is None:
+            self._port = reactor.listenTCP(0, self.connections, interface="127.0.0.1")
+        else:
+            self._port = reactor.listenSSL(0, self.connections, tls, interface="127.0.0.1")
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._port.getHost().port}"
 
     def close(self) -> Any:
         return self._port.stopListening()

@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 from smtpmailer.config import parse_config
 from smtpmailer.delivery.api.transport import APITransport
 from smtpmailer.delivery.transport import TransportContext
-from smtpmailer.httpclient import TreqClient
+from smtpmailer.httpclient import PooledClient
 from smtpmailer.queue import Lease
 from tests import (
     test_api_brevo,
@@ -61,7 +61,7 @@ class OverHTTPTests(TestCase):
         fake, keys, accepted = _cases()[provider]
         served = ServedOverHTTP(fake, reactor)
         self.addCleanup(served.close)
-        client = TreqClient(reactor, 2)
+        client = PooledClient(reactor, 2)
         self.addCleanup(client.close)
         relay = parse_config(
             f"[API:{provider}]\nprovider = {provider}\n{keys}endpoint = {served.url}\n",
@@ -186,3 +186,65 @@ class LargeBodiesTests(TestCase):
             self.assertEqual(result.status, "sent")
         self.assertEqual(threaded, [len(large)])
         self.assertEqual(len(fake.accepted), 2)
+
+
+class TLSTests(TestCase):
+    """HTTPS to an API is verified: a certificate no trusted authority signed is refused,
+    and the same server is used once its authority is trusted (SSL_CERT_FILE, as OpenSSL
+    reads it for the platform's trust)."""
+
+    timeout = 30
+
+    def serve_tls(self) -> tuple[str, str]:
+        import os
+
+        from twisted.internet.ssl import PrivateCertificate
+
+        from tests.certs import TestCA
+
+        directory = self.mktemp()
+        ca = TestCA(directory)
+        cert, key = ca.issue("api", ips=("127.0.0.1",))
+        with open(cert) as c, open(key) as k:
+            pem = c.read() + k.read()
+        options = PrivateCertificate.loadPEM(pem).options()
+        served = ServedOverHTTP(FakeSendGrid(), reactor, tls=options)
+        self.addCleanup(served.close)
+        return served.url, os.path.abspath(ca.ca_file)
+
+    async def send(self, url: str) -> Any:
+        client = PooledClient(reactor, 1)
+        self.addCleanup(client.close)
+        relay = parse_config(
+            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\nendpoint = {url}\n",
+            "/etc/smtpmailer/smtpmailer.conf",
+        ).relays[0]
+        session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
+        lease = Lease(
+            "7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0
+        )
+        return await session.deliver(lease)
+
+    async def test_an_untrusted_certificate_is_refused(self) -> None:
+        from smtpmailer.delivery.transport import OpenError
+
+        url, _ = self.serve_tls()
+        with self.assertRaises(OpenError) as caught:
+            await self.send(url)
+        self.assertRegex(str(caught.exception), r"^api:sg \(https://127\.0\.0\.1:\d+\): TLS: ")
+
+    async def test_a_trusted_authority_is_accepted(self) -> None:
+        import os
+
+        url, ca_file = self.serve_tls()
+        before = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = ca_file
+        self.addCleanup(
+            lambda: (
+                os.environ.pop("SSL_CERT_FILE")
+                if before is None
+                else os.environ.__setitem__("SSL_CERT_FILE", before)
+            )
+        )
+        (result,) = await self.send(url)
+        self.assertEqual(result.status, "sent")

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
 from smtpmailer.delivery.api import sendgrid
-from smtpmailer.httpclient import TreqClient
+from smtpmailer.httpclient import PooledClient
 from smtpmailer.ini import ConfigError
 from smtpmailer.queue import Lease
 from tests.fake_relay import settle
@@ -350,7 +350,7 @@ class RealHTTPTests(TestCase):
         self.sendgrid = FakeSendGrid()
         self.base = self.sendgrid.listen(reactor)
         self.addCleanup(self.sendgrid.close)
-        self.client = TreqClient(reactor, 2)
+        self.client = PooledClient(reactor, 2)
         self.addCleanup(self.client.close)
 
     async def test_a_request_over_http(self) -> None:

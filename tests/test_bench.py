@@ -40,6 +40,12 @@ class TinyBenchTests(TestCase):
         report = self.bench("throughput", "--messages", "200")
         self.assertEqual((report["messages"], report["failed_or_deferred"]), (200, 0))
 
+    def test_api_against_anymail(self) -> None:
+        report = self.bench("api", "--messages", "200", "--runs", "1")
+        self.assertEqual(report["messages"], 200)
+        self.assertGreater(report["smtpmailer"]["msg_per_s"]["median"], 0)  # type: ignore[index]
+        self.assertGreater(report["anymail"]["msg_per_s"]["median"], 0)  # type: ignore[index]
+
     def test_latency(self) -> None:
         report = self.bench("latency", "--messages", "5")
         self.assertEqual(report["messages"], 5)

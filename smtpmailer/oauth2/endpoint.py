@@ -1,6 +1,6 @@
 """Posting a form to a token endpoint, through the shared HTTP client (httpclient.py:
-treq, a persistent pool, TLS verified, one deadline on the whole exchange). Errors on the
-way become a TokenEndpointError in one line."""
+Twisted's Agent, a persistent pool, TLS verified, one deadline on the whole exchange).
+Errors on the way become a TokenEndpointError in one line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
 
-from smtpmailer.httpclient import HTTPFailure, Request, TreqClient
+from smtpmailer.httpclient import HTTPFailure, PooledClient, Request
 from smtpmailer.oauth2.grants import TokenEndpointError
 
 # (url, form fields, timeout) -> (HTTP status, body)
@@ -22,7 +22,7 @@ class HTTPPoster:
     """The real thing; ``close()`` drops the connections it keeps."""
 
     def __init__(self, reactor: Any) -> None:
-        self._client = TreqClient(reactor, 2)
+        self._client = PooledClient(reactor, 2)
 
     def __call__(
         self, url: str, fields: dict[str, str], timeout: float

@@ -6,7 +6,9 @@ message, one with no text or html) is Uncarried, with the reason."""
 
 from __future__ import annotations
 
+import re
 from email import policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -73,13 +75,34 @@ class Fields:
     headers: list[tuple[str, str]]
 
 
-def _addresses(message: EmailMessage, name: str) -> list[tuple[str, str]]:
-    return [(n, a) for n, a in getaddresses(message.get_all(name, [])) if a]
+def _text(raw: str) -> str:
+    """A header's value as text: unfolded, RFC 2047 words and raw UTF-8 decoded. The email
+    package's header objects do this too, at several times the cost (a parse of the whole
+    address grammar per header, measured at 0.4 ms of a 1 KB message's 0.55 ms)."""
+    if any("\udc80" <= c <= "\udcff" for c in raw):  # 8-bit bytes, kept by the parser
+        raw = raw.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    value = _FOLD.sub(" ", raw).strip()
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (ValueError, LookupError, UnicodeError):
+            pass  # a malformed encoded word is shown as it came
+    return value
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _addresses(raw: dict[str, list[str]], name: str) -> list[tuple[str, str]]:
+    return [(_text(n), a) for n, a in getaddresses(raw.get(name.lower(), [])) if a]
 
 
 def read(lease: Lease, provider: str) -> Fields:
     message = BytesParser(policy=policy.default).parsebytes(lease.data)
     assert isinstance(message, EmailMessage)
+    raw: dict[str, list[str]] = {}
+    for name, value in message.raw_items():
+        raw.setdefault(name.lower(), []).append(value)
     kind = message.get_content_type()
     if kind in ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime"):
         raise Uncarried(
@@ -87,13 +110,13 @@ def read(lease: Lease, provider: str) -> Fields:
             "would be lost): send it through an SMTP relay"
         )
     envelope = {address.lower(): address for address in lease.recipients}
-    to = [(n, a) for n, a in _addresses(message, "To") if envelope.pop(a.lower(), None)]
-    cc = [(n, a) for n, a in _addresses(message, "Cc") if envelope.pop(a.lower(), None)]
+    to = [(n, a) for n, a in _addresses(raw, "To") if envelope.pop(a.lower(), None)]
+    cc = [(n, a) for n, a in _addresses(raw, "Cc") if envelope.pop(a.lower(), None)]
     bcc = [("", address) for address in envelope.values()]
-    senders = _addresses(message, "From")
+    senders = _addresses(raw, "From")
     if not senders:
         raise Uncarried(f"{provider} needs a From: header")
-    replies = _addresses(message, "Reply-To")
+    replies = _addresses(raw, "Reply-To")
     text = html = None
     attachments: list[Attachment] = []
     for part in message.walk():
@@ -119,14 +142,16 @@ def read(lease: Lease, provider: str) -> Fields:
             )
     if text is None and html is None:
         raise Uncarried(f"{provider} needs a text or html part; this message has neither")
-    headers = [(name, str(value)) for name, value in message.items() if name.lower() not in FIELDED]
+    headers = [
+        (name, _text(value)) for name, value in message.raw_items() if name.lower() not in FIELDED
+    ]
     return Fields(
         sender=senders[0],
         to=to,
         cc=cc,
         bcc=bcc,
         reply_to=replies[0] if replies else None,
-        subject=str(message.get("Subject", "")),
+        subject=_text(raw.get("subject", [""])[0]),
         text=text,
         html=html,
         attachments=attachments,

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.transport import OpenError, Session, TransportContext
-from smtpmailer.httpclient import Client, HTTPFailure, Request, Response, TreqClient
+from smtpmailer.httpclient import Client, HTTPFailure, PooledClient, Request, Response
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
 PROVIDER_MODULES = {
@@ -100,7 +100,7 @@ class APITransport:
         # A connection pool of its own, closed when retired; a client handed in (a test's
         # fake) belongs to whoever made it.
         self._own_client = context.http is None
-        self.client: Client = context.http or TreqClient(_reactor(), relay.max_connections)
+        self.client: Client = context.http or PooledClient(_reactor(), relay.max_connections)
         self.in_flight = 0
         self.retired = False
 
