@@ -211,7 +211,7 @@ class Helpers:
         return self.call(work)
 
     def show(self, message_id: str) -> Deferred[Report]:
-        """One message: state, recipients and their outcomes, last error."""
+        """One message: state, recipients and their outcomes, last error, attempts."""
 
         def work(store: QueueStore) -> str:
             info = store.show(message_id)
@@ -223,6 +223,8 @@ class Helpers:
                 lines.append(f"  -> <{rcpt.address}> {rcpt.state} {rcpt.last_error or ''}")
             if info.last_error:
                 lines.append(f"  last error: {info.last_error}")
+            for attempt in info.history:
+                lines.extend(f"  {line}" for line in attempt.as_text())
             return "\n".join(lines)
 
         return self.call(work)

@@ -455,6 +455,103 @@ class QueueContract:
         (again,) = self.store.lease(300, 10, 60)
         self.assertEqual(again.recipients, ("b@y.org",))
 
+    def test_every_attempt_is_kept_with_each_recipients_reply(self) -> None:
+        message_id = self.add("a@y.org", "b@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        first = (
+            RecipientResult("a@y.org", "sent", "HTTP 202 sg-1", "sg-1"),
+            RecipientResult("b@y.org", "deferred", "451 4.3.0 try later"),
+        )
+        self.store.record(
+            [Outcome(lease, first, "smtp.example.com[192.0.2.1]:587", "main", 0.25)], 201, POLICY
+        )
+        (again,) = self.store.lease(300, 10, 60)
+        self.store.record([Outcome(again, results(again, ("b@y.org", "sent")), "r")], 302, POLICY)
+        info = self.store.show(message_id)
+        self.assertEqual([a.number for a in info.history], [1, 2])
+        one, two = info.history
+        self.assertEqual(
+            (one.at, one.seconds, one.relay, one.relay_address),
+            (201, 0.25, "main", "smtp.example.com[192.0.2.1]:587"),
+        )
+        self.assertEqual(one.replies, first)
+        self.assertEqual((two.at, two.seconds, two.relay), (302, None, None))
+        self.assertEqual(two.replies, (RecipientResult("b@y.org", "sent", "250 x"),))
+        shown = info.as_json(400, with_history=True)
+        self.assertEqual(shown["attempt_count"], 2)
+        self.assertEqual(
+            shown["attempts"][0]["replies"],  # type: ignore[index]
+            [
+                {
+                    "recipient": "a@y.org",
+                    "status": "sent",
+                    "code": 202,
+                    "text": "HTTP 202 sg-1",
+                    "remote_id": "sg-1",
+                },
+                {
+                    "recipient": "b@y.org",
+                    "status": "deferred",
+                    "code": 451,
+                    "text": "451 4.3.0 try later",
+                },
+            ],
+        )
+        self.assertEqual(shown["attempts"][0]["at"], "1970-01-01T00:03:21+00:00")  # type: ignore[index]
+        self.assertEqual(info.as_json(400)["attempts"], 2, "a list shows the count")
+
+    def test_a_batch_of_sent_messages_keeps_an_attempt_each(self) -> None:
+        ids = [self.add(f"r{n}@y.org") for n in range(5)]
+        leases = self.store.lease(200, 10, 60)
+        self.store.record(
+            [
+                Outcome(lease, results(lease, (lease.recipients[0], "sent")), "r")
+                for lease in leases
+            ],
+            201,
+            POLICY,
+        )
+        for message_id in ids:
+            (attempt,) = self.store.show(message_id).history
+            self.assertEqual((attempt.number, attempt.replies[0].status), (1, "sent"))
+
+    def test_the_history_keeps_the_first_and_the_last_attempts(self) -> None:
+        from smtpmailer.queue.rules import KEPT_ATTEMPTS
+
+        message_id = self.add()
+        patient = attrs.evolve(POLICY, max_retries=100, max_age=10**9)
+        now = 200.0
+        for _ in range(KEPT_ATTEMPTS + 10):
+            (lease,) = self.store.lease(now, 10, 60)
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], now, patient
+            )
+            now += 10_000
+        numbers = [a.number for a in self.store.show(message_id).history]
+        self.assertEqual(numbers, [1, *range(12, KEPT_ATTEMPTS + 11)])
+
+    def test_a_retried_message_numbers_its_attempts_on(self) -> None:
+        message_id = self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record([Outcome(lease, results(lease, ("r@y.org", "failed")), "r")], 201, POLICY)
+        self.store.retry(message_id, 300)  # its attempt count starts again
+        (again,) = self.store.lease(300, 10, 60)
+        self.store.record([Outcome(again, results(again, ("r@y.org", "sent")), "r")], 301, POLICY)
+        info = self.store.show(message_id)
+        self.assertEqual(info.attempts, 1)
+        self.assertEqual(
+            [(a.number, a.replies[0].status) for a in info.history], [(1, "failed"), (2, "sent")]
+        )
+
+    def test_a_stale_outcome_is_no_attempt_of_the_message(self) -> None:
+        message_id = self.add()
+        (first,) = self.store.lease(200, 10, 60)
+        (second,) = self.store.lease(261, 10, 60)  # the first lease expired
+        self.store.record([Outcome(first, results(first, ("r@y.org", "sent")), "r")], 262, POLICY)
+        self.assertEqual(self.store.show(message_id).history, ())
+        self.store.record([Outcome(second, results(second, ("r@y.org", "sent")), "r")], 263, POLICY)
+        self.assertEqual([a.at for a in self.store.show(message_id).history], [263])
+
     def test_retry_applies_to_deferred_and_failed_only(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -215,6 +215,7 @@ class SQLiteStoreTests(SynchronousTestCase):
             db.execute("DELETE FROM state_counts WHERE state = 'accepted'")
         for column in ("relay", "relay_address"):  # schema 4's
             db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
+        db.execute("DROP TABLE attempts")  # schema 5's
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         self.store.close()
 
@@ -249,7 +250,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("4",))  # through 3
+        self.assertEqual(version.fetchone(), ("5",))  # through 3 and 4
 
     def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
         """An older CLI opening the file re-creates its triggers before it refuses the
@@ -279,7 +280,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("4",))
+        self.assertEqual(version.fetchone(), ("5",))
         self.assertEqual(self.store.counts()["sent"], 1)
         (lease,) = self.store.lease(300, 10, 60)
         outcome = Outcome(
@@ -291,6 +292,46 @@ class SQLiteStoreTests(SynchronousTestCase):
             (shown.relay, shown.relay_address), ("main", "smtp.example.com[192.0.2.1]:587")
         )
         self.assertEqual(shown.as_json(301)["relay"], "main")
+
+    def test_migration_from_schema_4_keeps_attempts_from_then(self) -> None:
+        self.add()
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 201, POLICY
+        )
+        self.store._db.execute("DROP TABLE attempts")
+        self.store._db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        self.store.close()
+        reader = SQLiteQueue(self.path, read_only=True)
+        shown = reader.show(lease.id)
+        self.assertEqual((shown.attempts, shown.history), (1, ()), "no history before 5")
+        reader.close()
+        self.store = SQLiteQueue(self.path)
+        version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        self.assertEqual(version.fetchone(), ("5",))
+        (lease,) = self.store.lease(10_000, 10, 60)
+        self.store.record(
+            [Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 10_001, POLICY
+        )
+        shown = self.store.show(lease.id)
+        self.assertEqual([(a.number, a.at) for a in shown.history], [(1, 10_001)])
+
+    def test_a_messages_attempts_go_with_it(self) -> None:
+        kept = self.add(), self.add(), self.add()
+        for lease in self.store.lease(200, 10, 60):
+            status = "sent" if lease.id != kept[2] else "failed"
+            self.store.record(
+                [Outcome(lease, results(lease, ("r@y.org", status)), "r")], 201, POLICY
+            )
+
+        def attempts() -> int:
+            return int(self.store._db.execute("SELECT count(*) FROM attempts").fetchone()[0])
+
+        self.assertEqual(attempts(), 3)
+        self.store.delete(kept[2])
+        self.assertEqual(attempts(), 2)
+        self.assertEqual(self.store.purge_sent(10_000, 100), 2)
+        self.assertEqual(attempts(), 0)
 
     def test_only_leases_commit_without_waiting_for_fsync(self) -> None:
         """A lease is undone at every start, so it need not wait for the disk; accepting

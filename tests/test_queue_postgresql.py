@@ -159,6 +159,11 @@ class MigrateTests(SynchronousTestCase):
                 (expected_state, old.attempts, old.created, old.recipients, old.last_error),
             )
         self.assertEqual(self.target.body(self.ids[1]), b"Subject: t\r\n\r\nb\r\n")
+        (attempt,) = self.target.show(self.ids[1]).history  # the history came along
+        self.assertEqual(
+            (attempt.number, attempt.at, [r.status for r in attempt.replies]),
+            (1, 201, ["sent", "deferred"]),
+        )
         from smtpmailer.queue import WrongState
 
         with self.assertRaises(WrongState):

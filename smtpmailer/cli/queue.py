@@ -92,7 +92,7 @@ def show_message(
 
     info = store.show(message_id)
     if as_json:
-        print(json.dumps(info.as_json(now), indent=2, sort_keys=True), file=out)
+        print(json.dumps(info.as_json(now, with_history=True), indent=2, sort_keys=True), file=out)
         return
     _print_message(info, now, out)
     if info.relay or info.relay_address:
@@ -100,6 +100,11 @@ def show_message(
         print(f"relay: {info.relay or '?'}{where}", file=out)
     if info.last_error:
         print(f"last error: {info.last_error}", file=out)
+    if info.history:
+        print("attempts:", file=out)
+        for attempt in info.history:
+            for line in attempt.as_text():
+                print(f"  {line}", file=out)
     try:
         body = store.body(message_id)
     except QueueError:  # sent: the content is no longer kept

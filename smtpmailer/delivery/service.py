@@ -236,7 +236,7 @@ class DeliveryService(Service):
         if self.metrics is not None:
             self.metrics.delivery_seconds.labels(pool.relay.label).observe(seconds)
         self.credential_problems.pop(pool.relay.label, None)  # it took our credentials
-        self._finish(job, results, label, pool)
+        self._finish(job, results, label, pool, seconds)
 
     def broken(self, pool: RelayPool, job: Job, error: BaseException, label: str) -> None:
         if self.immediate:
@@ -315,13 +315,16 @@ class DeliveryService(Service):
         results: tuple[RecipientResult, ...],
         label: str,
         pool: RelayPool | None = None,
+        seconds: float | None = None,
     ) -> None:
-        """``pool`` is the relay that answered, or None when no relay could be reached."""
+        """``pool`` is the relay that answered, or None when no relay could be reached;
+        ``seconds`` how long the relay took with the message."""
         self._jobs -= 1
         lease = job.lease
         sent_at = self._clock.seconds()
         relay_name = pool.relay.label if pool is not None else job.relay
-        self._record(Outcome(lease, results, label, relay_name), sent_at, relay_name)
+        outcome = Outcome(lease, results, label, relay_name, seconds)
+        self._record(outcome, sent_at, relay_name)
         if pool is None or pool.pending < pool.relay.max_connections:
             self._on_capacity()
 

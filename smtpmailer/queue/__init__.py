@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -89,6 +91,71 @@ class Recipient:
 
 
 @attrs.frozen
+class Attempt:
+    """One delivery attempt as kept with its message: when it ended, how long it took,
+    the relay (its name and where it was reached) and each recipient's reply."""
+
+    number: int
+    at: float
+    seconds: float | None
+    relay: str | None
+    relay_address: str | None
+    replies: tuple[RecipientResult, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "number": self.number,
+            "time": self.at,
+            "at": datetime.datetime.fromtimestamp(self.at, datetime.UTC).isoformat(),
+            "duration": None if self.seconds is None else round(self.seconds, 3),
+            "relay": self.relay,
+            "relay_address": self.relay_address,
+            "replies": [
+                {
+                    "recipient": r.address,
+                    "status": r.status,
+                    "code": reply_code(r.reply),
+                    "text": r.reply,
+                    **({"remote_id": r.remote_id} if r.remote_id else {}),
+                }
+                for r in self.replies
+            ],
+        }
+
+    def as_text(self) -> list[str]:
+        """Lines for ``queue show`` and the console: the attempt, then each reply."""
+        when = datetime.datetime.fromtimestamp(self.at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        took = "" if self.seconds is None else f" in {self.seconds:.2f}s"
+        where = self.relay or "no relay reached"
+        if self.relay_address and self.relay_address != self.relay:
+            where += f" ({self.relay_address})"
+        lines = [f"#{self.number} {when} UTC {where}{took}"]
+        for reply in self.replies:
+            lines.append(f"    <{reply.address}> {reply.status}: {reply.reply}")
+        return lines
+
+
+def reply_code(reply: str) -> int | None:
+    """The reply's code: an SMTP reply's three digits, an HTTP answer's status; None for a
+    failure that got no answer (refused connection, timeout)."""
+    words = reply.split(" ", 2)
+    if words[0] == "HTTP" and len(words) > 1:
+        digits = words[1].rstrip(":")
+    else:
+        digits = words[0][:3]
+    return int(digits) if len(digits) == 3 and digits.isdigit() else None
+
+
+def encode_replies(results: Sequence[RecipientResult]) -> str:
+    """An attempt's replies as a backend stores them (one JSON text)."""
+    return json.dumps([[r.address, r.status, r.reply, r.remote_id] for r in results])
+
+
+def decode_replies(text: str) -> tuple[RecipientResult, ...]:
+    return tuple(RecipientResult(*row) for row in json.loads(text))
+
+
+@attrs.frozen
 class MessageInfo:
     """What ``queue list`` and ``queue show`` report about one message."""
 
@@ -105,8 +172,13 @@ class MessageInfo:
     # The relay its last attempt went to: its name, and where it was reached.
     relay: str | None = None
     relay_address: str | None = None
+    # Every attempt kept (the first and the last ones), for ``queue show``; empty in lists.
+    history: tuple[Attempt, ...] = ()
 
-    def as_json(self, now: float) -> dict[str, object]:
+    def as_json(self, now: float, with_history: bool = False) -> dict[str, object]:
+        """With the history (``queue show``), ``attempts`` is the list of attempts; in a
+        list it is their count. ``attempt_count`` is the count in both."""
+        attempts: object = [a.as_json() for a in self.history] if with_history else self.attempts
         return {
             "id": self.id,
             "state": self.state,
@@ -116,7 +188,8 @@ class MessageInfo:
             "created": self.created,
             "age": round(max(0.0, now - self.created), 3),
             "next_attempt": self.next_attempt if self.state == DEFERRED else None,
-            "attempts": self.attempts,
+            "attempts": attempts,
+            "attempt_count": self.attempts,
             "size": self.size,
             "last_error": self.last_error,
             "relay": self.relay,
@@ -152,11 +225,14 @@ class Lease:
 
 @attrs.frozen
 class RecipientResult:
-    """The relay's word on one recipient: ``sent``, ``deferred`` (4xx) or ``failed`` (5xx)."""
+    """The relay's word on one recipient: ``sent``, ``deferred`` (4xx) or ``failed`` (5xx).
+    ``remote_id`` is the relay's own id for the message where it gave one (an HTTP API's
+    message id), for finding it in the provider's logs and events."""
 
     address: str
     status: str
     reply: str
+    remote_id: str = ""
 
 
 @attrs.frozen
@@ -167,6 +243,7 @@ class Outcome:
     results: tuple[RecipientResult, ...]
     relay: str  # where it went, as log lines name it: host[address]:port
     via: str = ""  # the relay's name (its section), for queue show
+    seconds: float | None = None  # how long the attempt took, when a relay answered
 
 
 @attrs.frozen
@@ -244,7 +321,9 @@ class QueueStore(Protocol):
         self, state: str | None = None, limit: int | None = None
     ) -> Iterator[MessageInfo]: ...
 
-    def show(self, message_id: str) -> MessageInfo: ...
+    def show(self, message_id: str) -> MessageInfo:
+        """One message with its history of attempts."""
+        ...
 
     def page(
         self, state: str | None, limit: int, after: tuple[float, str] | None

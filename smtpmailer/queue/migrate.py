@@ -1,5 +1,6 @@
 """``smtpmailer queue migrate --from sqlite:PATH``: a SQLite queue copied into the shared
-PostgreSQL queue, message by message with its recipients, state, attempts, times and body.
+PostgreSQL queue, message by message with its recipients, state, attempts (the count and
+the history), times and body.
 
 Resumable and idempotent: messages go over in batches, each its own transaction, and a
 message already there (same id) is left as it is, so a run that stopped half-way is simply
@@ -36,11 +37,13 @@ class MigrationReport:
 
 @attrs.frozen
 class Carried:
-    """One message as it moves: its row, its recipients and its body (None once sent)."""
+    """One message as it moves: its row, its recipients, its body (None once sent) and
+    the attempts kept with it (schema 5 on)."""
 
     row: tuple[object, ...]
     recipients: tuple[tuple[int, str, str, str | None], ...]
     body: bytes | None
+    attempts: tuple[tuple[object, ...], ...] = ()
 
 
 def read_sqlite(path: str) -> Iterator[list[Carried]]:
@@ -48,6 +51,9 @@ def read_sqlite(path: str) -> Iterator[list[Carried]]:
         raise QueueError(f"no queue database at {path}")
     source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        history = source.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attempts'"
+        ).fetchone()
         after = ""
         while True:
             rows = source.execute(
@@ -69,10 +75,21 @@ def read_sqlite(path: str) -> Iterator[list[Carried]]:
                 body = source.execute(
                     "SELECT data FROM bodies WHERE message_id = ?", (message_id,)
                 ).fetchone()
+                attempts = tuple(
+                    source.execute(
+                        "SELECT number, at, seconds, relay, relay_address, replies FROM attempts"
+                        " WHERE message_id = ? ORDER BY number",
+                        (message_id,),
+                    ).fetchall()
+                    if history
+                    else ()
+                )
                 values = list(row)
                 if values[1] == ACTIVE:
                     values[1] = QUEUED
-                batch.append(Carried(tuple(values), recipients, bytes(body[0]) if body else None))
+                batch.append(
+                    Carried(tuple(values), recipients, bytes(body[0]) if body else None, attempts)
+                )
             yield batch
             after = rows[-1][0]
     except sqlite3.DatabaseError as error:

@@ -20,6 +20,8 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import attrs
+
 from smtpmailer.queue import (
     ACTIVE,
     DEFERRED,
@@ -32,6 +34,7 @@ from smtpmailer.queue import (
     RCPT_SENT,
     SENT,
     STATES,
+    Attempt,
     Lease,
     MessageInfo,
     NewMessage,
@@ -43,6 +46,8 @@ from smtpmailer.queue import (
     Recorded,
     StoreBusy,
     WrongState,
+    decode_replies,
+    encode_replies,
     rules,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
@@ -87,6 +92,16 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     data BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    seconds DOUBLE PRECISION,
+    relay TEXT,
+    relay_address TEXT,
+    replies TEXT NOT NULL,
+    PRIMARY KEY (message_id, number)
 );
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
@@ -565,6 +580,8 @@ class PostgreSQLQueue:
             sent = [message_id for message_id in live if message_id not in failed]
             if sent:
                 db.execute("DELETE FROM bodies WHERE message_id = ANY(%s)", (sent,))
+            kept = set(live)
+            self._keep_attempts(db, [o for o in outcomes if o.lease.id in kept], now)
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
@@ -640,7 +657,49 @@ class PostgreSQLQueue:
         )
         if verdict.state == SENT:
             db.execute("DELETE FROM bodies WHERE message_id = %s", (lease.id,))
+        self._keep_attempts(db, [outcome], now)
         return Recorded(outcome, verdict.state, verdict.attempts, verdict.expired)
+
+    @staticmethod
+    def _keep_attempts(db: Any, outcomes: Sequence[Outcome], now: float) -> None:
+        """As SQLite's: numbered on from the last one kept, the oldest but the first
+        forgotten past KEPT_ATTEMPTS. The messages' rows are locked by this transaction."""
+        if not outcomes:
+            return
+        last = dict(
+            db.execute(
+                "SELECT message_id, max(number) FROM attempts WHERE message_id = ANY(%s)"
+                " GROUP BY message_id",
+                ([o.lease.id for o in outcomes],),
+            ).fetchall()
+        )
+        rows = []
+        for outcome in outcomes:
+            number = last.get(outcome.lease.id, 0) + 1
+            last[outcome.lease.id] = number
+            rows.append(
+                (
+                    outcome.lease.id,
+                    number,
+                    now,
+                    outcome.seconds,
+                    outcome.via or None,
+                    outcome.relay or None,
+                    encode_replies(outcome.results),
+                )
+            )
+            forget = rules.attempts_to_forget(number)
+            if forget is not None:
+                db.execute(
+                    "DELETE FROM attempts WHERE message_id = %s AND number BETWEEN %s AND %s",
+                    (outcome.lease.id, *forget),
+                )
+        with db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO attempts (message_id, number, at, seconds, relay, relay_address,"
+                " replies) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
 
     @_driver_errors
     def release_leases(self, leases: Sequence[Lease]) -> int:
@@ -780,7 +839,15 @@ class PostgreSQLQueue:
         ).fetchall()
         if not rows:
             raise NoSuchMessage(f"no message {message_id} in the queue")
-        return self._infos(rows)[0]
+        history = tuple(
+            Attempt(number, at, seconds, relay, address, decode_replies(replies))
+            for number, at, seconds, relay, address, replies in self._db.execute(
+                "SELECT number, at, seconds, relay, relay_address, replies FROM attempts"
+                " WHERE message_id = %s ORDER BY number",
+                (message_id,),
+            )
+        )
+        return attrs.evolve(self._infos(rows)[0], history=history)
 
     @_driver_errors
     def body(self, message_id: str) -> bytes:
@@ -821,6 +888,12 @@ class PostgreSQLQueue:
                     db.execute(
                         "INSERT INTO bodies (message_id, data) VALUES (%s, %s)",
                         (message_id, carried.body),
+                    )
+                with db.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO attempts (message_id, number, at, seconds, relay,"
+                        " relay_address, replies) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        [(message_id, *attempt) for attempt in carried.attempts],
                     )
                 db.execute("SELECT nextval('messages_accepted')")
             self._notify = new > 0

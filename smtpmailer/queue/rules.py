@@ -126,3 +126,13 @@ def retry_restores_failed(message_id: str, state: str) -> bool:
 
 # States a message can be held from, and the states `hold --all` takes.
 HOLDABLE = (QUEUED, DEFERRED)
+# Attempts kept with a message: the first, and the last ones up to this many in all (a
+# message retried for days keeps how it began and how it is going).
+KEPT_ATTEMPTS = 20
+
+
+def attempts_to_forget(number: int) -> tuple[int, int] | None:
+    """After attempt ``number`` is kept: the range of older attempts (first, last) to drop,
+    or None."""
+    last = number - (KEPT_ATTEMPTS - 1)
+    return (2, last) if last >= 2 else None

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import attrs
+
 from smtpmailer.queue import (
     ACTIVE,
     DEFERRED,
@@ -24,6 +26,7 @@ from smtpmailer.queue import (
     RCPT_SENT,
     SENT,
     STATES,
+    Attempt,
     Lease,
     MessageInfo,
     NewMessage,
@@ -37,12 +40,14 @@ from smtpmailer.queue import (
     Recorded,
     StoreBusy,
     WrongState,
+    decode_replies,
+    encode_replies,
     rules,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # The oldest schema a read-only look (queue list, show) still reads: the daemon migrates at
 # its next start, and a CLI upgraded before that can still look.
 READABLE_SINCE = 3
@@ -84,6 +89,16 @@ CREATE TABLE IF NOT EXISTS recipients (
     PRIMARY KEY (message_id, position)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bodies (message_id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    at REAL NOT NULL,
+    seconds REAL,
+    relay TEXT,
+    relay_address TEXT,
+    replies TEXT NOT NULL,
+    PRIMARY KEY (message_id, number)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)
     WITHOUT ROWID;
 INSERT OR IGNORE INTO state_counts (state, n) VALUES {_COUNTED};
@@ -95,6 +110,7 @@ COUNT_TRIGGERS = ("count_insert", "count_delete", "count_update")
 _CHUNK = 500  # ids in one IN (...): far below SQLite's limit on parameters
 _ROWS = 100  # rows in one multi-row INSERT (up to 1,000 parameters)
 _BODY_BYTES = 4 << 20  # message bodies in one INSERT, unless one alone is larger
+_ATTEMPT_COLUMNS = ("message_id", "number", "at", "seconds", "relay", "relay_address", "replies")
 _MESSAGE_COLUMNS = (
     "id",
     "state",
@@ -181,6 +197,7 @@ class SQLiteQueue:
         self.read_only = read_only
         self._count_changes: Counter[str] = Counter()
         self._relay_columns = "relay, relay_address"
+        self._has_history = True
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise QueueError(f"queue directory {directory} does not exist")
@@ -212,6 +229,8 @@ class SQLiteQueue:
                 self._count_without_triggers()
             if version == 3:
                 version = self._migrate_to_4()
+            if version == 4:
+                version = self._migrate_to_5()
         except sqlite3.Error as error:
             raise self._translate(error, f"cannot open queue database {path}") from None
         self._check_version(version)
@@ -228,7 +247,9 @@ class SQLiteQueue:
         self._db = db
         version = self._schema_version()
         if READABLE_SINCE <= version < SCHEMA_VERSION:
-            self._relay_columns = "NULL, NULL"  # before version 4: not known
+            self._has_history = False  # before version 5
+            if version < 4:
+                self._relay_columns = "NULL, NULL"  # before version 4: not known
         else:
             self._check_version(version)
         return db
@@ -311,6 +332,13 @@ class SQLiteQueue:
                     db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
             db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         return 4
+
+    def _migrate_to_5(self) -> int:
+        """Version 5 keeps each attempt (the table is made by the schema script); messages
+        from before it have no history."""
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        return 5
 
     def close(self) -> None:
         self._db.close()
@@ -741,6 +769,8 @@ class SQLiteQueue:
                             f"DELETE FROM bodies WHERE message_id IN ({group_marks})", ids_here
                         )
                 self._moved(ACTIVE, state, len(group))
+            kept = set(live)
+            self._keep_attempts(db, [o for o in outcomes if o.lease.id in kept], now)
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
@@ -816,9 +846,49 @@ class SQLiteQueue:
             ),
         )
         self._moved(ACTIVE, verdict.state)
+        self._keep_attempts(db, [outcome], now)
         if verdict.state == SENT:
             db.execute("DELETE FROM bodies WHERE message_id = ?", (lease.id,))
         return Recorded(outcome, verdict.state, verdict.attempts, verdict.expired)
+
+    @staticmethod
+    def _keep_attempts(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
+        """Each attempt with its message, numbered on from the last one kept (a retried
+        message's attempt count starts again; its history does not). Past KEPT_ATTEMPTS,
+        the oldest but the first are forgotten."""
+        if not outcomes:
+            return
+        ids = [outcome.lease.id for outcome in outcomes]
+        last = dict(
+            db.execute(
+                f"SELECT message_id, max(number) FROM attempts"
+                f" WHERE message_id IN ({', '.join('?' for _ in ids)}) GROUP BY message_id",
+                ids,
+            ).fetchall()
+        )
+        rows = []
+        for outcome in outcomes:
+            number = last.get(outcome.lease.id, 0) + 1
+            last[outcome.lease.id] = number
+            rows.append(
+                (
+                    outcome.lease.id,
+                    number,
+                    now,
+                    outcome.seconds,
+                    outcome.via or None,
+                    outcome.relay or None,
+                    encode_replies(outcome.results),
+                )
+            )
+            forget = rules.attempts_to_forget(number)
+            if forget is not None:
+                db.execute(
+                    "DELETE FROM attempts WHERE message_id = ? AND number BETWEEN ? AND ?",
+                    (outcome.lease.id, *forget),
+                )
+        for start in range(0, len(rows), _ROWS):
+            _insert_rows(db, "attempts", _ATTEMPT_COLUMNS, rows[start : start + _ROWS])
 
     @_driver_errors
     def release_leases(self, leases: Sequence[Lease]) -> int:
@@ -958,7 +1028,19 @@ class SQLiteQueue:
         ).fetchone()
         if row is None:
             raise NoSuchMessage(f"no message {message_id} in the queue")
-        return self._info(row)
+        return attrs.evolve(self._info(row), history=self._history(message_id))
+
+    def _history(self, message_id: str) -> tuple[Attempt, ...]:
+        if not self._has_history:
+            return ()
+        return tuple(
+            Attempt(number, at, seconds, relay, address, decode_replies(replies))
+            for number, at, seconds, relay, address, replies in self._db.execute(
+                "SELECT number, at, seconds, relay, relay_address, replies FROM attempts"
+                " WHERE message_id = ? ORDER BY number",
+                (message_id,),
+            )
+        )
 
     @_driver_errors
     def body(self, message_id: str) -> bytes:
@@ -1065,6 +1147,7 @@ class SQLiteQueue:
         rows = [(i,) for i in ids]
         db.executemany("DELETE FROM recipients WHERE message_id = ?", rows)
         db.executemany("DELETE FROM bodies WHERE message_id = ?", rows)
+        db.executemany("DELETE FROM attempts WHERE message_id = ?", rows)
         db.executemany("DELETE FROM messages WHERE id = ?", rows)
 
     @_driver_errors

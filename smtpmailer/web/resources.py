@@ -126,7 +126,7 @@ class Queue(AsyncResource):
                 info = await queue.show(path[0])
             except NoSuchMessage as error:
                 return json_response(404, {"error": str(error)})
-            return json_response(200, info.as_json(now))
+            return json_response(200, info.as_json(now, with_history=True))
         if path:
             return json_response(404, {"error": "no such resource"})
 

@@ -132,8 +132,9 @@ class APITransport:
         relay, provider, status = self.relay, self.provider, response.status
         refused = _refused(provider, lease, request, response)
         if 200 <= status < 300:
-            reply = f"HTTP {status} {provider.message_id(response)}".rstrip()
-            return _split(lease, refused, status, RCPT_SENT, reply)
+            remote_id = provider.message_id(response)
+            reply = f"HTTP {status} {remote_id}".rstrip()
+            return _split(lease, refused, status, RCPT_SENT, reply, remote_id)
         text = f"HTTP {status}: {provider.error_text(response)}"
         if status in UNREACHABLE or status >= 500:
             error = OpenError(text, relay.where, relay.label)
@@ -160,12 +161,17 @@ def _refused(provider: Any, lease: Lease, request: Request, response: Response) 
 
 
 def _split(
-    lease: Lease, refused: dict[str, str], status: int, others: str, reply: str
+    lease: Lease,
+    refused: dict[str, str],
+    status: int,
+    others: str,
+    reply: str,
+    remote_id: str = "",
 ) -> tuple[RecipientResult, ...]:
     return tuple(
         RecipientResult(r, RCPT_FAILED, f"HTTP {status}: {refused[r]}")
         if r in refused
-        else RecipientResult(r, others, reply)
+        else RecipientResult(r, others, reply, remote_id)
         for r in lease.recipients
     )
 
