@@ -211,7 +211,7 @@ class SignalTests(LifecycleCase):
         daemon.process.send_signal(signal.SIGINT)
         daemon.process.wait(timeout=10)  # not the 60s relay timeout, not shutdown_timeout
         info = daemon.message(message_id)
-        self.assertEqual((info["state"], info["attempts"]), ("queued", 0))
+        self.assertEqual((info["state"], info["attempt_count"]), ("queued", 0))
 
     def test_sigpipe_does_not_kill(self) -> None:
         peer = self.plain_peer()
