@@ -86,6 +86,25 @@ class QueueContract:
         self.assertIn("max_queue_size = 2", str(caught.exception))
         self.assertEqual(sum(1 for _ in self.store.messages()), 2)
 
+    def test_a_batch_is_taken_whole_or_not_at_all(self) -> None:
+        from smtpmailer.queue import NewMessage
+
+        self.add()
+
+        def batch(name: str, size: int) -> list[NewMessage]:
+            return [
+                NewMessage("s@x.org", (f"{name}{n}@y.org",), b"x", 5, batch=name)
+                for n in range(size)
+            ]
+
+        single = NewMessage("s@x.org", ("one@y.org",), b"x", 5)
+        results = self.store.enqueue_many([*batch("a", 3), single, *batch("b", 3)], 1.0, 6)
+        self.assertEqual([isinstance(r, str) for r in results], [True] * 4 + [False] * 3)
+        self.assertIsInstance(results[4], QueueFull)
+        self.assertIn("a batch of 3 does not fit", str(results[4]))
+        addresses = {info.recipients[0].address for info in self.store.messages()}
+        self.assertEqual(addresses, {"r@y.org", "a0@y.org", "a1@y.org", "a2@y.org", "one@y.org"})
+
     def test_priority_first_then_oldest(self) -> None:
         low = self.add(priority=1, now=1)
         old_normal = self.add(priority=5, now=2)

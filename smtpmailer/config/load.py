@@ -33,6 +33,7 @@ from smtpmailer.config.sections import (
     SMTPRelayConfig,
     StatusConfig,
     SubmissionConfig,
+    TemplatesConfig,
     section_schema,
 )
 from smtpmailer.ini import ConfigError, Entry, Section, parse_ini
@@ -523,6 +524,7 @@ def parse_config(text: str, path: str) -> Config:
         manhole=_manhole(path, base, by_name.get("Manhole"), daemon.state_dir),
         submission=_submission(path, base, by_name.get("Submission")),
         rewrite=_rewrite(path, base, by_name.get("Rewrite")),
+        templates=_templates(path, base, by_name.get("Templates")),
         warnings=tuple(warnings),
     )
 
@@ -589,6 +591,17 @@ def _rewrite(path: str, base: str, section: Section | None) -> RewriteConfig:
         reader, RewriteConfig, map_file=map_file, rules=tuple(rules)
     )
     return rewrite
+
+
+def _templates(path: str, base: str, section: Section | None) -> TemplatesConfig:
+    reader = Reader(path, section, "Templates")
+    folder = reader.get("path")
+    if folder:
+        folder = resolve_path(base, folder)
+        if not os.path.isdir(folder):
+            raise reader.fail("path", f"path: {folder} is not a folder")
+    templates: TemplatesConfig = read_section(reader, TemplatesConfig, path=folder or None)
+    return templates
 
 
 def _manhole(path: str, base: str, section: Section | None, state_dir: str) -> ManholeConfig:

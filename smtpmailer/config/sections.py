@@ -288,6 +288,15 @@ class OAuth2Config:
 
 
 @attrs.frozen
+class TemplatesConfig:
+    """``[Templates]``: local templates, a folder each (subject.txt, text.txt and optionally
+    html.html), rendered at intake with the submission's variables."""
+
+    path: str | None = key(PATH, None, "the folder holding one folder per template; empty: off")
+    max_batch: int = key(whole(1, 100000), "10000", "messages in one batch submission, at most")
+
+
+@attrs.frozen
 class LoggingConfig:
     level: str = key(choice(*LOG_LEVELS), "info", "debug | info | warn | error")
     format: str = key(choice("text", "json"), "text", "text | json", restart=True)
@@ -340,6 +349,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "OAuth2": (OAuth2Config,),
     "Route": (RouteConfig,),
     "Rewrite": (RewriteConfig,),
+    "Templates": (TemplatesConfig,),
     "Logging": (LoggingConfig,),
     "Status": (StatusConfig,),
     "Manhole": (ManholeConfig,),
@@ -368,6 +378,7 @@ class Config:
     manhole: ManholeConfig = ManholeConfig("", None, "")
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
     rewrite: RewriteConfig = RewriteConfig(None, True)
+    templates: TemplatesConfig = TemplatesConfig(None, 10000)
     warnings: tuple[str, ...] = ()
 
     def relays_for(self, sender: str) -> tuple[str, ...]:
@@ -398,4 +409,5 @@ SECTION_ATTRIBUTES = {
     "Manhole": "manhole",
     "Submission": "submission",
     "Rewrite": "rewrite",
+    "Templates": "templates",
 }

@@ -199,12 +199,14 @@ class MessageInfo:
 
 @attrs.frozen
 class NewMessage:
-    """One message to enqueue: its envelope, content and priority."""
+    """One message to enqueue: its envelope, content and priority. Messages that share a
+    ``batch`` are taken all together or not at all (a batch submission)."""
 
     sender: str
     recipients: tuple[str, ...]
     data: bytes
     priority: int
+    batch: str = ""
 
 
 @attrs.frozen

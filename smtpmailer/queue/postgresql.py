@@ -363,21 +363,14 @@ class PostgreSQLQueue:
         to_lease = set(ranked[:lease_limit])
         results: list[str | QueueError] = []
         leases: list[Lease] = []
-        for index, item in enumerate(items):
-            if not item.recipients:
-                results.append(QueueError("a message needs at least one recipient"))
-                continue
-            if pending >= max_queue_size:
-                results.append(
-                    QueueFull(
-                        f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
-                    )
-                )
+        verdicts = rules.admit(items, pending, max_queue_size)
+        for index, (item, refusal) in enumerate(zip(items, verdicts, strict=True)):
+            if refusal is not None:
+                results.append((QueueError if not item.recipients else QueueFull)(refusal))
                 continue
             lease = (new_lease_token(), now + lease_seconds) if index in to_lease else None
             message_id = self._insert(db, item, lease, now)
             results.append(message_id)
-            pending += 1
             if lease is None:
                 self._notify = True
             else:

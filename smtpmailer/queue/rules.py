@@ -6,6 +6,7 @@ A backend stores, leases and counts; it asks these functions what to write.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import attrs
@@ -20,6 +21,7 @@ from smtpmailer.queue import (
     RCPT_PENDING,
     RCPT_SENT,
     SENT,
+    NewMessage,
     RecipientResult,
     WrongState,
 )
@@ -126,6 +128,35 @@ def retry_restores_failed(message_id: str, state: str) -> bool:
 
 # States a message can be held from, and the states `hold --all` takes.
 HOLDABLE = (QUEUED, DEFERRED)
+
+
+def admit(items: Sequence[NewMessage], pending: int, max_queue_size: int) -> list[str | None]:
+    """For each new message, in order: None to take it, or why it is refused (no
+    recipient; the queue full). A batch is taken whole or refused whole."""
+    sizes = Counter(item.batch for item in items if item.batch)
+    decided: dict[str, str | None] = {}
+    verdicts: list[str | None] = []
+    for item in items:
+        if not item.recipients:
+            verdicts.append("a message needs at least one recipient")
+            continue
+        if item.batch and item.batch in decided:
+            verdicts.append(decided[item.batch])
+            continue
+        wanted = sizes[item.batch] if item.batch else 1
+        if pending + wanted > max_queue_size:
+            refusal = f"queue is full ({pending} messages, max_queue_size = {max_queue_size})" + (
+                f": a batch of {wanted} does not fit" if wanted > 1 else ""
+            )
+        else:
+            refusal = None
+            pending += wanted
+        if item.batch:
+            decided[item.batch] = refusal
+        verdicts.append(refusal)
+    return verdicts
+
+
 # Attempts kept with a message: the first, and the last ones up to this many in all (a
 # message retried for days keeps how it began and how it is going).
 KEPT_ATTEMPTS = 20

@@ -485,20 +485,16 @@ class SQLiteQueue:
         ranked = sorted(range(len(items)), key=lambda index: -items[index].priority)
         to_lease = set(ranked[:lease_limit])
         accepted: list[tuple[int, NewMessage, tuple[str, float] | None]] = []
-        for index, item in enumerate(items):
-            if not item.recipients:
-                results.append(QueueError("a message needs at least one recipient"))
-            elif pending >= max_queue_size:
-                results.append(
-                    QueueFull(
-                        f"queue is full ({pending} messages, max_queue_size = {max_queue_size})"
-                    )
-                )
+        for index, (item, refusal) in enumerate(
+            zip(items, rules.admit(items, pending, max_queue_size), strict=True)
+        ):
+            if refusal is not None:
+                kind = QueueError if not item.recipients else QueueFull
+                results.append(kind(refusal))
             else:
                 lease = (new_lease_token(), now + lease_seconds) if index in to_lease else None
                 accepted.append((index, item, lease))
                 results.append("")  # the id, below
-                pending += 1
         ids = self._insert_many(db, [(item, lease) for _, item, lease in accepted], now)
         for (index, item, lease), message_id in zip(accepted, ids, strict=True):
             results[index] = message_id
