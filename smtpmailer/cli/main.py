@@ -13,7 +13,17 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING
 
-from smtpmailer.cli import api, completion, configure, daemon, oauth2, queue, relays, send
+from smtpmailer.cli import (
+    api,
+    completion,
+    configure,
+    daemon,
+    oauth2,
+    queue,
+    relays,
+    send,
+    templates,
+)
 from smtpmailer.cli.common import CommandError, Console
 
 if TYPE_CHECKING:
@@ -40,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_commands(commands)
     relays.add_commands(commands)
     api.add_commands(commands)
+    templates.add_commands(commands)
     oauth2.add_commands(commands)
     # Routed before argparse (sendmail's syntax); listed here for --help.
     commands.add_parser(

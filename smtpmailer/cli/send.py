@@ -24,6 +24,101 @@ def _read_text(path: str, what: str, console: Console) -> str:
         raise CommandError(f"{what} {path} is not UTF-8 text") from None
 
 
+def variables(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """--vars-file (a JSON object), then each --var key=value over it."""
+    import json
+
+    found: dict[str, Any] = {}
+    if args.vars_file:
+        try:
+            found = json.loads(_read_text(args.vars_file, "vars file", console))
+        except ValueError as error:
+            raise CommandError(f"vars file {args.vars_file} is not JSON: {error}") from None
+        if not isinstance(found, dict):
+            raise CommandError(f"vars file {args.vars_file} must hold a JSON object")
+    for pair in args.var:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise CommandError(f"--var {pair!r}: give it as key=value")
+        found[key] = value
+    return found
+
+
+def _batch_rows(path: str, console: Console) -> list[tuple[str, dict[str, str]]]:
+    """The CSV's rows as (address, variables): a header row names the columns; the
+    address is the column named to, email or address (else the first)."""
+    import csv
+    import io
+
+    text = _read_text(path, "recipients file", console)
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise CommandError(f"recipients file {path} is empty") from None
+    lower = [name.lower() for name in header]
+    column = next((lower.index(n) for n in ("to", "email", "address") if n in lower), 0)
+    rows = []
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise CommandError(
+                f"{path}:{number}: {len(row)} columns, the header row has {len(header)}"
+            )
+        values = dict(zip(header, row, strict=True))
+        rows.append((row[column].strip(), {k: v for k, v in values.items() if k != header[column]}))
+    if not rows:
+        raise CommandError(f"recipients file {path} has no recipient rows")
+    return rows
+
+
+def _send_batch(
+    args: argparse.Namespace, config: Config, console: Console, priority: int, now: float
+) -> int:
+    """--template with --recipients FILE.csv: a message each, committed all together."""
+    import secrets
+
+    from smtpmailer.intake.checks import check_envelope, wake_daemon
+    from smtpmailer.intake.templates import templates_for
+    from smtpmailer.message import parse_header_option
+    from smtpmailer.queue import NewMessage, QueueError
+
+    if args.to or args.cc or args.bcc:
+        raise CommandError("--recipients gives the recipients: no --to, --cc or --bcc with it")
+    rows = _batch_rows(args.batch_file, console)
+    if len(rows) > config.templates.max_batch:
+        raise CommandError(
+            f"{len(rows)} recipients, over [Templates] max_batch ({config.templates.max_batch})"
+        )
+    templates = templates_for(config.templates.path)
+    common = variables(args, console)
+    headers = [parse_header_option(h) for h in args.header]
+    batch = secrets.token_hex(8)
+    messages = []
+    for address, row in rows:
+        envelope = templates.build(
+            args.template, {**common, **row}, sender=args.sender, to=[address],
+            headers=headers, now=now,
+        )  # fmt: skip
+        checked = check_envelope(config, envelope)
+        messages.append(
+            NewMessage(checked.sender, checked.recipients, checked.data, priority, batch)
+        )
+    store = open_queue(config)
+    try:
+        results = store.enqueue_many(messages, now, config.queue.max_queue_size)
+    finally:
+        store.close()
+    refused = next((r for r in results if isinstance(r, QueueError)), None)
+    if refused is not None:
+        raise refused
+    for (address, _), message_id in zip(rows, results, strict=True):
+        console.say(f"{message_id} {address}")
+    wake_daemon(config)
+    return 0
+
+
 def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
     from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
     from smtpmailer.message import Attachment, build_message, parse_header_option, prepare_raw
@@ -34,6 +129,17 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     now = time.time()
+    if (args.var or args.vars_file or args.batch_file) and not args.template:
+        raise CommandError("--var, --vars-file and --recipients go with --template NAME")
+    if args.template:
+        if args.subject is not None or args.body is not None or args.body_file or args.html_file:
+            raise CommandError("--template gives the subject and body: no --subject or --body")
+        if args.extract or args.recipients:
+            raise CommandError("--template builds the message: no -t or RCPT arguments")
+        if not args.sender:
+            raise CommandError("--from is required")
+        if args.batch_file:
+            return _send_batch(args, config, console, priority, now)
     if args.extract or args.recipients:
         if args.subject is not None or args.to or args.cc or args.bcc or args.attach:
             raise CommandError(
@@ -51,7 +157,7 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
     else:
         if not args.sender:
             raise CommandError("--from is required")
-        if args.subject is None:
+        if args.subject is None and not args.template:
             raise CommandError("--subject is required (or use -t to send a message from stdin)")
         if args.body is not None and args.body_file is not None:
             raise CommandError("give --body or --body-file, not both")
@@ -59,12 +165,19 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
         if args.body_file is not None:
             body = _read_text(args.body_file, "body file", console)
         html = _read_text(args.html_file, "HTML file", console) if args.html_file else None
+        subject = args.subject
+        if args.template:
+            from smtpmailer.intake.templates import templates_for
+
+            templates = templates_for(config.templates.path)
+            rendered = templates.render(args.template, variables(args, console))
+            subject, body, html = rendered.subject, rendered.text, rendered.html
         envelope = build_message(
             sender=args.sender,
             to=args.to,
             cc=args.cc,
             bcc=args.bcc,
-            subject=args.subject,
+            subject=subject,
             body=body,
             html=html,
             attachments=[Attachment.from_path(p) for p in args.attach],
@@ -100,6 +213,21 @@ def add_commands(commands: Any) -> None:
         "--header", action="append", default=[], metavar="'K: V'", help="an extra header"
     )
     send.add_argument("--priority", default="normal", help="high, normal, low or 0-9")
+    send.add_argument(
+        "--template", metavar="NAME", help="build the message from a [Templates] template"
+    )
+    send.add_argument(
+        "--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable"
+    )
+    send.add_argument(
+        "--vars-file", metavar="FILE", help="template variables, a JSON object ('-': stdin)"
+    )
+    send.add_argument(
+        "--recipients",
+        dest="batch_file",
+        metavar="FILE.csv",
+        help="with --template: a message to each row (header row: to or email, then variables)",
+    )
     send.add_argument(
         "-t",
         dest="extract",
