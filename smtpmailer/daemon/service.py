@@ -116,6 +116,7 @@ class MailerService(MultiService):
             reactor,
             listen,
             submit=self.submit,
+            submit_batch=self.dispatcher.submit_batch,
         )
         self.manhole = ManholeService(
             config, self, listen, blocking, lambda: backends.open_store(self.config)

@@ -8,10 +8,10 @@ are leased in that same commit and go straight to delivery, without a poll.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -28,6 +28,7 @@ from smtpmailer.queue import (
     QueueError,
     Recorded,
 )
+from smtpmailer.queue.ids import new_lease_token
 from smtpmailer.queue.retry import RetryPolicy
 from smtpmailer.queue.runner import AsyncQueue
 
@@ -50,11 +51,19 @@ class GroupCommit(Generic[Item, Result]):
         self._idle_waiters: list[Deferred[None]] = []
 
     def submit(self, item: Item) -> Deferred[Result]:
-        waiter: Deferred[Result] = Deferred()
-        self._batch.append((item, waiter))
+        (waiter,) = self.submit_many([item])
+        return waiter
+
+    def submit_many(self, items: Sequence[Item]) -> list[Deferred[Result]]:
+        """All of ``items`` in the same commit."""
+        waiters: list[Deferred[Result]] = []
+        for item in items:
+            waiter: Deferred[Result] = Deferred()
+            self._batch.append((item, waiter))
+            waiters.append(waiter)
         if self._writing is None:
             self._write_next()
-        return waiter
+        return waiters
 
     def _write_next(self) -> None:
         batch, self._batch = self._batch, []
@@ -114,6 +123,10 @@ class QueueWriter:
     def submit(self, message: NewMessage) -> Deferred[str]:
         """Fires with the new message's id once it is committed."""
         return self._group.submit(message)  # type: ignore[return-value]
+
+    def submit_batch(self, messages: Sequence[NewMessage]) -> list[Deferred[str]]:
+        """Messages that go into the same commit (a batch: taken whole or refused whole)."""
+        return self._group.submit_many(messages)  # type: ignore[return-value]
 
     def record(self, outcome: Outcome) -> Deferred[Recorded]:
         """Fires with what the store made of the outcome once it is committed."""
@@ -199,6 +212,29 @@ class Dispatcher:
         return self.writer.submit(
             NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
         )
+
+    def submit_batch(
+        self, envelopes: Sequence[Envelope], priority: int = PRIORITY_NAMES["normal"]
+    ) -> Deferred[list[str]]:
+        """Many messages checked as ``submit`` checks one, committed in one transaction and
+        taken whole (their ids) or refused whole (the first refusal)."""
+        try:
+            checked = [check_envelope(self.config, envelope) for envelope in envelopes]
+        except Refusal:
+            return fail()
+        batch = new_lease_token()
+        waiters = self.writer.submit_batch(
+            [NewMessage(e.sender, e.recipients, e.data, priority, batch) for e in checked]
+        )
+        done = DeferredList(waiters, consumeErrors=True)
+
+        def ids(results: list[tuple[bool, Any]]) -> list[str]:
+            for ok, value in results:
+                if not ok:
+                    value.raiseException()
+            return [value for _, value in results]
+
+        return done.addCallback(ids)
 
     def record(self, outcome: Outcome) -> Deferred[Recorded]:
         """Fires with what the store made of a delivery outcome once it is committed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.server import Request
@@ -29,7 +30,13 @@ JSON_FIELDS = {
     "headers",
     "attachments",
     "priority",
+    "template",
+    "vars",
+    "recipients",
+    "merge_global",
 }
+# Without a template, a message gives its own subject and body; with one, the template does.
+TEMPLATE_GIVES = ("subject", "text", "html")
 
 
 class BadRequest(Exception):
@@ -57,7 +64,70 @@ def _text(body: dict[str, Any], key: str, default: str | None = None) -> str | N
     return value
 
 
-def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key, {})
+    if not isinstance(value, dict):
+        raise BadRequest(400, f"'{key}' must be an object")
+    return value
+
+
+def _load(templates: Callable[[], Any]) -> Any:
+    try:
+        return templates()
+    except Refusal as error:  # no [Templates] path
+        raise BadRequest(answer_for(error).http, str(error)) from None
+
+
+def envelopes_from_json(
+    raw: bytes, now: float, templates: Callable[[], Any], max_batch: int
+) -> tuple[list[Any], int, bool]:
+    """The message(s) a JSON body asks for: one, or with ``template`` and ``recipients``
+    a batch (a message to each recipient, with its own ``vars`` over ``merge_global``)."""
+    body, common = _parse(raw)
+    template = _text(body, "template")
+    if template is None:
+        for key in ("vars", "recipients", "merge_global"):
+            if key in body:
+                raise BadRequest(400, f"'{key}' goes with 'template'")
+        if not _text(body, "from") or _text(body, "subject") is None:
+            raise BadRequest(400, "'from' and 'subject' are required")
+        return [_build(body, common, now)], common["priority"], False
+    given = [key for key in TEMPLATE_GIVES if key in body]
+    if given:
+        raise BadRequest(400, f"'template' gives the subject and body: no {', '.join(given)}")
+    if not _text(body, "from"):
+        raise BadRequest(400, "'from' is required")
+    shared = _object(body, "merge_global")
+    if "recipients" not in body:
+        variables = {**shared, **_object(body, "vars")}
+        envelope = _build(body, common, now, _load(templates), template, variables)
+        return [envelope], common["priority"], False
+    if "vars" in body or any(key in body for key in ("to", "cc", "bcc")):
+        raise BadRequest(400, "with 'recipients', each recipient gives its own 'to' and 'vars'")
+    recipients = body["recipients"]
+    if not isinstance(recipients, list) or not recipients:
+        raise BadRequest(400, '\'recipients\' must be a list of {"to", "vars"} objects')
+    if len(recipients) > max_batch:
+        raise BadRequest(
+            400, f"{len(recipients)} recipients, over [Templates] max_batch ({max_batch})"
+        )
+    found = _load(templates)
+    envelopes = []
+    for number, recipient in enumerate(recipients):
+        if not isinstance(recipient, dict) or set(recipient) - {"to", "vars"}:
+            raise BadRequest(400, f"recipients[{number}]: give 'to' and optionally 'vars'")
+        variables = {**shared, **_object(recipient, "vars")}
+        one = {**body, "to": recipient.get("to", [])}
+        try:
+            envelopes.append(_build(one, common, now, found, template, variables))
+        except BadRequest as error:
+            raise BadRequest(error.code, f"recipients[{number}]: {error}") from None
+    return envelopes, common["priority"], True
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON object, and what every message of it shares (checked): headers,
+    attachments, priority."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -69,10 +139,6 @@ def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
     unknown = set(body) - JSON_FIELDS
     if unknown:
         raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    sender = _text(body, "from")
-    subject = _text(body, "subject")
-    if not sender or subject is None:
-        raise BadRequest(400, "'from' and 'subject' are required")
     headers = body.get("headers", {})
     if not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -96,27 +162,47 @@ def envelope_from_json(raw: bytes, now: float) -> tuple[Any, int]:
                 400, f"attachment {item['filename']!r}: content is not base64"
             ) from None
         attachments.append(Attachment(item["filename"], data))
+    given = body.get("priority", "normal")
+    if isinstance(given, bool) or not isinstance(given, str | int):
+        raise BadRequest(400, "'priority' is high, normal, low or 0-9")
     try:
-        given = body.get("priority", "normal")
-        if isinstance(given, bool) or not isinstance(given, str | int):
-            raise BadRequest(400, "'priority' is high, normal, low or 0-9")
         priority = parse_priority(str(given))
-        envelope = build_message(
-            sender=sender,
-            to=_addresses(body, "to"),
-            cc=_addresses(body, "cc"),
-            bcc=_addresses(body, "bcc"),
-            subject=subject,
+        parsed_headers = [parse_header_option(f"{k}: {v}") for k, v in headers.items()]
+    except ValueError as error:
+        code = answer_for(error).http if isinstance(error, Refusal) else 400
+        raise BadRequest(code, str(error)) from None
+    return body, {"headers": parsed_headers, "attachments": attachments, "priority": priority}
+
+
+def _build(
+    body: dict[str, Any],
+    common: dict[str, Any],
+    now: float,
+    templates: Any = None,
+    template: str | None = None,
+    variables: dict[str, Any] | None = None,
+) -> Any:
+    fields = {
+        "sender": _text(body, "from") or "",
+        "to": _addresses(body, "to"),
+        "cc": _addresses(body, "cc"),
+        "bcc": _addresses(body, "bcc"),
+        "attachments": common["attachments"],
+        "headers": common["headers"],
+        "now": now,
+    }
+    try:
+        if template is not None:
+            return templates.build(template, variables or {}, **fields)
+        return build_message(
+            subject=_text(body, "subject") or "",
             body=_text(body, "text", "") or "",
             html=_text(body, "html"),
-            attachments=attachments,
-            headers=[parse_header_option(f"{k}: {v}") for k, v in headers.items()],
-            now=now,
+            **fields,
         )
     except ValueError as error:  # a Refusal, or a malformed field
         code = answer_for(error).http if isinstance(error, Refusal) else 400
         raise BadRequest(code, str(error)) from None
-    return envelope, priority
 
 
 async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
@@ -133,19 +219,31 @@ async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
     now = status.clock.seconds()
     try:
         if kind == b"application/json":
-            envelope, priority = envelope_from_json(raw, now)
+            envelopes, priority, batch = envelopes_from_json(
+                raw, now, status.templates, status.config.templates.max_batch
+            )
         elif kind == b"message/rfc822":
             try:
-                envelope = prepare_raw_message(raw, extract_recipients=True, now=now)
+                envelopes = [prepare_raw_message(raw, extract_recipients=True, now=now)]
             except Refusal as error:
                 raise BadRequest(answer_for(error).http, str(error)) from None
-            priority = parse_priority("normal")
+            priority, batch = parse_priority("normal"), False
         else:
             raise BadRequest(415, "send application/json or message/rfc822")
     except BadRequest as error:
         return error.code, {"error": str(error)}
     try:
-        message_id = await status.submit(envelope, priority)
+        if not batch:
+            (envelope,) = envelopes
+            message_id = await status.submit(envelope, priority)
+            return 202, {"id": message_id, "recipients": list(envelope.recipients)}
+        ids = await status.submit_batch(envelopes, priority)
     except (Refusal, QueueError) as error:
         return answer_for(error).http, {"error": str(error)}
-    return 202, {"id": message_id, "recipients": list(envelope.recipients)}
+    return 202, {
+        "ids": ids,
+        "messages": [
+            {"id": message_id, "recipients": list(envelope.recipients)}
+            for message_id, envelope in zip(ids, envelopes, strict=True)
+        ],
+    }

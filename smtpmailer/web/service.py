@@ -47,6 +47,7 @@ class StatusService(ListeningService):
         clock: Any,
         listen: Listen | None = None,
         submit: Any = None,
+        submit_batch: Any = None,
     ) -> None:
         super().__init__(config, listen)
         self.queue = queue
@@ -55,6 +56,8 @@ class StatusService(ListeningService):
         self.metrics = metrics
         self.clock = clock
         self.submit = submit
+        self.submit_batch = submit_batch
+        self._templates: Any = None
         self.started = clock.seconds()
         self.history: deque[Sample] = deque(maxlen=HISTORY)
         self._last_outcomes: Counter[str] = Counter()
@@ -62,6 +65,16 @@ class StatusService(ListeningService):
         self.site = LimitedSite(Root(self), self.body_limit)
         self.site.displayTracebacks = False
         self.site.noisy = False
+
+    def templates(self) -> Any:
+        """The local templates, kept while ``[Templates] path`` stays (Jinja caches what it
+        compiled, and reads a template again when its file changes)."""
+        from smtpmailer.intake.templates import templates_for
+
+        folder = self.config.templates.path
+        if self._templates is None or self._templates.folder != folder:
+            self._templates = templates_for(folder)
+        return self._templates
 
     def body_limit(self) -> int:
         """The largest request body worth reading: a message of max_message_size in JSON
