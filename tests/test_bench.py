@@ -46,6 +46,10 @@ class TinyBenchTests(TestCase):
         self.assertGreater(report["smtpmailer"]["msg_per_s"]["median"], 0)  # type: ignore[index]
         self.assertGreater(report["anymail"]["msg_per_s"]["median"], 0)  # type: ignore[index]
 
+    def test_batch(self) -> None:
+        report = self.bench("batch", "--recipients", "200", "--runs", "1")
+        self.assertEqual(report["recipients"], 200)
+
     def test_latency(self) -> None:
         report = self.bench("latency", "--messages", "5")
         self.assertEqual(report["messages"], 5)

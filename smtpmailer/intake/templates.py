@@ -76,7 +76,7 @@ class Templates:
         ]
 
     def _check_name(self, name: str) -> None:
-        if not _NAME.match(name) or name not in self.names():
+        if not _NAME.match(name) or not os.path.isfile(os.path.join(self.folder, name, "text.txt")):
             known = ", ".join(self.names()) or "none"
             raise TemplateRefused(f"no template {name!r} in {self.folder} (templates: {known})")
 
