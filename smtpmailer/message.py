@@ -265,7 +265,6 @@ def _wire_policy() -> Any:
     return Wire(linesep="\r\n")
 
 
-
 def _compose(
     sender: tuple[str, str],
     to: Sequence[tuple[str, str]],
