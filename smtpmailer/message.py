@@ -173,8 +173,13 @@ def build_message(
     attachments: Sequence[Attachment] = (),
     headers: Sequence[tuple[str, str]] = (),
     now: float,
+    provider_template: tuple[str, dict[str, Any]] | None = None,
 ) -> Envelope:
-    """Build a MIME message with Date and Message-ID; Bcc recipients get it, unnamed."""
+    """Build a MIME message with Date and Message-ID; Bcc recipients get it, unnamed.
+
+    With ``provider_template`` (an API provider's template id, and its variables) the
+    content is the provider's: the message carries the id in PROVIDER_TEMPLATE and the
+    variables as its JSON body, for the API relay to pass on."""
     check_header_value("subject", subject)
     from_name, from_addr = _header_display(sender, "--from")
     if not to and not cc and not bcc:
@@ -184,10 +189,13 @@ def build_message(
     bcc_pairs = [_header_display(a, "--bcc") for a in bcc]
     for name, value in headers:
         check_header_value(f"header {name}", value)  # parse_header_option did; not every caller
+    if provider_template is not None:
+        check_header_value("provider_template", provider_template[0])
+        headers = [*headers, (PROVIDER_TEMPLATE, provider_template[0])]
     try:
         data = _compose(
             (from_name, from_addr), to_pairs, cc_pairs, subject, body, html, attachments,
-            headers, now,
+            headers, now, provider_template[1] if provider_template is not None else None,
         )  # fmt: skip
     except UnicodeError as error:  # a lone surrogate, say, that no charset can carry
         raise MessageError(f"cannot encode the message: {error}") from None
@@ -204,6 +212,18 @@ def _utf8_q() -> Any:
     utf8 = charset.Charset("utf-8")
     utf8.header_encoding = charset.QP
     return utf8
+
+
+# The header that marks a message whose content an API provider's template makes.
+PROVIDER_TEMPLATE = "X-Smtpmailer-Provider-Template"
+_PROVIDER_TEMPLATE_LINE = re.compile(rb"(?im)^x-smtpmailer-provider-template:[ \t]*(\S+)")
+
+
+def provider_template_of(data: bytes) -> str | None:
+    """The provider template a stored message names, if it names one."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    found = _PROVIDER_TEMPLATE_LINE.search(head)
+    return found.group(1).decode("ascii", "replace") if found else None
 
 
 def _header(value: str) -> Any:
@@ -275,6 +295,7 @@ def _compose(
     attachments: Sequence[Attachment],
     headers: Sequence[tuple[str, str]],
     now: float,
+    variables: dict[str, Any] | None = None,
 ) -> bytes:
     """The MIME message, built with the email package's compat32 classes: a third of the
     time EmailMessage takes (its header objects parse every value), which a batch of
@@ -283,8 +304,14 @@ def _compose(
     import secrets
     from email.mime.multipart import MIMEMultipart
 
-    message = _text_part(body, "plain")
-    if html is not None:
+    if variables is not None:
+        import json
+        from email.mime.application import MIMEApplication
+
+        message: Any = MIMEApplication(json.dumps(variables).encode(), "json")
+    else:
+        message = _text_part(body, "plain")
+    if html is not None and variables is None:
         alternative = MIMEMultipart("alternative", boundary=f"=_alt_{secrets.token_hex(12)}")
         alternative.attach(message)
         alternative.attach(_text_part(html, "html"))

@@ -36,10 +36,19 @@ class FakeMailgun:
                 return Response(404, {}, json.dumps({"message": "Domain not found"}).encode())
             domain = {"name": self.domain, "state": self.state, "type": "custom"}
             return Response(200, {}, json.dumps({"domain": domain}).encode())
-        if not request.url.endswith(f"/v3/{self.domain}/messages.mime"):
+        path = request.url.rsplit(f"/v3/{self.domain}/", 1)[-1]
+        if path not in ("messages.mime", "messages"):
             return Response(404, {}, json.dumps({"message": "Domain not found"}).encode())
         if request.headers.get("Authorization") != expected:
             return Response(401, {"content-type": "text/plain"}, b"Forbidden")
+        if path == "messages":  # fields (here: a stored template with t:variables)
+            fields = self.form(request)
+            if not fields.get("from") or not fields.get("to") or not fields.get("template"):
+                body = {"message": "Need at least one of 'text', 'html' or 'template' parameters"}
+                return Response(400, {}, json.dumps(body).encode())
+            self.accepted.append(fields)
+            answer = {"id": f"<2026{len(self.accepted)}.1@{self.domain}>", "message": "Queued"}
+            return Response(200, {}, json.dumps(answer).encode())
         if self.next:
             status, headers, body = self.next.pop(0)
             return Response(status, headers, body)

@@ -60,7 +60,7 @@ class FakeSendGrid:
         try:
             body = json.loads(request.body)
             to = body["personalizations"][0]["to"]
-            assert to and body["from"]["email"] and body["content"]
+            assert to and body["from"]["email"] and (body.get("content") or body.get("template_id"))
         except (ValueError, KeyError, IndexError, AssertionError, TypeError):
             return Response(400, {}, _errors(("Bad Request", None)))
         if self.senders is not None and body["from"]["email"] not in self.senders:

@@ -42,6 +42,7 @@ class FakePostmark:
             server = {"ID": 1, "Name": "Production", "Color": "blue", "DeliveryType": "Live"}
             return succeed(Response(200, {}, json.dumps(server).encode()))
         sent = json.loads(request.body)
+        sent["_path"] = request.url.split("://", 1)[-1].partition("/")[2]
         to = sent.get("To", "")
         everyone = [
             person.rsplit("<", 1)[-1].strip(" >").lower()

@@ -80,7 +80,6 @@ def _send_batch(
     import secrets
 
     from smtpmailer.intake.checks import check_envelope, wake_daemon
-    from smtpmailer.intake.templates import templates_for
     from smtpmailer.message import parse_header_option
     from smtpmailer.queue import NewMessage, QueueError
 
@@ -91,17 +90,13 @@ def _send_batch(
         raise CommandError(
             f"{len(rows)} recipients, over [Templates] max_batch ({config.templates.max_batch})"
         )
-    templates = templates_for(config.templates.path)
     common = variables(args, console)
     headers = [parse_header_option(h) for h in args.header]
+    make = _maker(args, config, headers, now)
     batch = secrets.token_hex(8)
     messages = []
     for address, row in rows:
-        envelope = templates.build(
-            args.template, {**common, **row}, sender=args.sender, to=[address],
-            headers=headers, now=now,
-        )  # fmt: skip
-        checked = check_envelope(config, envelope)
+        checked = check_envelope(config, make([address], {**common, **row}))
         messages.append(
             NewMessage(checked.sender, checked.recipients, checked.data, priority, batch)
         )
@@ -119,8 +114,32 @@ def _send_batch(
     return 0
 
 
+def _maker(
+    args: argparse.Namespace, config: Config, headers: list[tuple[str, str]], now: float
+) -> Any:
+    """(recipients, variables) -> the message: from a local template, or naming the API
+    provider's template (refused at once when mail from this sender may reach a relay
+    that cannot send it)."""
+    from smtpmailer.message import build_message
+
+    if args.provider_template:
+        from smtpmailer.intake.provider_templates import check_route
+
+        check_route(config, args.sender)
+        return lambda to, found: build_message(
+            sender=args.sender, to=to, cc=args.cc, bcc=args.bcc, subject=args.subject or "",
+            headers=headers, now=now, provider_template=(args.provider_template, found),
+        )  # fmt: skip
+    from smtpmailer.intake.templates import templates_for
+
+    templates = templates_for(config.templates.path)
+    return lambda to, found: templates.build(
+        args.template, found, sender=args.sender, to=to, cc=args.cc, bcc=args.bcc,
+        headers=headers, now=now,
+    )  # fmt: skip
+
+
 def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
-    from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
     from smtpmailer.message import Attachment, build_message, parse_header_option, prepare_raw
     from smtpmailer.queue import parse_priority
 
@@ -129,10 +148,25 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     now = time.time()
-    if (args.var or args.vars_file or args.batch_file) and not args.template:
-        raise CommandError("--var, --vars-file and --recipients go with --template NAME")
-    if args.template:
-        if args.subject is not None or args.body is not None or args.body_file or args.html_file:
+    if args.template and args.provider_template:
+        raise CommandError("give --template (local) or --provider-template (the provider's)")
+    templated = args.template or args.provider_template
+    if (args.var or args.vars_file or args.batch_file) and not templated:
+        raise CommandError(
+            "--var, --vars-file and --recipients go with --template or --provider-template"
+        )
+    if args.provider_template and (args.body is not None or args.body_file or args.html_file):
+        raise CommandError("--provider-template: the provider's template gives the body")
+    if args.provider_template and not args.batch_file:
+        if not args.sender:
+            raise CommandError("--from is required")
+        headers = [parse_header_option(h) for h in args.header]
+        envelope = _maker(args, config, headers, now)(args.to, variables(args, console))
+        return _enqueue_one(config, console, envelope, priority, now)
+    if templated:
+        if args.template and (
+            args.subject is not None or args.body is not None or args.body_file or args.html_file
+        ):
             raise CommandError("--template gives the subject and body: no --subject or --body")
         if args.extract or args.recipients:
             raise CommandError("--template builds the message: no -t or RCPT arguments")
@@ -184,6 +218,12 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
             headers=[parse_header_option(h) for h in args.header],
             now=now,
         )
+    return _enqueue_one(config, console, envelope, priority, now)
+
+
+def _enqueue_one(config: Config, console: Console, envelope: Any, priority: int, now: float) -> int:
+    from smtpmailer.intake.checks import enqueue_envelope, wake_daemon
+
     store = open_queue(config)
     try:
         message_id = enqueue_envelope(store, config, envelope, priority, now)
@@ -215,6 +255,11 @@ def add_commands(commands: Any) -> None:
     send.add_argument("--priority", default="normal", help="high, normal, low or 0-9")
     send.add_argument(
         "--template", metavar="NAME", help="build the message from a [Templates] template"
+    )
+    send.add_argument(
+        "--provider-template",
+        metavar="ID",
+        help="the API provider's own template (SendGrid, Postmark, Mailgun, Brevo, Mailjet)",
     )
     send.add_argument(
         "--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable"

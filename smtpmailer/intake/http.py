@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
+from smtpmailer.intake.provider_templates import check_route
 from smtpmailer.intake.refusals import MessageTooBig, Refusal, answer_for
 from smtpmailer.message import Attachment, build_message, parse_header_option
 from smtpmailer.message import prepare_raw as prepare_raw_message
@@ -34,6 +35,7 @@ JSON_FIELDS = {
     "vars",
     "recipients",
     "merge_global",
+    "provider_template",
 }
 # Without a template, a message gives its own subject and body; with one, the template does.
 TEMPLATE_GIVES = ("subject", "text", "html")
@@ -79,12 +81,25 @@ def _load(templates: Callable[[], Any]) -> Any:
 
 
 def envelopes_from_json(
-    raw: bytes, now: float, templates: Callable[[], Any], max_batch: int
+    raw: bytes, now: float, templates: Callable[[], Any], config: Any
 ) -> tuple[list[Any], int, bool]:
     """The message(s) a JSON body asks for: one, or with ``template`` and ``recipients``
-    a batch (a message to each recipient, with its own ``vars`` over ``merge_global``)."""
+    a batch (a message to each recipient, with its own ``vars`` over ``merge_global``).
+    ``provider_template`` instead of ``template`` names the API provider's template."""
     body, common = _parse(raw)
     template = _text(body, "template")
+    provider_template = body.get("provider_template")
+    if provider_template is not None:
+        if isinstance(provider_template, bool) or not isinstance(provider_template, str | int):
+            raise BadRequest(400, "'provider_template' must be the template's id")
+        if template is not None or "text" in body or "html" in body:
+            raise BadRequest(400, "'provider_template' gives the body: no template, text or html")
+        common["provider_template"] = str(provider_template)
+        try:
+            check_route(config, _text(body, "from") or "")
+        except Refusal as error:
+            raise BadRequest(answer_for(error).http, str(error)) from None
+        template = ""
     if template is None:
         for key in ("vars", "recipients", "merge_global"):
             if key in body:
@@ -92,7 +107,7 @@ def envelopes_from_json(
         if not _text(body, "from") or _text(body, "subject") is None:
             raise BadRequest(400, "'from' and 'subject' are required")
         return [_build(body, common, now)], common["priority"], False
-    given = [key for key in TEMPLATE_GIVES if key in body]
+    given = [key for key in TEMPLATE_GIVES if key in body and template]
     if given:
         raise BadRequest(400, f"'template' gives the subject and body: no {', '.join(given)}")
     if not _text(body, "from"):
@@ -100,18 +115,20 @@ def envelopes_from_json(
     shared = _object(body, "merge_global")
     if "recipients" not in body:
         variables = {**shared, **_object(body, "vars")}
-        envelope = _build(body, common, now, _load(templates), template, variables)
+        found = _load(templates) if template else None
+        envelope = _build(body, common, now, found, template, variables)
         return [envelope], common["priority"], False
     if "vars" in body or any(key in body for key in ("to", "cc", "bcc")):
         raise BadRequest(400, "with 'recipients', each recipient gives its own 'to' and 'vars'")
     recipients = body["recipients"]
     if not isinstance(recipients, list) or not recipients:
         raise BadRequest(400, '\'recipients\' must be a list of {"to", "vars"} objects')
+    max_batch = config.templates.max_batch
     if len(recipients) > max_batch:
         raise BadRequest(
             400, f"{len(recipients)} recipients, over [Templates] max_batch ({max_batch})"
         )
-    found = _load(templates)
+    found = _load(templates) if template else None
     envelopes = []
     for number, recipient in enumerate(recipients):
         if not isinstance(recipient, dict) or set(recipient) - {"to", "vars"}:
@@ -192,6 +209,12 @@ def _build(
         "now": now,
     }
     try:
+        if "provider_template" in common:
+            return build_message(
+                subject=_text(body, "subject") or "",
+                provider_template=(common["provider_template"], variables or {}),
+                **fields,
+            )
         if template is not None:
             return templates.build(template, variables or {}, **fields)
         return build_message(
@@ -220,7 +243,7 @@ async def submit(status: Any, request: Request) -> tuple[int, dict[str, Any]]:
     try:
         if kind == b"application/json":
             envelopes, priority, batch = envelopes_from_json(
-                raw, now, status.templates, status.config.templates.max_batch
+                raw, now, status.templates, status.config
             )
         elif kind == b"message/rfc822":
             try:

@@ -33,7 +33,7 @@ def _person(name: str, address: str) -> dict[str, str]:
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
-    fields = read(lease, "Brevo")
+    fields = read(lease, "Brevo", templates=True)
     if not fields.to:
         raise Uncarried("Brevo needs a To: recipient among the envelope recipients")
     if any(a.content_id for a in fields.attachments):
@@ -53,6 +53,13 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         body["bcc"] = [_person(*p) for p in fields.bcc]
     if fields.reply_to:
         body["replyTo"] = _person(*fields.reply_to)
+    if fields.template is not None:  # Brevo's template gives subject and content
+        template_id, body["params"] = fields.template
+        if not template_id.isdigit():
+            raise Uncarried(f"Brevo template ids are numbers: {template_id!r} is not one")
+        body["templateId"] = int(template_id)
+        if not fields.subject:
+            del body["subject"]
     if fields.text is not None:
         body["textContent"] = fields.text
     if fields.html is not None:

@@ -6,6 +6,7 @@ message, one with no text or html) is Uncarried, with the reason."""
 
 from __future__ import annotations
 
+import json
 import re
 from email import policy
 from email.header import decode_header, make_header
@@ -32,6 +33,7 @@ FIELDED = {
     "message-id",
     "received",
     "dkim-signature",
+    "x-smtpmailer-provider-template",
 }
 
 
@@ -73,6 +75,8 @@ class Fields:
     html: str | None
     attachments: list[Attachment]
     headers: list[tuple[str, str]]
+    # A provider template's id and variables, when the provider's template makes the content.
+    template: tuple[str, dict[str, object]] | None = None
 
 
 def _text(raw: str) -> str:
@@ -97,7 +101,9 @@ def _addresses(raw: dict[str, list[str]], name: str) -> list[tuple[str, str]]:
     return [(_text(n), a) for n, a in getaddresses(raw.get(name.lower(), [])) if a]
 
 
-def read(lease: Lease, provider: str) -> Fields:
+def read(lease: Lease, provider: str, templates: bool = False) -> Fields:
+    """The message's fields; ``templates`` where the provider can send a provider
+    template (else a message that names one is Uncarried)."""
     message = BytesParser(policy=policy.default).parsebytes(lease.data)
     assert isinstance(message, EmailMessage)
     raw: dict[str, list[str]] = {}
@@ -117,6 +123,34 @@ def read(lease: Lease, provider: str) -> Fields:
     if not senders:
         raise Uncarried(f"{provider} needs a From: header")
     replies = _addresses(raw, "Reply-To")
+    named = raw.get("x-smtpmailer-provider-template")
+    if named:
+        if not templates:
+            raise Uncarried(
+                f"{provider} relays send no provider templates: this message names template "
+                f"{_text(named[0])}; route it to a relay with templates"
+            )
+        try:
+            variables = json.loads(message.get_content())
+        except (ValueError, TypeError, KeyError):
+            raise Uncarried("the provider template's variables are not JSON") from None
+        return Fields(
+            sender=senders[0],
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=replies[0] if replies else None,
+            subject=_text(raw.get("subject", [""])[0]),
+            text=None,
+            html=None,
+            attachments=[],
+            headers=[
+                (name, _text(value))
+                for name, value in message.raw_items()
+                if name.lower() not in FIELDED
+            ],
+            template=(_text(named[0]), variables),
+        )
     text = html = None
     attachments: list[Attachment] = []
     for part in message.walk():

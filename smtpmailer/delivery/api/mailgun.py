@@ -19,11 +19,12 @@ import secrets
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Step, json_of, sandbox_lease
 from smtpmailer.httpclient import Request, Response, retry_after
+from smtpmailer.message import provider_template_of
 from smtpmailer.queue import Lease
 
 
 class Uncarried(Exception):
-    """Never raised: Mailgun takes any MIME message as it is."""
+    """Never raised by Mailgun's own mapping: it takes any MIME message as it is."""
 
 
 def _form(fields: list[tuple[str, str]], message: bytes) -> tuple[str, bytes]:
@@ -46,6 +47,8 @@ def _form(fields: list[tuple[str, str]], message: bytes) -> tuple[str, bytes]:
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    if provider_template_of(lease.data) is not None:
+        return _build_template(lease, relay)
     fields = [("to", recipient) for recipient in lease.recipients]
     fields.append(("v:smtpmailer_id", lease.id))
     kind, body = _form(fields, lease.data)
@@ -56,6 +59,48 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         {
             "Authorization": f"Basic {credentials}",
             "Content-Type": kind,
+            "Accept": "application/json",
+        },
+        body,
+    )
+
+
+def _build_template(lease: Lease, relay: APIRelayConfig) -> Request:
+    """A stored template of Mailgun's: ``POST /v3/{domain}/messages`` with ``template`` and
+    its variables as ``t:variables`` (Mailgun renders it), to the envelope's recipients."""
+    from smtpmailer.delivery.api.fields import person_text, read
+
+    fields = read(lease, "Mailgun", templates=True)
+    assert fields.template is not None
+    template_id, variables = fields.template
+    form = [("from", person_text(fields.sender))]
+    form += [("to", recipient) for recipient in lease.recipients]
+    if fields.subject:
+        form.append(("subject", fields.subject))
+    form += [
+        ("template", template_id),
+        ("t:variables", json.dumps(variables)),
+        ("v:smtpmailer_id", lease.id),
+    ]
+    if fields.reply_to:
+        form.append(("h:Reply-To", person_text(fields.reply_to)))
+    boundary = "smtpmailer-" + secrets.token_hex(12)
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode("utf-8")
+            + b"\r\n"
+            for name, value in form
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    credentials = base64.b64encode(f"api:{relay.api_key}".encode()).decode("ascii")
+    return Request(
+        "POST",
+        f"{relay.endpoint}/v3/{relay.domain}/messages",
+        {
+            "Authorization": f"Basic {credentials}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
             "Accept": "application/json",
         },
         body,

@@ -41,7 +41,7 @@ def _person(name: str, address: str) -> dict[str, str]:
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
-    fields = read(lease, "Mailjet")
+    fields = read(lease, "Mailjet", templates=True)
     if not fields.to:
         raise Uncarried("Mailjet needs a To: recipient among the envelope recipients")
     message: dict[str, Any] = {
@@ -56,6 +56,14 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         message["Bcc"] = [_person(*p) for p in fields.bcc]
     if fields.reply_to:
         message["ReplyTo"] = _person(*fields.reply_to)
+    if fields.template is not None:  # Mailjet's template, its variables in its language
+        template_id, message["Variables"] = fields.template
+        if not template_id.isdigit():
+            raise Uncarried(f"Mailjet template ids are numbers: {template_id!r} is not one")
+        message["TemplateID"] = int(template_id)
+        message["TemplateLanguage"] = True
+        if not fields.subject:
+            del message["Subject"]
     if fields.text is not None:
         message["TextPart"] = fields.text
     if fields.html is not None:

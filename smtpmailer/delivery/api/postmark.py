@@ -31,7 +31,7 @@ def _list(people: list[tuple[str, str]]) -> str:
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
-    fields = read(lease, "Postmark")
+    fields = read(lease, "Postmark", templates=True)
     if not (fields.to or fields.cc or fields.bcc):
         raise Uncarried("Postmark needs at least one recipient")
     body: dict[str, Any] = {
@@ -61,9 +61,16 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         ]
     if fields.headers:
         body["Headers"] = [{"Name": name, "Value": value} for name, value in fields.headers]
+    path = "/email"
+    if fields.template is not None:  # POST /email/withTemplate: the template's id or alias
+        template_id, body["TemplateModel"] = fields.template
+        key = "TemplateId" if template_id.isdigit() else "TemplateAlias"
+        body[key] = int(template_id) if key == "TemplateId" else template_id
+        del body["Subject"]
+        path = "/email/withTemplate"
     return Request(
         "POST",
-        relay.endpoint + "/email",
+        relay.endpoint + path,
         {
             "X-Postmark-Server-Token": relay.api_key or "",
             "Content-Type": "application/json",

@@ -44,7 +44,7 @@ def _person(name: str, address: str) -> dict[str, str]:
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
-    fields = read(lease, "SendGrid")
+    fields = read(lease, "SendGrid", templates=True)
     if not fields.to:
         raise Uncarried(
             "SendGrid needs a To: recipient among the envelope recipients (it builds the "
@@ -69,6 +69,11 @@ def build(lease: Lease, relay: APIRelayConfig) -> Request:
         "subject": fields.subject,
         "content": content,
     }
+    if fields.template is not None:  # a dynamic template: SendGrid makes subject and body
+        body["template_id"], personalization["dynamic_template_data"] = fields.template
+        del body["content"]
+        if not fields.subject:
+            del body["subject"]
     if fields.reply_to:
         body["reply_to"] = _person(*fields.reply_to)
     attachments = []

@@ -23,13 +23,15 @@ from typing import Any
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Skipped, Step, domain_of, json_of
 from smtpmailer.httpclient import Request, Response, retry_after
+from smtpmailer.message import provider_template_of
 from smtpmailer.queue import Lease
 
 __all__ = ["Uncarried", "build", "error_text", "message_id", "pause_until", "probes"]
 
 
 class Uncarried(Exception):
-    """Never raised: SES takes any MIME message as it is."""
+    """A message that names a provider template: SES takes any MIME message as it is,
+    but its own templates are not used here."""
 
 
 def credentials(relay: APIRelayConfig) -> Any:
@@ -48,6 +50,13 @@ def credentials(relay: APIRelayConfig) -> Any:
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
+
+    named = provider_template_of(lease.data)
+    if named is not None:
+        raise Uncarried(
+            f"SES relays send no provider templates: this message names template {named}; "
+            "route it to a relay with templates"
+        )
 
     body = json.dumps(
         {

@@ -17,6 +17,7 @@ import json
 from smtpmailer.config.sections import APIRelayConfig
 from smtpmailer.delivery.api.probe import Probe, ProbeFailed, Skipped, Step, domain_of, json_of
 from smtpmailer.httpclient import Request, Response, retry_after
+from smtpmailer.message import provider_template_of
 from smtpmailer.queue import Lease
 
 
@@ -25,6 +26,12 @@ class Uncarried(Exception):
 
 
 def build(lease: Lease, relay: APIRelayConfig) -> Request:
+    named = provider_template_of(lease.data)
+    if named is not None:
+        raise Uncarried(
+            f"SparkPost relays send no provider templates: this message names template "
+            f"{named}; route it to a relay with templates"
+        )
     try:
         text = lease.data.decode("utf-8")
     except UnicodeDecodeError:

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import Reply, SMTPClientProtocol
+from smtpmailer.message import provider_template_of
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
 
@@ -182,6 +183,13 @@ class SMTPSession:
     async def deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
         """One transaction. Returns a result per recipient; raises only when the connection
         cannot be trusted any more (lost, timed out, garbled)."""
+        named = provider_template_of(lease.data)
+        if named is not None:
+            reason = (
+                f"5.6.0 this message names provider template {named}: only an API relay with "
+                "templates can send it"
+            )
+            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients)
         required, wanted = smtputf8(lease)
         offered = "SMTPUTF8" in self.extensions
         if required and not offered:
