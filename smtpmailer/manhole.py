@@ -223,6 +223,8 @@ class Helpers:
                 lines.append(f"  -> <{rcpt.address}> {rcpt.state} {rcpt.last_error or ''}")
             if info.last_error:
                 lines.append(f"  last error: {info.last_error}")
+            if info.origin_text():
+                lines.append(f"  built from: {info.origin_text()}")
             for attempt in info.history:
                 lines.extend(f"  {line}" for line in attempt.as_text())
             return "\n".join(lines)

@@ -152,6 +152,9 @@ class Envelope:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    # What built it, kept with it for queue show (a template's name, its variables with
+    # secrets redacted), as JSON; empty for a message given whole.
+    meta: str = ""
 
 
 def _header_display(text: str, what: str) -> tuple[str, str]:
@@ -200,7 +203,12 @@ def build_message(
     except UnicodeError as error:  # a lone surrogate, say, that no charset can carry
         raise MessageError(f"cannot encode the message: {error}") from None
     recipients = unique(p[1] for p in (*to_pairs, *cc_pairs, *bcc_pairs))
-    return Envelope(from_addr, tuple(recipients), data)
+    meta = ""
+    if provider_template is not None:
+        from smtpmailer.intake.templates import origin
+
+        meta = origin("provider_template", *provider_template)
+    return Envelope(from_addr, tuple(recipients), data, meta)
 
 
 @functools.cache

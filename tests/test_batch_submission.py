@@ -19,7 +19,7 @@ from tests.test_http_submission import AUTH, TOKEN
 from tests.test_templates import receipt
 
 
-class TemplateSubmissionTests(DeliveryCase):
+class TemplateCase(DeliveryCase):
     def setUp(self) -> None:
         super().setUp()
         self.templates = os.path.join(self.dir, "templates")
@@ -68,6 +68,8 @@ class TemplateSubmissionTests(DeliveryCase):
         self.store.record_and_enqueue = counted  # type: ignore[method-assign]
         return sizes
 
+
+class TemplateSubmissionTests(TemplateCase):
     def test_one_message_from_a_template(self) -> None:
         self.configure_templates()
         self.start()
@@ -182,3 +184,64 @@ class TemplateSubmissionTests(DeliveryCase):
         self.assertEqual(
             (code, body["error"]), (400, "no templates: set [Templates] path in the config")
         )
+
+
+class OriginTests(TemplateCase):
+    """What built a message is kept with it, secrets redacted, and shown."""
+
+    def get(self, path: str) -> tuple[int, str]:
+        stub = StubTreq(self.service.status.site.resource)
+        response = stub.get(f"http://status.test{path}", headers=AUTH)
+        stub.flush()
+        settle(self.clock)
+        stub.flush()
+        result = self.successResultOf(response)
+        return result.code, self.successResultOf(result.content()).decode()
+
+    def test_the_template_and_its_variables_secrets_redacted(self) -> None:
+        self.configure_templates()
+        self.relay.refuse = True  # it stays queued, its headers still kept
+        self.start()
+        token = "Zx81kq0PLmnb77aa01TTyu"
+        code, body = self.post(
+            {
+                "from": "shop@example.com",
+                "to": "ann@example.org",
+                "template": "receipt",
+                "vars": {
+                    "name": "Ann",
+                    "amount": "5",
+                    "number": "R-9",
+                    "reset_link": f"https://shop.example.com/reset?token={token}",
+                    "api_key": "k",
+                    "coupon": token,
+                },
+            }
+        )
+        self.assertEqual(code, 202, body)
+        (message_id,) = [body["id"]]
+        code, page = self.get(f"/v1/queue/{message_id}")
+        shown = json.loads(page)
+        self.assertEqual(
+            shown["origin"],
+            {
+                "template": "receipt",
+                "vars": {
+                    "name": "Ann",
+                    "amount": "5",
+                    "number": "R-9",
+                    "reset_link": "<redacted>",
+                    "api_key": "<redacted>",
+                    "coupon": "<redacted>",
+                },
+            },
+        )
+        code, page = self.get(f"/messages/{message_id}")
+        self.assertEqual(code, 200)
+        self.assertIn("Built from template receipt; vars: name=Ann, amount=5", page)
+        self.assertIn('<td id="state">deferred</td>', page)
+        self.assertIn("Subject: Your receipt R-9", page)
+        self.assertIn("connection refused", page)
+        raw = self.store._db.execute("SELECT meta FROM messages").fetchone()[0]
+        self.assertNotIn(token, raw, "a secret is never stored")
+        self.assertEqual(self.get("/messages/NOPE")[0], 404)

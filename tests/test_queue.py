@@ -216,6 +216,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         for column in ("relay", "relay_address"):  # schema 4's
             db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
         db.execute("DROP TABLE attempts")  # schema 5's
+        db.execute("ALTER TABLE messages DROP COLUMN meta")  # schema 6's
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         self.store.close()
 
@@ -250,7 +251,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("5",))  # through 3 and 4
+        self.assertEqual(version.fetchone(), ("6",))  # through 3, 4 and 5
 
     def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
         """An older CLI opening the file re-creates its triggers before it refuses the
@@ -280,7 +281,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("5",))
+        self.assertEqual(version.fetchone(), ("6",))
         self.assertEqual(self.store.counts()["sent"], 1)
         (lease,) = self.store.lease(300, 10, 60)
         outcome = Outcome(
@@ -300,6 +301,7 @@ class SQLiteStoreTests(SynchronousTestCase):
             [Outcome(lease, results(lease, ("r@y.org", "deferred")), "r")], 201, POLICY
         )
         self.store._db.execute("DROP TABLE attempts")
+        self.store._db.execute("ALTER TABLE messages DROP COLUMN meta")
         self.store._db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         self.store.close()
         reader = SQLiteQueue(self.path, read_only=True)
@@ -308,7 +310,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("5",))
+        self.assertEqual(version.fetchone(), ("6",))
         (lease,) = self.store.lease(10_000, 10, 60)
         self.store.record(
             [Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 10_001, POLICY

@@ -100,6 +100,8 @@ def show_message(
         print(f"relay: {info.relay or '?'}{where}", file=out)
     if info.last_error:
         print(f"last error: {info.last_error}", file=out)
+    if info.origin_text():
+        print(f"built from: {info.origin_text()}", file=out)
     if info.history:
         print("attempts:", file=out)
         for attempt in info.history:

@@ -98,7 +98,9 @@ def _send_batch(
     for address, row in rows:
         checked = check_envelope(config, make([address], {**common, **row}))
         messages.append(
-            NewMessage(checked.sender, checked.recipients, checked.data, priority, batch)
+            NewMessage(
+                checked.sender, checked.recipients, checked.data, priority, batch, checked.meta
+            )
         )
     store = open_queue(config)
     try:

@@ -210,7 +210,9 @@ class Dispatcher:
         """A message already through check_envelope (here, or in a submission worker's
         process with the same code): only the group commit is left."""
         return self.writer.submit(
-            NewMessage(envelope.sender, envelope.recipients, envelope.data, priority)
+            NewMessage(
+                envelope.sender, envelope.recipients, envelope.data, priority, meta=envelope.meta
+            )
         )
 
     def submit_batch(
@@ -224,7 +226,7 @@ class Dispatcher:
             return fail()
         batch = new_lease_token()
         waiters = self.writer.submit_batch(
-            [NewMessage(e.sender, e.recipients, e.data, priority, batch) for e in checked]
+            [NewMessage(e.sender, e.recipients, e.data, priority, batch, e.meta) for e in checked]
         )
         done = DeferredList(waiters, consumeErrors=True)
 

@@ -30,6 +30,7 @@ def check_envelope(config: Config, envelope: Envelope) -> Envelope:
         normalize_address(envelope.sender, "sender", allow_utf8=True) if envelope.sender else "",
         tuple(normalize_address(r, "recipient", allow_utf8=True) for r in envelope.recipients),
         envelope.data,
+        envelope.meta,
     )
     return rewrite.apply(config.rewrite, checked)
 
@@ -50,6 +51,7 @@ def enqueue_envelope(
         priority,
         now,
         config.queue.max_queue_size,
+        meta=checked.meta,
     )
 
 

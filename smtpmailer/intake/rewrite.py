@@ -76,4 +76,4 @@ def apply(rewrite: RewriteConfig, envelope: Envelope) -> Envelope:
         data = rewrite_from_header(rewrite.rules, data)
     if sender == envelope.sender and data is envelope.data:
         return envelope
-    return Envelope(sender, envelope.recipients, data)
+    return Envelope(sender, envelope.recipients, data, envelope.meta)

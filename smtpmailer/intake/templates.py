@@ -23,6 +23,41 @@ PARTS = {"subject": "subject.txt", "text": "text.txt", "html": "html.html"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+# Variables kept with a message are shown by queue show and the dashboard: those whose
+# name or value looks like a secret (a reset link's token, a one-time code) are kept only as
+# "<redacted>", and a message keeps at most KEPT_BYTES of them.
+_SECRET_NAME = re.compile(
+    r"(?i)pass|secret|token|key|auth|otp|pin|code|credential|session|cookie|sig|nonce|reset"
+)
+_SECRET_IN_TEXT = re.compile(r"(?i)(token|key|secret|sig|signature|password|code|auth)=")
+_RANDOM_LOOKING = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)[A-Za-z0-9_\-+/=.]{20,}$")
+KEPT_BYTES = 8192
+REDACTED = "<redacted>"
+
+
+def redacted(value: Any, name: str = "") -> Any:
+    """``value`` with what looks secret replaced by "<redacted>"."""
+    if name and _SECRET_NAME.search(name):
+        return REDACTED
+    if isinstance(value, dict):
+        return {str(k): redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    if isinstance(value, str) and (_SECRET_IN_TEXT.search(value) or _RANDOM_LOOKING.match(value)):
+        return REDACTED
+    return value
+
+
+def origin(kind: str, name: str, variables: Mapping[str, Any]) -> str:
+    """What built a message, as kept with it: the template and its variables, redacted."""
+    import json
+
+    kept = json.dumps({kind: name, "vars": redacted(dict(variables))})
+    if len(kept) > KEPT_BYTES:
+        kept = json.dumps({kind: name, "vars": f"<not kept: {len(kept)} bytes>"})
+    return kept
+
+
 class TemplateRefused(MessageError):
     """A template that cannot be rendered with what was given (SMTP 554, HTTP 400)."""
 
@@ -147,7 +182,7 @@ class Templates:
         """The message a template makes with these variables, checked as any other (a
         variable that puts a line break into the subject is a header injection)."""
         rendered = self.render(name, variables)
-        return build_message(
+        envelope = build_message(
             sender=sender,
             to=to,
             cc=cc,
@@ -159,6 +194,7 @@ class Templates:
             headers=headers,
             now=now,
         )
+        return attrs.evolve(envelope, meta=origin("template", name, variables))
 
 
 def templates_for(folder: str | None) -> Templates:

@@ -146,6 +146,16 @@ def reply_code(reply: str) -> int | None:
     return int(digits) if len(digits) == 3 and digits.isdigit() else None
 
 
+def parse_origin(meta: str | None) -> dict[str, object] | None:
+    if not meta:
+        return None
+    try:
+        found = json.loads(meta)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def encode_replies(results: Sequence[RecipientResult]) -> str:
     """An attempt's replies as a backend stores them (one JSON text)."""
     return json.dumps([[r.address, r.status, r.reply, r.remote_id] for r in results])
@@ -174,6 +184,22 @@ class MessageInfo:
     relay_address: str | None = None
     # Every attempt kept (the first and the last ones), for ``queue show``; empty in lists.
     history: tuple[Attempt, ...] = ()
+    # What built it: {"template": NAME} or {"provider_template": ID}, with "vars".
+    origin: dict[str, object] | None = None
+
+    def origin_text(self) -> str | None:
+        """``template receipt; vars: name=Ann, token=<redacted>``, or None."""
+        if not self.origin:
+            return None
+        kind, name = next(((k, v) for k, v in self.origin.items() if k != "vars"), ("", ""))
+        found = self.origin.get("vars")
+        shown = (
+            ", ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+                      for k, v in found.items())
+            if isinstance(found, dict)
+            else str(found)
+        )  # fmt: skip
+        return f"{kind.replace('_', ' ')} {name}; vars: {shown or 'none'}"
 
     def as_json(self, now: float, with_history: bool = False) -> dict[str, object]:
         """With the history (``queue show``), ``attempts`` is the list of attempts; in a
@@ -194,6 +220,7 @@ class MessageInfo:
             "last_error": self.last_error,
             "relay": self.relay,
             "relay_address": self.relay_address,
+            **({"origin": self.origin} if self.origin else {}),
         }
 
 
@@ -207,6 +234,7 @@ class NewMessage:
     data: bytes
     priority: int
     batch: str = ""
+    meta: str = ""  # what built it (JSON), for queue show
 
 
 @attrs.frozen
@@ -275,6 +303,7 @@ class QueueStore(Protocol):
         priority: int,
         now: float,
         max_queue_size: int,
+        meta: str = "",
     ) -> str: ...
 
     def enqueue_many(

@@ -48,6 +48,7 @@ from smtpmailer.queue import (
     WrongState,
     decode_replies,
     encode_replies,
+    parse_origin,
     rules,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
@@ -74,8 +75,10 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     updated DOUBLE PRECISION NOT NULL,
     relay TEXT,
-    relay_address TEXT
+    relay_address TEXT,
+    meta TEXT
 );
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta TEXT;
 CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created, id);
@@ -112,7 +115,7 @@ CREATE SEQUENCE IF NOT EXISTS messages_accepted;
 """
 _INFO = (
     "id, state, priority, sender, created, next_attempt, attempts, size, last_error,"
-    " relay, relay_address"
+    " relay, relay_address, meta"
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -298,9 +301,10 @@ class PostgreSQLQueue:
         priority: int,
         now: float,
         max_queue_size: int,
+        meta: str = "",
     ) -> str:
         (result,) = self.enqueue_many(
-            [NewMessage(sender, tuple(recipients), data, priority)], now, max_queue_size
+            [NewMessage(sender, tuple(recipients), data, priority, meta=meta)], now, max_queue_size
         )
         if isinstance(result, QueueError):
             raise result
@@ -399,8 +403,8 @@ class PostgreSQLQueue:
             message_id = new_message_id(now)
             inserted = db.execute(
                 "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-                " next_attempt, lease_token, lease_node, size, updated)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " next_attempt, lease_token, lease_node, size, updated, meta)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 (
                     message_id,
@@ -414,6 +418,7 @@ class PostgreSQLQueue:
                     node,
                     len(item.data),
                     now,
+                    item.meta or None,
                 ),
             )
             if inserted.rowcount == 1:
@@ -821,6 +826,7 @@ class PostgreSQLQueue:
                 last_error=row[8],
                 relay=row[9],
                 relay_address=row[10],
+                origin=parse_origin(row[11]),
             )
             for row in rows
         ]

@@ -115,5 +115,8 @@ class AsyncQueue:
     def show(self, message_id: str) -> Deferred[MessageInfo]:
         return self._call("show", message_id)
 
+    def body(self, message_id: str) -> Deferred[bytes]:
+        return self._call("body", message_id)
+
     def recent_problems(self, limit: int) -> Deferred[list[MessageInfo]]:
         return self._call("recent_problems", limit)

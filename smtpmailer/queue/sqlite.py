@@ -42,12 +42,13 @@ from smtpmailer.queue import (
     WrongState,
     decode_replies,
     encode_replies,
+    parse_origin,
     rules,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The oldest schema a read-only look (queue list, show) still reads: the daemon migrates at
 # its next start, and a CLI upgraded before that can still look.
 READABLE_SINCE = 3
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     updated REAL NOT NULL,
     relay TEXT,
-    relay_address TEXT
+    relay_address TEXT,
+    meta TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
@@ -122,6 +124,7 @@ _MESSAGE_COLUMNS = (
     "lease_token",
     "size",
     "updated",
+    "meta",
 )
 
 
@@ -196,7 +199,7 @@ class SQLiteQueue:
         self.path = path
         self.read_only = read_only
         self._count_changes: Counter[str] = Counter()
-        self._relay_columns = "relay, relay_address"
+        self._relay_columns = "relay, relay_address, meta"
         self._has_history = True
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -231,6 +234,8 @@ class SQLiteQueue:
                 version = self._migrate_to_4()
             if version == 4:
                 version = self._migrate_to_5()
+            if version == 5:
+                version = self._migrate_to_6()
         except sqlite3.Error as error:
             raise self._translate(error, f"cannot open queue database {path}") from None
         self._check_version(version)
@@ -247,9 +252,10 @@ class SQLiteQueue:
         self._db = db
         version = self._schema_version()
         if READABLE_SINCE <= version < SCHEMA_VERSION:
-            self._has_history = False  # before version 5
+            self._has_history = version >= 5
+            self._relay_columns = "relay, relay_address, NULL"  # meta: from version 6
             if version < 4:
-                self._relay_columns = "NULL, NULL"  # before version 4: not known
+                self._relay_columns = "NULL, NULL, NULL"  # relays: from version 4
         else:
             self._check_version(version)
         return db
@@ -340,6 +346,15 @@ class SQLiteQueue:
             db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         return 5
 
+    def _migrate_to_6(self) -> int:
+        """Version 6 keeps what built a message (a template and its variables)."""
+        with self._transaction() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "meta" not in present:
+                db.execute("ALTER TABLE messages ADD COLUMN meta TEXT")
+            db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+        return 6
+
     def close(self) -> None:
         self._db.close()
 
@@ -404,9 +419,10 @@ class SQLiteQueue:
         priority: int,
         now: float,
         max_queue_size: int,
+        meta: str = "",
     ) -> str:
         (result,) = self.enqueue_many(
-            [NewMessage(sender, tuple(recipients), data, priority)], now, max_queue_size
+            [NewMessage(sender, tuple(recipients), data, priority, meta=meta)], now, max_queue_size
         )
         if isinstance(result, QueueError):
             raise result
@@ -583,6 +599,7 @@ class SQLiteQueue:
             token,
             len(item.data),
             now,
+            item.meta or None,
         )
 
     def _insert_message(
@@ -956,8 +973,8 @@ class SQLiteQueue:
                 " ORDER BY updated DESC LIMIT ?",
                 (state, limit),
             ).fetchall()
-        rows.sort(key=lambda row: row[11], reverse=True)
-        return [self._info(row[:11]) for row in rows[:limit]]
+        rows.sort(key=lambda row: row[12], reverse=True)
+        return [self._info(row[:12]) for row in rows[:limit]]
 
     @_driver_errors
     def messages(
@@ -1013,6 +1030,7 @@ class SQLiteQueue:
             last_error=row[8],
             relay=row[9],
             relay_address=row[10],
+            origin=parse_origin(row[11]),
         )
 
     @_driver_errors

@@ -136,7 +136,8 @@ def render_dashboard(view: DashboardView) -> str:
     )
     problems = (
         "".join(
-            f'<tr class="problem"><td><code>{esc(m.id)}</code></td><td>{esc(m.state)}</td>'
+            f'<tr class="problem"><td><a href="/messages/{esc(m.id)}"><code>{esc(m.id)}</code>'
+            f"</a></td><td>{esc(m.state)}</td>"
             f"<td>{esc(', '.join(r.address for r in m.recipients))}</td><td>{m.attempts}</td>"
             f"<td>{esc(m.last_error or '')}</td></tr>"
             for m in view.problems

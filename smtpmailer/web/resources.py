@@ -1,8 +1,10 @@
-"""The status service's HTTP resources: /health, /metrics, /v1/queue, /v1/queue/ID and /."""
+"""The status service's HTTP resources: /health, /metrics, /v1/queue, /v1/queue/ID, / (the
+dashboard) and /messages/ID (its page for one message)."""
 
 from __future__ import annotations
 
 import hmac
+import html
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -221,6 +223,8 @@ class Root(Resource):
                 rest.pop(0)
                 return Messages(self.status, guarded=True)
             return _NotFound(self.status, guarded=True)
+        if path == b"messages":
+            return MessagePage(self.status, guarded=True)
         if path == b"":
             return Dashboard(self.status, guarded=True)
         return _NotFound(self.status, guarded=False)
@@ -230,6 +234,30 @@ class Root(Resource):
 
     def render_GET(self, request: Request) -> Any:
         return Dashboard(self.status, guarded=True).render_GET(request)
+
+
+class MessagePage(AsyncResource):
+    """``/messages/ID``: one message as a page of the dashboard."""
+
+    async def respond(self, request: Request) -> Response:
+        from smtpmailer.queue import QueueError
+        from smtpmailer.web.message_page import render_message_page
+
+        path = [s.decode("utf-8", "replace") for s in request.postpath or [] if s]
+        if len(path) != 1:
+            return 404, b"<p>no such page</p>\n", b"text/html; charset=utf-8"
+        try:
+            info = await self.status.queue.show(path[0])
+        except NoSuchMessage as error:
+            body = f"<p>{html.escape(str(error))}</p>\n".encode()
+            return 404, body, b"text/html; charset=utf-8"
+        try:
+            data = await self.status.queue.body(path[0])
+            head: str | None = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        except QueueError:  # sent: the content is no longer kept
+            head = None
+        page = render_message_page(info, self.status.clock.seconds(), head)
+        return 200, page.encode(), b"text/html; charset=utf-8"
 
 
 class _NotFound(AsyncResource):
