@@ -157,6 +157,11 @@ def cmd_send(args: argparse.Namespace, config: Config, console: Console) -> int:
         raise CommandError(
             "--var, --vars-file and --recipients go with --template or --provider-template"
         )
+    if args.provider_template is not None:
+        from smtpmailer.intake.http import TEMPLATE_ID
+
+        if not TEMPLATE_ID.match(args.provider_template):
+            raise CommandError(f"--provider-template {args.provider_template!r}: not an id")
     if args.provider_template and (args.body is not None or args.body_file or args.html_file):
         raise CommandError("--provider-template: the provider's template gives the body")
     if args.provider_template and not args.batch_file:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ JSON_FIELDS = {
 }
 # Without a template, a message gives its own subject and body; with one, the template does.
 TEMPLATE_GIVES = ("subject", "text", "html")
+# A provider's template id or alias: SendGrid d-..., a number, a Postmark alias, a name.
+TEMPLATE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class BadRequest(Exception):
@@ -88,10 +91,16 @@ def envelopes_from_json(
     ``provider_template`` instead of ``template`` names the API provider's template."""
     body, common = _parse(raw)
     template = _text(body, "template")
+    if template == "":
+        raise BadRequest(400, "'template' must name a template")
     provider_template = body.get("provider_template")
     if provider_template is not None:
-        if isinstance(provider_template, bool) or not isinstance(provider_template, str | int):
-            raise BadRequest(400, "'provider_template' must be the template's id")
+        if (
+            isinstance(provider_template, bool)
+            or not isinstance(provider_template, str | int)
+            or not TEMPLATE_ID.match(str(provider_template))
+        ):
+            raise BadRequest(400, "'provider_template' must be the template's id or alias")
         if template is not None or "text" in body or "html" in body:
             raise BadRequest(400, "'provider_template' gives the body: no template, text or html")
         common["provider_template"] = str(provider_template)
@@ -99,15 +108,14 @@ def envelopes_from_json(
             check_route(config, _text(body, "from") or "")
         except Refusal as error:
             raise BadRequest(answer_for(error).http, str(error)) from None
-        template = ""
-    if template is None:
+    if template is None and "provider_template" not in common:
         for key in ("vars", "recipients", "merge_global"):
             if key in body:
                 raise BadRequest(400, f"'{key}' goes with 'template'")
         if not _text(body, "from") or _text(body, "subject") is None:
             raise BadRequest(400, "'from' and 'subject' are required")
         return [_build(body, common, now)], common["priority"], False
-    given = [key for key in TEMPLATE_GIVES if key in body and template]
+    given = [key for key in TEMPLATE_GIVES if key in body and template is not None]
     if given:
         raise BadRequest(400, f"'template' gives the subject and body: no {', '.join(given)}")
     if not _text(body, "from"):
@@ -115,7 +123,7 @@ def envelopes_from_json(
     shared = _object(body, "merge_global")
     if "recipients" not in body:
         variables = {**shared, **_object(body, "vars")}
-        found = _load(templates) if template else None
+        found = _load(templates) if template is not None else None
         envelope = _build(body, common, now, found, template, variables)
         return [envelope], common["priority"], False
     if "vars" in body or any(key in body for key in ("to", "cc", "bcc")):
@@ -128,7 +136,7 @@ def envelopes_from_json(
         raise BadRequest(
             400, f"{len(recipients)} recipients, over [Templates] max_batch ({max_batch})"
         )
-    found = _load(templates) if template else None
+    found = _load(templates) if template is not None else None
     envelopes = []
     for number, recipient in enumerate(recipients):
         if not isinstance(recipient, dict) or set(recipient) - {"to", "vars"}:
