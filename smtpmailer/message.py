@@ -234,7 +234,7 @@ def provider_template_of(data: bytes) -> str | None:
     return found.group(1).decode("ascii", "replace") if found else None
 
 
-def _header(value: str) -> Any:
+def header_value(value: str) -> Any:
     """A header value as compat32 writes it: ASCII as it is, anything else an RFC 2047
     encoded word (the message stays 7-bit)."""
     from email.header import Header
@@ -277,7 +277,7 @@ def _attachment_part(attachment: Attachment) -> Any:
 
 
 @functools.cache
-def _wire_policy() -> Any:
+def wire_policy() -> Any:
     """compat32 with CRLF, writing a short ASCII header as it is: compat32 itself runs every
     header through a Header object to fold it, even one that needs no folding."""
     from email.policy import compat32
@@ -335,12 +335,12 @@ def _compose(
         message["To"] = ", ".join(email.utils.formataddr(p, charset=_utf8_q()) for p in to)
     if cc:
         message["Cc"] = ", ".join(email.utils.formataddr(p, charset=_utf8_q()) for p in cc)
-    message["Subject"] = _header(subject)
+    message["Subject"] = header_value(subject)
     message["Date"] = email.utils.formatdate(now, localtime=True)
     message["Message-ID"] = email.utils.make_msgid(domain=sender[1].rpartition("@")[2])
     for name, value in headers:
-        message[name] = _header(value)
-    data: bytes = message.as_bytes(policy=_wire_policy())
+        message[name] = header_value(value)
+    data: bytes = message.as_bytes(policy=wire_policy())
     return data
 
 

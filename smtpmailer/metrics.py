@@ -111,6 +111,13 @@ class Metrics:
             ["relay"],
             registry=registry,
         )
+        self.bounces = Counter(
+            "smtpmailer_bounces",
+            "Delivery status notifications: sent (queued to the sender), delayed (a delay "
+            "warning queued), suppressed (over max_per_hour)",
+            ["result"],
+            registry=registry,
+        )
         self.oauth2_refreshes = Counter(
             "smtpmailer_oauth2_refreshes",
             "Access token requests per [OAuth2:NAME], by result (ok, or the error: "

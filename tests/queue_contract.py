@@ -571,6 +571,18 @@ class QueueContract:
         self.store.record([Outcome(second, results(second, ("r@y.org", "sent")), "r")], 263, POLICY)
         self.assertEqual([a.at for a in self.store.show(message_id).history], [263])
 
+    def test_a_delay_warning_is_noted_once_beside_the_origin(self) -> None:
+        origin = '{"template": "receipt", "vars": {"name": "Ann"}}'
+        message_id = self.store.enqueue("s@x.org", ["r@y.org"], b"x", 5, 1.0, 10, meta=origin)
+        self.assertTrue(self.store.mark_delay_warned(message_id, 5.0))
+        self.assertFalse(self.store.mark_delay_warned(message_id, 6.0))
+        self.assertEqual(
+            self.store.show(message_id).origin, {"template": "receipt", "vars": {"name": "Ann"}}
+        )
+        plain = self.add()
+        self.assertTrue(self.store.mark_delay_warned(plain, 5.0))
+        self.assertIsNone(self.store.show(plain).origin)
+
     def test_retry_applies_to_deferred_and_failed_only(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -116,7 +116,8 @@ class DeliveryTests(DeliveryCase):
         self.assertEqual((info.state, info.attempts), ("failed", 3))
         self.assertIn("retries exhausted after 3 attempts", info.last_error or "")
         self.assertIn(
-            "status=failed (451 4.3.0 later; retries exhausted after 3 attempts)", self.lines[-1]
+            "status=failed (451 4.3.0 later; retries exhausted after 3 attempts)",
+            [line for line in self.lines if f"id={message_id}" in line][-1],
         )
 
     def test_relay_down_defers_everything_waiting_at_once(self) -> None:
@@ -306,8 +307,11 @@ class DeliveryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual(self.state(message_id), "failed")  # bad@ stays failed
         self.assertEqual(
-            [m[1] for m in self.relay.messages], [["ok@example.org"], ["grey@example.org"]]
+            [m[1] for m in self.relay.messages],
+            [["ok@example.org"], ["grey@example.org"], ["app@example.com"]],
+            "then the DSN for bad@ to the sender",
         )
+        self.assertEqual(self.relay.messages[2][0], "", "from the null sender")
 
     def test_rate_limit_lets_a_burst_through_then_one_period_per_batch(self) -> None:
         self.relay_keys = "rate_limit = 3/s\nmax_connections = 2\n"

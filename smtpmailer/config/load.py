@@ -19,6 +19,7 @@ from smtpmailer.config.sections import (
     RELAY_KINDS,
     SECTIONS,
     APIRelayConfig,
+    BounceConfig,
     Config,
     DaemonConfig,
     LoggingConfig,
@@ -525,6 +526,7 @@ def parse_config(text: str, path: str) -> Config:
         submission=_submission(path, base, by_name.get("Submission")),
         rewrite=_rewrite(path, base, by_name.get("Rewrite")),
         templates=_templates(path, base, by_name.get("Templates")),
+        bounce=read_section(Reader(path, by_name.get("Bounce"), "Bounce"), BounceConfig),
         warnings=tuple(warnings),
     )
 

@@ -23,7 +23,15 @@ from smtpmailer.config.sections import (
 # One line of output: (section title, key, value as the file would spell it).
 Line = tuple[str, str, str]
 SINGLE_BEFORE_RELAYS = ("Daemon", "Queue")
-SINGLE_AFTER_RELAYS = ("Logging", "Status", "Manhole", "Submission", "Rewrite", "Templates")
+SINGLE_AFTER_RELAYS = (
+    "Logging",
+    "Status",
+    "Manhole",
+    "Submission",
+    "Rewrite",
+    "Templates",
+    "Bounce",
+)
 
 
 def relay_title(config: Config, relay: RelayConfig) -> str:

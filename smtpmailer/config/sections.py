@@ -288,6 +288,19 @@ class OAuth2Config:
 
 
 @attrs.frozen
+class BounceConfig:
+    """``[Bounce]``: delivery status notifications (RFC 3464) to the sender of mail that
+    failed. ``sender`` is the key ``from`` (a Python keyword)."""
+
+    enabled: bool = key(BOOL, "true", "a DSN to the envelope sender for failed recipients")
+    delay_warning: float = key(DURATION, "4h", "one 'delayed' DSN after this long; 0: off")
+    sender: str = key(
+        TEXT, "MAILER-DAEMON", "From: of a DSN (its envelope sender is always <>)", names=("from",)
+    )
+    max_per_hour: int = key(whole(1, 1000000), "100", "DSNs to one sender address, at most")
+
+
+@attrs.frozen
 class TemplatesConfig:
     """``[Templates]``: local templates, a folder each (subject.txt, text.txt and optionally
     html.html), rendered at intake with the submission's variables."""
@@ -350,6 +363,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Route": (RouteConfig,),
     "Rewrite": (RewriteConfig,),
     "Templates": (TemplatesConfig,),
+    "Bounce": (BounceConfig,),
     "Logging": (LoggingConfig,),
     "Status": (StatusConfig,),
     "Manhole": (ManholeConfig,),
@@ -379,6 +393,7 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
     rewrite: RewriteConfig = RewriteConfig(None, True)
     templates: TemplatesConfig = TemplatesConfig(None, 10000)
+    bounce: BounceConfig = BounceConfig(True, 4 * 3600.0, "MAILER-DAEMON", 100)
     warnings: tuple[str, ...] = ()
 
     def relays_for(self, sender: str) -> tuple[str, ...]:
@@ -410,4 +425,5 @@ SECTION_ATTRIBUTES = {
     "Submission": "submission",
     "Rewrite": "rewrite",
     "Templates": "templates",
+    "Bounce": "bounce",
 }

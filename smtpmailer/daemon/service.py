@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from smtpmailer import __version__
+from smtpmailer.bounce.notifier import Bouncer
 from smtpmailer.config import Config
 from smtpmailer.daemon.heartbeat import HeartbeatService
 from smtpmailer.daemon.reload import ReloadService
@@ -83,6 +85,14 @@ class MailerService(MultiService):
         # Submissions (SMTP, HTTP, sendmail) and delivery outcomes that arrive together
         # share one commit: the Dispatcher's.
         self.dispatcher = Dispatcher(config, self.queue, reactor)
+        self.bouncer = Bouncer(
+            config,
+            self.queue,
+            self.dispatcher.submit,
+            reactor,
+            socket.gethostname(),
+            lambda result: self.metrics.bounces.labels(result).inc(),
+        )
         self.delivery = DeliveryService(
             config,
             self.dispatcher,
@@ -94,6 +104,7 @@ class MailerService(MultiService):
             on_capacity=self.dispatcher.room_freed,
             token_poster=token_poster,
             http_client=http_client,
+            on_recorded=self.bouncer.recorded,
         )
         self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
         self.dispatcher.serve(self.delivery, self.poller)
@@ -278,6 +289,7 @@ class MailerService(MultiService):
         """Hand a validated Config to every child; ours is replaced only at the end."""
         set_level(config.logging.level)
         self.dispatcher.reconfigure(config)
+        self.bouncer.reconfigure(config)
         for child in (self.delivery, self.poller, self.stats):
             child.reconfigure(config)
         for listener in (self.status, self.manhole, self.submission, self.sendmail_socket):

@@ -84,6 +84,7 @@ class DeliveryService(Service):
         on_capacity: Callable[[], None] = lambda: None,
         token_poster: Poster | None = None,
         http_client: Callable[..., Deferred[Any]] | None = None,
+        on_recorded: Callable[[Recorded], None] = lambda recorded: None,
     ) -> None:
         self.config = config
         self._recorder = recorder
@@ -105,6 +106,7 @@ class DeliveryService(Service):
         # Relays whose credentials were refused, and what they said, until one delivers.
         self.credential_problems: dict[str, str] = {}
         self._on_capacity = on_capacity
+        self._on_recorded = on_recorded
         self._jobs = 0  # accepted and not yet finished or given back
         self._stopping = False
         self.immediate = False
@@ -375,6 +377,7 @@ class DeliveryService(Service):
             return
         if recorded.state == "sent" and self.metrics is not None:
             self.metrics.residence_seconds.observe(sent_at - lease.created)
+        self._on_recorded(recorded)
         expired = dict(recorded.expired)
         for result in outcome.results:
             status, reply = result.status, result.reply

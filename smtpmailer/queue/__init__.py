@@ -146,14 +146,21 @@ def reply_code(reply: str) -> int | None:
     return int(digits) if len(digits) == 3 and digits.isdigit() else None
 
 
+ORIGIN_KINDS = ("template", "provider_template")
+
+
 def parse_origin(meta: str | None) -> dict[str, object] | None:
+    """What built a message, from what the store keeps with it (its other notes, such as
+    when a delay warning went out, are not part of it)."""
     if not meta:
         return None
     try:
         found = json.loads(meta)
     except ValueError:
         return None
-    return found if isinstance(found, dict) else None
+    if not isinstance(found, dict) or not any(kind in found for kind in ORIGIN_KINDS):
+        return None
+    return {k: v for k, v in found.items() if k in (*ORIGIN_KINDS, "vars")}
 
 
 def encode_replies(results: Sequence[RecipientResult]) -> str:
@@ -191,7 +198,7 @@ class MessageInfo:
         """``template receipt; vars: name=Ann, token=<redacted>``, or None."""
         if not self.origin:
             return None
-        kind, name = next(((k, v) for k, v in self.origin.items() if k != "vars"), ("", ""))
+        kind, name = next((k, v) for k, v in self.origin.items() if k in ORIGIN_KINDS)
         found = self.origin.get("vars")
         shown = (
             ", ".join(f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
@@ -363,6 +370,11 @@ class QueueStore(Protocol):
     def recent_problems(self, limit: int) -> list[MessageInfo]: ...
 
     def body(self, message_id: str) -> bytes: ...
+
+    def mark_delay_warned(self, message_id: str, now: float) -> bool:
+        """Note that the sender was told the message is delayed; False if it was already
+        (one warning per message, even across restarts and nodes)."""
+        ...
 
     def retry(self, message_id: str, now: float) -> None: ...
 

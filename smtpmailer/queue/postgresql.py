@@ -849,6 +849,17 @@ class PostgreSQLQueue:
         return attrs.evolve(self._infos(rows)[0], history=history)
 
     @_driver_errors
+    def mark_delay_warned(self, message_id: str, now: float) -> bool:
+        with self._transaction() as db:
+            marked = db.execute(
+                "UPDATE messages SET meta = (coalesce(meta, '{}')::jsonb"
+                " || jsonb_build_object('delay_warned', %s::float8))::text"
+                " WHERE id = %s AND (meta IS NULL OR NOT (meta::jsonb ? 'delay_warned'))",
+                (now, message_id),
+            )
+            return bool(marked.rowcount == 1)
+
+    @_driver_errors
     def body(self, message_id: str) -> bytes:
         row = self._db.execute(
             "SELECT data FROM bodies WHERE message_id = %s", (message_id,)

@@ -118,5 +118,8 @@ class AsyncQueue:
     def body(self, message_id: str) -> Deferred[bytes]:
         return self._call("body", message_id)
 
+    def mark_delay_warned(self, message_id: str, now: float) -> Deferred[bool]:
+        return self._call("mark_delay_warned", message_id, now)
+
     def recent_problems(self, limit: int) -> Deferred[list[MessageInfo]]:
         return self._call("recent_problems", limit)

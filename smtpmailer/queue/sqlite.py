@@ -1057,6 +1057,16 @@ class SQLiteQueue:
         )
 
     @_driver_errors
+    def mark_delay_warned(self, message_id: str, now: float) -> bool:
+        with self._transaction() as db:
+            marked = db.execute(
+                "UPDATE messages SET meta = json_set(coalesce(meta, '{}'), '$.delay_warned', ?)"
+                " WHERE id = ? AND (meta IS NULL OR json_extract(meta, '$.delay_warned') IS NULL)",
+                (now, message_id),
+            )
+            return marked.rowcount == 1
+
+    @_driver_errors
     def body(self, message_id: str) -> bytes:
         row = self._db.execute(
             "SELECT data FROM bodies WHERE message_id = ?", (message_id,)

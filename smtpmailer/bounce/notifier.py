@@ -1,0 +1,153 @@
+"""When to tell the sender: a DSN once a message has failed for good (one per message, every
+failed recipient in it), and one "delayed" notice for a message still deferred after
+``delay_warning`` (noted in the queue, so never twice); never for mail whose sender is
+``<>`` (a DSN that cannot be delivered is not bounced again), at most ``max_per_hour`` to
+one sender (the rest counted and logged), nothing with ``[Bounce] enabled = false``. A DSN
+goes into the queue like any message, with the null sender, and through the same
+routing."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from smtpmailer.bounce.dsn import Failed, build_dsn
+from smtpmailer.config import Config
+from smtpmailer.logs import log
+from smtpmailer.message import Envelope
+from smtpmailer.queue import DEFERRED, FAILED, MessageInfo, QueueError, Recorded
+
+HOUR = 3600.0
+
+
+def from_header(setting: str, hostname: str) -> str:
+    """``[Bounce] from``: MAILER-DAEMON becomes ``Mail Delivery System
+    <MAILER-DAEMON@host>``; an address is used as it is."""
+    if "@" in setting:
+        return setting
+    return f"Mail Delivery System <{setting}@{hostname}>"
+
+
+def failed_recipients(info: MessageInfo, state: str = "failed") -> list[Failed]:
+    """Each recipient in ``state`` (failed; pending for a delay warning) with the reply it
+    last got, the relay and the time, from the last attempt that named it (an expiry has no
+    attempt of its own)."""
+    found = []
+    for recipient in info.recipients:
+        if recipient.state != state:
+            continue
+        relay, at = None, info.created
+        for attempt in reversed(info.history):
+            if any(r.address == recipient.address for r in attempt.replies):
+                relay, at = attempt.relay_address or attempt.relay, attempt.at
+                break
+        found.append(Failed(recipient.address, recipient.last_error or "failed", relay, at))
+    return found
+
+
+class Bouncer:
+    """Told of every recorded outcome (``recorded``); queues the DSNs they call for through
+    ``submit`` (the Dispatcher's, so a DSN is committed like any message)."""
+
+    def __init__(
+        self,
+        config: Config,
+        queue: Any,
+        submit: Callable[[Envelope, int], Deferred[str]],
+        clock: Any,
+        hostname: str,
+        counted: Callable[[str], None] = lambda kind: None,
+    ) -> None:
+        self.config = config
+        self._queue = queue
+        self._submit = submit
+        self._clock = clock
+        self._hostname = hostname
+        self._counted = counted
+        self._sent: dict[str, collections.deque[float]] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+    def recorded(self, recorded: Recorded) -> None:
+        lease, settings = recorded.outcome.lease, self.config.bounce
+        if recorded.stale or not settings.enabled:
+            return
+        late = settings.delay_warning and self._clock.seconds() - lease.created >= (
+            settings.delay_warning
+        )
+        if recorded.state == FAILED:
+            action = "failed"
+        elif recorded.state == DEFERRED and late:
+            action = "delayed"
+        else:
+            return
+        if not lease.sender:
+            if action == "failed":
+                log.info("id={id} failed; no DSN: its sender is <>", id=lease.id)
+            return
+        Deferred.fromCoroutine(self._notify(lease.id, lease.sender, action)).addErrback(
+            lambda failure: log.failure("id={id}: the DSN failed", failure=failure, id=lease.id)
+        )
+
+    def _allowed(self, sender: str) -> bool:
+        now = self._clock.seconds()
+        recent = self._sent.setdefault(sender.lower(), collections.deque())
+        while recent and recent[0] <= now - HOUR:
+            recent.popleft()
+        if len(recent) >= self.config.bounce.max_per_hour:
+            return False
+        recent.append(now)
+        return True
+
+    async def _notify(self, message_id: str, sender: str, action: str) -> None:
+        now = self._clock.seconds()
+        try:
+            if action == "delayed" and not await self._queue.mark_delay_warned(message_id, now):
+                return  # warned before
+            if not self._allowed(sender):
+                self._counted("suppressed")
+                log.warn(
+                    "id={id} {action}; no DSN to <{sender}>: over max_per_hour ({most})",
+                    id=message_id,
+                    action=action,
+                    sender=sender,
+                    most=self.config.bounce.max_per_hour,
+                )
+                return
+            info = await self._queue.show(message_id)
+            data = await self._queue.body(message_id)
+        except QueueError as error:  # deleted meanwhile, or the store is down
+            log.warn("id={id} {action}; no DSN: {error}", id=message_id, action=action, error=error)
+            return
+        failed = failed_recipients(info, "failed" if action == "failed" else "pending")
+        if not failed:
+            return
+        report = build_dsn(
+            reporting_mta=self._hostname,
+            from_header=from_header(self.config.bounce.sender, self._hostname),
+            to=sender,
+            message_id=message_id,
+            arrived=info.created,
+            failed=failed,
+            original_headers=data.split(b"\r\n\r\n", 1)[0],
+            now=now,
+            action=action,
+        )
+        try:
+            dsn_id = await self._submit(Envelope("", (sender,), report), info.priority)
+        except (QueueError, ValueError) as error:
+            log.warn("id={id} failed; the DSN was not queued: {error}", id=message_id, error=error)
+            return
+        self._counted("sent" if action == "failed" else "delayed")
+        log.info(
+            "id={id} {action}; DSN id={dsn} to <{sender}> for {n} recipient(s)",
+            id=message_id,
+            action=action,
+            dsn=dsn_id,
+            sender=sender,
+            n=len(failed),
+        )

@@ -1,0 +1,180 @@
+"""Bounces: the DSN (RFC 3464) checked part by part, sent with MAIL FROM:<> to the sender of
+a message whose recipient failed; none for mail from <>; no storm past max_per_hour; one
+delay warning per message, driven by task.Clock."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from typing import Any
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.bounce.dsn import Failed, build_dsn
+from tests.fake_relay import settle
+from tests.support import DeliveryCase
+
+ORIGINAL_HEAD = (
+    b"From: App <app@example.com>\r\nTo: good@example.org, bad@example.org\r\n"
+    b"Subject: The report\r\nMessage-ID: <m1@example.com>"
+)
+
+
+def parse(data: bytes) -> Any:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def report_parts(dsn: Any) -> tuple[Any, Any, Any]:
+    human, status, headers = dsn.get_payload()
+    return human, status, headers
+
+
+class DSNContentTests(SynchronousTestCase):
+    def test_every_part_as_rfc_3464_says(self) -> None:
+        data = build_dsn(
+            reporting_mta="mx.example.com",
+            from_header="Mail Delivery System <MAILER-DAEMON@mx.example.com>",
+            to="app@example.com",
+            message_id="7JSCQ0000ABCDE",
+            arrived=1_800_000_000.0,
+            failed=[
+                Failed("bad@example.org", "550 5.1.1 <bad@example.org>: no such user",
+                       "smtp.example.com[192.0.2.1]:587", 1_800_000_060.0),
+                Failed("old@example.org", "451 4.4.1 no answer; retries exhausted after 10",
+                       None, 1_800_000_090.0),
+            ],
+            original_headers=ORIGINAL_HEAD,
+            now=1_800_000_100.0,
+        )  # fmt: skip
+        self.assertTrue(data.isascii())
+        dsn = parse(data)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        self.assertIn("MAILER-DAEMON", str(dsn["From"]))
+        self.assertEqual(str(dsn["To"]), "app@example.com")
+        self.assertEqual(str(dsn["Auto-Submitted"]), "auto-replied")
+        human, status, headers = report_parts(dsn)
+        self.assertEqual(human.get_content_type(), "text/plain")
+        self.assertIn(
+            "<bad@example.org>: 550 5.1.1 <bad@example.org>: no such user", human.get_content()
+        )
+        self.assertEqual(status.get_content_type(), "message/delivery-status")
+        per_message, first, second = status.get_payload()
+        self.assertEqual(per_message["Reporting-MTA"], "dns; mx.example.com")
+        self.assertTrue(per_message["Arrival-Date"])
+        self.assertEqual(first["Final-Recipient"], "rfc822; bad@example.org")
+        self.assertEqual(first["Action"], "failed")
+        self.assertEqual(first["Status"], "5.1.1")
+        self.assertEqual(first["Remote-MTA"], "dns; smtp.example.com[192.0.2.1]:587")
+        self.assertEqual(
+            first["Diagnostic-Code"], "smtp; 550 5.1.1 <bad@example.org>: no such user"
+        )
+        self.assertTrue(first["Last-Attempt-Date"])
+        self.assertEqual((second["Status"], second["Remote-MTA"]), ("4.4.1", None))
+        self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
+        self.assertIn("Subject: The report", headers.get_content())
+        self.assertIn("Message-ID: <m1@example.com>", headers.get_content())
+
+
+class BounceDeliveryTests(DeliveryCase):
+    queue_keys = ""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.relay.rcpt_replies = {"bad@example.org": "550 5.1.1 <bad@example.org>: no such user"}
+
+    def configure_bounces(self, bounce: str = "") -> None:
+        self.configure(
+            relays=f"[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n[Bounce]\n{bounce}"
+        )
+
+    def send(self, sender: str = "app@example.com", *recipients: str) -> str:
+        data = ORIGINAL_HEAD + b"\r\n\r\nthe body\r\n"
+        return self.store.enqueue(
+            sender,
+            list(recipients) or ["good@example.org", "bad@example.org"],
+            data,
+            5,
+            self.clock.seconds(),
+            10_000,
+        )
+
+    def dsns(self) -> list[tuple[str, list[str], Any]]:
+        """What the relay got that is a delivery status notification."""
+        parsed = [(sender, list(rcpts), parse(data)) for sender, rcpts, data in self.relay.messages]
+        return [one for one in parsed if one[2].get_content_type() == "multipart/report"]
+
+    def test_a_failed_recipient_is_bounced_to_the_sender_with_the_null_sender(self) -> None:
+        self.configure_bounces()
+        message_id = self.send()
+        self.start()
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "failed")
+        ((sender, rcpts, dsn),) = self.dsns()
+        self.assertEqual((sender, rcpts), ("", ["app@example.com"]))
+        _, status, headers = report_parts(dsn)
+        (_, only) = status.get_payload()
+        self.assertEqual(only["Final-Recipient"], "rfc822; bad@example.org")
+        self.assertEqual(only["Status"], "5.1.1")
+        self.assertIn("a.test", only["Remote-MTA"])
+        self.assertIn("Subject: The report", headers.get_content())
+        self.assertEqual(
+            self.service.metrics.registry.get_sample_value(
+                "smtpmailer_bounces_total", {"result": "sent"}
+            ),
+            1,
+        )
+
+    def test_no_dsn_for_mail_whose_sender_is_null(self) -> None:
+        self.configure_bounces()
+        message_id = self.send("")
+        self.start()
+        settle(self.clock)
+        self.assertEqual(self.state(message_id), "failed")
+        self.assertEqual(self.dsns(), [])
+        self.assertEqual(self.store.counts()["accepted"], 1, "nothing more was queued")
+
+    def test_no_storm_past_max_per_hour(self) -> None:
+        self.configure_bounces("max_per_hour = 5\n")
+        for _ in range(100):
+            self.send("app@example.com", "bad@example.org")
+        self.start()
+        settle(self.clock)
+        self.assertEqual(len(self.dsns()), 5)
+        registry = self.service.metrics.registry
+        self.assertEqual(
+            registry.get_sample_value("smtpmailer_bounces_total", {"result": "suppressed"}), 95
+        )
+        self.clock.advance(3601)
+        self.send("app@example.com", "bad@example.org")
+        self.service.poller.wake()
+        settle(self.clock)
+        self.assertEqual(len(self.dsns()), 6, "an hour later the sender hears again")
+
+    def test_off(self) -> None:
+        self.configure_bounces("enabled = false\n")
+        self.send()
+        self.start()
+        settle(self.clock)
+        self.assertEqual(self.dsns(), [])
+
+    def test_one_delay_warning_per_message(self) -> None:
+        self.configure_bounces("delay_warning = 30m\n")
+        self.config = attrs.evolve(
+            self.config, queue=attrs.evolve(self.config.queue, max_retries=50)
+        )
+        self.relay.rcpt_replies = {"slow@example.org": "451 4.7.1 greylisted"}
+        message_id = self.send("app@example.com", "slow@example.org")
+        self.start()
+        for _ in range(8):  # retries at 1, 2, 4, 8, 10, 10 ... minutes: past the half hour
+            self.clock.advance(600)
+            self.service.poller.wake()
+            settle(self.clock)
+        self.assertEqual(self.state(message_id), "deferred")
+        ((sender, rcpts, dsn),) = self.dsns()
+        self.assertEqual((sender, rcpts), ("", ["app@example.com"]))
+        self.assertIn("Delayed Mail", str(dsn["Subject"]))
+        _, status, _ = report_parts(dsn)
+        (_, only) = status.get_payload()
+        self.assertEqual((only["Action"], only["Status"]), ("delayed", "4.7.1"))
