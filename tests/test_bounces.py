@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 from typing import Any
 
 import attrs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.bounce.dsn import Failed, build_dsn
 from tests.fake_relay import settle
@@ -178,3 +179,57 @@ class BounceDeliveryTests(DeliveryCase):
         _, status, _ = report_parts(dsn)
         (_, only) = status.get_payload()
         self.assertEqual((only["Action"], only["Status"]), ("delayed", "4.7.1"))
+
+
+class BounceEndToEndTests(TestCase):
+    """Real twistd, its SMTP listener, aiosmtpd as the relay answering 550 for one
+    recipient: the DSN arrives at the relay with MAIL FROM:<>; a message submitted with
+    MAIL FROM:<> that fails makes none."""
+
+    timeout = 120
+
+    def test_a_dsn_for_a_550_and_none_for_a_null_sender(self) -> None:
+        import smtplib
+
+        from tests.daemon import Daemon, started_peer, temporary_home, wait_until
+        from tests.test_submission import submission_port
+
+        home = temporary_home(self)
+        peer = started_peer(self)
+        peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 <bad@example.org>: no such user"})
+        daemon = Daemon(
+            os.path.join(home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = submission_port(daemon)
+        body = (
+            "From: App <app@example.com>\r\nTo: good@example.org, bad@example.org\r\n"
+            "Subject: The report\r\n\r\nhello\r\n"
+        )
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("app@example.com", ["good@example.org", "bad@example.org"], body)
+            client.sendmail("", ["bad@example.org"], body.replace("The report", "A bounce"))
+        null = ("", "<>")  # aiosmtpd keeps MAIL FROM:<> as "<>"
+        wait_until(
+            lambda: any(m.sender in null for m in peer.messages()), what="the DSN at the relay"
+        )
+        wait_until(lambda: "failed; no DSN: its sender is <>" in daemon.log(), what="the <>")
+        dsns = [m for m in peer.messages() if m.sender in null]
+        self.assertEqual(len(dsns), 1, "one DSN, none for the message from <>")
+        (dsn,) = dsns
+        self.assertEqual(dsn.recipients, ["app@example.com"])
+        report = parse(dsn.data)
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        _, status, headers = report_parts(report)
+        (_, only) = status.get_payload()
+        self.assertEqual(
+            (only["Final-Recipient"], only["Action"], only["Status"]),
+            ("rfc822; bad@example.org", "failed", "5.1.1"),
+        )
+        self.assertIn("127.0.0.1", only["Remote-MTA"])
+        self.assertIn("no such user", only["Diagnostic-Code"])
+        self.assertIn("Subject: The report", headers.get_content())
+        self.assertNotIn("Traceback", daemon.log())
