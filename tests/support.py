@@ -61,7 +61,11 @@ class DeliveryCase(SynchronousTestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
-    def configure(self, relays: str | None = None, queue: str = "") -> None:
+    def configure(
+        self, relays: str | None = None, queue: str = "", bounce: str = "enabled = false\n"
+    ) -> None:
+        """The daemon's config. Bounces are off unless asked for (``bounce``): they are
+        test_bounces' subject, and elsewhere a DSN would be one more message at every fake."""
         relays = relays or (
             "[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n" + self.relay_keys
         )
@@ -69,7 +73,7 @@ class DeliveryCase(SynchronousTestCase):
             f"[Daemon]\nstate_dir = {self.dir}\nshutdown_timeout = 10s\n"
             f"[Queue]\npoll_interval = 5s\nretry_delay = 60s\nmax_retry_delay = 10m\n"
             f"max_retries = 2\n{self.queue_keys}{queue}\n{relays}"
-            "[Logging]\nstats_interval = 0\n"
+            f"[Logging]\nstats_interval = 0\n[Bounce]\n{bounce}"
         )
         path = os.path.join(self.dir, "c.conf")
         with open(path, "w") as handle:  # for tests that reload it

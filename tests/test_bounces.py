@@ -86,9 +86,7 @@ class BounceDeliveryTests(DeliveryCase):
         self.relay.rcpt_replies = {"bad@example.org": "550 5.1.1 <bad@example.org>: no such user"}
 
     def configure_bounces(self, bounce: str = "") -> None:
-        self.configure(
-            relays=f"[Relay]\nhost = a.test\nsecurity = none\ntimeout = 30s\n[Bounce]\n{bounce}"
-        )
+        self.configure(bounce=bounce)
 
     def send(self, sender: str = "app@example.com", *recipients: str) -> str:
         data = ORIGINAL_HEAD + b"\r\n\r\nthe body\r\n"

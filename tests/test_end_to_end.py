@@ -98,19 +98,23 @@ class DeliveryTests(EndToEndCase):
             "--body",
             "b",
         )
-        wait_until(lambda: daemon.states() == {"failed": 1}, what="the message to fail")
+        wait_until(lambda: daemon.states().get("failed") == 1, what="the message to fail")
         info = daemon.message(message_id)
         recipients = {r["address"]: r for r in info["recipients"]}
         self.assertEqual(recipients["good@example.org"]["state"], "sent")
         self.assertEqual(recipients["bad@example.org"]["state"], "failed")
         self.assertIn("550 5.1.1 no such user", recipients["bad@example.org"]["last_error"])
-        self.assertEqual([m.recipients for m in peer.messages()], [["good@example.org"]])
+        wait_until(lambda: len(peer.messages()) == 2, what="the DSN to the sender")
+        first, dsn = peer.messages()
+        self.assertEqual(first.recipients, ["good@example.org"])
+        self.assertEqual((dsn.sender, dsn.recipients), ("<>", ["app@example.com"]), "a DSN")
         # The operator fixes the mailbox and retries: only the failed recipient is tried again.
         peer.set(reject_rcpt={})
         self.assertEqual(daemon.cli("queue", "retry", message_id).returncode, 0)
-        wait_until(lambda: daemon.states() == {"sent": 1}, what="the retry to succeed")
+        wait_until(lambda: daemon.states() == {"sent": 2}, what="the retry to succeed")
         self.assertEqual(
-            [m.recipients for m in peer.messages()], [["good@example.org"], ["bad@example.org"]]
+            [m.recipients for m in peer.messages()],
+            [["good@example.org"], ["app@example.com"], ["bad@example.org"]],
         )
 
     def test_temporary_failures_back_off_then_deliver(self) -> None:

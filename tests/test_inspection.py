@@ -232,14 +232,15 @@ class DashboardBrowserTests(InspectionCase):
         daemon = self.daemon().start()
         daemon.send("--from", "a@example.com", "--to", "ok@example.org", "--subject", "one")
         daemon.send("--from", "a@example.com", "--to", "bad@example.org", "--subject", "two")
-        wait_until(lambda: daemon.states() == {"sent": 1, "failed": 1}, what="outcomes")
+        # sent: ok@ and the DSN to a@ about bad@
+        wait_until(lambda: daemon.states() == {"sent": 2, "failed": 1}, what="outcomes")
         url = self.url(daemon) + "/"
         dom = self.chromium("--dump-dom", url).stdout
         self.assertIn('<svg class="chart" id="queue-depth"', dom)
         self.assertIn('<svg class="chart" id="delivery-rate"', dom)
         self.assertEqual(len(re.findall(r'<polyline class="series"', dom)), 8)
         self.assertIn("550 5.1.1 no such mailbox", dom)
-        self.assertRegex(dom, r'data-state="sent">1<')
+        self.assertRegex(dom, r'data-state="sent">2<')
         self.assertRegex(dom, r"<tr class=\"relay\"><td>127\.0\.0\.1</td>")
         screenshot = os.path.join(self.home, "dashboard.png")
         self.chromium(f"--screenshot={screenshot}", "--window-size=1300,900", url)
