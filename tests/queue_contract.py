@@ -8,6 +8,8 @@ open, reopen and close its store (``open_store``); nothing here knows which back
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from smtpmailer.queue import (
@@ -582,6 +584,38 @@ class QueueContract:
         plain = self.add()
         self.assertTrue(self.store.mark_delay_warned(plain, 5.0))
         self.assertIsNone(self.store.show(plain).origin)
+
+    def test_search_by_id_message_id_sender_recipient_or_subject(self) -> None:
+        def add(sender: str, rcpt: str, subject: str, number: int, now: float) -> str:
+            data = (
+                f"From: {sender}\r\nSubject: {subject}\r\n"
+                f"Message-ID: <m{number}@example.com>\r\n\r\nbody\r\n"
+            ).encode()
+            return self.store.enqueue(sender, [rcpt], data, 5, now, 1000)
+
+        invoice = add("billing@example.com", "ann@example.org", "Invoice 2026-7", 1, 10.0)
+        welcome = add(
+            "hello@example.com", "Bob@Example.org", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=", 2, 11.0
+        )
+        other = add("billing@example.com", "carl@example.org", "Invoice 2026-8", 3, 12.0)
+
+        def ids(text: str, **options: Any) -> list[str]:
+            return [m.id for m in self.store.search(text, 10, **options)]
+
+        self.assertEqual(ids(welcome), [welcome])
+        self.assertEqual(ids("<m1@example.com>"), [invoice])
+        self.assertEqual(ids("m3@example.com"), [other])
+        self.assertEqual(ids("BILLING@example.com"), [other, invoice], "newest first")
+        self.assertEqual(ids("bob@example.org"), [welcome])
+        self.assertEqual(ids("invoice 2026"), [other, invoice])
+        self.assertEqual(ids("grüße"), [welcome], "the subject decoded")
+        self.assertEqual(ids("100%"), [])
+        self.assertEqual(ids(""), [])
+        (first,) = self.store.search("invoice", 1)
+        (older,) = self.store.search("invoice", 1, before=(first.created, first.id))
+        self.assertEqual([first.id, older.id], [other, invoice])
+        self.assertEqual(first.subject, "Invoice 2026-8")
+        self.assertEqual(first.header_id, "m3@example.com")
 
     def test_retry_applies_to_deferred_and_failed_only(self) -> None:
         message_id = self.add()

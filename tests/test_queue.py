@@ -217,6 +217,9 @@ class SQLiteStoreTests(SynchronousTestCase):
             db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
         db.execute("DROP TABLE attempts")  # schema 5's
         db.execute("ALTER TABLE messages DROP COLUMN meta")  # schema 6's
+        db.execute("DROP INDEX messages_header_id")  # schema 7's
+        db.execute("ALTER TABLE messages DROP COLUMN subject")
+        db.execute("ALTER TABLE messages DROP COLUMN header_id")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         self.store.close()
 
@@ -251,7 +254,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("6",))  # through 3, 4 and 5
+        self.assertEqual(version.fetchone(), ("7",))  # through 3, 4, 5 and 6
 
     def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
         """An older CLI opening the file re-creates its triggers before it refuses the
@@ -281,7 +284,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("6",))
+        self.assertEqual(version.fetchone(), ("7",))
         self.assertEqual(self.store.counts()["sent"], 1)
         (lease,) = self.store.lease(300, 10, 60)
         outcome = Outcome(
@@ -302,6 +305,9 @@ class SQLiteStoreTests(SynchronousTestCase):
         )
         self.store._db.execute("DROP TABLE attempts")
         self.store._db.execute("ALTER TABLE messages DROP COLUMN meta")
+        self.store._db.execute("DROP INDEX messages_header_id")
+        self.store._db.execute("ALTER TABLE messages DROP COLUMN subject")
+        self.store._db.execute("ALTER TABLE messages DROP COLUMN header_id")
         self.store._db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         self.store.close()
         reader = SQLiteQueue(self.path, read_only=True)
@@ -310,7 +316,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("6",))
+        self.assertEqual(version.fetchone(), ("7",))
         (lease,) = self.store.lease(10_000, 10, 60)
         self.store.record(
             [Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 10_001, POLICY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -163,6 +164,32 @@ def parse_origin(meta: str | None) -> dict[str, object] | None:
     return {k: v for k, v in found.items() if k in (*ORIGIN_KINDS, "vars")}
 
 
+_SUMMARY_LINE = re.compile(rb"(?im)^(subject|message-id):[ \t]*(.*(?:\r?\n[ \t].*)*)")
+
+
+def summary(data: bytes) -> tuple[str | None, str | None]:
+    """(Subject, Message-ID) of a stored message, for search: the subject decoded (RFC
+    2047), the id without its angle brackets; None where the message has none."""
+    head = data.split(b"\r\n\r\n", 1)[0][:65536]
+    found: dict[str, str] = {}
+    for name, value in _SUMMARY_LINE.findall(head):
+        key = name.decode().lower()
+        if key not in found:
+            found[key] = " ".join(value.decode("utf-8", "replace").split())
+    subject = found.get("subject")
+    if subject and "=?" in subject:
+        from email.header import decode_header, make_header
+
+        try:
+            subject = str(make_header(decode_header(subject)))
+        except (ValueError, LookupError, UnicodeError):
+            pass
+    header_id = found.get("message-id")
+    if header_id is not None:
+        header_id = header_id.strip().strip("<>").strip() or None
+    return (subject[:998] if subject is not None else None), header_id
+
+
 def encode_replies(results: Sequence[RecipientResult]) -> str:
     """An attempt's replies as a backend stores them (one JSON text)."""
     return json.dumps([[r.address, r.status, r.reply, r.remote_id] for r in results])
@@ -193,6 +220,9 @@ class MessageInfo:
     history: tuple[Attempt, ...] = ()
     # What built it: {"template": NAME} or {"provider_template": ID}, with "vars".
     origin: dict[str, object] | None = None
+    # Its Subject: and Message-ID: (kept from schema 7 on, for search and the dashboard).
+    subject: str | None = None
+    header_id: str | None = None
 
     def origin_text(self) -> str | None:
         """``template receipt; vars: name=Ann, token=<redacted>``, or None."""
@@ -228,6 +258,8 @@ class MessageInfo:
             "relay": self.relay,
             "relay_address": self.relay_address,
             **({"origin": self.origin} if self.origin else {}),
+            **({"subject": self.subject} if self.subject is not None else {}),
+            **({"message_id": self.header_id} if self.header_id is not None else {}),
         }
 
 
@@ -361,6 +393,14 @@ class QueueStore(Protocol):
 
     def show(self, message_id: str) -> MessageInfo:
         """One message with its history of attempts."""
+        ...
+
+    def search(
+        self, text: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[MessageInfo]:
+        """Messages whose queue id, Message-ID, sender or a recipient is ``text`` (any
+        case), or whose subject holds it; newest first, older than ``before`` (created,
+        id). The exact matches are looked up by index; the subject fragment is a scan."""
         ...
 
     def page(

@@ -50,6 +50,7 @@ from smtpmailer.queue import (
     encode_replies,
     parse_origin,
     rules,
+    summary,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
@@ -79,6 +80,10 @@ CREATE TABLE IF NOT EXISTS messages (
     meta TEXT
 );
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS meta TEXT;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS subject TEXT;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS header_id TEXT;
+CREATE INDEX IF NOT EXISTS messages_header_id ON messages (header_id) WHERE header_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_sender_lower ON messages (lower(sender));
 CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created, id);
@@ -92,6 +97,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_error TEXT,
     PRIMARY KEY (message_id, position)
 );
+CREATE INDEX IF NOT EXISTS recipients_address_lower ON recipients (lower(address));
 CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
     data BYTEA NOT NULL
@@ -115,7 +121,7 @@ CREATE SEQUENCE IF NOT EXISTS messages_accepted;
 """
 _INFO = (
     "id, state, priority, sender, created, next_attempt, attempts, size, last_error,"
-    " relay, relay_address, meta"
+    " relay, relay_address, meta, subject, header_id"
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -403,8 +409,8 @@ class PostgreSQLQueue:
             message_id = new_message_id(now)
             inserted = db.execute(
                 "INSERT INTO messages (id, state, priority, sender, created, age_from,"
-                " next_attempt, lease_token, lease_node, size, updated, meta)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " next_attempt, lease_token, lease_node, size, updated, meta, subject, header_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 (
                     message_id,
@@ -419,6 +425,7 @@ class PostgreSQLQueue:
                     len(item.data),
                     now,
                     item.meta or None,
+                    *summary(item.data),
                 ),
             )
             if inserted.rowcount == 1:
@@ -827,9 +834,36 @@ class PostgreSQLQueue:
                 relay=row[9],
                 relay_address=row[10],
                 origin=parse_origin(row[11]),
+                subject=row[12],
+                header_id=row[13],
             )
             for row in rows
         ]
+
+    @_driver_errors
+    def search(
+        self, text: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[MessageInfo]:
+        text = text.strip()
+        if not text:
+            return []
+        found = [
+            "SELECT id FROM messages WHERE id = %(text)s",
+            "SELECT id FROM messages WHERE lower(sender) = lower(%(text)s)",
+            "SELECT message_id FROM recipients WHERE lower(address) = lower(%(text)s)",
+            "SELECT id FROM messages WHERE header_id = %(header_id)s",
+        ]
+        if len(text) >= 2:
+            found.append("SELECT id FROM messages WHERE subject ILIKE %(like)s")
+        like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = f"SELECT {_INFO} FROM messages WHERE id IN ({' UNION '.join(found)})"
+        args: dict[str, object] = {"text": text, "header_id": text.strip("<>"), "like": like}
+        if before is not None:
+            query += " AND (created < %(created)s OR (created = %(created)s AND id < %(id)s))"
+            args.update(created=before[0], id=before[1])
+        query += " ORDER BY created DESC, id DESC LIMIT %(limit)s"
+        args["limit"] = limit
+        return self._infos(self._db.execute(query, args).fetchall())
 
     @_driver_errors
     def show(self, message_id: str) -> MessageInfo:

@@ -44,11 +44,12 @@ from smtpmailer.queue import (
     encode_replies,
     parse_origin,
     rules,
+    summary,
 )
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # The oldest schema a read-only look (queue list, show) still reads: the daemon migrates at
 # its next start, and a CLI upgraded before that can still look.
 READABLE_SINCE = 3
@@ -75,13 +76,16 @@ CREATE TABLE IF NOT EXISTS messages (
     updated REAL NOT NULL,
     relay TEXT,
     relay_address TEXT,
-    meta TEXT
+    meta TEXT,
+    subject TEXT,
+    header_id TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_run_order ON messages (state, priority DESC, created, id);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
 CREATE INDEX IF NOT EXISTS messages_age ON messages (state, created);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
 CREATE INDEX IF NOT EXISTS messages_updated ON messages (state, updated);
+CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL,
     position INTEGER NOT NULL,
@@ -90,6 +94,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_error TEXT,
     PRIMARY KEY (message_id, position)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS bodies (message_id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     message_id TEXT NOT NULL,
@@ -125,6 +130,8 @@ _MESSAGE_COLUMNS = (
     "size",
     "updated",
     "meta",
+    "subject",
+    "header_id",
 )
 
 
@@ -199,7 +206,7 @@ class SQLiteQueue:
         self.path = path
         self.read_only = read_only
         self._count_changes: Counter[str] = Counter()
-        self._relay_columns = "relay, relay_address, meta"
+        self._relay_columns = "relay, relay_address, meta, subject, header_id"
         self._has_history = True
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -236,6 +243,13 @@ class SQLiteQueue:
                 version = self._migrate_to_5()
             if version == 5:
                 version = self._migrate_to_6()
+            if version == 6:
+                version = self._migrate_to_7()
+            if version == SCHEMA_VERSION:  # on a column the migrations may have added
+                self._db.execute(
+                    "CREATE INDEX IF NOT EXISTS messages_header_id ON messages (header_id)"
+                    " WHERE header_id IS NOT NULL"
+                )
         except sqlite3.Error as error:
             raise self._translate(error, f"cannot open queue database {path}") from None
         self._check_version(version)
@@ -253,9 +267,9 @@ class SQLiteQueue:
         version = self._schema_version()
         if READABLE_SINCE <= version < SCHEMA_VERSION:
             self._has_history = version >= 5
-            self._relay_columns = "relay, relay_address, NULL"  # meta: from version 6
-            if version < 4:
-                self._relay_columns = "NULL, NULL, NULL"  # relays: from version 4
+            later = ["relay", "relay_address", "meta", "subject", "header_id"]
+            since = {"relay": 4, "relay_address": 4, "meta": 6, "subject": 7, "header_id": 7}
+            self._relay_columns = ", ".join(c if version >= since[c] else "NULL" for c in later)
         else:
             self._check_version(version)
         return db
@@ -354,6 +368,17 @@ class SQLiteQueue:
                 db.execute("ALTER TABLE messages ADD COLUMN meta TEXT")
             db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
         return 6
+
+    def _migrate_to_7(self) -> int:
+        """Version 7 keeps each message's Subject and Message-ID for search; messages from
+        before it are found by their id, sender and recipients."""
+        with self._transaction() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            for column in ("subject", "header_id"):
+                if column not in present:
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
+            db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        return 7
 
     def close(self) -> None:
         self._db.close()
@@ -600,6 +625,7 @@ class SQLiteQueue:
             len(item.data),
             now,
             item.meta or None,
+            *summary(item.data),
         )
 
     def _insert_message(
@@ -973,8 +999,8 @@ class SQLiteQueue:
                 " ORDER BY updated DESC LIMIT ?",
                 (state, limit),
             ).fetchall()
-        rows.sort(key=lambda row: row[12], reverse=True)
-        return [self._info(row[:12]) for row in rows[:limit]]
+        rows.sort(key=lambda row: row[14], reverse=True)
+        return [self._info(row[:14]) for row in rows[:limit]]
 
     @_driver_errors
     def messages(
@@ -1031,7 +1057,43 @@ class SQLiteQueue:
             relay=row[9],
             relay_address=row[10],
             origin=parse_origin(row[11]),
+            subject=row[12],
+            header_id=row[13],
         )
+
+    @_driver_errors
+    def search(
+        self, text: str, limit: int, before: tuple[float, str] | None = None
+    ) -> list[MessageInfo]:
+        text = text.strip()
+        if not text:
+            return []
+        found = [
+            "SELECT id FROM messages WHERE id = :text",
+            "SELECT id FROM messages WHERE sender = :text COLLATE NOCASE",
+            "SELECT message_id FROM recipients WHERE address = :text COLLATE NOCASE",
+        ]
+        if self._relay_columns.endswith("header_id"):  # schema 7 (a read-only look at 6-)
+            found.append("SELECT id FROM messages WHERE header_id = :header_id")
+            if len(text) >= 2:
+                found.append("SELECT id FROM messages WHERE subject LIKE :like ESCAPE '\\'")
+        like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = (
+            "SELECT id, state, priority, sender, created, next_attempt, attempts, size,"
+            f" last_error, {self._relay_columns} FROM messages"
+            f" WHERE id IN ({' UNION '.join(found)})"
+        )
+        args: dict[str, object] = {
+            "text": text,
+            "header_id": text.strip("<>"),
+            "like": like,
+            "limit": limit,
+        }
+        if before is not None:
+            query += " AND (created < :created OR (created = :created AND id < :id))"
+            args.update(created=before[0], id=before[1])
+        query += " ORDER BY created DESC, id DESC LIMIT :limit"
+        return [self._info(row) for row in self._db.execute(query, args).fetchall()]
 
     @_driver_errors
     def show(self, message_id: str) -> MessageInfo:
