@@ -12,13 +12,15 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 .PHONY: run test check lint typecheck unit deps system-deps chaos clean install uninstall man news
 
 # Debian packages the tests use, as tool:package: systemd-analyze (the unit file check),
-# the OpenSSH client (the manhole), Chromium (the dashboard), swaks (an SMTP client),
+# the OpenSSH client (the manhole), Chromium and its chromedriver (the dashboard, driven
+# by selenium), swaks (an SMTP client),
 # Postfix (smtp-sink and smtp-source for the benchmarks), nginx (bench/api's HTTP sink),
 # fail2ban (fail2ban-regex checks the shipped filter against a real log), promtool (the
 # alert rules), man and groff (the man pages render without warnings), zsh (its completion
 # script parses); and PostgreSQL when none answers on 127.0.0.1:5432 (the tests then start
 # a throwaway cluster).
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
+	chromedriver:chromium-driver \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
 	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only

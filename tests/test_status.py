@@ -213,8 +213,12 @@ class DashboardTests(StatusCase):
         self.enqueue("x@example.org")
         self.start()
         _, page = self.get("/")
-        self.assertNotIn("<script>", page)
+        self.assertNotIn("<script>alert", page)
+        self.assertEqual(page.count("<script>"), 1, "only the page's own live update")
         self.assertIn("&lt;script&gt;", page)
+        _, part = self.get("/?part=live")
+        self.assertNotIn("<script>", part)
+        self.assertIn("&lt;script&gt;alert(1)", part)
 
 
 class ShippedDefaultsTests(StatusCase):

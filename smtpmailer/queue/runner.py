@@ -118,6 +118,16 @@ class AsyncQueue:
     def body(self, message_id: str) -> Deferred[bytes]:
         return self._call("body", message_id)
 
+    def search(
+        self, text: str, limit: int, before: tuple[float, str] | None = None
+    ) -> Deferred[list[MessageInfo]]:
+        return self._call("search", text, limit, before)
+
+    def act(self, action: str, message_id: str, now: float) -> Deferred[None]:
+        """An operator's action on one message: retry, hold, release or delete."""
+        arguments = (message_id, now) if action in ("retry", "release") else (message_id,)
+        return self._call(action, *arguments)
+
     def mark_delay_warned(self, message_id: str, now: float) -> Deferred[bool]:
         return self._call("mark_delay_warned", message_id, now)
 

@@ -107,7 +107,9 @@ def line_chart(
     return "".join(parts)
 
 
-def render_dashboard(view: DashboardView) -> str:
+def render_live(view: DashboardView) -> str:
+    """What changes: health, counts, charts, relays and problems. The page fetches it every
+    few seconds (``/?part=live``) and puts it in place; without script, reload the page."""
     esc = html.escape
     status = view.health.get("status", "?")
     reasons = "".join(f"<li>{esc(r)}</li>" for r in view.health.get("reasons", []))
@@ -159,9 +161,47 @@ def render_dashboard(view: DashboardView) -> str:
         else ""
     )
     generated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.now))
+    health = (
+        f'<p id="health" class="status-{esc(status)}">Health: <strong>{esc(status)}</strong></p>'
+    )
+    return f"""{health}
+<ul>{reasons}</ul>
+{paused}
+<p>Up {_age(view.now - view.started)}; oldest waiting message {_age(view.oldest_age)};
+as of <span id="generated">{generated}</span>.</p>
+<h2>Queue</h2>
+<table id="counts">{counts}</table>
+<div class="charts">{depth}{rate}</div>
+<h2>Relays</h2>
+<table id="relays"><tr><th>relay</th><th>open connections</th><th>last success</th>
+<th>last error</th></tr>{relays}</table>
+<h2>Latest failures and deferrals</h2>
+<table id="problems"><tr><th>id</th><th>state</th><th>recipients</th><th>attempts</th>
+<th>reason</th></tr>{problems}</table>
+"""
+
+
+# Every few seconds the page asks for what changed and puts it in place (no reload, no
+# scroll jump); a failed fetch leaves the page as it was.
+_LIVE_SCRIPT = """
+<script>
+setInterval(function () {
+  fetch("/?part=live", {credentials: "same-origin", cache: "no-store"})
+    .then(function (answer) { return answer.ok ? answer.text() : null; })
+    .then(function (text) { if (text) { document.getElementById("live").innerHTML = text; } })
+    .catch(function () {});
+}, 5000);
+</script>
+"""
+
+
+def render_dashboard(view: DashboardView) -> str:
+    from smtpmailer.web.search_page import search_form
+
+    esc = html.escape
+    status = view.health.get("status", "?")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="30">
 <title>smtpmailer: {esc(status)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
@@ -172,19 +212,8 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left
 </style></head>
 <body>
 <h1>smtpmailer <small>{esc(view.version)}</small></h1>
-<p id="health" class="status-{esc(status)}">Health: <strong>{esc(status)}</strong></p>
-<ul>{reasons}</ul>
-{paused}
-<p>Up {_age(view.now - view.started)}; oldest waiting message {_age(view.oldest_age)};
-page generated {generated}, refreshes every 30 s.</p>
-<h2>Queue</h2>
-<table id="counts">{counts}</table>
-<div class="charts">{depth}{rate}</div>
-<h2>Relays</h2>
-<table id="relays"><tr><th>relay</th><th>open connections</th><th>last success</th>
-<th>last error</th></tr>{relays}</table>
-<h2>Latest failures and deferrals</h2>
-<table id="problems"><tr><th>id</th><th>state</th><th>recipients</th><th>attempts</th>
-<th>reason</th></tr>{problems}</table>
+{search_form()}
+<div id="live">{render_live(view)}</div>
+{_LIVE_SCRIPT}
 </body></html>
 """

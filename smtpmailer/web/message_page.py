@@ -14,7 +14,26 @@ def _when(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_message_page(info: MessageInfo, now: float, head: str | None) -> str:
+def _buttons(info: MessageInfo, tokens: dict[str, str]) -> str:
+    """The actions this message's state allows, as forms that POST with their token."""
+    allowed = {
+        "retry": info.state in ("deferred", "failed"),
+        "hold": info.state in ("queued", "deferred"),
+        "release": info.state == "held",
+        "delete": info.state != "active",
+    }
+    return "".join(
+        f'<form class="action" method="post" action="/messages/{html.escape(info.id)}/{action}">'
+        f'<input type="hidden" name="csrf" value="{tokens[action]}">'
+        f'<button type="submit" id="{action}">{action}</button></form>'
+        for action, ok in allowed.items()
+        if ok and action in tokens
+    )
+
+
+def render_message_page(
+    info: MessageInfo, now: float, head: str | None, tokens: dict[str, str] | None = None
+) -> str:
     esc = html.escape
     recipients = "".join(
         f'<tr class="recipient"><td>{esc(r.address)}</td><td>{esc(r.state)}</td>'
@@ -57,14 +76,17 @@ table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: left;
   vertical-align: top; }}
 pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; }}
+form.action {{ display: inline; margin-right: 0.5em; }}
 </style></head>
 <body>
 <p><a href="/">&larr; dashboard</a></p>
 <h1>Message <code id="message-id">{esc(info.id)}</code></h1>
+<div id="actions">{_buttons(info, tokens or {})}</div>
 <table id="envelope">
 <tr><th>state</th><td id="state">{esc(info.state)}</td></tr>
 <tr><th>priority</th><td>{esc(priority_name(info.priority))}</td></tr>
 <tr><th>sender</th><td>{esc(info.sender or "<>")}</td></tr>
+{f"<tr><th>subject</th><td>{esc(info.subject)}</td></tr>" if info.subject else ""}
 <tr><th>queued</th><td>{esc(_when(info.created))}</td></tr>
 <tr><th>attempts</th><td>{info.attempts}</td></tr>
 <tr><th>size</th><td>{info.size} bytes</td></tr>

@@ -17,14 +17,35 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from smtpmailer.logs import log
 from smtpmailer.queue import STATES, NoSuchMessage
-from smtpmailer.web.dashboard import render_dashboard
+from smtpmailer.web.dashboard import render_dashboard, render_live
 
 if TYPE_CHECKING:
     from smtpmailer.web.service import StatusService
 
 Response = tuple[int, bytes, bytes]
 JSON = b"application/json"
+HTML = b"text/html; charset=utf-8"
 PAGE_LIMIT = 500
+SEARCH_PAGE = 50
+COOKIE = b"smtpmailer_token"
+ACTIONS = ("retry", "hold", "release", "delete")
+
+
+def redirect(request: Request, to: str) -> Response:
+    request.setHeader(b"location", to.encode())
+    return 303, b"", HTML
+
+
+def sign_in_page(problem: str = "") -> str:
+    said = f"<p><strong>{html.escape(problem)}</strong></p>" if problem else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        "<title>smtpmailer: sign in</title></head><body><h1>smtpmailer</h1>"
+        f"{said}<p>This dashboard needs the token ([Status] token_file).</p>"
+        '<form method="post" action="/login"><input type="password" name="token" '
+        'autocomplete="current-password"> <button type="submit">Sign in</button></form>'
+        "</body></html>\n"
+    )
 
 
 def json_response(code: int, body: object) -> Response:
@@ -54,6 +75,8 @@ class AsyncResource(Resource):
 
     isLeaf = True
     methods: tuple[str, ...] = ("GET",)
+    # A page for people: without the token it offers a sign-in form, not a JSON 401.
+    page = False
 
     def render(self, request: Request) -> Any:
         return render_method(self, request)
@@ -73,6 +96,9 @@ class AsyncResource(Resource):
         if self.guarded and not self._authorized(request):
             request.setResponseCode(401)
             request.setHeader(b"www-authenticate", b'Bearer realm="smtpmailer"')
+            if self.page:
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                return sign_in_page().encode()
             request.setHeader(b"content-type", JSON)
             return b'{"error": "a bearer token is required"}\n'
         finished = [False]
@@ -101,7 +127,10 @@ class AsyncResource(Resource):
             return True
         given = request.getHeader(b"authorization") or b""
         scheme, _, value = given.decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token):
+            return True
+        cookie = (request.getCookie(COOKIE) or b"").decode("latin-1")
+        return bool(cookie) and hmac.compare_digest(cookie, token)
 
 
 class Health(AsyncResource):
@@ -193,11 +222,55 @@ class Messages(AsyncResource):
 
 
 class Dashboard(AsyncResource):
+    page = True
+
     async def respond(self, request: Request) -> Response:
         if request.postpath not in ([], [b""]):
             return json_response(404, {"error": "no such resource"})
         view = await self.status.dashboard_view()
-        return 200, render_dashboard(view).encode(), b"text/html; charset=utf-8"
+        if request.args.get(b"part") == [b"live"]:  # the page updates itself from this
+            return 200, render_live(view).encode(), HTML
+        return 200, render_dashboard(view).encode(), HTML
+
+
+class SignIn(AsyncResource):
+    """``POST /login`` with the token: a cookie (HttpOnly, SameSite=Strict) so that a
+    browser can open the dashboard where a token is required."""
+
+    methods = ("POST",)
+
+    def render_POST(self, request: Request) -> Any:
+        return self._render(request)
+
+    async def respond(self, request: Request) -> Response:
+        token = self.status.config.status.token
+        given = (request.args.get(b"token") or [b""])[0].decode("utf-8", "replace").strip()
+        if token is None or not hmac.compare_digest(given, token):
+            return 401, sign_in_page("That is not the token.").encode(), HTML
+        request.addCookie(COOKIE, token, path="/", httpOnly=True, sameSite="strict")
+        return redirect(request, "/")
+
+
+class Search(AsyncResource):
+    """``/search?q=TEXT[&after=CREATED:ID]``: the dashboard's search, newest first."""
+
+    page = True
+
+    async def respond(self, request: Request) -> Response:
+        from smtpmailer.web.search_page import render_search_page
+
+        query = (request.args.get(b"q") or [b""])[0].decode("utf-8", "replace")[:500]
+        after = (request.args.get(b"after") or [b""])[0].decode("utf-8", "replace")
+        before = None
+        if after:
+            created, _, message_id = after.partition(":")
+            try:
+                before = (float(created), message_id)
+            except ValueError:
+                return 400, b"<p>after: not a page of this search</p>\n", HTML
+        found = await self.status.queue.search(query, SEARCH_PAGE, before)
+        next_page = f"{found[-1].created!r}:{found[-1].id}" if len(found) == SEARCH_PAGE else None
+        return 200, render_search_page(query, found, next_page).encode(), HTML
 
 
 class Root(Resource):
@@ -225,6 +298,10 @@ class Root(Resource):
             return _NotFound(self.status, guarded=True)
         if path == b"messages":
             return MessagePage(self.status, guarded=True)
+        if path == b"search":
+            return Search(self.status, guarded=True)
+        if path == b"login":
+            return SignIn(self.status, guarded=False)
         if path == b"":
             return Dashboard(self.status, guarded=True)
         return _NotFound(self.status, guarded=False)
@@ -237,13 +314,47 @@ class Root(Resource):
 
 
 class MessagePage(AsyncResource):
-    """``/messages/ID``: one message as a page of the dashboard."""
+    """``/messages/ID``: one message as a page of the dashboard; ``POST
+    /messages/ID/ACTION`` (retry, hold, release, delete) from its buttons, each carrying a
+    token made for that action on that message (a CSRF guard), from this same origin."""
+
+    page = True
+    methods = ("GET", "POST")
+
+    def render_POST(self, request: Request) -> Any:
+        return self._render(request)
+
+    async def act(self, request: Request, message_id: str, action: str) -> Response:
+        from smtpmailer.queue import QueueError
+
+        given = (request.args.get(b"csrf") or [b""])[0].decode("ascii", "replace")
+        if action not in ACTIONS or not hmac.compare_digest(
+            given, self.status.action_token(action, message_id)
+        ):
+            return 403, b"<p>This form has expired: open the page again.</p>\n", HTML
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host") or b""
+        if origin is not None and origin.split(b"://", 1)[-1] != host:
+            return 403, b"<p>Not from this dashboard.</p>\n", HTML
+        now = self.status.clock.seconds()
+        try:
+            await self.status.queue.act(action, message_id, now)
+        except QueueError as error:
+            return 409, f"<p>{html.escape(str(error))}</p>\n".encode(), HTML
+        log.info("dashboard: {action} {id}", action=action, id=message_id)
+        if action in ("retry", "release"):
+            self.status.poller.wake()
+        return redirect(request, "/" if action == "delete" else f"/messages/{message_id}")
 
     async def respond(self, request: Request) -> Response:
         from smtpmailer.queue import QueueError
         from smtpmailer.web.message_page import render_message_page
 
         path = [s.decode("utf-8", "replace") for s in request.postpath or [] if s]
+        if request.method == b"POST":
+            if len(path) != 2:
+                return 404, b"<p>no such action</p>\n", HTML
+            return await self.act(request, path[0], path[1])
         if len(path) != 1:
             return 404, b"<p>no such page</p>\n", b"text/html; charset=utf-8"
         try:
@@ -256,7 +367,8 @@ class MessagePage(AsyncResource):
             head: str | None = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
         except QueueError:  # sent: the content is no longer kept
             head = None
-        page = render_message_page(info, self.status.clock.seconds(), head)
+        tokens = {action: self.status.action_token(action, info.id) for action in ACTIONS}
+        page = render_message_page(info, self.status.clock.seconds(), head, tokens)
         return 200, page.encode(), b"text/html; charset=utf-8"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections import Counter, deque
 from typing import Any
@@ -58,6 +60,8 @@ class StatusService(ListeningService):
         self.submit = submit
         self.submit_batch = submit_batch
         self._templates: Any = None
+        # Signs the dashboard's action buttons (a CSRF guard); new at each start.
+        self._action_key = os.urandom(32)
         self.started = clock.seconds()
         self.history: deque[Sample] = deque(maxlen=HISTORY)
         self._last_outcomes: Counter[str] = Counter()
@@ -65,6 +69,12 @@ class StatusService(ListeningService):
         self.site = LimitedSite(Root(self), self.body_limit)
         self.site.displayTracebacks = False
         self.site.noisy = False
+
+    def action_token(self, action: str, message_id: str) -> str:
+        """The token a dashboard button carries for ``action`` on one message."""
+        return hmac.new(
+            self._action_key, f"{action}:{message_id}".encode(), hashlib.sha256
+        ).hexdigest()
 
     def templates(self) -> Any:
         """The local templates, kept while ``[Templates] path`` stays (Jinja caches what it
