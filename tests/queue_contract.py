@@ -617,6 +617,66 @@ class QueueContract:
         self.assertEqual(first.subject, "Invoice 2026-8")
         self.assertEqual(first.header_id, "m3@example.com")
 
+    def test_events_for_webhooks_written_with_the_outcome(self) -> None:
+        import json
+
+        self.add("quiet@y.org")
+        (lease,) = self.store.lease(200, 10, 60)
+        self.store.record(
+            [Outcome(lease, results(lease, ("quiet@y.org", "sent")), "r")], 201, POLICY
+        )
+        self.assertEqual(self.store.events_after(0, 10), [], "no webhook: no events")
+        self.store.keep_events(True)
+        self.assertEqual(self.store.webhook_cursor("app"), 0)
+        first = self.add("a@y.org", "b@y.org")
+        second = self.add("c@y.org")
+        leases = {lease.id: lease for lease in self.store.lease(300, 10, 60)}
+        self.store.record(
+            [
+                Outcome(
+                    leases[first],
+                    results(leases[first], ("a@y.org", "sent"), ("b@y.org", "deferred")),
+                    "r",
+                    "main",
+                ),
+                Outcome(leases[second], results(leases[second], ("c@y.org", "sent")), "r"),
+            ],
+            301,
+            POLICY,
+        )
+        events = self.store.events_after(0, 10)
+        bodies = [json.loads(body) for _, _, body in events]
+        # In order per message (a batch of all-sent messages may be written first).
+        self.assertEqual(
+            sorted((b["id"], b["event"], b["recipient"], b["attempt"]) for b in bodies),
+            sorted(
+                [
+                    (first, "sent", "a@y.org", 1),
+                    (first, "deferred", "b@y.org", 1),
+                    (second, "sent", "c@y.org", 1),
+                ]
+            ),
+        )
+        self.assertEqual(
+            [b["recipient"] for b in bodies if b["id"] == first], ["a@y.org", "b@y.org"]
+        )
+        self.assertEqual({b["relay"] for b in bodies if b["id"] == first}, {"main"})
+        self.assertEqual(sorted(kind for _, kind, _ in events), ["deferred", "sent", "sent"])
+        seqs = [seq for seq, _, _ in events]
+        self.assertEqual(seqs, sorted(seqs))
+        self.store.add_event("bounced", first, '{"event": "bounced"}', 302)
+        self.assertEqual(self.store.events_after(seqs[-1], 10)[0][1], "bounced")
+        self.store.set_webhook_cursor("app", seqs[1])
+        self.assertEqual(self.store.webhook_cursor("app"), seqs[1])
+        self.assertEqual(self.store.webhook_cursor("late"), seqs[-1] + 1, "a new one: from now on")
+        gone, newest = self.store.prune_events(["app", "late"])
+        self.assertEqual((gone, newest), (2, seqs[-1] + 1))
+        self.assertEqual(
+            [seq for seq, _, _ in self.store.events_after(0, 10)], [seqs[2], seqs[-1] + 1]
+        )
+        self.store.prune_events([])
+        self.assertEqual(self.store.events_after(0, 10), [], "no webhook left: all forgotten")
+
     def test_retry_applies_to_deferred_and_failed_only(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -220,6 +220,8 @@ class SQLiteStoreTests(SynchronousTestCase):
         db.execute("DROP INDEX messages_header_id")  # schema 7's
         db.execute("ALTER TABLE messages DROP COLUMN subject")
         db.execute("ALTER TABLE messages DROP COLUMN header_id")
+        db.execute("DROP TABLE events")  # schema 8's
+        db.execute("DROP TABLE webhook_cursors")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
         self.store.close()
 
@@ -254,7 +256,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.stored_counts(), self.actual_counts())
         self.assertEqual((self.store.counts()["sent"], self.store.counts()["accepted"]), (1, 2))
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("7",))  # through 3, 4, 5 and 6
+        self.assertEqual(version.fetchone(), ("8",))  # through 3 to 7
 
     def test_triggers_an_older_smtpmailer_put_back_are_removed(self) -> None:
         """An older CLI opening the file re-creates its triggers before it refuses the
@@ -284,7 +286,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("7",))
+        self.assertEqual(version.fetchone(), ("8",))
         self.assertEqual(self.store.counts()["sent"], 1)
         (lease,) = self.store.lease(300, 10, 60)
         outcome = Outcome(
@@ -316,7 +318,7 @@ class SQLiteStoreTests(SynchronousTestCase):
         reader.close()
         self.store = SQLiteQueue(self.path)
         version = self.store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        self.assertEqual(version.fetchone(), ("7",))
+        self.assertEqual(version.fetchone(), ("8",))
         (lease,) = self.store.lease(10_000, 10, 60)
         self.store.record(
             [Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 10_001, POLICY

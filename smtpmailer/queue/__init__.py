@@ -411,6 +411,27 @@ class QueueStore(Protocol):
 
     def body(self, message_id: str) -> bytes: ...
 
+    def keep_events(self, on: bool) -> None:
+        """Whether recording outcomes also writes events (a webhook is configured)."""
+        ...
+
+    def add_event(self, kind: str, message_id: str, body: str, now: float) -> None: ...
+
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str]]:
+        """(seq, kind, JSON body) of the events after ``seq``, oldest first."""
+        ...
+
+    def webhook_cursor(self, name: str) -> int:
+        """The last event a webhook was told; a new webhook starts at the newest."""
+        ...
+
+    def set_webhook_cursor(self, name: str, seq: int) -> None: ...
+
+    def prune_events(self, names: Sequence[str]) -> tuple[int, int]:
+        """Forget events every webhook in ``names`` was told (and the cursors of webhooks
+        no longer configured); (events forgotten, newest seq)."""
+        ...
+
     def mark_delay_warned(self, message_id: str, now: float) -> bool:
         """Note that the sender was told the message is delayed; False if it was already
         (one warning per message, even across restarts and nodes)."""

@@ -52,6 +52,7 @@ from smtpmailer.queue import (
     rules,
     summary,
 )
+from smtpmailer.queue.events import outcome_events
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
@@ -112,6 +113,14 @@ CREATE TABLE IF NOT EXISTS attempts (
     replies TEXT NOT NULL,
     PRIMARY KEY (message_id, number)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGSERIAL PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_cursors (name TEXT PRIMARY KEY, seq BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
     name TEXT PRIMARY KEY,
     heartbeat DOUBLE PRECISION NOT NULL,
@@ -180,6 +189,7 @@ class PostgreSQLQueue:
         self._connect_timeout = connect_timeout
         self._broken = False
         self._notify = False
+        self._events = False  # keep_events(): outcomes also write events for webhooks
         try:
             self._db = self._connect()
             if not read_only:
@@ -587,6 +597,17 @@ class PostgreSQLQueue:
                 db.execute("DELETE FROM bodies WHERE message_id = ANY(%s)", (sent,))
             kept = set(live)
             self._keep_attempts(db, [o for o in outcomes if o.lease.id in kept], now)
+            if self._events:
+                self._add_events(
+                    db,
+                    [
+                        row
+                        for o in outcomes
+                        if o.lease.id in kept
+                        for row in outcome_events(o, rows[o.lease.id][2] + 1, now)
+                    ],
+                    now,
+                )
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
@@ -663,7 +684,74 @@ class PostgreSQLQueue:
         if verdict.state == SENT:
             db.execute("DELETE FROM bodies WHERE message_id = %s", (lease.id,))
         self._keep_attempts(db, [outcome], now)
+        if self._events:
+            self._add_events(
+                db, outcome_events(outcome, verdict.attempts, now, verdict.expired), now
+            )
         return Recorded(outcome, verdict.state, verdict.attempts, verdict.expired)
+
+    @staticmethod
+    def _add_events(db: Any, rows: Sequence[tuple[str, str, str]], now: float) -> None:
+        if rows:
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO events (at, kind, message_id, body) VALUES (%s, %s, %s, %s)",
+                    [(now, *row) for row in rows],
+                )
+
+    # --- events for webhooks ---
+
+    def keep_events(self, on: bool) -> None:
+        self._events = on
+
+    @_driver_errors
+    def add_event(self, kind: str, message_id: str, body: str, now: float) -> None:
+        with self._transaction() as db:
+            self._add_events(db, [(kind, message_id, body)], now)
+
+    @_driver_errors
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str]]:
+        return [
+            (int(row[0]), row[1], row[2])
+            for row in self._db.execute(
+                "SELECT seq, kind, body FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                (seq, limit),
+            )
+        ]
+
+    @_driver_errors
+    def webhook_cursor(self, name: str) -> int:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO webhook_cursors (name, seq)"
+                " SELECT %s, coalesce(max(seq), 0) FROM events ON CONFLICT (name) DO NOTHING",
+                (name,),
+            )
+            (seq,) = db.execute(
+                "SELECT seq FROM webhook_cursors WHERE name = %s", (name,)
+            ).fetchone()
+            return int(seq)
+
+    @_driver_errors
+    def set_webhook_cursor(self, name: str, seq: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE webhook_cursors SET seq = greatest(seq, %s) WHERE name = %s", (seq, name)
+            )
+
+    @_driver_errors
+    def prune_events(self, names: Sequence[str]) -> tuple[int, int]:
+        with self._transaction() as db:
+            (oldest,) = db.execute(
+                "SELECT min(seq) FROM webhook_cursors WHERE name = ANY(%s)", (list(names),)
+            ).fetchone()
+            (newest,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            gone = db.execute(
+                "DELETE FROM events WHERE seq <= %s",
+                (oldest if oldest is not None else newest,),
+            ).rowcount
+            db.execute("DELETE FROM webhook_cursors WHERE NOT (name = ANY(%s))", (list(names),))
+            return int(gone), int(newest)
 
     @staticmethod
     def _keep_attempts(db: Any, outcomes: Sequence[Outcome], now: float) -> None:

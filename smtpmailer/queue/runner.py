@@ -128,6 +128,24 @@ class AsyncQueue:
         arguments = (message_id, now) if action in ("retry", "release") else (message_id,)
         return self._call(action, *arguments)
 
+    def keep_events(self, on: bool) -> Deferred[None]:
+        return self._call("keep_events", on)
+
+    def add_event(self, kind: str, message_id: str, body: str, now: float) -> Deferred[None]:
+        return self._call("add_event", kind, message_id, body, now)
+
+    def events_after(self, seq: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
+        return self._call("events_after", seq, limit)
+
+    def webhook_cursor(self, name: str) -> Deferred[int]:
+        return self._call("webhook_cursor", name)
+
+    def set_webhook_cursor(self, name: str, seq: int) -> Deferred[None]:
+        return self._call("set_webhook_cursor", name, seq)
+
+    def prune_events(self, names: list[str]) -> Deferred[tuple[int, int]]:
+        return self._call("prune_events", names)
+
     def mark_delay_warned(self, message_id: str, now: float) -> Deferred[bool]:
         return self._call("mark_delay_warned", message_id, now)
 

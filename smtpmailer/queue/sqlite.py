@@ -46,10 +46,11 @@ from smtpmailer.queue import (
     rules,
     summary,
 )
+from smtpmailer.queue.events import outcome_events
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # The oldest schema a read-only look (queue list, show) still reads: the daemon migrates at
 # its next start, and a CLI upgraded before that can still look.
 READABLE_SINCE = 3
@@ -106,6 +107,14 @@ CREATE TABLE IF NOT EXISTS attempts (
     replies TEXT NOT NULL,
     PRIMARY KEY (message_id, number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)
     WITHOUT ROWID;
 INSERT OR IGNORE INTO state_counts (state, n) VALUES {_COUNTED};
@@ -208,6 +217,8 @@ class SQLiteQueue:
         self._count_changes: Counter[str] = Counter()
         self._relay_columns = "relay, relay_address, meta, subject, header_id"
         self._has_history = True
+        # Whether outcomes also write events (a webhook is configured): keep_events().
+        self._events = False
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise QueueError(f"queue directory {directory} does not exist")
@@ -245,6 +256,8 @@ class SQLiteQueue:
                 version = self._migrate_to_6()
             if version == 6:
                 version = self._migrate_to_7()
+            if version == 7:
+                version = self._migrate_to_8()
             if version == SCHEMA_VERSION:  # on a column the migrations may have added
                 self._db.execute(
                     "CREATE INDEX IF NOT EXISTS messages_header_id ON messages (header_id)"
@@ -379,6 +392,12 @@ class SQLiteQueue:
                     db.execute(f"ALTER TABLE messages ADD COLUMN {column} TEXT")
             db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
         return 7
+
+    def _migrate_to_8(self) -> int:
+        """Version 8 keeps events for webhooks (the tables come with the schema script)."""
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+        return 8
 
     def close(self) -> None:
         self._db.close()
@@ -810,6 +829,17 @@ class SQLiteQueue:
                 self._moved(ACTIVE, state, len(group))
             kept = set(live)
             self._keep_attempts(db, [o for o in outcomes if o.lease.id in kept], now)
+            if self._events:
+                self._add_events(
+                    db,
+                    [
+                        row
+                        for o in outcomes
+                        if o.lease.id in kept
+                        for row in outcome_events(o, rows[o.lease.id][2] + 1, now)
+                    ],
+                    now,
+                )
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
@@ -886,6 +916,10 @@ class SQLiteQueue:
         )
         self._moved(ACTIVE, verdict.state)
         self._keep_attempts(db, [outcome], now)
+        if self._events:
+            self._add_events(
+                db, outcome_events(outcome, verdict.attempts, now, verdict.expired), now
+            )
         if verdict.state == SENT:
             db.execute("DELETE FROM bodies WHERE message_id = ?", (lease.id,))
         return Recorded(outcome, verdict.state, verdict.attempts, verdict.expired)
@@ -928,6 +962,80 @@ class SQLiteQueue:
                 )
         for start in range(0, len(rows), _ROWS):
             _insert_rows(db, "attempts", _ATTEMPT_COLUMNS, rows[start : start + _ROWS])
+
+    @staticmethod
+    def _add_events(
+        db: sqlite3.Connection, rows: Sequence[tuple[str, str, str]], now: float
+    ) -> None:
+        for start in range(0, len(rows), _ROWS):
+            _insert_rows(
+                db,
+                "events",
+                ("at", "kind", "message_id", "body"),
+                [(now, *row) for row in rows[start : start + _ROWS]],
+            )
+
+    # --- events for webhooks ---
+
+    def keep_events(self, on: bool) -> None:
+        self._events = on
+
+    @_driver_errors
+    def add_event(self, kind: str, message_id: str, body: str, now: float) -> None:
+        with self._transaction() as db:
+            self._add_events(db, [(kind, message_id, body)], now)
+
+    @_driver_errors
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str]]:
+        return [
+            (row[0], row[1], row[2])
+            for row in self._db.execute(
+                "SELECT seq, kind, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+        ]
+
+    @_driver_errors
+    def webhook_cursor(self, name: str) -> int:
+        """Where a webhook stands; a new one starts at the newest event (it is told what
+        happens from now on, not the past)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT seq FROM webhook_cursors WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            (newest,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            db.execute("INSERT INTO webhook_cursors (name, seq) VALUES (?, ?)", (name, newest))
+            return int(newest)
+
+    @_driver_errors
+    def set_webhook_cursor(self, name: str, seq: int) -> None:
+        with self._transaction(synced=False) as db:
+            db.execute("UPDATE webhook_cursors SET seq = max(seq, ?) WHERE name = ?", (seq, name))
+
+    @_driver_errors
+    def prune_events(self, names: Sequence[str]) -> tuple[int, int]:
+        """Forget the events every webhook in ``names`` has sent; (forgotten, newest)."""
+        with self._transaction() as db:
+            marks = ", ".join("?" for _ in names)
+            (oldest,) = (
+                db.execute(
+                    f"SELECT coalesce(min(seq), 0) FROM webhook_cursors WHERE name IN ({marks})",
+                    list(names),
+                ).fetchone()
+                if names
+                else (None,)
+            )
+            (newest,) = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            if oldest is None:
+                oldest = newest
+            gone = db.execute("DELETE FROM events WHERE seq <= ?", (oldest,)).rowcount
+            db.execute(
+                f"DELETE FROM webhook_cursors WHERE name NOT IN ({marks})"
+                if names
+                else "DELETE FROM webhook_cursors",
+                list(names),
+            )
+            return int(gone), int(newest)
 
     @_driver_errors
     def release_leases(self, leases: Sequence[Lease]) -> int:
