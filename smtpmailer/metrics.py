@@ -118,6 +118,18 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.webhook_events = Counter(
+            "smtpmailer_webhook_events",
+            "Webhook requests by webhook and result (sent: answered 2xx; failed: tried again)",
+            ["webhook", "result"],
+            registry=registry,
+        )
+        self.webhook_backlog = Gauge(
+            "smtpmailer_webhook_backlog",
+            "Events a webhook has not been told yet",
+            ["webhook"],
+            registry=registry,
+        )
         self.oauth2_refreshes = Counter(
             "smtpmailer_oauth2_refreshes",
             "Access token requests per [OAuth2:NAME], by result (ok, or the error: "

@@ -143,6 +143,25 @@ class Bouncer:
             log.warn("id={id} failed; the DSN was not queued: {error}", id=message_id, error=error)
             return
         self._counted("sent" if action == "failed" else "delayed")
+        if self.config.webhooks:
+            from smtpmailer.queue.events import message_event
+
+            kind = "bounced" if action == "failed" else "delayed"
+            body = message_event(
+                kind,
+                message_id,
+                now,
+                sender=sender,
+                dsn=dsn_id,
+                recipients=[one.address for one in failed],
+                replies={one.address: one.reply for one in failed},
+            )
+            try:
+                await self._queue.add_event(kind, message_id, body, now)
+            except QueueError as error:
+                log.warn(
+                    "id={id}: the {kind} event was not kept: {e}", id=message_id, kind=kind, e=error
+                )
         log.info(
             "id={id} {action}; DSN id={dsn} to <{sender}> for {n} recipient(s)",
             id=message_id,

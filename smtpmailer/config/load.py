@@ -35,6 +35,7 @@ from smtpmailer.config.sections import (
     StatusConfig,
     SubmissionConfig,
     TemplatesConfig,
+    WebhookConfig,
     section_schema,
 )
 from smtpmailer.ini import ConfigError, Entry, Section, parse_ini
@@ -410,14 +411,18 @@ def _service_account(reader: Reader, path: str, warnings: list[str]) -> ServiceA
     return ServiceAccount(data["client_email"], data["private_key"], data.get("private_key_id"))
 
 
+# Sections there may be several of, each named: [Route:NAME], [OAuth2:NAME], [Webhook:NAME].
+NAMED = {"Route": "route", "OAuth2": "OAuth2 section", "Webhook": "webhook"}
+
+
 def _sections(
     text: str, path: str
-) -> tuple[dict[str, Section], list[Section], list[Section], list[Section]]:
-    """The single sections by name, and the relay, route and OAuth2 sections in file order."""
+) -> tuple[dict[str, Section], list[Section], dict[str, list[Section]]]:
+    """The single sections by name, the relay sections, and the named sections of each
+    kind (NAMED), in file order."""
     by_name: dict[str, Section] = {}
     relays: list[Section] = []
-    routes: list[Section] = []
-    oauth2: list[Section] = []
+    named: dict[str, list[Section]] = {kind: [] for kind in NAMED}
     for section in parse_ini(text, path):
         if section.name not in SECTIONS:
             raise ConfigError(
@@ -433,13 +438,14 @@ def _sections(
                     path, section.line, f"a relay named {section.label!r} is defined twice"
                 )
             relays.append(section)
-        elif section.name in ("Route", "OAuth2"):
+        elif section.name in NAMED:
             if not section.label:
-                kind = "route" if section.name == "Route" else "OAuth2 section"
-                raise ConfigError(path, section.line, f"name each {kind}: [{section.name}:NAME]")
-            if any(s.label == section.label for s in (*routes, *oauth2) if s.name == section.name):
+                raise ConfigError(
+                    path, section.line, f"name each {NAMED[section.name]}: [{section.name}:NAME]"
+                )
+            if any(s.label == section.label for s in named[section.name]):
                 raise ConfigError(path, section.line, f"[{section.title}] is defined twice")
-            (routes if section.name == "Route" else oauth2).append(section)
+            named[section.name].append(section)
         elif section.label:
             raise ConfigError(path, section.line, f"[{section.name}] takes no ':NAME' label")
         else:
@@ -449,7 +455,7 @@ def _sections(
     if len(relays) > 1 and any(s.label is None for s in relays):
         unnamed = next(s for s in relays if s.label is None)
         raise ConfigError(path, unnamed.line, "with several relays, name each: [Relay:NAME]")
-    return by_name, relays, routes, oauth2
+    return by_name, relays, named
 
 
 def _daemon(path: str, section: Section | None) -> DaemonConfig:
@@ -468,7 +474,8 @@ def _daemon(path: str, section: Section | None) -> DaemonConfig:
 def parse_config(text: str, path: str) -> Config:
     """Validate the whole file; raise ConfigError at the first problem."""
     base = config_folder(path)
-    by_name, relays, routes, oauth2_sections = _sections(text, path)
+    by_name, relays, named = _sections(text, path)
+    routes, oauth2_sections = named["Route"], named["OAuth2"]
     warnings: list[str] = []
     oauth2 = tuple(_oauth2(path, base, section, warnings) for section in oauth2_sections)
     daemon = _daemon(path, by_name.get("Daemon"))
@@ -527,6 +534,7 @@ def parse_config(text: str, path: str) -> Config:
         rewrite=_rewrite(path, base, by_name.get("Rewrite")),
         templates=_templates(path, base, by_name.get("Templates")),
         bounce=read_section(Reader(path, by_name.get("Bounce"), "Bounce"), BounceConfig),
+        webhooks=tuple(_webhook(path, base, section, warnings) for section in named["Webhook"]),
         warnings=tuple(warnings),
     )
 
@@ -593,6 +601,30 @@ def _rewrite(path: str, base: str, section: Section | None) -> RewriteConfig:
         reader, RewriteConfig, map_file=map_file, rules=tuple(rules)
     )
     return rewrite
+
+
+def _webhook(path: str, base: str, section: Section, warnings: list[str]) -> WebhookConfig:
+    """[Webhook:NAME]: an https URL (plain http to loopback only), a secret to sign with,
+    events of the kinds there are."""
+    from smtpmailer.queue.events import KINDS
+
+    reader = Reader(path, section, "Webhook")
+    url = reader.get("url")
+    if not url:
+        raise reader.fail("url", f"[{section.title}] needs url")
+    problem = _url_problem(url)
+    if problem:
+        raise reader.fail("url", f"url: {problem}")
+    secret = _read_secret(reader, base, warnings, "secret")
+    if not secret:
+        raise reader.fail("secret_file", f"[{section.title}] needs secret_file or secret_env")
+    webhook: WebhookConfig = read_section(reader, WebhookConfig, name=section.label, secret=secret)
+    unknown = [event for event in webhook.events if event not in KINDS]
+    if unknown or not webhook.events:
+        raise reader.fail(
+            "events", f"events: {', '.join(unknown) or 'none'}: use {', '.join(KINDS)}"
+        )
+    return webhook
 
 
 def _templates(path: str, base: str, section: Section | None) -> TemplatesConfig:

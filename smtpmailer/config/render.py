@@ -18,6 +18,7 @@ from smtpmailer.config.sections import (
     RelayBase,
     RelayConfig,
     RouteConfig,
+    WebhookConfig,
 )
 
 # One line of output: (section title, key, value as the file would spell it).
@@ -89,6 +90,10 @@ def effective(config: Config, secret: Callable[[Any], str] = redact) -> list[Lin
         title = f"Route:{route.name}"
         for field, spec in declared(RouteConfig):
             lines.append((title, *_shown(route, field, spec, secret)[1:]))
+    for webhook in config.webhooks:
+        title = f"Webhook:{webhook.name}"
+        for field, spec in declared(WebhookConfig):
+            lines.append((title, *_shown(webhook, field, spec, secret)[1:]))
     for title in SINGLE_AFTER_RELAYS:
         single(title)
     return lines

@@ -300,6 +300,30 @@ class BounceConfig:
     max_per_hour: int = key(whole(1, 1000000), "100", "DSNs to one sender address, at most")
 
 
+@attrs.frozen(kw_only=True)
+class WebhookConfig:
+    """``[Webhook:NAME]``: the application hears what happened to its mail. Each event is
+    POSTed as JSON, signed (``X-Smtpmailer-Signature``: hex HMAC-SHA256 of the body with the
+    secret), in the order it happened, until the URL answers 2xx."""
+
+    name: str
+    url: str = key(TEXT, None, "where events are POSTed: https, or http to 127.0.0.1")
+    events: tuple[str, ...] = key(
+        WORDS, "sent, deferred, failed, bounced, delayed", "which events to send"
+    )
+    secret: str | None = key(
+        TEXT,
+        None,
+        "HMAC-SHA256 key: secret_file (first line, mode 0600) or secret_env",
+        secret=True,
+        names=("secret", "secret_file", "secret_env"),
+    )
+    timeout: float = key(POSITIVE_DURATION, "10s", "one request, answer included")
+    max_backlog: int = key(
+        whole(1, 10**9), "100000", "events not yet told; beyond this /health fails"
+    )
+
+
 @attrs.frozen
 class TemplatesConfig:
     """``[Templates]``: local templates, a folder each (subject.txt, text.txt and optionally
@@ -364,6 +388,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "Rewrite": (RewriteConfig,),
     "Templates": (TemplatesConfig,),
     "Bounce": (BounceConfig,),
+    "Webhook": (WebhookConfig,),
     "Logging": (LoggingConfig,),
     "Status": (StatusConfig,),
     "Manhole": (ManholeConfig,),
@@ -394,6 +419,7 @@ class Config:
     rewrite: RewriteConfig = RewriteConfig(None, True)
     templates: TemplatesConfig = TemplatesConfig(None, 10000)
     bounce: BounceConfig = BounceConfig(True, 4 * 3600.0, "MAILER-DAEMON", 100)
+    webhooks: tuple[WebhookConfig, ...] = ()
     warnings: tuple[str, ...] = ()
 
     def relays_for(self, sender: str) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ from smtpmailer.queue import (
 )
 from smtpmailer.queue.runner import AsyncQueue, Runner
 from smtpmailer.web.service import StatusService
+from smtpmailer.webhooks.service import WebhookService
 
 
 class MailerService(MultiService):
@@ -85,6 +86,7 @@ class MailerService(MultiService):
         # Submissions (SMTP, HTTP, sendmail) and delivery outcomes that arrive together
         # share one commit: the Dispatcher's.
         self.dispatcher = Dispatcher(config, self.queue, reactor)
+        self.webhooks = WebhookService(config, self.queue, reactor, http_client, self.metrics)
         self.bouncer = Bouncer(
             config,
             self.queue,
@@ -128,6 +130,7 @@ class MailerService(MultiService):
             listen,
             submit=self.submit,
             submit_batch=self.dispatcher.submit_batch,
+            more_problems=self.webhooks.problems,
         )
         self.manhole = ManholeService(
             config, self, listen, blocking, lambda: backends.open_store(self.config)
@@ -145,6 +148,7 @@ class MailerService(MultiService):
         )
         # Listeners bind early in startService (see there); systemd's READY comes last.
         for child in (
+            self.webhooks,  # first: outcomes write events from the first one on
             self.delivery,
             self.poller,
             self.stats,
@@ -260,6 +264,8 @@ class MailerService(MultiService):
             ]
             await DeferredList(first)
             await maybeDeferred(self.delivery.stopService)
+            # After delivery's last outcome (its events stay in the queue for next time).
+            await maybeDeferred(self.webhooks.stopService)
             # The last heartbeat after the last delivery: leases stay ours until then.
             await maybeDeferred(self.heartbeat.stopService)
             if self._wakeup_port is not None:
@@ -290,6 +296,7 @@ class MailerService(MultiService):
         set_level(config.logging.level)
         self.dispatcher.reconfigure(config)
         self.bouncer.reconfigure(config)
+        await self.webhooks.reconfigure(config)
         for child in (self.delivery, self.poller, self.stats):
             child.reconfigure(config)
         for listener in (self.status, self.manhole, self.submission, self.sendmail_socket):

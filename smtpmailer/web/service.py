@@ -50,6 +50,7 @@ class StatusService(ListeningService):
         listen: Listen | None = None,
         submit: Any = None,
         submit_batch: Any = None,
+        more_problems: Any = lambda: [],
     ) -> None:
         super().__init__(config, listen)
         self.queue = queue
@@ -59,6 +60,7 @@ class StatusService(ListeningService):
         self.clock = clock
         self.submit = submit
         self.submit_batch = submit_batch
+        self._more_problems = more_problems  # what else /health must say (webhooks behind)
         self._templates: Any = None
         # Signs the dashboard's action buttons (a CSRF guard); new at each start.
         self._action_key = os.urandom(32)
@@ -178,6 +180,7 @@ class StatusService(ListeningService):
             f"relay {name} refuses our credentials: {problem}"
             for name, problem in sorted(self.delivery.credential_problems.items())
         ]
+        reasons += self._more_problems()
         stuck_after = self.config.status.stuck_after
         oldest_age = now - oldest if oldest is not None else None
         last = self.delivery.last_success
