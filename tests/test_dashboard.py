@@ -67,6 +67,25 @@ class InMemoryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual(self.state(failing), "sent")
 
+    def test_the_source_to_download(self) -> None:
+        message_id = self.add("bad@example.org", "Report")
+        self.start()
+        code, page, _ = self.request("GET", f"/messages/{message_id}")
+        self.assertIn(f'href="/messages/{message_id}/source"', page)
+        code, source, result = self.request("GET", f"/messages/{message_id}/source")
+        self.assertEqual(code, 200)
+        self.assertEqual(result.headers.getRawHeaders("content-type"), ["message/rfc822"])
+        self.assertIn(
+            f'filename="{message_id}.eml"', result.headers.getRawHeaders("content-disposition")[0]
+        )
+        self.assertEqual(source, "From: app@example.com\r\nSubject: Report\r\n\r\nhi\r\n")
+        self.assertEqual(self.request("GET", "/messages/NOPE/source")[0], 404)
+        self.config = attrs.evolve(
+            self.config, status=attrs.evolve(self.config.status, token=TOKEN)
+        )
+        self.service.status.config = self.config
+        self.assertEqual(self.request("GET", f"/messages/{message_id}/source")[0], 401)
+
     def test_an_action_needs_its_own_token_and_this_origin(self) -> None:
         message_id = self.add("bad@example.org", "x")
         other = self.add("bad@example.org", "y")

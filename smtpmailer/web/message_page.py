@@ -58,7 +58,8 @@ def render_message_page(
     )
     built = f'<p id="origin">Built from {esc(info.origin_text() or "")}</p>' if info.origin else ""
     headers = (
-        f'<h2>Headers</h2><pre id="headers">{esc(head)}</pre>'
+        f'<h2>Headers</h2><p><a id="source" href="/messages/{esc(info.id)}/source">'
+        f'Download the message</a></p><pre id="headers">{esc(head)}</pre>'
         if head is not None
         else "<p>Sent: its content is no longer kept.</p>"
     )

@@ -346,6 +346,21 @@ class MessagePage(AsyncResource):
             self.status.poller.wake()
         return redirect(request, "/" if action == "delete" else f"/messages/{message_id}")
 
+    async def source(self, request: Request, message_id: str) -> Response:
+        """The message as stored, to download (``/messages/ID/source``)."""
+        from smtpmailer.queue import QueueError
+
+        try:
+            data = await self.status.queue.body(message_id)
+        except NoSuchMessage as error:
+            return 404, f"<p>{html.escape(str(error))}</p>\n".encode(), HTML
+        except QueueError as error:  # sent: no longer kept
+            return 410, f"<p>{html.escape(str(error))}</p>\n".encode(), HTML
+        request.setHeader(
+            b"content-disposition", f'attachment; filename="{message_id}.eml"'.encode()
+        )
+        return 200, data, b"message/rfc822"
+
     async def respond(self, request: Request) -> Response:
         from smtpmailer.queue import QueueError
         from smtpmailer.web.message_page import render_message_page
@@ -355,6 +370,8 @@ class MessagePage(AsyncResource):
             if len(path) != 2:
                 return 404, b"<p>no such action</p>\n", HTML
             return await self.act(request, path[0], path[1])
+        if len(path) == 2 and path[1] == "source":
+            return await self.source(request, path[0])
         if len(path) != 1:
             return 404, b"<p>no such page</p>\n", b"text/html; charset=utf-8"
         try:
