@@ -113,8 +113,9 @@ class Metrics:
         )
         self.bounces = Counter(
             "smtpmailer_bounces",
-            "Delivery status notifications: sent (queued to the sender), delayed (a delay "
-            "warning queued), suppressed (over max_per_hour)",
+            "Delivery status notifications: sent (a failure report queued to the sender), "
+            "delayed (a delay warning), relayed (NOTIFY=SUCCESS), suppressed (over "
+            "max_per_hour)",
             ["result"],
             registry=registry,
         )

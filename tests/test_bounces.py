@@ -231,3 +231,85 @@ class BounceEndToEndTests(TestCase):
         self.assertIn("no such user", only["Diagnostic-Code"])
         self.assertIn("Subject: The report", headers.get_content())
         self.assertNotIn("Traceback", daemon.log())
+
+
+class DSNOptionsEndToEndTests(TestCase):
+    """RFC 3461 through the real SMTP listener (and its worker process): DSN announced,
+    RET/ENVID/NOTIFY/ORCPT taken and kept with the message, malformed ones refused with
+    501, and our DSNs honouring them: NOTIFY=NEVER gets none, NOTIFY=SUCCESS gets a
+    relayed report, RET=FULL returns the whole message, ENVID and ORCPT are in the report."""
+
+    timeout = 120
+
+    def test_notify_ret_envid_orcpt(self) -> None:
+        import json
+        import smtplib
+
+        from tests.daemon import Daemon, started_peer, temporary_home, wait_until
+        from tests.test_submission import submission_port
+
+        home = temporary_home(self)
+        peer = started_peer(self)
+        peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 no such user"})
+        daemon = Daemon(
+            os.path.join(home, "d"),
+            f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
+            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.start()
+        port = submission_port(daemon)
+        body = "From: app@example.com\r\nSubject: {}\r\n\r\nthe body\r\n"
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo()
+            self.assertTrue(client.has_extn("dsn"))
+            # NOTIFY=NEVER: no DSN for this failure
+            client.sendmail(
+                "quiet@example.com", ["bad@example.org"], body.format("never"),
+                rcpt_options=["NOTIFY=NEVER"],
+            )  # fmt: skip
+            # NOTIFY=SUCCESS: a relayed report for good@; RET=FULL, ENVID, ORCPT on a failure
+            client.sendmail(
+                "loud@example.com", ["good@example.org"], body.format("success"),
+                mail_options=["ENVID=order+2B42"],
+                rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;Good@example.org"],
+            )  # fmt: skip
+            client.sendmail(
+                "full@example.com", ["bad@example.org"], body.format("full"),
+                mail_options=["RET=FULL", "ENVID=E-7"],
+                rcpt_options=["ORCPT=rfc822;Bad@example.org"],
+            )  # fmt: skip
+            code, said = client.docmd("MAIL FROM:<x@example.com> RET=SOME")
+            self.assertEqual((code, said), (501, b"5.5.4 RET is FULL or HDRS"))
+            client.rset()
+            client.docmd("MAIL FROM:<x@example.com>")
+            code, said = client.docmd("RCPT TO:<y@example.org> NOTIFY=NEVER,SUCCESS")
+            self.assertEqual(code, 501)
+        null = ("", "<>")
+        wait_until(
+            lambda: len([m for m in peer.messages() if m.sender in null]) >= 2, what="the DSNs"
+        )
+        wait_until(lambda: "id=" in daemon.log() and "NOTIFY asked for none" in daemon.log(),
+                   what="NEVER honoured")  # fmt: skip
+        dsns = {m.recipients[0]: parse(m.data) for m in peer.messages() if m.sender in null}
+        self.assertEqual(set(dsns), {"loud@example.com", "full@example.com"})
+        relayed = dsns["loud@example.com"]
+        _, status, _ = report_parts(relayed)
+        per_message, only = status.get_payload()
+        self.assertEqual(per_message["Original-Envelope-Id"], "order+2B42")
+        self.assertEqual(
+            (only["Action"], only["Status"], only["Original-Recipient"]),
+            ("relayed", "2.0.0", "rfc822;Good@example.org"),
+        )
+        _, status, returned = report_parts(dsns["full@example.com"])
+        per_message, only = status.get_payload()
+        self.assertEqual((per_message["Original-Envelope-Id"], only["Action"]), ("E-7", "failed"))
+        self.assertEqual(only["Original-Recipient"], "rfc822;Bad@example.org")
+        self.assertEqual(returned.get_content_type(), "message/rfc822")
+        self.assertIn("the body", returned.get_payload()[0].get_content())
+        stored = daemon.db().execute("SELECT meta FROM messages WHERE sender = 'full@example.com'")
+        self.assertEqual(
+            json.loads(stored.fetchone()[0])["dsn"],
+            {"ret": "FULL", "envid": "E-7", "orcpt": {"bad@example.org": "rfc822;Bad@example.org"}},
+        )
+        self.assertNotIn("Traceback", daemon.log())

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Coroutine
 from typing import Any
 
@@ -311,6 +312,37 @@ class ScriptedServerTests(SynchronousTestCase):
         self.assertEqual(
             [(r.status, r.reply) for r in results],
             [("sent", "250 2.0.0 queued as X"), ("failed", "550 no such user")],
+        )
+
+    def test_dsn_options_passed_on_to_a_relay_that_announces_dsn(self) -> None:
+        import attrs
+
+        from smtpmailer.dsn_options import DSNOptions
+
+        options = DSNOptions(
+            "HDRS", "QQ314159", {"a@x.org": "SUCCESS,FAILURE"}, {"a@x.org": "rfc822;A@x.org"}
+        )
+        given = attrs.evolve(lease("a@x.org", "b@x.org"), meta=json.dumps(options.as_meta()))
+        self.opened("PIPELINING", "DSN")
+        Deferred.fromCoroutine(self.session.deliver(given))
+        self.assertEqual(
+            self.sent(),
+            b"MAIL FROM:<app@example.com> RET=HDRS ENVID=QQ314159\r\n"
+            b"RCPT TO:<a@x.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A@x.org\r\n"
+            b"RCPT TO:<b@x.org>\r\nDATA\r\n",
+        )
+
+    def test_dsn_options_kept_from_a_relay_without_dsn(self) -> None:
+        import attrs
+
+        from smtpmailer.dsn_options import DSNOptions
+
+        options = DSNOptions("FULL", "E1", {"a@x.org": "NEVER"}, {})
+        given = attrs.evolve(lease("a@x.org"), meta=json.dumps(options.as_meta()))
+        self.opened("PIPELINING")
+        Deferred.fromCoroutine(self.session.deliver(given))
+        self.assertEqual(
+            self.sent(), b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@x.org>\r\nDATA\r\n"
         )
 
     def test_pipelining_with_every_recipient_refused(self) -> None:

@@ -29,6 +29,8 @@ class Failed:
 
 def status_of(reply: str, action: str) -> str:
     """The enhanced status code: the reply's own, else one from its basic code (RFC 3463)."""
+    if action == "relayed":
+        return "2.0.0"
     found = _CODE.match(reply)
     if found and found.group(2):
         return found.group(2)
@@ -65,9 +67,15 @@ def build_dsn(
     original_headers: bytes,
     now: float,
     action: str = "failed",
+    envid: str | None = None,
+    orcpt: dict[str, str] | None = None,
+    full: bytes | None = None,
 ) -> bytes:
     """The report to ``to`` about message ``message_id`` (our queue id); ``action`` is
-    ``failed`` or ``delayed`` (a warning: the message is still being tried)."""
+    ``failed``, ``delayed`` (a warning: the message is still being tried) or ``relayed``
+    (delivered to a relay, for NOTIFY=SUCCESS). RFC 3461: ``envid`` and ``orcpt`` are the
+    sender's ENVID and ORCPTs; ``full`` (RET=FULL) is the whole message, sent back in place
+    of its headers."""
     from email.message import Message
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
@@ -75,19 +83,16 @@ def build_dsn(
     from smtpmailer.message import header_value, wire_policy
 
     report = MIMEMultipart("report", report_type="delivery-status")
-    delayed = action == "delayed"
-    lines = [
-        f"This is the mail system at {reporting_mta}.",
-        "",
-        (
-            "Your message has not been delivered yet to the recipients below. It is still "
-            "being tried; you need not send it again."
-            if delayed
-            else "Your message could not be delivered to the recipients below. It will not "
-            "be tried again."
-        ),
-        "",
-    ]
+    said = {
+        "delayed": "Your message has not been delivered yet to the recipients below. It is "
+        "still being tried; you need not send it again.",
+        "relayed": "Your message was handed on to the next mail server for the recipients "
+        "below, as you asked (NOTIFY=SUCCESS).",
+    }.get(
+        action,
+        "Your message could not be delivered to the recipients below. It will not be tried again.",
+    )
+    lines = [f"This is the mail system at {reporting_mta}.", "", said, ""]
     for one in failed:
         lines.append(f"<{one.address}>: {_field_value(one.reply)}")
     lines += ["", f"(queue id {message_id})"]
@@ -96,11 +101,15 @@ def build_dsn(
 
     per_message = Message()
     per_message["Reporting-MTA"] = f"dns; {reporting_mta}"
+    if envid:
+        per_message["Original-Envelope-Id"] = envid
     per_message["X-Smtpmailer-Queue-ID"] = message_id
     per_message["Arrival-Date"] = email.utils.formatdate(arrived, localtime=True)
     blocks: list[Message | str] = [per_message]
     for one in failed:
         block = Message()
+        if orcpt and one.address in orcpt:
+            block["Original-Recipient"] = _field_value(orcpt[one.address])
         block["Final-Recipient"] = f"rfc822; {_field_value(one.address)}"
         block["Action"] = action
         block["Status"] = status_of(one.reply, action)
@@ -115,14 +124,24 @@ def build_dsn(
     status.set_payload(blocks)
     report.attach(status)
 
-    text = original_headers.decode("utf-8", "replace").rstrip("\r\n") + "\r\n"
-    headers = MIMEText(text, "rfc822-headers", "us-ascii" if text.isascii() else "utf-8")
-    report.attach(headers)
+    if full is not None:
+        from email import message_from_bytes
+        from email.mime.message import MIMEMessage
+        from email.policy import compat32
+
+        report.attach(MIMEMessage(message_from_bytes(full, policy=compat32)))
+    else:
+        text = original_headers.decode("utf-8", "replace").rstrip("\r\n") + "\r\n"
+        headers = MIMEText(text, "rfc822-headers", "us-ascii" if text.isascii() else "utf-8")
+        report.attach(headers)
 
     report["From"] = from_header
     report["To"] = to
     report["Subject"] = header_value(
-        "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+        {
+            "delayed": "Delayed Mail (still being retried)",
+            "relayed": "Successful Mail Delivery Report",
+        }.get(action, "Undelivered Mail Returned to Sender")
     )
     report["Date"] = email.utils.formatdate(now, localtime=True)
     report["Message-ID"] = email.utils.make_msgid(domain=reporting_mta)

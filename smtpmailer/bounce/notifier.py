@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from smtpmailer.bounce.dsn import Failed, build_dsn
 from smtpmailer.config import Config
+from smtpmailer.dsn_options import DSNOptions, from_meta
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope
 from smtpmailer.queue import DEFERRED, FAILED, MessageInfo, QueueError, Recorded
@@ -39,12 +40,14 @@ def failed_recipients(info: MessageInfo, state: str = "failed") -> list[Failed]:
     for recipient in info.recipients:
         if recipient.state != state:
             continue
-        relay, at = None, info.created
+        relay, at, reply = None, info.created, recipient.last_error or state
         for attempt in reversed(info.history):
-            if any(r.address == recipient.address for r in attempt.replies):
+            said = next((r for r in attempt.replies if r.address == recipient.address), None)
+            if said is not None:
                 relay, at = attempt.relay_address or attempt.relay, attempt.at
+                reply = recipient.last_error or said.reply
                 break
-        found.append(Failed(recipient.address, recipient.last_error or "failed", relay, at))
+        found.append(Failed(recipient.address, reply, relay, at))
     return found
 
 
@@ -79,17 +82,29 @@ class Bouncer:
         late = settings.delay_warning and self._clock.seconds() - lease.created >= (
             settings.delay_warning
         )
+        options = from_meta(lease.meta)
         if recorded.state == FAILED:
             action = "failed"
         elif recorded.state == DEFERRED and late:
             action = "delayed"
+        elif any(
+            r.status == "sent" and options.wants(r.address, "SUCCESS")
+            for r in recorded.outcome.results
+        ):
+            action = "relayed"
         else:
             return
         if not lease.sender:
             if action == "failed":
                 log.info("id={id} failed; no DSN: its sender is <>", id=lease.id)
             return
-        Deferred.fromCoroutine(self._notify(lease.id, lease.sender, action)).addErrback(
+        only = (
+            {r.address for r in recorded.outcome.results if r.status == "sent"}
+            if action == "relayed"
+            else None
+        )
+        notifying = self._notify(lease.id, lease.sender, action, options, lease.data, only)
+        Deferred.fromCoroutine(notifying).addErrback(
             lambda failure: log.failure("id={id}: the DSN failed", failure=failure, id=lease.id)
         )
 
@@ -103,7 +118,17 @@ class Bouncer:
         recent.append(now)
         return True
 
-    async def _notify(self, message_id: str, sender: str, action: str) -> None:
+    async def _notify(
+        self,
+        message_id: str,
+        sender: str,
+        action: str,
+        options: DSNOptions,
+        data: bytes,
+        only: set[str] | None = None,
+    ) -> None:
+        """``data``: the message as the attempt carried it (a sent one is no longer kept);
+        ``only``: the recipients this report may name (a relayed one: those just sent)."""
         now = self._clock.seconds()
         try:
             if action == "delayed" and not await self._queue.mark_delay_warned(message_id, now):
@@ -119,12 +144,20 @@ class Bouncer:
                 )
                 return
             info = await self._queue.show(message_id)
-            data = await self._queue.body(message_id)
         except QueueError as error:  # deleted meanwhile, or the store is down
             log.warn("id={id} {action}; no DSN: {error}", id=message_id, action=action, error=error)
             return
-        failed = failed_recipients(info, "failed" if action == "failed" else "pending")
+        wanted = {"failed": "FAILURE", "delayed": "DELAY", "relayed": "SUCCESS"}[action]
+        state = {"failed": "failed", "delayed": "pending", "relayed": "sent"}[action]
+        failed = [
+            one
+            for one in failed_recipients(info, state)
+            if options.wants(one.address, wanted) and (only is None or one.address in only)
+        ]
         if not failed:
+            log.info(
+                "id={id} {action}; no DSN: NOTIFY asked for none", id=message_id, action=action
+            )
             return
         report = build_dsn(
             reporting_mta=self._hostname,
@@ -136,14 +169,17 @@ class Bouncer:
             original_headers=data.split(b"\r\n\r\n", 1)[0],
             now=now,
             action=action,
+            envid=options.envid,
+            orcpt=options.orcpt,
+            full=data if options.ret == "FULL" else None,
         )
         try:
             dsn_id = await self._submit(Envelope("", (sender,), report), info.priority)
         except (QueueError, ValueError) as error:
             log.warn("id={id} failed; the DSN was not queued: {error}", id=message_id, error=error)
             return
-        self._counted("sent" if action == "failed" else "delayed")
-        if self.config.webhooks:
+        self._counted({"failed": "sent"}.get(action, action))
+        if self.config.webhooks and action != "relayed":
             from smtpmailer.queue.events import message_event
 
             kind = "bounced" if action == "failed" else "delayed"

@@ -290,6 +290,8 @@ class Lease:
     created: float
     # When the message became due: the poller's lag is how long it then waited.
     due: float = 0.0
+    # What the queue keeps with it (JSON): its RFC 3461 DSN options, for the relay.
+    meta: str = ""
 
 
 @attrs.frozen

@@ -405,6 +405,7 @@ class PostgreSQLQueue:
                         attempts=0,
                         created=now,
                         due=now,
+                        meta=item.meta,
                     )
                 )
         leases.sort(key=lambda lease: -lease.priority)
@@ -477,7 +478,7 @@ class PostgreSQLQueue:
                 " lease_node = %s, next_attempt = %s, updated = %s"
                 " WHERE id IN (SELECT id FROM messages WHERE state = %s"
                 "  ORDER BY priority DESC, created, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, lease_token, sender, priority, attempts, created",
+                " RETURNING id, lease_token, sender, priority, attempts, created, meta",
                 (ACTIVE, self.node, now + lease_seconds, now, QUEUED, limit),
             ).fetchall()
             if not rows:
@@ -507,6 +508,7 @@ class PostgreSQLQueue:
                 attempts=row[4],
                 created=row[5],
                 due=now,
+                meta=row[6] or "",
             )
             for row in rows
         ]

@@ -570,6 +570,7 @@ class SQLiteQueue:
                         attempts=0,
                         created=now,
                         due=now,
+                        meta=item.meta,
                     )
                 )
         leases.sort(key=lambda lease: -lease.priority)  # delivery starts with the most urgent
@@ -683,7 +684,7 @@ class SQLiteQueue:
             )
             self._moved(DEFERRED, QUEUED, due.rowcount)
             rows = db.execute(
-                "SELECT id, sender, priority, attempts, created, next_attempt FROM messages"
+                "SELECT id, sender, priority, attempts, created, next_attempt, meta FROM messages"
                 " WHERE state = ? ORDER BY priority DESC, created, id LIMIT ?",
                 (QUEUED, limit),
             ).fetchall()
@@ -721,6 +722,7 @@ class SQLiteQueue:
                 attempts=row[3],
                 created=row[4],
                 due=row[5],
+                meta=row[6] or "",
             )
             for row in rows
         ]

@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import Reply, SMTPClientProtocol
+from smtpmailer.dsn_options import from_meta, mail_params, rcpt_params
 from smtpmailer.message import provider_template_of
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
@@ -178,7 +179,16 @@ class SMTPSession:
             params.append("BODY=8BITMIME")
         if utf8:
             params.append("SMTPUTF8")
+        if "DSN" in self.extensions:  # RFC 3461: the sender's own wishes, passed on
+            params += mail_params(from_meta(lease.meta))
         return " ".join([f"MAIL FROM:<{lease.sender}>", *params])
+
+    def _rcpt_to(self, lease: Lease, recipient: str) -> str:
+        if "DSN" in self.extensions and lease.meta:
+            return " ".join(
+                [f"RCPT TO:<{recipient}>", *rcpt_params(from_meta(lease.meta), recipient)]
+            )
+        return f"RCPT TO:<{recipient}>"
 
     async def deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
         """One transaction. Returns a result per recipient; raises only when the connection
@@ -196,7 +206,10 @@ class SMTPSession:
             reason = "5.6.7 the relay does not offer SMTPUTF8, which this message's addresses need"
             return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients)
         utf8 = wanted and offered
-        commands = [self._mail_from(lease, utf8), *(f"RCPT TO:<{r}>" for r in lease.recipients)]
+        commands = [
+            self._mail_from(lease, utf8),
+            *(self._rcpt_to(lease, r) for r in lease.recipients),
+        ]
         if "PIPELINING" in self.extensions:
             replies = await _await_all(self.protocol.send_commands(*commands, "DATA"))
             mail, rcpts, data = replies[0], replies[1:-1], replies[-1]

@@ -8,8 +8,9 @@ refusal. Both ends are ours and run the same code, so the format is small and st
     C<pickle of Config>                       daemon -> worker: start with this config
     Y                                         worker -> daemon: listening, take no more
     M<header length> <header><data>           worker -> daemon: a message to queue; the
-                                              header is seq, sender and each recipient,
-                                              UTF-8, NUL-separated
+                                              header is seq, meta (its DSN options, JSON),
+                                              sender and each recipient, UTF-8,
+                                              NUL-separated
     L<level> <text>                           worker -> daemon: a line for the daemon's log
     R<seq> <status> <text>                    daemon -> worker: the answer to message seq;
                                               status ok (text: the id) or a refusal kind
@@ -58,7 +59,8 @@ class FrameReader:
 
 
 def encode_message(seq: int, envelope: Envelope) -> bytes:
-    header = "\0".join((str(seq), envelope.sender, *envelope.recipients)).encode("utf-8")
+    fields = (str(seq), envelope.meta, envelope.sender, *envelope.recipients)
+    header = "\0".join(fields).encode("utf-8")
     return frame(MESSAGE + str(len(header)).encode() + b" " + header + envelope.data)
 
 
@@ -67,10 +69,10 @@ def decode_message(payload: bytes) -> tuple[int, Envelope]:
         length_text, _, rest = payload[1:].partition(b" ")
         length = int(length_text)
         fields = rest[:length].decode("utf-8").split("\0")
-        seq, sender, recipients = int(fields[0]), fields[1], fields[2:]
+        seq, meta, sender, recipients = int(fields[0]), fields[1], fields[2], fields[3:]
     except (ValueError, IndexError, UnicodeDecodeError) as error:
         raise ChannelError(f"unreadable message frame: {error}") from None
-    return seq, Envelope(sender, tuple(recipients), rest[length:])
+    return seq, Envelope(sender, tuple(recipients), rest[length:], meta)
 
 
 def encode_reply(seq: int, status: str, text: str) -> bytes:

@@ -10,6 +10,7 @@ STARTTLS when TLS is configured.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections import Counter
@@ -28,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smtpmailer.config import Config
+from smtpmailer.dsn_options import BadOption, DSNOptions, mail_options, rcpt_options
 from smtpmailer.intake.refusals import (
     MessageTooBig,
     Refusal,
@@ -125,10 +127,17 @@ class _Realm:
 class _Collector:
     """The one message of a transaction: lines in, durable enqueue at the end."""
 
-    def __init__(self, server: SubmissionProtocol, sender: str, recipients: list[str]) -> None:
+    def __init__(
+        self,
+        server: SubmissionProtocol,
+        sender: str,
+        recipients: list[str],
+        dsn: DSNOptions | None = None,
+    ) -> None:
         self.server = server
         self.sender = sender
         self.recipients = recipients
+        self.dsn = dsn or DSNOptions()
         self.lines: list[bytes] = []
         self.body = b""  # the DATA content, when read in bulk
         self.size = 0
@@ -143,7 +152,8 @@ class _Collector:
 
     def eomReceived(self) -> Deferred[str]:
         data = to_crlf(b"".join(line + b"\r\n" for line in self.lines) + self.body)
-        envelope = Envelope(self.sender, tuple(self.recipients), data)
+        meta = json.dumps(self.dsn.as_meta()) if self.dsn else ""
+        envelope = Envelope(self.sender, tuple(self.recipients), data, meta)
         return self.server.factory.enqueue(envelope)
 
     def connectionLost(self) -> None:
@@ -271,6 +281,7 @@ class SubmissionProtocol(smtp.ESMTP):
         extensions[b"SMTPUTF8"] = None
         extensions[b"ENHANCEDSTATUSCODES"] = None
         extensions[b"SIZE"] = [str(self.config.queue.max_message_size).encode()]
+        extensions[b"DSN"] = None
         return extensions
 
     def do_EHLO(self, rest: bytes) -> None:
@@ -306,6 +317,7 @@ class SubmissionProtocol(smtp.ESMTP):
             )
             return None
         params = match.group(3).upper().split()
+        self._raw_params: list[bytes] = match.group(3).split()  # ENVID, ORCPT keep their case
         try:
             address = match.group(2).decode("utf-8")
         except UnicodeDecodeError:
@@ -332,6 +344,11 @@ class SubmissionProtocol(smtp.ESMTP):
         if size and int(size.group(1)) > self.config.queue.max_message_size:
             self.sendCode(*refusal_reply(too_big(self.config.queue.max_message_size), True))
             return
+        try:
+            self._dsn_given = mail_options(self._raw_params)
+        except BadOption as error:
+            self.sendCode(501, f"5.5.4 {error}".encode())
+            return
         self._to = []
         self._smtputf8 = b"SMTPUTF8" in params
         validated = maybeDeferred(self.validateFrom, self._helo, _Path(address))
@@ -343,6 +360,11 @@ class SubmissionProtocol(smtp.ESMTP):
             return
         parsed = self._path(rest, b"TO")
         if parsed is None:
+            return
+        try:
+            self._rcpt_given = rcpt_options(self._raw_params)
+        except BadOption as error:
+            self.sendCode(501, f"5.5.4 {error}".encode())
             return
         user = _Path(parsed[0])
         validated = maybeDeferred(self.validateTo, user)
@@ -360,6 +382,8 @@ class SubmissionProtocol(smtp.ESMTP):
                 raise smtp.SMTPServerError(*refusal_reply(error)) from None
         self._collector = None
         self._recipients: list[str] = []
+        ret, envid = getattr(self, "_dsn_given", (None, None))
+        self._dsn = DSNOptions(ret, envid, {}, {})
         return origin
 
     def validateTo(self, user: Any) -> Any:
@@ -371,12 +395,17 @@ class SubmissionProtocol(smtp.ESMTP):
         except Refusal as error:
             raise smtp.SMTPServerError(*refusal_reply(error)) from None
         sender = str(self._from) if self._from else ""
+        notify, orcpt = getattr(self, "_rcpt_given", (None, None))
+        if notify:
+            self._dsn.notify[address] = notify
+        if orcpt:
+            self._dsn.orcpt[address] = orcpt
         self._recipients.append(address)
         recipients = self._recipients  # Twisted empties self._to before DATA builds messages
 
         def message() -> Any:
             if self._collector is None:
-                self._collector = _Collector(self, sender, list(recipients))
+                self._collector = _Collector(self, sender, list(recipients), self._dsn)
                 return self._collector
             return _Silent(self._collector)
 
