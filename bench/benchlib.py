@@ -58,6 +58,14 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
         stderr=subprocess.DEVNULL,
     )
 
+    if not _started(process, port, "smtp-sink"):
+        raise SystemExit("smtp-sink did not start")
+    return process, port
+
+
+def _started(process: subprocess.Popen[bytes], port: int, what: str) -> bool:
+    """Wait until ``process`` listens on ``port`` (True) or exits (False)."""
+
     def listening() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -65,10 +73,8 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
         except OSError:
             return process.poll() is not None
 
-    wait_for(listening, 10, "smtp-sink to listen")
-    if process.poll() is not None:
-        raise SystemExit("smtp-sink did not start")
-    return process, port
+    wait_for(listening, 10, f"{what} to listen")
+    return process.poll() is None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,15 +136,7 @@ def start_http_sink(home: str) -> tuple[subprocess.Popen[bytes], int]:
         [nginx, "-c", config, "-p", home], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return process.poll() is not None
-
-    wait_for(listening, 10, "nginx to listen")
-    if process.poll() is not None:
+    if not _started(process, port, "nginx"):
         with open(os.path.join(home, "nginx-error.log")) as log:
             raise SystemExit(f"nginx did not start: {log.read()[-500:]}")
     return process, port

@@ -101,6 +101,26 @@ class DeliveryCase(SynchronousTestCase):
         settle(self.clock)
         return self.service
 
+    def post_json(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """POST ``body`` as JSON to the status service in memory; (status, JSON answer)."""
+        import json
+
+        from treq.testing import StubTreq
+
+        stub = StubTreq(self.service.status.site.resource)
+        response = stub.post(
+            f"http://status.test{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        stub.flush()
+        settle(self.clock)
+        stub.flush()
+        result = self.successResultOf(response)
+        return result.code, json.loads(self.successResultOf(result.content()))
+
     def stop(self) -> None:
         if self.service.running:
             result = self.service.stopService()

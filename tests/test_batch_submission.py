@@ -37,17 +37,7 @@ class TemplateCase(DeliveryCase):
         )
 
     def post(self, body: Any) -> tuple[int, dict[str, Any]]:
-        stub = StubTreq(self.service.status.site.resource)
-        response = stub.post(
-            "http://status.test/v1/messages",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **AUTH},
-        )
-        stub.flush()
-        settle(self.clock)
-        stub.flush()
-        result = self.successResultOf(response)
-        return result.code, json.loads(self.successResultOf(result.content()))
+        return self.post_json("/v1/messages", body, AUTH)
 
     def delivered(self) -> list[tuple[str, list[str], email.message.EmailMessage]]:
         return [

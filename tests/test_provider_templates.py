@@ -11,14 +11,12 @@ import os
 from typing import Any
 
 import attrs
-from treq.testing import StubTreq
 
 from smtpmailer.cli import main
 from smtpmailer.message import build_message
 from tests import test_api_brevo, test_api_mailjet, test_api_postmark, test_api_resend
 from tests.fake_mailgun import KEY as MAILGUN_KEY
 from tests.fake_mailgun import FakeMailgun
-from tests.fake_relay import settle
 from tests.fake_sendgrid import KEY as SENDGRID_KEY
 from tests.fake_sendgrid import FakeSendGrid
 from tests.support import DeliveryCase
@@ -146,17 +144,7 @@ class ProviderTemplateIntakeTests(DeliveryCase):
         )
 
     def post(self, body: Any) -> tuple[int, dict[str, Any]]:
-        stub = StubTreq(self.service.status.site.resource)
-        response = stub.post(
-            "http://status.test/v1/messages",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", **AUTH},
-        )
-        stub.flush()
-        settle(self.clock)
-        stub.flush()
-        result = self.successResultOf(response)
-        return result.code, json.loads(self.successResultOf(result.content()))
+        return self.post_json("/v1/messages", body, AUTH)
 
     def test_over_http_only_where_every_relay_on_the_path_has_templates(self) -> None:
         self.configure_routes()

@@ -47,7 +47,6 @@ from smtpmailer.queue import (
     StoreBusy,
     WrongState,
     decode_replies,
-    encode_replies,
     parse_origin,
     rules,
     summary,
@@ -768,28 +767,13 @@ class PostgreSQLQueue:
                 ([o.lease.id for o in outcomes],),
             ).fetchall()
         )
-        rows = []
-        for outcome in outcomes:
-            number = last.get(outcome.lease.id, 0) + 1
-            last[outcome.lease.id] = number
-            rows.append(
-                (
-                    outcome.lease.id,
-                    number,
-                    now,
-                    outcome.seconds,
-                    outcome.via or None,
-                    outcome.relay or None,
-                    encode_replies(outcome.results),
-                )
-            )
-            forget = rules.attempts_to_forget(number)
-            if forget is not None:
-                db.execute(
-                    "DELETE FROM attempts WHERE message_id = %s AND number BETWEEN %s AND %s",
-                    (outcome.lease.id, *forget),
-                )
+        rows, forget = rules.number_attempts(outcomes, last, now)
         with db.cursor() as cursor:
+            if forget:
+                cursor.executemany(
+                    "DELETE FROM attempts WHERE message_id = %s AND number BETWEEN %s AND %s",
+                    forget,
+                )
             cursor.executemany(
                 "INSERT INTO attempts (message_id, number, at, seconds, relay, relay_address,"
                 " replies) VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -22,8 +22,10 @@ from smtpmailer.queue import (
     RCPT_SENT,
     SENT,
     NewMessage,
+    Outcome,
     RecipientResult,
     WrongState,
+    encode_replies,
 )
 from smtpmailer.queue.retry import RetryPolicy
 
@@ -160,6 +162,35 @@ def admit(items: Sequence[NewMessage], pending: int, max_queue_size: int) -> lis
 # Attempts kept with a message: the first, and the last ones up to this many in all (a
 # message retried for days keeps how it began and how it is going).
 KEPT_ATTEMPTS = 20
+
+
+def number_attempts(
+    outcomes: Sequence[Outcome], last: dict[str, int], now: float
+) -> tuple[list[tuple[object, ...]], list[tuple[str, int, int]]]:
+    """The attempts rows to keep for ``outcomes`` (message_id, number, at, seconds, relay,
+    relay_address, replies), numbered on from ``last`` (each message's highest kept), and
+    the (message_id, first, last) ranges of older attempts to forget."""
+    rows: list[tuple[object, ...]] = []
+    forget: list[tuple[str, int, int]] = []
+    last = dict(last)
+    for outcome in outcomes:
+        number = last.get(outcome.lease.id, 0) + 1
+        last[outcome.lease.id] = number
+        rows.append(
+            (
+                outcome.lease.id,
+                number,
+                now,
+                outcome.seconds,
+                outcome.via or None,
+                outcome.relay or None,
+                encode_replies(outcome.results),
+            )
+        )
+        gone = attempts_to_forget(number)
+        if gone is not None:
+            forget.append((outcome.lease.id, *gone))
+    return rows, forget
 
 
 def attempts_to_forget(number: int) -> tuple[int, int] | None:

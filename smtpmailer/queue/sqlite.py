@@ -41,7 +41,6 @@ from smtpmailer.queue import (
     StoreBusy,
     WrongState,
     decode_replies,
-    encode_replies,
     parse_origin,
     rules,
     summary,
@@ -941,27 +940,10 @@ class SQLiteQueue:
                 ids,
             ).fetchall()
         )
-        rows = []
-        for outcome in outcomes:
-            number = last.get(outcome.lease.id, 0) + 1
-            last[outcome.lease.id] = number
-            rows.append(
-                (
-                    outcome.lease.id,
-                    number,
-                    now,
-                    outcome.seconds,
-                    outcome.via or None,
-                    outcome.relay or None,
-                    encode_replies(outcome.results),
-                )
-            )
-            forget = rules.attempts_to_forget(number)
-            if forget is not None:
-                db.execute(
-                    "DELETE FROM attempts WHERE message_id = ? AND number BETWEEN ? AND ?",
-                    (outcome.lease.id, *forget),
-                )
+        rows, forget = rules.number_attempts(outcomes, last, now)
+        db.executemany(
+            "DELETE FROM attempts WHERE message_id = ? AND number BETWEEN ? AND ?", forget
+        )
         for start in range(0, len(rows), _ROWS):
             _insert_rows(db, "attempts", _ATTEMPT_COLUMNS, rows[start : start + _ROWS])
 

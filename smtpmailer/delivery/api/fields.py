@@ -123,6 +123,22 @@ def read(lease: Lease, provider: str, templates: bool = False) -> Fields:
     if not senders:
         raise Uncarried(f"{provider} needs a From: header")
     replies = _addresses(raw, "Reply-To")
+    people = Fields(
+        sender=senders[0],
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        reply_to=replies[0] if replies else None,
+        subject=_text(raw.get("subject", [""])[0]),
+        text=None,
+        html=None,
+        attachments=[],
+        headers=[
+            (name, _text(value))
+            for name, value in message.raw_items()
+            if name.lower() not in FIELDED
+        ],
+    )
     named = raw.get("x-smtpmailer-provider-template")
     if named:
         if not templates:
@@ -134,23 +150,7 @@ def read(lease: Lease, provider: str, templates: bool = False) -> Fields:
             variables = json.loads(message.get_content())
         except (ValueError, TypeError, KeyError):
             raise Uncarried("the provider template's variables are not JSON") from None
-        return Fields(
-            sender=senders[0],
-            to=to,
-            cc=cc,
-            bcc=bcc,
-            reply_to=replies[0] if replies else None,
-            subject=_text(raw.get("subject", [""])[0]),
-            text=None,
-            html=None,
-            attachments=[],
-            headers=[
-                (name, _text(value))
-                for name, value in message.raw_items()
-                if name.lower() not in FIELDED
-            ],
-            template=(_text(named[0]), variables),
-        )
+        return attrs.evolve(people, template=(_text(named[0]), variables))
     text = html = None
     attachments: list[Attachment] = []
     for part in message.walk():
@@ -176,18 +176,4 @@ def read(lease: Lease, provider: str, templates: bool = False) -> Fields:
             )
     if text is None and html is None:
         raise Uncarried(f"{provider} needs a text or html part; this message has neither")
-    headers = [
-        (name, _text(value)) for name, value in message.raw_items() if name.lower() not in FIELDED
-    ]
-    return Fields(
-        sender=senders[0],
-        to=to,
-        cc=cc,
-        bcc=bcc,
-        reply_to=replies[0] if replies else None,
-        subject=_text(raw.get("subject", [""])[0]),
-        text=text,
-        html=html,
-        attachments=attachments,
-        headers=headers,
-    )
+    return attrs.evolve(people, text=text, html=html, attachments=attachments)
