@@ -32,6 +32,14 @@ class SharedQueueTests(SynchronousTestCase):
             for _ in range(n)
         ]
 
+    def test_one_node_tells_each_webhook(self) -> None:
+        self.assertTrue(self.a.claim_webhook("app"))
+        self.assertTrue(self.a.claim_webhook("app"), "still its own")
+        self.assertFalse(self.b.claim_webhook("app"), "the other node waits")
+        self.assertTrue(self.b.claim_webhook("other"), "another webhook is free")
+        self.a.close()  # the node (its connection) is gone: the lock goes with it
+        self.assertTrue(self.b.claim_webhook("app"))
+
     def test_two_nodes_leasing_together_never_share_a_message(self) -> None:
         ids = self.add(10)
         self.a.heartbeat(100)

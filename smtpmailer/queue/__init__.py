@@ -429,6 +429,10 @@ class QueueStore(Protocol):
 
     def set_webhook_cursor(self, name: str, seq: int) -> None: ...
 
+    def claim_webhook(self, name: str) -> bool:
+        """Whether this daemon tells webhook ``name`` (on a shared queue, one node does)."""
+        ...
+
     def prune_events(self, names: Sequence[str]) -> tuple[int, int]:
         """Forget events every webhook in ``names`` was told (and the cursors of webhooks
         no longer configured); (events forgotten, newest seq)."""

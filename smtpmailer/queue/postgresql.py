@@ -15,6 +15,7 @@ used from one thread at a time (the daemon's queue thread), like the SQLite one.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +190,7 @@ class PostgreSQLQueue:
         self._broken = False
         self._notify = False
         self._events = False  # keep_events(): outcomes also write events for webhooks
+        self._claimed: set[str] = set()  # webhooks this connection holds the lock of
         try:
             self._db = self._connect()
             if not read_only:
@@ -222,6 +224,7 @@ class PostgreSQLQueue:
             self._db.close()
         except psycopg.Error:
             pass
+        self._claimed.clear()  # session locks go with the old connection
         try:
             self._db = self._connect()
         except psycopg.Error as error:
@@ -732,6 +735,20 @@ class PostgreSQLQueue:
                 "SELECT seq FROM webhook_cursors WHERE name = %s", (name,)
             ).fetchone()
             return int(seq)
+
+    @_driver_errors
+    def claim_webhook(self, name: str) -> bool:
+        """Whether this node is the one that tells webhook ``name`` (a session advisory
+        lock: one node at a time, taken over by another when this one's connection ends)."""
+        if name in self._claimed:
+            return True
+        key = int.from_bytes(
+            hashlib.sha256(f"webhook:{name}".encode()).digest()[:8], "big", signed=True
+        )
+        (won,) = self._db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if won:
+            self._claimed.add(name)
+        return bool(won)
 
     @_driver_errors
     def set_webhook_cursor(self, name: str, seq: int) -> None:

@@ -140,6 +140,9 @@ class AsyncQueue:
     def webhook_cursor(self, name: str) -> Deferred[int]:
         return self._call("webhook_cursor", name)
 
+    def claim_webhook(self, name: str) -> Deferred[bool]:
+        return self._call("claim_webhook", name)
+
     def set_webhook_cursor(self, name: str, seq: int) -> Deferred[None]:
         return self._call("set_webhook_cursor", name, seq)
 

@@ -991,6 +991,10 @@ class SQLiteQueue:
             db.execute("INSERT INTO webhook_cursors (name, seq) VALUES (?, ?)", (name, newest))
             return int(newest)
 
+    def claim_webhook(self, name: str) -> bool:
+        """Always ours: one daemon per queue file."""
+        return True
+
     @_driver_errors
     def set_webhook_cursor(self, name: str, seq: int) -> None:
         with self._transaction(synced=False) as db:

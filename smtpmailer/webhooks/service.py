@@ -27,8 +27,10 @@ from smtpmailer.config import Config
 from smtpmailer.config.sections import WebhookConfig
 from smtpmailer.httpclient import HTTPFailure, PooledClient, Request
 from smtpmailer.logs import log
+from smtpmailer.queue import QueueError
 
 BATCH = 100
+CLAIM_AGAIN = 5.0  # how often a node that does not tell a webhook looks again
 IDLE = 1.0  # how often an idle sender looks for new events
 FIRST_RETRY, LAST_RETRY = 1.0, 300.0
 PRUNE_EVERY = 60.0
@@ -72,20 +74,33 @@ class Sender:
         return self.done
 
     async def _run(self) -> None:
-        queue, name = self._owner.queue, self.webhook.name
-        self.cursor = await queue.webhook_cursor(name)
         while not self._stopped:
-            events = await queue.events_after(self.cursor, BATCH)
-            if not events:
-                await self._sleep(IDLE)
-                continue
-            for seq, kind, body in events:
-                if kind in self.webhook.events:
-                    await self._tell(kind, body)
-                    if self._stopped:
-                        return
-                self.cursor = seq
-                await queue.set_webhook_cursor(name, seq)
+            try:
+                await self._round()
+            except QueueError as error:  # the store is busy or away: try again later
+                log.warn("webhook {name}: {error}", name=self.webhook.name, error=error)
+                await self._sleep(CLAIM_AGAIN)
+
+    async def _round(self) -> None:
+        """One batch of events from the cursor, or a wait when there is none (or when
+        another node of a shared queue tells this webhook)."""
+        queue, name = self._owner.queue, self.webhook.name
+        if not await queue.claim_webhook(name):
+            await self._sleep(CLAIM_AGAIN)
+            return
+        # From the queue each time: another node may have told some meanwhile.
+        self.cursor = max(self.cursor, await queue.webhook_cursor(name))
+        events = await queue.events_after(self.cursor, BATCH)
+        if not events:
+            await self._sleep(IDLE)
+            return
+        for seq, kind, body in events:
+            if kind in self.webhook.events:
+                await self._tell(kind, body)
+                if self._stopped:
+                    return
+            self.cursor = seq
+            await queue.set_webhook_cursor(name, seq)
 
     async def _tell(self, kind: str, body: str) -> None:
         """Until the webhook takes it (or the service stops)."""
