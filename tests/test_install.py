@@ -159,6 +159,7 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(metadata.strip(), version, "the package's own version")
         with open(self.staged(f"{PREFIX}/bin/smtpmailer")) as handle:
             self.assertEqual(handle.readline(), f"#!{PREFIX}/bin/python\n")
+        self.check_quick_sendmail()
         for command in ("smtpmailer", "smtpmailer-sendmail"):
             link = self.staged(f"/usr/local/bin/{command}")
             self.assertEqual(os.readlink(link), f"{PREFIX}/bin/{command}")
@@ -176,6 +177,32 @@ class InstallTests(SynchronousTestCase):
         self.check_completions()
         self.check_sendmail_link()
         self.check_reinstall_keeps_the_config_and_uninstall()
+
+    def check_quick_sendmail(self) -> None:
+        """smtpmailer-sendmail starts without site, and still finds the package."""
+        with open(self.staged(f"{PREFIX}/bin/smtpmailer-sendmail")) as handle:
+            launcher = handle.read()
+        self.assertTrue(launcher.startswith(f"#!{PREFIX}/bin/python -IS\n"))
+        self.assertIn(f"sys.path.insert(0, '{PREFIX}/lib/python3.", launcher)
+        # Run as it would be, from the staged copy (its paths pointed there).
+        staged = launcher.replace(PREFIX, self.staged(PREFIX)).split("\n", 1)[1]
+        run = subprocess.run(
+            [self.staged(f"{PREFIX}/bin/python"), "-IS", "-c", staged, "-bp"],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "SMTPMAILER_CONFIG": self.write_queue_config()},
+            timeout=60,
+        )
+        self.assertEqual((run.returncode, run.stderr), (0, ""))
+        self.assertIn("Mail queue is empty", run.stdout)
+
+    def write_queue_config(self) -> str:
+        folder = os.path.abspath(self.mktemp())  # outside the staged root
+        os.makedirs(folder)
+        path = os.path.join(folder, "quick.conf")
+        with open(path, "w") as handle:
+            handle.write(f"[Daemon]\nstate_dir = {folder}\n[Relay]\nhost = x\n")
+        return path
 
     def check_unit(self) -> None:
         unit_path = self.staged("/etc/systemd/system/smtpmailer.service")

@@ -90,6 +90,7 @@ class Installer:
             )
             self.run(python, "-m", "pip", "install", "-q", os.path.join(wheels, wheel))
         self.relocate(venv, prefix)
+        self.quick_sendmail(venv, prefix, python)
         # The plugin cache: the daemon's user cannot write it (ProtectSystem=strict).
         found = subprocess.run(
             [
@@ -107,6 +108,32 @@ class Installer:
             raise SystemExit("install: twistd does not find the smtpmailer plugin")
         self.say("twisted plugin cache regenerated; smtpmailer found")
         return python
+
+    def quick_sendmail(self, venv: str, prefix: str, python: str) -> None:
+        """smtpmailer-sendmail runs once per message (cron, PHP's mail(), git): pip's script
+        starts Python with site, which reads every .pth file of the virtualenv. This one
+        starts it isolated and without site (-IS) and names the virtualenv's site-packages
+        itself: a few milliseconds less a call."""
+        site = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"]},
+        ).stdout.strip()
+        site = prefix + site[len(venv) :] if site.startswith(venv) else site
+        script = (
+            f"#!{prefix}/bin/python -IS\n"
+            "# smtpmailer-sendmail, started without site (see tools/install.py)\n"
+            "import sys\n"
+            f"sys.path.insert(0, {site!r})\n"
+            "from smtpmailer.intake.sendmail.command import main\n"
+            "sys.exit(main())\n"
+        )
+        target = os.path.join(venv, "bin", "smtpmailer-sendmail")
+        with open(target, "w") as handle:
+            handle.write(script)
+        os.chmod(target, 0o755)
 
     def relocate(self, venv: str, prefix: str) -> None:
         """Scripts and activate files name the folder the venv was made in; under DESTDIR
