@@ -19,8 +19,10 @@ class BadOption(ValueError):
     """A DSN parameter that is not as RFC 3461 spells it (501 5.5.4)."""
 
 
-@attrs.frozen
+@attrs.define
 class DSNOptions:
+    """Mutable: the SMTP listener fills a transaction's in as RCPT TO commands come."""
+
     ret: str | None = None  # FULL or HDRS
     envid: str | None = None  # xtext, as given
     notify: dict[str, str] = attrs.Factory(dict)  # recipient -> NEVER or SUCCESS,FAILURE,DELAY

@@ -195,6 +195,12 @@ class SubmissionProtocol(smtp.ESMTP):
         self._collector: _Collector | None = None
         self._held: list[bytes] | None = None
         self._smtputf8 = False
+        # RFC 3461 options: as MAIL FROM and the last RCPT TO gave them, and the
+        # transaction's (built up by validateFrom and validateTo).
+        self._raw_params: list[bytes] = []
+        self._dsn_given: tuple[str | None, str | None] = (None, None)
+        self._rcpt_given: tuple[str | None, str | None] = (None, None)
+        self._dsn = DSNOptions()
 
     # --- connections ---
 
@@ -317,7 +323,7 @@ class SubmissionProtocol(smtp.ESMTP):
             )
             return None
         params = match.group(3).upper().split()
-        self._raw_params: list[bytes] = match.group(3).split()  # ENVID, ORCPT keep their case
+        self._raw_params = match.group(3).split()  # ENVID, ORCPT keep their case
         try:
             address = match.group(2).decode("utf-8")
         except UnicodeDecodeError:
@@ -382,7 +388,7 @@ class SubmissionProtocol(smtp.ESMTP):
                 raise smtp.SMTPServerError(*refusal_reply(error)) from None
         self._collector = None
         self._recipients: list[str] = []
-        ret, envid = getattr(self, "_dsn_given", (None, None))
+        ret, envid = self._dsn_given
         self._dsn = DSNOptions(ret, envid, {}, {})
         return origin
 
@@ -395,7 +401,7 @@ class SubmissionProtocol(smtp.ESMTP):
         except Refusal as error:
             raise smtp.SMTPServerError(*refusal_reply(error)) from None
         sender = str(self._from) if self._from else ""
-        notify, orcpt = getattr(self, "_rcpt_given", (None, None))
+        notify, orcpt = self._rcpt_given
         if notify:
             self._dsn.notify[address] = notify
         if orcpt:
