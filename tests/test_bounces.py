@@ -151,6 +151,20 @@ class BounceDeliveryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual(len(self.dsns()), 6, "an hour later the sender hears again")
 
+    def test_the_per_sender_count_forgets_quiet_senders(self) -> None:
+        from smtpmailer.bounce import notifier
+
+        self.configure_bounces("max_per_hour = 1\n")
+        self.patch(notifier, "SENDERS_KEPT", 3)
+        self.start()
+        bouncer = self.service.bouncer
+        for n in range(5):
+            self.assertTrue(bouncer._allowed(f"s{n}@example.com"))
+        self.assertFalse(bouncer._allowed("s4@example.com"), "still counted within the hour")
+        self.clock.advance(3601)
+        self.assertTrue(bouncer._allowed("new@example.com"))
+        self.assertEqual(list(bouncer._sent), ["new@example.com"], "the quiet ones forgotten")
+
     def test_off(self) -> None:
         self.configure_bounces("enabled = false\n")
         self.send()

@@ -22,6 +22,7 @@ from smtpmailer.message import Envelope
 from smtpmailer.queue import DEFERRED, FAILED, MessageInfo, QueueError, Recorded
 
 HOUR = 3600.0
+SENDERS_KEPT = 10_000  # past this many, senders with no DSN in the last hour are dropped
 
 
 def from_header(setting: str, hostname: str) -> str:
@@ -110,6 +111,8 @@ class Bouncer:
 
     def _allowed(self, sender: str) -> bool:
         now = self._clock.seconds()
+        if len(self._sent) > SENDERS_KEPT:  # forget senders not heard of within the hour
+            self._sent = {k: v for k, v in self._sent.items() if v and v[-1] > now - HOUR}
         recent = self._sent.setdefault(sender.lower(), collections.deque())
         while recent and recent[0] <= now - HOUR:
             recent.popleft()
