@@ -193,6 +193,25 @@ class BounceDeliveryTests(DeliveryCase):
         self.assertEqual((only["Action"], only["Status"]), ("delayed", "4.7.1"))
 
 
+def listening_daemon(test: TestCase, refusal: str) -> tuple[Any, Any, int]:
+    """Real twistd with its SMTP listener, relaying to aiosmtpd, which answers ``refusal``
+    for bad@example.org; (daemon, relay, the listener's port)."""
+    from tests.daemon import Daemon, started_peer, temporary_home
+    from tests.test_submission import submission_port
+
+    home = temporary_home(test)
+    peer = started_peer(test)
+    peer.set(reject_rcpt={"bad@example.org": refusal})
+    daemon = Daemon(
+        os.path.join(home, "d"),
+        f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
+        "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
+    )
+    test.addCleanup(daemon.stop)
+    daemon.start()
+    return daemon, peer, submission_port(daemon)
+
+
 class BounceEndToEndTests(TestCase):
     """Real twistd, its SMTP listener, aiosmtpd as the relay answering 550 for one
     recipient: the DSN arrives at the relay with MAIL FROM:<>; a message submitted with
@@ -203,20 +222,9 @@ class BounceEndToEndTests(TestCase):
     def test_a_dsn_for_a_550_and_none_for_a_null_sender(self) -> None:
         import smtplib
 
-        from tests.daemon import Daemon, started_peer, temporary_home, wait_until
-        from tests.test_submission import submission_port
+        from tests.daemon import wait_until
 
-        home = temporary_home(self)
-        peer = started_peer(self)
-        peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 <bad@example.org>: no such user"})
-        daemon = Daemon(
-            os.path.join(home, "d"),
-            f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
-            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
-        )
-        self.addCleanup(daemon.stop)
-        daemon.start()
-        port = submission_port(daemon)
+        daemon, peer, port = listening_daemon(self, "550 5.1.1 <bad@example.org>: no such user")
         body = (
             "From: App <app@example.com>\r\nTo: good@example.org, bad@example.org\r\n"
             "Subject: The report\r\n\r\nhello\r\n"
@@ -259,20 +267,9 @@ class DSNOptionsEndToEndTests(TestCase):
         import json
         import smtplib
 
-        from tests.daemon import Daemon, started_peer, temporary_home, wait_until
-        from tests.test_submission import submission_port
+        from tests.daemon import wait_until
 
-        home = temporary_home(self)
-        peer = started_peer(self)
-        peer.set(reject_rcpt={"bad@example.org": "550 5.1.1 no such user"})
-        daemon = Daemon(
-            os.path.join(home, "d"),
-            f"[Relay]\nhost = 127.0.0.1\nport = {peer.port}\nsecurity = none\n"
-            "[Submission]\nlisten = tcp:0:interface=127.0.0.1\n",
-        )
-        self.addCleanup(daemon.stop)
-        daemon.start()
-        port = submission_port(daemon)
+        daemon, peer, port = listening_daemon(self, "550 5.1.1 no such user")
         body = "From: app@example.com\r\nSubject: {}\r\n\r\nthe body\r\n"
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.ehlo()

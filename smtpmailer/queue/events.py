@@ -6,7 +6,7 @@ them in the order they were written (``seq``), from where its cursor stands."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from smtpmailer.queue import Outcome, summary
 
@@ -42,6 +42,15 @@ def outcome_events(
             body["remote_id"] = result.remote_id
         rows.append((kind, lease.id, json.dumps(body)))
     return rows
+
+
+def events_of(
+    outcomes: Sequence[Outcome], attempt_of: Callable[[Outcome], int], now: float
+) -> list[tuple[str, str, str]]:
+    """The events of many recorded attempts (a batch of all-sent messages)."""
+    return [
+        row for outcome in outcomes for row in outcome_events(outcome, attempt_of(outcome), now)
+    ]
 
 
 def message_event(kind: str, message_id: str, now: float, **fields: object) -> str:

@@ -45,7 +45,7 @@ from smtpmailer.queue import (
     rules,
     summary,
 )
-from smtpmailer.queue.events import outcome_events
+from smtpmailer.queue.events import events_of, outcome_events
 from smtpmailer.queue.ids import new_lease_token, new_message_id
 from smtpmailer.queue.retry import RetryPolicy
 
@@ -828,19 +828,11 @@ class SQLiteQueue:
                             f"DELETE FROM bodies WHERE message_id IN ({group_marks})", ids_here
                         )
                 self._moved(ACTIVE, state, len(group))
-            kept = set(live)
-            self._keep_attempts(db, [o for o in outcomes if o.lease.id in kept], now)
-            if self._events:
-                self._add_events(
-                    db,
-                    [
-                        row
-                        for o in outcomes
-                        if o.lease.id in kept
-                        for row in outcome_events(o, rows[o.lease.id][2] + 1, now)
-                    ],
-                    now,
-                )
+            taken = set(live)
+            kept = [o for o in outcomes if o.lease.id in taken]
+            self._keep_attempts(db, kept, now)
+            if self._events:  # the attempt each was: one more than the row said
+                self._add_events(db, events_of(kept, lambda o: rows[o.lease.id][2] + 1, now), now)
         done = []
         for outcome in outcomes:
             row = rows.get(outcome.lease.id)
