@@ -7,7 +7,15 @@ import sys
 from typing import IO, Any
 
 import attrs
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
 from twisted.python.failure import Failure
 from zope.interface import provider
 
@@ -89,10 +97,13 @@ def outcome_line(
 
 @attrs.frozen
 class LogTarget:
-    """Where twistd was told to log (``--logfile``, ``-n``): a JSON observer goes there too."""
+    """Where twistd was told to log (``--logfile``, ``-n``): our observers go there too.
+    ``elsewhere``: twistd was given ``--syslog`` or ``--logger``, which the text format
+    leaves to twistd."""
 
     logfile: str = ""
     nodaemon: bool = True
+    elsewhere: bool = False
 
 
 def _open_target(target: LogTarget) -> IO[str]:
@@ -138,6 +149,51 @@ def json_event(event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+class SecondClock:
+    """twistd's time stamps (RFC 3339 to the second, local offset), made once a second:
+    Twisted's formatTime works out the zone and formats anew for every line, the largest
+    part of an outcome line's cost."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = "-"
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(when)
+        return self._text
+
+
+def classic_text(event: dict[str, Any], clock: SecondClock) -> str | None:
+    """An event as twistd's text log writes it, ``TIME [namespace#level] text``; our own
+    one-field events (``{line}``, ``{text}``) without the format string's parsing."""
+    template = event.get("log_format")
+    if (
+        (template == "{line}" or template == "{text}")
+        and "log_failure" not in event
+        and "log_system" not in event
+    ):
+        body = event.get(template[1:-1])
+        if isinstance(body, str) and body:
+            level = event.get("log_level")
+            text = (
+                f"{clock(event.get('log_time'))} [{event.get('log_namespace', '-')}"
+                f"#{'-' if level is None else level.name}] {body}"
+            )
+            return text.replace("\n", "\n\t") + "\n"
+    return formatEventAsClassicLogText(event, formatTime=clock)
+
+
+def text_observer(target: LogTarget) -> ILogObserver:
+    """``[Logging] format = text``: the lines twistd's own observer writes, made faster."""
+    clock = SecondClock()
+    observer: Any = FileLogObserver(_open_target(target), lambda e: classic_text(e, clock))
+    return observer
+
+
 def json_observer(target: LogTarget) -> ILogObserver:
     """``[Logging] format = json``: one JSON object per line."""
     stream = _open_target(target)
@@ -148,3 +204,14 @@ def json_observer(target: LogTarget) -> ILogObserver:
         stream.flush()
 
     return observe
+
+
+def observer_for(log_format: str, target: LogTarget) -> ILogObserver | None:
+    """The observer the daemon gives twistd in place of its own: JSON, or twistd's text
+    lines made faster; none when twistd was told to log through syslog or a ``--logger``
+    of the user's with the text format."""
+    if log_format == "json":
+        return json_observer(target)
+    if target.elsewhere:
+        return None
+    return text_observer(target)

@@ -37,7 +37,9 @@ class Options(usage.Options):
         check_queue(self.config)
         parent: Any = self.parent or {}
         self.log_target = LogTarget(
-            logfile=parent.get("logfile") or "", nodaemon=bool(parent.get("nodaemon"))
+            logfile=parent.get("logfile") or "",
+            nodaemon=bool(parent.get("nodaemon")),
+            elsewhere=bool(parent.get("syslog") or parent.get("logger")),
         )
 
 

@@ -25,7 +25,7 @@ from smtpmailer.intake.sendmail.handover import SendmailSocketService
 from smtpmailer.intake.smtp.listener import SubmissionService
 from smtpmailer.intake.smtp.worker_pool import Spawn, WorkerPool
 from smtpmailer.listening import listen_unix_socket
-from smtpmailer.logs import LogTarget, json_observer, log, set_level
+from smtpmailer.logs import LogTarget, log, observer_for, set_level
 from smtpmailer.manhole import ManholeService
 from smtpmailer.message import Envelope
 from smtpmailer.metrics import Metrics
@@ -167,12 +167,15 @@ class MailerService(MultiService):
         return self.queue.store
 
     def setServiceParent(self, parent: Any) -> None:
-        """twistd hands us its Application here: with ``format = json`` we give it our
-        log observer, which twistd then uses in place of its text one."""
-        if self.config.logging.format == "json" and hasattr(parent, "setComponent"):
+        """twistd hands us its Application here: we give it our log observer, which twistd
+        then uses in place of its own (JSON, or its text lines written faster), unless it
+        was told to log through syslog or a ``--logger`` of the user's."""
+        if hasattr(parent, "setComponent"):
             from twisted.logger import ILogObserver
 
-            parent.setComponent(ILogObserver, json_observer(self._log_target or LogTarget()))
+            observer = observer_for(self.config.logging.format, self._log_target or LogTarget())
+            if observer is not None:
+                parent.setComponent(ILogObserver, observer)
         super().setServiceParent(parent)
 
     # --- start and stop ---
