@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from email.policy import default
@@ -9,13 +10,78 @@ from email.policy import default
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.message import (
+    _PLAIN_ADDRESS,
     Attachment,
+    BadAddress,
     MessageError,
+    _parse_address,
     build_message,
     normalize_address,
     parse_header_option,
     prepare_raw,
 )
+
+
+class PlainAddressTests(SynchronousTestCase):
+    """Everyday addresses skip the full parse; they must come out exactly as it gives them,
+    and whatever the full parse refuses must never take the short way."""
+
+    def corpus(self) -> list[str]:
+        rng = random.Random(20261204)
+        atoms = "abcXYZ019_+-"
+        label = "aZ9-"
+        made = [
+            "a" * 64 + "@example.org",
+            "a" * 65 + "@example.org",
+            "x@" + ".".join(["b" * 63] * 3) + "." + "c" * 61,  # 253
+            "x@" + ".".join(["b" * 63] * 4),  # 255
+            "x@" + "b" * 64 + ".org",
+            "-@EXAMPLE.org",
+            "a.b@c",
+            "a..b@c.d",
+            ".a@c.d",
+            "a.@c.d",
+            "a@-c.d",
+            "a@c-.d",
+            "a@c..d",
+            "a@c.d.",
+            "a@1.2.3.4",
+            "a@[127.0.0.1]",
+            "a@b@c",
+            "a b@c.d",
+            "a@c.d\n",
+            "A@B.C",
+        ]
+        for _ in range(3000):
+            local = ".".join(
+                "".join(rng.choice(atoms) for _ in range(rng.randint(0, 5)))
+                for _ in range(rng.randint(1, 3))
+            )
+            domain = ".".join(
+                "".join(rng.choice(label) for _ in range(rng.randint(0, 6)))
+                for _ in range(rng.randint(1, 4))
+            )
+            made.append(f"{local}@{domain}")
+        return made
+
+    def test_the_short_way_agrees_with_the_full_parse(self) -> None:
+        taken = 0
+        for text in self.corpus():
+            try:
+                full: str | BaseException = _parse_address(text, "address", False)
+            except BadAddress as error:
+                full = error
+            if _PLAIN_ADDRESS.fullmatch(text):
+                taken += 1
+            try:
+                either: str | BaseException = normalize_address(text)
+            except BadAddress as error:
+                either = error
+            if isinstance(full, str):
+                self.assertEqual(either, full, text)
+            else:
+                self.assertIsInstance(either, BadAddress, text)
+        self.assertGreater(taken, 300)  # the corpus does exercise the short way
 
 
 class AddressTests(SynchronousTestCase):
