@@ -13,10 +13,12 @@ from twisted.cred.credentials import CramMD5Credentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
 from twisted.mail._cred import PLAINCredentials
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -314,6 +316,20 @@ class ScriptedServerTests(SynchronousTestCase):
             [("sent", "250 2.0.0 queued as X"), ("failed", "550 no such user")],
         )
 
+    def test_connection_lost_amid_pipelined_replies_fails_the_message(self) -> None:
+        """Two of the four replies came, then the connection went: the delivery fails
+        with the loss (the message is then deferred by the pool), nothing left pending."""
+        self.opened("PIPELINING")
+        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org", "b@x.org")))
+        self.sent()
+        self.reply("250 ok", "250 ok")
+        self.assertNoResult(result)
+        self.protocol.connectionLost(Failure(ConnectionLost("reset by peer")))
+        self.failureResultOf(result, ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Later commands fail at once, with the same reason.
+        self.failureResultOf(self.protocol.command("NOOP"), ConnectionLost)
+
     def test_dsn_options_passed_on_to_a_relay_that_announces_dsn(self) -> None:
         import attrs
 
@@ -384,6 +400,25 @@ class ScriptedServerTests(SynchronousTestCase):
         self.assertIn("within 10s", str(failure.value))
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_connection_at_rest_does_not_time_out(self) -> None:
+        """No reply due, no timeout; the next command's reply gets the whole timeout, from
+        when it was sent (whether the rest was shorter or longer than the timeout)."""
+        self.opened("PIPELINING")
+        for rest in (5.0, 25.0):
+            self.clock.advance(rest)
+            self.assertFalse(self.transport.disconnected)
+            answered = self.protocol.command("NOOP")
+            self.clock.advance(9.9)
+            self.assertNoResult(answered)
+            self.reply("250 ok")
+            self.assertEqual(self.successResultOf(answered).code, 250)
+        waiting = self.protocol.command("NOOP")
+        self.clock.advance(9.9)
+        self.assertNoResult(waiting)
+        self.clock.advance(0.2)
+        self.failureResultOf(waiting, SMTPTimeout)
+        self.assertTrue(self.transport.disconnected)
 
     def test_garbage_reply(self) -> None:
         result = Deferred.fromCoroutine(self.session.open())

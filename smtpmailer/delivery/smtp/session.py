@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
-
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.python.failure import Failure
+from typing import Any
 
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
@@ -41,15 +38,6 @@ def _status_for(reply: Reply, defer_on: tuple[str, ...] = ()) -> str:
         return "deferred"
     first = (reply.lines[0].split() or [""])[0] if reply.lines else ""
     return "deferred" if first in defer_on else RCPT_FAILED
-
-
-async def _await_all(waiters: list[Deferred[Reply]]) -> list[Reply]:
-    """Wait for every pipelined reply; re-raise the first failure only after all settled."""
-    results = await DeferredList(waiters, consumeErrors=True)
-    for ok, value in results:
-        if not ok:
-            cast(Failure, value).raiseException()
-    return [value for _, value in results]
 
 
 def smtputf8(lease: Lease) -> tuple[bool, bool]:
@@ -211,7 +199,7 @@ class SMTPSession:
             *(self._rcpt_to(lease, r) for r in lease.recipients),
         ]
         if "PIPELINING" in self.extensions:
-            replies = await _await_all(self.protocol.send_commands(*commands, "DATA"))
+            replies = await self.protocol.send_commands(*commands, "DATA")
             mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
         else:
             mail = await self.protocol.command(commands[0])
