@@ -364,7 +364,7 @@ class Smtpmailer:
         self.cpu_seconds = 0.0
         self.peak_rss_kib = 0
 
-    def _daemon(self, home: str, submission: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    def start(self, home: str, submission: int | None) -> tuple[subprocess.Popen[bytes], str]:
         config = os.path.join(home, "smtpmailer.conf")
         listen = f"tcp:{submission}:interface=127.0.0.1" if submission else ""
         with open(config, "w") as handle:
@@ -402,7 +402,7 @@ class Smtpmailer:
             self._detach = self.attach(process.pid)
         return process, os.path.join(home, "state", "queue.sqlite3")
 
-    def _stop(self, daemon: subprocess.Popen[bytes]) -> None:
+    def stop(self, daemon: subprocess.Popen[bytes]) -> None:
         if self._detach is not None:
             self._detach()
             self._detach = None
@@ -418,7 +418,7 @@ class Smtpmailer:
         self.cpu_seconds = tree_cpu_seconds(daemon.pid) - self._cpu_at_go
         self.peak_rss_kib = peak_rss_kib(daemon.pid)
         reader.close()
-        self._stop(daemon)
+        self.stop(daemon)
         return messages / elapsed
 
     def drain(self, messages: int, size: int) -> float:
@@ -429,7 +429,7 @@ class Smtpmailer:
             fill_queue(path, messages, size)
             reader = store_at(path)
             reader.hold_all()  # as Postfix's deferred queue: full, and the daemon running
-            daemon, _ = self._daemon(home, None)
+            daemon, _ = self.start(home, None)
             wakeup = os.path.join(home, "state", "wakeup.sock")
             wait_for(lambda: os.path.exists(wakeup), 60, "smtpmailer to start")
             started = time.perf_counter()
@@ -445,7 +445,7 @@ class Smtpmailer:
         home = tempfile.mkdtemp(prefix="smtpm-relay-")
         port = free_port()
         try:
-            daemon, path = self._daemon(home, port)
+            daemon, path = self.start(home, port)
             wait_for(lambda: listening(port), 60, "the submission listener")
             reader = store_at(path)
             started = time.perf_counter()

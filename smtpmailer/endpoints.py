@@ -72,12 +72,25 @@ def parse_listen(text: str) -> ListenSpec:
     raise ValueError(f"{text!r}: use tcp:PORT:interface=ADDRESS, tcp6:... or unix:PATH")
 
 
+# Connections the kernel completes and holds for us to accept. Twisted's default of 50
+# overflows when many clients connect at once: the kernel then drops their SYNs, and each
+# waits 1 s, 3 s, 7 s... to try again (bench/load opening 10,000 stalled on it).
+BACKLOG = 1024
+
+
+def with_backlog(text: str) -> str:
+    """The endpoint string with our backlog, unless it names one itself."""
+    if any(part.startswith("backlog=") for part in text.split(":")[1:]):
+        return text
+    return f"{text}:backlog={BACKLOG}"
+
+
 def listen_now(reactor: Any, text: str, factory: Any) -> IListeningPort:
     """Bind at once; raise the CannotListenError instead of leaving it in a Deferred."""
     from twisted.internet.endpoints import serverFromString
     from twisted.python.failure import Failure
 
-    result = serverFromString(reactor, text).listen(factory)
+    result = serverFromString(reactor, with_backlog(text)).listen(factory)
     outcome: list[Any] = []
     result.addBoth(outcome.append)
     if not outcome:

@@ -59,6 +59,14 @@ class TinyBenchTests(TestCase):
             self.skipTest("bench/relay reconfigures the system's Postfix: it needs root")
         report = self.bench("relay", "--messages", "200", "--sizes", "1024", "--runs", "1")
         self.assertEqual(sorted(report["results"]), ["drain 1024B", "end_to_end 1024B"])  # type: ignore[call-overload]
+        for row in report["results"].values():  # type: ignore[attr-defined]
+            self.assertGreater(row["cpu_ms_per_message"]["postfix"]["median"], 0)
+            self.assertGreater(row["cpu_ms_per_message"]["smtpmailer"]["median"], 0)
+
+    def test_load(self) -> None:
+        report = self.bench("load", "--rate", "200", "--seconds", "1", "--idle", "300")
+        self.assertEqual(report["under_load"]["messages"], 200)  # type: ignore[index]
+        self.assertEqual(report["at_rest"]["idle_connections"], 300)  # type: ignore[index]
 
     def test_scale(self) -> None:
         report = self.bench("scale", "--messages", "2000")

@@ -10,6 +10,7 @@ from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.config import parse_config
+from smtpmailer.endpoints import listen_now, with_backlog
 from smtpmailer.listening import ListeningService
 
 
@@ -89,3 +90,50 @@ class ListeningServiceTests(SynchronousTestCase):
         self.successResultOf(Deferred.fromCoroutine(service.reconfigure(config(port.address))))
         self.assertIs(service.port, port)
         self.assertEqual(self.events, ["bind tcp:1:interface=127.0.0.1"])
+
+
+class BacklogTests(SynchronousTestCase):
+    """A burst of clients connecting at once is held by the kernel until we accept them."""
+
+    def completed(self, text: str, clients: int, within: float) -> int:
+        """Listen on ``text`` without accepting, start ``clients`` connects at once, and
+        count those whose handshake completes ``within`` seconds (a dropped SYN is sent
+        again only after a second)."""
+        import select
+        import socket
+        import time
+
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = listen_now(reactor, text, Factory.forProtocol(Protocol))
+        port.stopReading()  # type: ignore[attr-defined]  # nothing is accepted here
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+        pending = []
+        for _ in range(clients):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(address)
+            self.addCleanup(client.close)
+            pending.append(client)
+        connected = 0
+        deadline = time.monotonic() + within
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], deadline - time.monotonic())
+            for client in writable:
+                pending.remove(client)
+                if client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    connected += 1
+        return connected
+
+    def test_our_backlog_holds_a_burst(self) -> None:
+        self.assertEqual(self.completed("tcp:0:interface=127.0.0.1", 300, 5.0), 300)
+
+    def test_twisteds_default_would_not(self) -> None:
+        """What the default is for: the same burst with Twisted's backlog of 50 stalls."""
+        self.assertLess(self.completed("tcp:0:interface=127.0.0.1:backlog=50", 300, 0.5), 100)
+
+    def test_a_backlog_named_is_kept(self) -> None:
+        self.assertEqual(with_backlog("tcp:25:backlog=7"), "tcp:25:backlog=7")
+        self.assertEqual(with_backlog("unix:/run/x.sock"), "unix:/run/x.sock:backlog=1024")
