@@ -66,8 +66,14 @@ class DaemonEndTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.submitted: list[tuple[Envelope, Deferred[str]]] = []
+        self.on_thread: list[int] = []  # sizes of the messages prepared off the reactor
+
+        def blocking(function: Any, *args: Any) -> Deferred[Any]:
+            self.on_thread.append(len(args[2]))
+            return synchronous_runner(function, *args)
+
         self.factory = SendmailFactory(
-            parse_config(CONFIG, "c.conf"), self.submit, self.clock, synchronous_runner
+            parse_config(CONFIG, "c.conf"), self.submit, self.clock, blocking
         )
 
     def submit(self, envelope: Envelope) -> Deferred[str]:
@@ -108,6 +114,18 @@ class DaemonEndTests(SynchronousTestCase):
         self.assertEqual(self.answer(transport), (0, "7JP8C2CJQ0RJNJ"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_only_large_messages_are_prepared_on_a_thread(self) -> None:
+        from smtpmailer.intake.sendmail.handover import PREPARED_ON_REACTOR
+
+        self.factory.config = parse_config(CONFIG.replace("2KB", "1MB"), "c.conf")
+        large = MESSAGE + b"x" * PREPARED_ON_REACTOR + b"\n"
+        for data in (MESSAGE, large):
+            _, transport = self.request(["-t"], data)
+            self.submitted[-1][1].callback("ID")
+            self.assertEqual(self.answer(transport), (0, "ID"))
+        self.assertEqual(self.on_thread, [len(large)])
+        self.assertEqual(len(self.submitted), 2)
 
     def test_request_in_small_pieces(self) -> None:
         protocol, transport = self.connect()

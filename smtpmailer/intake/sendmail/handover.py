@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -44,6 +44,9 @@ IDLE_TIMEOUT = 60.0
 # Requests being read or committed at once; each may hold up to twice max_message_size.
 # Past this, a connection is closed unanswered and the command writes the queue itself.
 MAX_CONCURRENT = 32
+# Messages up to this size are prepared on the reactor: about 0.1 ms for a cron mail, where
+# the hop to a thread and back added a few tenths of a millisecond to every sendmail call.
+PREPARED_ON_REACTOR = 64 * 1024
 
 
 def peer_uid(transport: Any) -> int | None:
@@ -137,11 +140,13 @@ class SendmailRequest(Protocol):
             self._answer(EX_USAGE, f"malformed request: {error}")
             return
         uid = peer_uid(self.transport)
-        # Off the reactor thread: line endings and headers of a message of up to
-        # max_message_size are rewritten here.
-        prepared = self.factory.blocking(
-            prepare_envelope, args, user, message, self.factory.clock.seconds()
-        )
+        now = self.factory.clock.seconds()
+        if len(message) > PREPARED_ON_REACTOR:
+            # Off the reactor thread: line endings and headers of a message of up to
+            # max_message_size are rewritten here.
+            prepared = self.factory.blocking(prepare_envelope, args, user, message, now)
+        else:
+            prepared = maybeDeferred(prepare_envelope, args, user, message, now)
 
         def commit(envelope: Envelope) -> Deferred[tuple[Envelope, str]]:
             return self.factory.submit(envelope).addCallback(lambda queue_id: (envelope, queue_id))
