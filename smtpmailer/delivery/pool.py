@@ -216,7 +216,9 @@ class RelayPool:
                 elapsed = self._clock.seconds() - began
                 self._owner.finished(self, job, results, session.label, elapsed)
                 job = None
-                if session.delivered >= relay.max_messages_per_connection or self.relay != relay:
+                if session.delivered >= relay.max_messages_per_connection or (
+                    self.relay is not relay and self.relay != relay
+                ):
                     break  # renewed, or the relay's settings changed under a reload
                 job = await self._take()
             await session.quit()

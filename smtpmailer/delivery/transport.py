@@ -9,7 +9,7 @@ kind (an HTTP provider) is a new module with a ``make_transport`` and a line her
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -57,10 +57,11 @@ class Session(Protocol):
     def delivered(self) -> int:
         """How many messages it has carried, for ``max_messages_per_connection``."""
 
-    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
-        """One message; fails only when the session cannot be trusted any more, or with
-        OpenError when the relay cannot take it now (an HTTP API's 5xx or 429): the
-        message then goes on to the next relay, as if no session could be opened."""
+    def deliver(self, lease: Lease) -> Awaitable[tuple[RecipientResult, ...]]:
+        """One message (a Deferred or a coroutine: the pool awaits it); fails only when
+        the session cannot be trusted any more, or with OpenError when the relay cannot
+        take it now (an HTTP API's 5xx or 429): the message then goes on to the next
+        relay, as if no session could be opened."""
 
     def quit(self) -> Deferred[None]: ...
 
