@@ -9,7 +9,6 @@ from twisted.python import usage
 
 from smtpmailer.config import Config, load_config
 from smtpmailer.daemon import lock as daemon_lock
-from smtpmailer.event_loop import install_reactor
 from smtpmailer.ini import ConfigError
 from smtpmailer.logs import LogTarget
 from smtpmailer.paths import default_config_path
@@ -30,7 +29,6 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Every start-up problem becomes a one-line UsageError here, before any fork."""
-        install_reactor()  # before anything imports the default one
         try:
             self.config = load_config(self["config"] or default_config_path())
         except ConfigError as error:

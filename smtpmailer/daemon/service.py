@@ -21,7 +21,6 @@ from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.delivery.smtp.transport import Connector
 from smtpmailer.dispatch.poller import QueuePoller
 from smtpmailer.dispatch.turns import Dispatcher
-from smtpmailer.event_loop import reactor_name
 from smtpmailer.intake.sendmail.handover import SendmailSocketService
 from smtpmailer.intake.smtp.listener import SubmissionService
 from smtpmailer.intake.smtp.worker_pool import Spawn, WorkerPool
@@ -226,7 +225,6 @@ class MailerService(MultiService):
             deferred=counts.get("deferred", 0),
             held=counts.get("held", 0),
         )
-        log.info("event loop: {name}", name=reactor_name())
         super().startService()
 
     def _abandon_start(self) -> None:
