@@ -20,8 +20,8 @@ _LOCAL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
 _LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # The everyday address, ``name.tag+x@mail.example.org``: the full parse below gives it
-# back with its domain in lower case, so it is taken without the parse (a third of an
-# SMTP submission's CPU went to the email package's address grammar).
+# back with its domain in lower case, so it is taken without the parse (the email
+# package's address grammar was 15% of the SMTP worker's CPU, bench/profile).
 _PLAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PLAIN_ADDRESS = re.compile(
     rf"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@({_PLAIN_LABEL}(?:\.{_PLAIN_LABEL})*)"
