@@ -35,21 +35,24 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.01)
 
 
-def find_smtp_sink() -> str:
-    for candidate in (shutil.which("smtp-sink"), "/usr/sbin/smtp-sink"):
+def find_or_install(command: str, package: str) -> str:
+    """The path of a system tool the benches drive; Debian's package is installed (without
+    recommends) when it is missing."""
+    for candidate in (shutil.which(command), f"/usr/sbin/{command}"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    print("smtp-sink not found: installing Debian's postfix package", file=sys.stderr)
+    print(f"{command} not found: installing Debian's {package} package", file=sys.stderr)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     prefix = [] if os.geteuid() == 0 else ["sudo"]
     subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
-    return "/usr/sbin/smtp-sink"
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+    subprocess.run([*prefix, *install], check=True, env=env)
+    return f"/usr/sbin/{command}"
 
 
 def start_sink() -> tuple[subprocess.Popen[bytes], int]:
     """Postfix's smtp-sink on an ephemeral loopback port: it accepts and discards."""
-    sink = find_smtp_sink()
+    sink = find_or_install("smtp-sink", "postfix")
     port = free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     process = subprocess.Popen(
@@ -77,17 +80,33 @@ def _started(process: subprocess.Popen[bytes], port: int, what: str) -> bool:
     return process.poll() is None
 
 
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system time of a process so far (its children included once they ended)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     ticks = os.sysconf("SC_CLK_TCK")
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
 
 
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(name))[1]), []).append(int(name))
+            except (OSError, IndexError):
+                continue  # it ended while we looked
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -95,50 +114,38 @@ def tree_cpu_seconds(root: int) -> float:
     children: a process that ended has been added to its parent's cutime/cstime, so the
     difference of two readings is the tree's CPU between them, however its processes came
     and went (Postfix's smtpd and smtp processes, our workers)."""
-    parents: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                parents.setdefault(int(_stat_fields(int(name))[1]), []).append(int(name))
-            except (OSError, IndexError):
-                continue  # it ended while we looked
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
+    total = 0.0
+    for pid in process_tree(root):
         try:
             total += cpu_seconds(pid)
         except OSError:
-            continue
-        pending.extend(parents.get(pid, []))
+            continue  # it ended while we looked: its parent's cutime has it
     return total
 
 
-def peak_rss_kib(pid: int) -> int:
+def status_kib(pid: int, field: str) -> int:
+    """A memory figure of /proc/PID/status (``VmHWM``, ``VmRSS``), in KiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
 
 
-def find_nginx() -> str:
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    print("nginx not found: installing Debian's nginx-light package", file=sys.stderr)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    prefix = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx-light"]
-    subprocess.run([*prefix, *command], check=True, env=env)
-    return "/usr/sbin/nginx"
+def tree_rss_kib(root: int) -> int:
+    """Resident memory of ``root`` and its descendants (our submission workers)."""
+    return sum(status_kib(pid, "VmRSS") for pid in process_tree(root))
+
+
+def peak_rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmHWM")
 
 
 def start_http_sink(home: str) -> tuple[subprocess.Popen[bytes], int]:
     """The HTTP counterpart of smtp-sink: nginx on an ephemeral loopback port answering
     SendGrid's ``POST /v3/mail/send`` with 202 and an ``X-Message-Id``, and discarding the
     body. One worker process, keep-alive without limit, no logs."""
-    nginx = find_nginx()
+    nginx = find_or_install("nginx", "nginx-light")
     port = free_port()
     config = os.path.join(home, "nginx.conf")
     user = "user root;\n" if os.geteuid() == 0 else ""
