@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,14 @@ from smtpmailer.intake.sendmail.command import (
     parse_arguments,
     read_message,
 )
-from tests.daemon import Daemon, environment, started_peer, temporary_home, wait_until
+from tests.daemon import REPO, Daemon, environment, started_peer, temporary_home, wait_until
+
+# What `make install` lays down as smtpmailer-sendmail (tools/install.py): Python started
+# isolated and without site, the package's folders named, then main().
+INSTALLED_SCRIPT = (
+    f"import sys; sys.path[:0] = {[REPO, sysconfig.get_paths()['purelib']]!r}; "
+    "from smtpmailer.intake.sendmail.command import main; main()"
+)
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -59,8 +67,7 @@ class ArgumentTests(SynchronousTestCase):
 
 
 class CommandTests(TestCase):
-    """Real processes: `python -m smtpmailer.intake.sendmail.command` is what the console
-    script runs."""
+    """Real processes, started as the installed command starts."""
 
     timeout = 120
 
@@ -79,8 +86,10 @@ class CommandTests(TestCase):
     ) -> subprocess.CompletedProcess[bytes]:
         env = environment()
         env["SMTPMAILER_CONFIG"] = config or self.daemon.config_path
+        # Buffered output, as under cron: what the command prints must survive its os._exit.
+        env.pop("PYTHONUNBUFFERED", None)
         return subprocess.run(
-            [sys.executable, *python, "-m", "smtpmailer.intake.sendmail.command", *args],
+            [sys.executable, "-IS", *python, "-c", INSTALLED_SCRIPT, *args],
             input=data,
             capture_output=True,
             env=env,
@@ -187,7 +196,7 @@ class CommandTests(TestCase):
             if line.startswith("import time:")
         }
         self.assertIn("smtpmailer.paths", imported)  # the list is complete: it ran our code
-        heavy = {"attrs", "typing", "sqlite3", "email", "socket", "twisted", "OpenSSL"}
+        heavy = {"os", "attrs", "typing", "sqlite3", "email", "socket", "twisted", "OpenSSL"}
         self.assertEqual(heavy & {name.split(".")[0] for name in imported}, set())
         message_id = result.stdout.decode().removeprefix("queued as ").strip()
         self.assertEqual(self.handed_over(), 1)

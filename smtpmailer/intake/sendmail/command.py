@@ -11,7 +11,7 @@ Without a daemon, the command checks the message and writes the queue itself.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see smtpmailer.paths
 import sys
 
 from smtpmailer.intake.refusals import (
@@ -151,7 +151,7 @@ def read_message(stream: IO[bytes], ignore_dots: bool) -> bytes:
 
 
 def _local_domain() -> str:
-    host = os.uname().nodename or "localhost"  # what socket.gethostname() returns
+    host = posix.uname().nodename or "localhost"  # what socket.gethostname() returns
     return host if "." in host else host + ".localdomain"
 
 
@@ -166,13 +166,16 @@ def qualify(address: str) -> str:
 
 def local_user() -> str:
     """The calling user's name, looked up as getpass.getuser() does."""
+    from smtpmailer.paths import environment
+
     for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if os.environ.get(name):
-            return os.environ[name]
+        value = environment(name)
+        if value:
+            return value
     try:
         import pwd
 
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(posix.getuid()).pw_name
     except (ImportError, KeyError):
         return "nobody"
 
@@ -277,8 +280,6 @@ def hand_to_daemon(
     answer makes that a duplicate, never a loss."""
     import _socket  # not `socket`: that imports enum and selectors, ~4 ms on this path
 
-    if not os.path.exists(socket_path):
-        return None
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     connection.settimeout(timeout)
     try:
@@ -349,7 +350,7 @@ def _daemon_socket(config_path: str) -> str | None:
     """Where a running daemon for this config would listen; None if the file cannot be
     read as INI (the full load then reports the problem)."""
     from smtpmailer.ini import ConfigError, parse_ini
-    from smtpmailer.paths import SENDMAIL_SOCKET, state_dir_of
+    from smtpmailer.paths import sendmail_socket_of
 
     try:
         with open(config_path, encoding="utf-8") as handle:
@@ -360,7 +361,7 @@ def _daemon_socket(config_path: str) -> str | None:
     for section in sections:
         if section.name == "Daemon" and section.label is None:
             raw = next((e.value for e in section.entries if e.key == "state_dir"), None)
-    return os.path.join(state_dir_of(config_path, raw), SENDMAIL_SOCKET)
+    return sendmail_socket_of(config_path, raw)
 
 
 def _queue_command(args: Arguments, out: IO[str], err: IO[str]) -> int:
@@ -432,7 +433,16 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr))
+    """Leaves through ``_exit`` once its output is flushed. By then the message is
+    committed or refused and the socket or queue is closed: nothing is left to tidy, and
+    the interpreter's own teardown was 1.3 ms of a 10.6 ms call (bench/submit)."""
+    code = run(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed or broken stdout: the interpreter's exit reports it
+        sys.exit(code)
+    posix._exit(code)
 
 
 if __name__ == "__main__":
