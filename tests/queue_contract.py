@@ -317,6 +317,57 @@ class QueueContract:
         self.assertEqual(self.store.show(older).state, "queued")
         self.assertEqual(self.store.counts()["queued"], 2)
 
+    def test_a_turn_can_make_the_pollers_lease(self) -> None:
+        """record_and_enqueue with lease_due: the outcome is recorded, the new message
+        queued, and the lease takes due mail in the poller's order (priority, then age;
+        deferred mail that is due and expired leases included), new mail among it."""
+        from smtpmailer.queue import NewMessage
+
+        deferred = self.add("d@y.org", priority=5, now=10)
+        (first,) = self.store.lease(20, 10, 60)
+        self.store.record(
+            [Outcome(first, results(first, ("d@y.org", "deferred")), "r")], 20, POLICY
+        )
+        self.assertEqual(self.store.show(deferred).state, "deferred")  # due again at 80
+        sending = self.add("s@y.org", priority=5, now=30)
+        (lease,) = self.store.lease(30, 10, 600)
+        expired = self.add("e@y.org", priority=5, now=40)
+        (stale,) = self.store.lease(40, 10, 10)  # its lease ends at 50
+        low = self.add("l@y.org", priority=1, now=45)
+        recorded, ids, leases = self.store.record_and_enqueue(
+            [Outcome(lease, results(lease, ("s@y.org", "sent")), "r")],
+            POLICY,
+            [NewMessage("s@x.org", ("n@y.org",), b"new", 9)],
+            1000,
+            3,
+            60,
+            100.0,
+            True,
+        )
+        self.assertEqual([r.state for r in recorded], ["sent"])
+        self.assertEqual(self.store.show(sending).state, "sent")
+        self.assertEqual([lease.id for lease in leases], [ids[0], deferred, expired])
+        self.assertNotEqual(leases[2].token, stale.token)
+        self.assertEqual(self.store.show(low).state, "queued")  # past the limit
+        self.assertEqual([self.store.show(i).state for i in ids], ["active"])
+        self.assertEqual(self.stored_counts(), self.actual_counts())
+        # Each lease is its own: an outcome for one is recorded against that one only.
+        self.store.record(
+            [Outcome(leases[1], results(leases[1], ("d@y.org", "sent")), "r")], 101, POLICY
+        )
+        self.assertEqual(self.store.show(deferred).state, "sent")
+        self.assertEqual(self.store.show(expired).state, "active")
+        (late,) = self.store.record(
+            [Outcome(stale, results(stale, ("e@y.org", "sent")), "r")], 101, POLICY
+        )
+        self.assertTrue(late.stale)
+        # A turn with nothing but the lease: the rest of what is due.
+        _, _, rest = self.store.record_and_enqueue([], POLICY, [], 1000, 5, 60, 102, True)
+        self.assertEqual([lease.id for lease in rest], [low])
+        self.assertEqual(
+            self.store.record_and_enqueue([], POLICY, [], 1000, 5, 60, 102, True)[2], []
+        )
+
     def test_hold_release_retry_delete(self) -> None:
         message_id = self.add()
         self.store.hold(message_id)

@@ -357,16 +357,17 @@ class DeliveryTests(DeliveryCase):
 
     def test_poll_errors_are_logged_and_polling_goes_on(self) -> None:
         self.configure()
-        original = self.store.lease
+        original = self.store.record_and_enqueue
         calls = []
 
         def broken_once(*args: Any) -> Any:
-            calls.append(args)
-            if len(calls) == 1:
-                raise RuntimeError("disk trouble")
+            if args[7]:  # a turn that makes the poller's lease
+                calls.append(args)
+                if len(calls) == 1:
+                    raise RuntimeError("disk trouble")
             return original(*args)
 
-        self.store.lease = broken_once  # type: ignore[method-assign]
+        self.store.record_and_enqueue = broken_once  # type: ignore[method-assign]
         message_id = self.enqueue()
         service = self.start()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -519,6 +520,40 @@ class GroupCommitTests(DeliveryCase):
         self.failureResultOf(answers[1], QueueError)
         self.assertEqual(parked, [])
 
+    def test_the_pollers_lease_rides_the_turn_that_records_outcomes(self) -> None:
+        """A drain: more is due than delivery takes at once. The poll that an outcome's
+        freed room sets off makes its lease in the next turn, with the outcomes that came
+        meanwhile: no lease transaction of its own, and every message is sent once."""
+        self.configure(
+            "[Relay]\nhost = a.test\nsecurity = none\nmax_connections = 1\n",
+            queue="batch_size = 2\n",
+        )
+        service = self.start()
+        ids = [self.enqueue(f"r{i}@example.org") for i in range(10)]
+        alone: list[Any] = []
+        lease = self.store.lease
+        self.store.lease = lambda *a: alone.append(a) or lease(*a)  # type: ignore[method-assign]
+        turns: list[tuple[int, bool]] = []  # (outcomes, with the poller's lease)
+        original = self.store.record_and_enqueue
+
+        def counting(outcomes: Any, *args: Any) -> Any:
+            turns.append((len(outcomes), args[-1]))
+            return original(outcomes, *args)
+
+        self.store.record_and_enqueue = counting  # type: ignore[method-assign]
+        _, parked = self.park_commits(service)
+        service.poller.wake()
+        settle(self.clock)
+        for _ in range(100):  # one parked commit at a time, until none is left
+            if not parked:
+                break
+            parked.pop(0).callback(None)
+            settle(self.clock)
+        self.assertEqual([self.state(i) for i in ids], ["sent"] * 10)
+        self.assertEqual(len(self.relay.messages), 10, "each sent once")
+        self.assertEqual(alone, [], "no lease of its own")
+        self.assertIn((1, True), turns, turns)  # an outcome and the lease, one commit
+
     def finish_parked(self, parked: list[Any]) -> None:
         """Let every parked store call run, including the ones they lead to."""
         while parked:
@@ -633,11 +668,15 @@ class StorageFaultTests(DeliveryCase):
         self.configure()
         errors = []
 
+        original = self.store.record_and_enqueue
+
         def damaged(*args: Any) -> Any:
+            if not args[7]:  # not a turn that makes the poller's lease
+                return original(*args)
             errors.append(args)
             raise QueueCorrupt("queue database q: database disk image is malformed; ...")
 
-        self.store.lease = damaged  # type: ignore[method-assign]
+        self.store.record_and_enqueue = damaged  # type: ignore[method-assign]
         service = self.start()
         seen: list[str] = []
 

@@ -108,7 +108,9 @@ class MailerService(MultiService):
             http_client=http_client,
             on_recorded=self.bouncer.recorded,
         )
-        self.poller = QueuePoller(config, self.queue, self.delivery, reactor)
+        self.poller = QueuePoller(
+            config, self.queue, self.delivery, reactor, lease=self.dispatcher.lease
+        )
         self.dispatcher.serve(self.delivery, self.poller)
         self.stats = StatsService(config, self.queue, self.delivery, reactor)
         self.heartbeat = HeartbeatService(config, self.queue, reactor)

@@ -7,6 +7,7 @@ more mail is due. So the poll interval is a safety net, not the latency floor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 from smtpmailer.config import Config
 from smtpmailer.delivery.service import DeliveryService
 from smtpmailer.logs import log
-from smtpmailer.queue import QueueError
+from smtpmailer.queue import Lease, QueueError
 from smtpmailer.queue.runner import AsyncQueue
 from smtpmailer.timers import set_interval
 
@@ -26,6 +27,8 @@ PURGE_SLICE = 500
 PURGE_EVERY = 60.0
 # The same queue error is logged again at most this often while it lasts.
 REPEAT_EVERY = 60.0
+# (now, limit, lease_seconds) -> the leases made
+LeaseCall = Callable[[float, int, float], "Deferred[list[Lease]]"]
 
 
 class QueuePoller(TimerService):
@@ -37,12 +40,16 @@ class QueuePoller(TimerService):
         queue: AsyncQueue,
         delivery: DeliveryService,
         clock: IReactorTime,
+        lease: LeaseCall | None = None,
     ) -> None:
+        """``lease``: how a poll leases (the queue's own call unless given; the daemon
+        gives the Dispatcher's, which makes the lease in the next turn's commit)."""
         super().__init__(config.queue.poll_interval, self.tick)
         self.clock = self._clock = clock
         self.config = config
         self._queue = queue
         self._delivery = delivery
+        self._lease = lease or queue.lease
         self._busy = False
         self._again = False
         self._idle_waiters: list[Deferred[None]] = []
@@ -112,7 +119,7 @@ class QueuePoller(TimerService):
             self.last_batch_full = True  # no room to look: assume more is due
         else:
             now = self._clock.seconds()
-            leases = await self._queue.lease(now, limit, self._delivery.lease_seconds)
+            leases = await self._lease(now, limit, self._delivery.lease_seconds)
             self.last_batch_full = len(leases) == limit
             if leases:
                 self.lag = max(0.0, now - min(lease.due for lease in leases))

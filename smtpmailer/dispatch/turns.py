@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -99,26 +100,35 @@ class GroupCommit(Generic[Item, Result]):
         return waiter
 
 
+@attrs.frozen
+class LeaseRequest:
+    """The poller's lease, made in the next turn's commit: up to ``limit`` due messages."""
+
+    limit: int
+    lease_seconds: float
+
+
 class QueueWriter:
-    """Submissions and delivery outcomes, group-committed together.
+    """Submissions, delivery outcomes and the poller's leases, group-committed together.
 
     Whatever arrives while the queue thread writes goes into its next transaction, new
-    messages and outcomes alike: one fsync a turn, and a submission never waits behind a
-    separate outcome commit. ``commit`` takes the outcomes and the new messages and
-    returns a Deferred of (one result per outcome, one result per message).
+    messages, outcomes and a lease alike: one fsync a turn, and a submission never waits
+    behind a separate outcome commit. ``commit`` takes the outcomes, the new messages and
+    the lease asked for (None: none) and returns a Deferred of (one result per outcome,
+    one result per message, the leases made for the request).
     """
 
     def __init__(
         self,
         commit: Callable[
-            [list[Outcome], list[NewMessage]],
-            Deferred[tuple[list[Recorded], list[str | QueueError]]],
+            [list[Outcome], list[NewMessage], LeaseRequest | None],
+            Deferred[tuple[list[Recorded], list[str | QueueError], list[Lease]]],
         ],
     ) -> None:
         self._commit = commit
-        self._group: GroupCommit[Outcome | NewMessage, Recorded | str] = GroupCommit(
-            self._commit_mixed
-        )
+        self._group: GroupCommit[
+            Outcome | NewMessage | LeaseRequest, Recorded | str | list[Lease]
+        ] = GroupCommit(self._commit_mixed)
 
     def submit(self, message: NewMessage) -> Deferred[str]:
         """Fires with the new message's id once it is committed."""
@@ -132,22 +142,42 @@ class QueueWriter:
         """Fires with what the store made of the outcome once it is committed."""
         return self._group.submit(outcome)  # type: ignore[return-value]
 
+    def lease(self, request: LeaseRequest) -> Deferred[list[Lease]]:
+        """Fires with the leases the next turn made (one lease request a turn: the poller
+        never overlaps itself)."""
+        return self._group.submit(request)  # type: ignore[return-value]
+
     def flush(self) -> Deferred[None]:
         return self._group.flush()
 
-    def _commit_mixed(self, items: list[Outcome | NewMessage]) -> Deferred[list[Any]]:
+    def _commit_mixed(
+        self, items: list[Outcome | NewMessage | LeaseRequest]
+    ) -> Deferred[list[Any]]:
         outcomes = [item for item in items if isinstance(item, Outcome)]
         messages = [item for item in items if isinstance(item, NewMessage)]
+        requests = [item for item in items if isinstance(item, LeaseRequest)]
+        request = (
+            LeaseRequest(sum(r.limit for r in requests), requests[0].lease_seconds)
+            if requests
+            else None
+        )
 
         def in_order(
-            written: tuple[list[Recorded], list[str | QueueError]],
-        ) -> list[Recorded | str | QueueError]:
-            recorded, results = iter(written[0]), iter(written[1])
-            return [
-                next(recorded) if isinstance(item, Outcome) else next(results) for item in items
-            ]
+            written: tuple[list[Recorded], list[str | QueueError], list[Lease]],
+        ) -> list[Recorded | str | QueueError | list[Lease]]:
+            recorded, results, leases = iter(written[0]), iter(written[1]), written[2]
+            answers: list[Recorded | str | QueueError | list[Lease]] = []
+            for item in items:
+                if isinstance(item, Outcome):
+                    answers.append(next(recorded))
+                elif isinstance(item, NewMessage):
+                    answers.append(next(results))
+                else:  # each request its share, in order
+                    answers.append(leases[: item.limit])
+                    leases = leases[item.limit :]
+            return answers
 
-        return self._commit(outcomes, messages).addCallback(in_order)
+        return self._commit(outcomes, messages, request).addCallback(in_order)
 
 
 class Outlet(Protocol):
@@ -253,10 +283,20 @@ class Dispatcher:
 
     # --- one turn ---
 
+    def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
+        """The poller's lease, made in the next turn: with delivery busy, that turn also
+        records the outcomes that freed the room, so the lease costs no transaction of
+        its own. ``now`` is the turn's own clock when it runs, as for everything in it."""
+        return self.writer.lease(LeaseRequest(limit, lease_seconds))
+
+    # --- one turn ---
+
     def _commit_turn(
-        self, outcomes: list[Outcome], items: list[NewMessage]
-    ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
-        """One commit for what arrived together; what is not leased is the poller's."""
+        self, outcomes: list[Outcome], items: list[NewMessage], request: LeaseRequest | None
+    ) -> Deferred[tuple[list[Recorded], list[str | QueueError], list[Lease]]]:
+        """One commit for what arrived together. New messages are leased here when
+        nothing older waits; with the poller's request, the lease takes due mail in the
+        poller's order (the new messages among it) and its leases are the poller's."""
         outlet, feeder = self._outlet, self._feeder
         serving = outlet is not None and feeder is not None and not feeder.paused
         room = outlet.capacity() if serving and outlet is not None and outlet.running else 0
@@ -265,15 +305,20 @@ class Dispatcher:
             self._policy,
             items,
             self.config.queue.max_queue_size,
-            room,
-            outlet.lease_seconds if outlet is not None else 0.0,
+            request.limit if request is not None else room,
+            request.lease_seconds
+            if request is not None
+            else (outlet.lease_seconds if outlet is not None else 0.0),
             self._clock.seconds(),
+            request is not None,
         )
 
         def hand_over(
             result: tuple[list[Recorded], list[str | QueueError], list[Lease]],
-        ) -> Deferred[tuple[list[Recorded], list[str | QueueError]]]:
+        ) -> Deferred[tuple[list[Recorded], list[str | QueueError], list[Lease]]]:
             recorded, results, leases = result
+            if request is not None:  # the poller's: it hands them to delivery
+                return succeed((recorded, results, leases))
             given_back: Deferred[Any] = succeed(None)
             if leases:
                 if outlet is not None and outlet.running:
@@ -284,6 +329,6 @@ class Dispatcher:
                     )
             if feeder is not None and len(leases) < sum(isinstance(r, str) for r in results):
                 feeder.wake()
-            return given_back.addCallback(lambda _: (recorded, results))
+            return given_back.addCallback(lambda _: (recorded, results, []))
 
         return committed.addCallback(hand_over)

@@ -369,6 +369,7 @@ class QueueStore(Protocol):
         lease_limit: int,
         lease_seconds: float,
         now: float,
+        lease_due: bool = False,
     ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]: ...
 
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]: ...

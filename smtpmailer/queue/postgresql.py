@@ -355,14 +355,19 @@ class PostgreSQLQueue:
         lease_limit: int,
         lease_seconds: float,
         now: float,
+        lease_due: bool = False,
     ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]:
         with self._transaction() as db:
             recorded = self._record(db, outcomes, now, policy) if outcomes else []
             results, leases = (
-                self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
+                self._enqueue(
+                    db, items, now, max_queue_size, 0 if lease_due else lease_limit, lease_seconds
+                )
                 if items
                 else ([], [])
             )
+            if lease_due and lease_limit > 0:
+                leases = self._lease(db, now, lease_limit, lease_seconds)
         return recorded, results, leases
 
     def _enqueue(
@@ -465,39 +470,42 @@ class PostgreSQLQueue:
         """Up to ``limit`` due messages, highest priority first, oldest first. Leases whose
         time ran out, or whose node stopped heartbeating, come back first."""
         with self._transaction() as db:
+            return self._lease(db, now, limit, lease_seconds)
+
+    def _lease(self, db: Any, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+        db.execute(
+            "UPDATE messages SET state = %s, lease_token = NULL, lease_node = NULL"
+            " WHERE state = %s AND (next_attempt <= %s OR lease_node IN"
+            " (SELECT name FROM nodes WHERE name != %s AND heartbeat < %s))",
+            (QUEUED, ACTIVE, now, self.node, now - self.lease_timeout),
+        )
+        db.execute(
+            "UPDATE messages SET state = %s WHERE state = %s AND next_attempt <= %s",
+            (QUEUED, DEFERRED, now),
+        )
+        rows = db.execute(
+            "UPDATE messages SET state = %s, lease_token = md5(random()::text || id),"
+            " lease_node = %s, next_attempt = %s, updated = %s"
+            " WHERE id IN (SELECT id FROM messages WHERE state = %s"
+            "  ORDER BY priority DESC, created, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, lease_token, sender, priority, attempts, created, meta",
+            (ACTIVE, self.node, now + lease_seconds, now, QUEUED, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        recipients: dict[str, list[str]] = {i: [] for i in ids}
+        for message_id, address in db.execute(
+            "SELECT message_id, address FROM recipients WHERE message_id = ANY(%s)"
+            " AND state = %s ORDER BY message_id, position",
+            (ids, RCPT_PENDING),
+        ):
+            recipients[message_id].append(address)
+        bodies = dict(
             db.execute(
-                "UPDATE messages SET state = %s, lease_token = NULL, lease_node = NULL"
-                " WHERE state = %s AND (next_attempt <= %s OR lease_node IN"
-                " (SELECT name FROM nodes WHERE name != %s AND heartbeat < %s))",
-                (QUEUED, ACTIVE, now, self.node, now - self.lease_timeout),
-            )
-            db.execute(
-                "UPDATE messages SET state = %s WHERE state = %s AND next_attempt <= %s",
-                (QUEUED, DEFERRED, now),
-            )
-            rows = db.execute(
-                "UPDATE messages SET state = %s, lease_token = md5(random()::text || id),"
-                " lease_node = %s, next_attempt = %s, updated = %s"
-                " WHERE id IN (SELECT id FROM messages WHERE state = %s"
-                "  ORDER BY priority DESC, created, id LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, lease_token, sender, priority, attempts, created, meta",
-                (ACTIVE, self.node, now + lease_seconds, now, QUEUED, limit),
+                "SELECT message_id, data FROM bodies WHERE message_id = ANY(%s)", (ids,)
             ).fetchall()
-            if not rows:
-                return []
-            ids = [row[0] for row in rows]
-            recipients: dict[str, list[str]] = {i: [] for i in ids}
-            for message_id, address in db.execute(
-                "SELECT message_id, address FROM recipients WHERE message_id = ANY(%s)"
-                " AND state = %s ORDER BY message_id, position",
-                (ids, RCPT_PENDING),
-            ):
-                recipients[message_id].append(address)
-            bodies = dict(
-                db.execute(
-                    "SELECT message_id, data FROM bodies WHERE message_id = ANY(%s)", (ids,)
-                ).fetchall()
-            )
+        )
         rows.sort(key=lambda row: (-row[3], row[5], row[0]))
         return [
             Lease(

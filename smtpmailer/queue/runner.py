@@ -76,6 +76,7 @@ class AsyncQueue:
         lease_limit: int,
         lease_seconds: float,
         now: float,
+        lease_due: bool = False,
     ) -> Deferred[tuple[list[Recorded], list[str | QueueError], list[Lease]]]:
         return self._call(
             "record_and_enqueue",
@@ -86,6 +87,7 @@ class AsyncQueue:
             lease_limit,
             lease_seconds,
             now,
+            lease_due,
         )
 
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:

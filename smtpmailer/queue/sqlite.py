@@ -504,16 +504,24 @@ class SQLiteQueue:
         lease_limit: int,
         lease_seconds: float,
         now: float,
+        lease_due: bool = False,
     ) -> tuple[list[Recorded], list[str | QueueError], list[Lease]]:
         """record, then enqueue_and_lease, in one transaction: the daemon's queue thread
-        writes everything that arrived during its last turn with one fsync."""
-        with self._transaction() as db:
+        writes everything that arrived during its last turn with one fsync. With
+        ``lease_due``, up to ``lease_limit`` messages are leased as ``lease`` leases them
+        (due mail of any age, the new messages among it): the poller's lease rides the
+        turn's commit instead of a transaction of its own."""
+        with self._transaction(synced=bool(outcomes or items)) as db:
             recorded = self._record(db, outcomes, now, policy) if outcomes else []
             results, leases = (
-                self._enqueue(db, items, now, max_queue_size, lease_limit, lease_seconds)
+                self._enqueue(
+                    db, items, now, max_queue_size, 0 if lease_due else lease_limit, lease_seconds
+                )
                 if items
                 else ([], [])
             )
+            if lease_due and lease_limit > 0:
+                leases = self._lease(db, now, lease_limit, lease_seconds)
         return recorded, results, leases
 
     def _enqueue(
@@ -671,49 +679,54 @@ class SQLiteQueue:
     def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
         """Hand out up to ``limit`` due messages, highest priority first, oldest first."""
         with self._transaction(synced=False) as db:
-            expired = db.execute(
-                "UPDATE messages SET state = ?, lease_token = NULL"
-                " WHERE state = ? AND next_attempt <= ?",
-                (QUEUED, ACTIVE, now),
-            )
-            self._moved(ACTIVE, QUEUED, expired.rowcount)
-            due = db.execute(
-                "UPDATE messages SET state = ? WHERE state = ? AND next_attempt <= ?",
-                (QUEUED, DEFERRED, now),
-            )
-            self._moved(DEFERRED, QUEUED, due.rowcount)
-            rows = db.execute(
-                "SELECT id, sender, priority, attempts, created, next_attempt, meta FROM messages"
-                " WHERE state = ? ORDER BY priority DESC, created, id LIMIT ?",
-                (QUEUED, limit),
-            ).fetchall()
-            if not rows:
-                return []
-            tokens = {row[0]: new_lease_token() for row in rows}
-            leased = db.executemany(
-                "UPDATE messages SET state = ?, lease_token = ?, next_attempt = ?, updated = ?"
-                " WHERE id = ?",
-                [(ACTIVE, tokens[row[0]], now + lease_seconds, now, row[0]) for row in rows],
-            )
-            self._moved(QUEUED, ACTIVE, leased.rowcount)
-            ids = [row[0] for row in rows]
-            marks = ", ".join("?" for _ in ids)
-            recipients: dict[str, list[str]] = {i: [] for i in ids}
-            for message_id, address in db.execute(
-                f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks})"
-                f" AND state = ? ORDER BY message_id, position",
-                (*ids, RCPT_PENDING),
-            ):
-                recipients[message_id].append(address)
-            bodies = dict(
-                db.execute(
-                    f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})", ids
-                )
-            )
+            return self._lease(db, now, limit, lease_seconds)
+
+    def _lease(
+        self, db: sqlite3.Connection, now: float, limit: int, lease_seconds: float
+    ) -> list[Lease]:
+        expired = db.execute(
+            "UPDATE messages SET state = ?, lease_token = NULL"
+            " WHERE state = ? AND next_attempt <= ?",
+            (QUEUED, ACTIVE, now),
+        )
+        self._moved(ACTIVE, QUEUED, expired.rowcount)
+        due = db.execute(
+            "UPDATE messages SET state = ? WHERE state = ? AND next_attempt <= ?",
+            (QUEUED, DEFERRED, now),
+        )
+        self._moved(DEFERRED, QUEUED, due.rowcount)
+        rows = db.execute(
+            "SELECT id, sender, priority, attempts, created, next_attempt, meta FROM messages"
+            " WHERE state = ? ORDER BY priority DESC, created, id LIMIT ?",
+            (QUEUED, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        # One token for the batch, made each lease's own by its id: one statement where a
+        # token each took a statement each (and a hand-over of the GIL each).
+        batch = new_lease_token() + ":"
+        ids = [row[0] for row in rows]
+        marks = ", ".join("?" for _ in ids)
+        leased = db.execute(
+            f"UPDATE messages SET state = ?, lease_token = ? || id, next_attempt = ?,"
+            f" updated = ? WHERE id IN ({marks})",
+            (ACTIVE, batch, now + lease_seconds, now, *ids),
+        )
+        self._moved(QUEUED, ACTIVE, leased.rowcount)
+        recipients: dict[str, list[str]] = {i: [] for i in ids}
+        for message_id, address in db.execute(
+            f"SELECT message_id, address FROM recipients WHERE message_id IN ({marks})"
+            f" AND state = ? ORDER BY message_id, position",
+            (*ids, RCPT_PENDING),
+        ):
+            recipients[message_id].append(address)
+        bodies = dict(
+            db.execute(f"SELECT message_id, data FROM bodies WHERE message_id IN ({marks})", ids)
+        )
         return [
             Lease(
                 id=row[0],
-                token=tokens[row[0]],
+                token=batch + row[0],
                 sender=row[1],
                 recipients=tuple(recipients[row[0]]),
                 data=bytes(bodies[row[0]]),
