@@ -51,6 +51,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.queue = _QueueCollector()
         registry.register(self.queue)
         self.recipients = Counter(
@@ -168,3 +169,12 @@ class Metrics:
             "1 while delivery is paused from the manhole",
             registry=registry,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept once made: prometheus_client checks the values
+        and takes a lock on every labels() call, 1.6% of a drain's CPU at two a message."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found

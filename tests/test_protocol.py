@@ -451,3 +451,18 @@ class EncodeBodyTests(SynchronousTestCase):
         self.assertEqual(encode_body(b".a\n..b\r\nc.\r.\n"), b"..a\r\n...b\r\nc.\r\n..\r\n.\r\n")
         self.assertEqual(encode_body(b"no newline"), b"no newline\r\n.\r\n")
         self.assertEqual(encode_body(b""), b"\r\n.\r\n")
+
+    def test_line_endings_that_only_look_like_crlf(self) -> None:
+        """A CR or LF beside a CRLF pair is still a line ending of its own."""
+        from smtpmailer.message import to_crlf
+
+        for data, wire in [
+            (b"a\r\r\nb\r\n", b"a\r\n\r\nb\r\n"),
+            (b"a\r\n\nb\r\n", b"a\r\n\r\nb\r\n"),
+            (b"a\r\n\r", b"a\r\n\r\n"),
+            (b"\n\r\n.x\r\n", b"\r\n\r\n.x\r\n"),
+        ]:
+            self.assertEqual(to_crlf(data), wire, data)
+        crlf = b"Subject: s\r\n\r\nline\r\n.dot\r\n"
+        self.assertIs(to_crlf(crlf), crlf)  # already CRLF: not copied
+        self.assertEqual(encode_body(crlf), b"Subject: s\r\n\r\nline\r\n..dot\r\n.\r\n")

@@ -236,7 +236,7 @@ class DeliveryService(Service):
         seconds: float,
     ) -> None:
         if self.metrics is not None:
-            self.metrics.delivery_seconds.labels(pool.relay.label).observe(seconds)
+            self.metrics.child(self.metrics.delivery_seconds, pool.relay.label).observe(seconds)
         self.credential_problems.pop(pool.relay.label, None)  # it took our credentials
         self._finish(job, results, label, pool, seconds)
 
@@ -408,7 +408,7 @@ class DeliveryService(Service):
         else:
             state.last_error, state.last_error_at = reply, at
         if self.metrics is not None:
-            self.metrics.recipients.labels(relay_name, status).inc()
+            self.metrics.child(self.metrics.recipients, relay_name, status).inc()
 
     # --- reload ---
 

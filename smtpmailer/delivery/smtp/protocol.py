@@ -55,7 +55,8 @@ def encode_body(data: bytes) -> bytes:
     data = to_crlf(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    data = data.replace(b"\r\n.", b"\r\n..")
+    if b"\r\n." in data:  # a scan, where the replace copies every body
+        data = data.replace(b"\r\n.", b"\r\n..")
     if data.startswith(b"."):
         data = b"." + data
     return data + b".\r\n"
