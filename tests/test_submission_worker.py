@@ -494,3 +494,43 @@ class OrphanTests(TestCase):
         parent.wait(timeout=30)
         parent.stdout.close()
         wait_until(lambda: not alive(), timeout=10, what="the orphaned worker to die")
+
+
+class ChannelObserverTests(SynchronousTestCase):
+    """The worker's log events reach the daemon as lines of text, each with its level."""
+
+    def test_lines_as_the_daemon_logs_them(self) -> None:
+        from twisted.logger import LogLevel
+
+        from smtpmailer.intake.smtp.channel import FrameReader, decode_log
+        from smtpmailer.intake.smtp.worker import channel_observer
+
+        sent: list[bytes] = []
+        channel: Any = type("Channel", (), {"send": lambda self, data: sent.append(data)})()
+        observe = channel_observer(channel)
+        namespace = {"log_namespace": "smtpmailer", "log_time": 0.0}
+        line = "submission: queued Q1 from <a@b.example> for 1 recipient(s) (127.0.0.1)"
+        observe({**namespace, "log_level": LogLevel.info, "log_format": "{line}", "line": line})
+        observe({**namespace, "log_level": LogLevel.warn, "log_format": "x={x} {{y}}", "x": "<1>"})
+        observe({**namespace, "log_level": LogLevel.debug, "log_format": "{line}", "line": "no"})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            failure = Failure()
+        observe(
+            {
+                **namespace,
+                "log_level": LogLevel.critical,
+                "log_format": "{line}",
+                "line": "could not",
+                "log_failure": failure,
+            }
+        )
+        reader = FrameReader(1 << 20)
+        frames = [decode_log(payload) for data in sent for payload in reader.feed(data)]
+        self.assertEqual(frames[:2], [("info", line), ("warn", "x=<1> {y}")])
+        self.assertEqual(len(frames), 3)  # the debug line is under the threshold
+        level, text = frames[2]
+        self.assertEqual(level, "critical")
+        self.assertTrue(text.startswith("could not\nTraceback"), text)
+        self.assertIn("ValueError: boom", text)
