@@ -203,6 +203,33 @@ class CommandTests(TestCase):
         self.assertIn(f"sendmail: queued {message_id} from <a@example.com>", self.daemon.new_log())
         wait_until(lambda: len(self.peer.messages()) == 1, what="the message")
 
+    def test_closed_output_is_no_failure(self) -> None:
+        """cron and daemons may start sendmail with stdout and stderr closed: the message
+        is queued and the exit status is 0, with -v too (its words have nowhere to go)."""
+        self.daemon.start()
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
+        for verbose in ((), ("-v",)):
+            result = subprocess.run(
+                [
+                    "sh",
+                    "-c",
+                    'exec "$0" "$@" >&- 2>&-',
+                    sys.executable,
+                    "-IS",
+                    "-c",
+                    INSTALLED_SCRIPT,
+                    *verbose,
+                    "a@example.org",
+                ],
+                input=b"From: a@example.com\n\nb\n",
+                capture_output=True,
+                env=env,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, verbose)
+        wait_until(lambda: len(self.peer.messages()) == 2, what="both messages")
+
     def test_exit_codes_through_the_daemon(self) -> None:
         """The same refusals, in the same words, when the daemon checks the message."""
         self.daemon.write_config(

@@ -438,9 +438,10 @@ def main() -> None:
     the interpreter's own teardown was 1.3 ms of a 10.6 ms call (bench/submit)."""
     code = run(sys.argv[1:], sys.stdin.buffer, sys.stdout, sys.stderr)
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # a closed or broken stdout: the interpreter's exit reports it
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that descriptor closed
+                stream.flush()
+    except OSError:  # a broken pipe: the interpreter's exit reports it
         sys.exit(code)
     posix._exit(code)
 
