@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from smtpmailer.intake.refusals import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EX_USAGE
+from smtpmailer.intake.refusals import EX_CONFIG, EX_DATAERR, EX_IOERR, EX_TEMPFAIL, EX_USAGE
 from smtpmailer.intake.sendmail.command import (
     UsageError,
     encode_request,
@@ -203,9 +203,10 @@ class CommandTests(TestCase):
         self.assertIn(f"sendmail: queued {message_id} from <a@example.com>", self.daemon.new_log())
         wait_until(lambda: len(self.peer.messages()) == 1, what="the message")
 
-    def test_closed_output_is_no_failure(self) -> None:
+    def test_closed_descriptors(self) -> None:
         """cron and daemons may start sendmail with stdout and stderr closed: the message
-        is queued and the exit status is 0, with -v too (its words have nowhere to go)."""
+        is queued and the exit status is 0, with -v too (its words have nowhere to go).
+        With stdin closed there is no message: a read error, in one line."""
         self.daemon.start()
         env = environment()
         env["SMTPMAILER_CONFIG"] = self.daemon.config_path
@@ -229,6 +230,17 @@ class CommandTests(TestCase):
             )
             self.assertEqual(result.returncode, 0, verbose)
         wait_until(lambda: len(self.peer.messages()) == 2, what="both messages")
+        closed_input = subprocess.run(
+            ["sh", "-c", 'exec "$0" "$@" <&-', sys.executable, "-IS", "-c", INSTALLED_SCRIPT]
+            + ["a@example.org"],
+            capture_output=True,
+            env=env,
+            timeout=60,
+        )
+        self.assertEqual(
+            (closed_input.returncode, closed_input.stderr),
+            (EX_IOERR, b"sendmail: cannot read the message: standard input is closed\n"),
+        )
 
     def test_exit_codes_through_the_daemon(self) -> None:
         """The same refusals, in the same words, when the daemon checks the message."""
