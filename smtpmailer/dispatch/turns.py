@@ -281,7 +281,7 @@ class Dispatcher:
         if self._feeder is not None:
             self._feeder.wake_if_more()
 
-    # --- one turn ---
+    # --- what the poller calls ---
 
     def lease(self, now: float, limit: int, lease_seconds: float) -> Deferred[list[Lease]]:
         """The poller's lease, made in the next turn: with delivery busy, that turn also
