@@ -18,13 +18,13 @@ __all__ = ["BadAddress", "MessageError"]
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*$")
 _QUOTED_LOCAL = re.compile(r'^"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL_TEXT = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # a DNS label (LDH)
+_LABEL = re.compile(rf"^{_LABEL_TEXT}$")
 # The everyday address, ``name.tag+x@mail.example.org``: the full parse below gives it
 # back with its domain in lower case, so it is taken without the parse (the email
 # package's address grammar was 15% of the SMTP worker's CPU, bench/profile).
-_PLAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PLAIN_ADDRESS = re.compile(
-    rf"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@({_PLAIN_LABEL}(?:\.{_PLAIN_LABEL})*)"
+    rf"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@({_LABEL_TEXT}(?:\.{_LABEL_TEXT})*)"
 )
 _LITERAL = re.compile(r"^\[(?:\d{1,3}\.){3}\d{1,3}\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")

@@ -298,17 +298,19 @@ class Dispatcher:
         nothing older waits; with the poller's request, the lease takes due mail in the
         poller's order (the new messages among it) and its leases are the poller's."""
         outlet, feeder = self._outlet, self._feeder
-        serving = outlet is not None and feeder is not None and not feeder.paused
-        room = outlet.capacity() if serving and outlet is not None and outlet.running else 0
+        if request is not None:
+            limit, lease_seconds = request.limit, request.lease_seconds
+        else:
+            serving = outlet is not None and feeder is not None and not feeder.paused
+            limit = outlet.capacity() if serving and outlet is not None and outlet.running else 0
+            lease_seconds = outlet.lease_seconds if outlet is not None else 0.0
         committed = self._queue.record_and_enqueue(
             outcomes,
             self._policy,
             items,
             self.config.queue.max_queue_size,
-            request.limit if request is not None else room,
-            request.lease_seconds
-            if request is not None
-            else (outlet.lease_seconds if outlet is not None else 0.0),
+            limit,
+            lease_seconds,
             self._clock.seconds(),
             request is not None,
         )
