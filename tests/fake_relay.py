@@ -28,6 +28,7 @@ class _Transport:
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
+            self.relay.transcript.append(("C", data))
             self.connection.received(data)
 
     def writeSequence(self, chunks: list[bytes]) -> None:
@@ -69,6 +70,7 @@ class _Connection:
         self.nodelay = False
         self.transport = _Transport(relay, self)
         self.auth_abort: str | None = None  # the line that ends a refused AUTH exchange
+        self.hung = False
 
     def send(self, *lines: str) -> None:
         data = "".join(line + "\r\n" for line in lines).encode()
@@ -76,13 +78,20 @@ class _Connection:
 
     def _deliver(self, data: bytes) -> None:
         if not self.transport.disconnected:
+            self.relay.transcript.append(("S", data))
             self.client.dataReceived(data)
 
     def received(self, data: bytes) -> None:
         self.buffer += data
-        while b"\r\n" in self.buffer:
+        while b"\r\n" in self.buffer and not self.hung:  # a hung relay reads nothing
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             self.line(line.decode("utf-8", "replace"))
+
+    def resume(self, reply: str) -> None:
+        """A relay hung after a message's content answers it at last, then reads on."""
+        self.relay.hang_after_body = self.hung = False
+        self.send(reply)
+        self.received(b"")
 
     def line(self, line: str) -> None:
         relay = self.relay
@@ -90,6 +99,7 @@ class _Connection:
             if line == ".":
                 self.in_data = False
                 if relay.hang_after_body:
+                    self.hung = True
                     return
                 reply = relay.data_replies.pop(0) if relay.data_replies else "250 2.0.0 OK"
                 if reply.startswith("2"):
@@ -188,6 +198,8 @@ class FakeRelay:
         self.data_replies: list[str] = []
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.commands: list[str] = []
+        # What went each way, in order: ("C", a client's write), ("S", replies it got).
+        self.transcript: list[tuple[str, bytes]] = []
         self.connections = 0
         self.refused: list[float] = []
         self.open_connections = 0

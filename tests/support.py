@@ -143,9 +143,13 @@ class DeliveryCase(SynchronousTestCase):
 
     def state(self, message_id: str) -> str:
         """Read through a connection of its own: the service closes its store on stop."""
+        return self.shown(message_id).state
+
+    def shown(self, message_id: str) -> Any:
+        """What ``queue show`` gives for the message, read the same way as state()."""
         reader = SQLiteQueue(self.config.queue.path)
         try:
-            return reader.show(message_id).state
+            return reader.show(message_id)
         finally:
             reader.close()
 

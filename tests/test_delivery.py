@@ -4,6 +4,7 @@ with time driven by task.Clock: no sleeps, no sockets."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -39,6 +40,50 @@ class DeliveryTests(DeliveryCase):
         settle(self.clock)
         self.assertEqual(self.relay.open_connections, 0)
         self.assertEqual(self.relay.quits, self.relay.connections)
+
+    def test_a_waiting_message_follows_the_content_before_it(self) -> None:
+        """Pipelined behind the message on the wire (RFC 2920 3.1): each message after
+        the first goes out with the previous one's content, in the same write."""
+        self.relay_keys = "max_connections = 1\n"
+        self.configure()
+        ids = [self.enqueue() for _ in range(3)]
+        self.start()
+        self.assertEqual([self.state(i) for i in ids], ["sent"] * 3)
+        self.assertEqual(self.relay.connections, 1)
+        # Who spoke, in order (C. a content): the relay's replies to one group count once.
+        turns = re.sub(
+            "S+",
+            "S",
+            "".join(
+                side + ("." if data.endswith(b"\r\n.\r\n") else "")
+                for side, data in self.relay.transcript
+            ),
+        )
+        # greeting, EHLO, the first envelope, then content + next envelope, and the last.
+        self.assertEqual(turns, "SCSCSC.CSC.CSC.S")
+        self.assertEqual(len(self.lines), 3)
+        self.assertTrue(all("attempts=1 status=sent" in line for line in self.lines))
+
+    def test_a_message_behind_a_dropped_connection_goes_on_another(self) -> None:
+        """The connection drops while a message is pipelined behind the one on the wire:
+        the first is deferred (its reply never came); the second never got its content
+        through, so it is no attempt and goes at once on a new connection."""
+        self.relay_keys = "max_connections = 1\n"
+        self.configure()
+        self.relay.hang_after_body = True
+        first = self.enqueue()
+        self.clock.advance(1)
+        second = self.enqueue()
+        self.start()
+        self.assertIn(b"MAIL FROM", self.relay.live[0].buffer)
+        self.relay.hang_after_body = False
+        self.relay.live[0].transport.abortConnection()
+        settle(self.clock)
+        self.assertEqual(self.state(first), "deferred")
+        self.assertEqual(self.shown(first).last_error, "connection closed by the relay")
+        self.assertEqual(self.state(second), "sent")
+        self.assertEqual(self.shown(second).attempts, 1)
+        self.assertEqual(self.relay.connections, 2)
 
     def test_an_idle_connection_takes_the_next_message(self) -> None:
         self.configure()
@@ -392,22 +437,30 @@ class _Clocked(list):  # type: ignore[type-arg]
 
 class StopTests(DeliveryCase):
     def test_stop_gives_back_unstarted_and_bounds_in_flight(self) -> None:
+        """The first message is on the wire, the second pipelined behind it, the third
+        waits. Stop gives the third back at once; the second, whose content never went,
+        is given back untouched when the hung connection is cut."""
         self.relay_keys = "max_connections = 1\n"
         self.configure()
         self.relay.hang_after_body = True
         first = self.enqueue()
-        self.clock.advance(1)  # older first: the first is on the wire, the second waits
+        self.clock.advance(1)  # older first
         second = self.enqueue()
+        self.clock.advance(1)
+        third = self.enqueue()
         service = self.start()
-        self.assertEqual((self.state(first), self.state(second)), ("active", "active"))
+        self.assertEqual([self.state(m) for m in (first, second, third)], ["active"] * 3)
+        self.assertIn(b"MAIL FROM", self.relay.live[0].buffer, "the second's envelope went")
         stopping = service.stopService()
         settle(self.clock)
         self.assertNoResult(stopping)
-        self.assertEqual(self.state(second), "queued")  # never started: given back
+        self.assertEqual(self.state(third), "queued")  # never started: given back
         self.clock.advance(10)  # shutdown_timeout: the hung connection is aborted
         settle(self.clock)
         self.successResultOf(stopping)
         self.assertEqual(self.state(first), "deferred")
+        self.assertEqual(self.state(second), "queued", "not an attempt: back untouched")
+        self.assertEqual(self.shown(second).attempts, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_waits_for_in_flight_delivery(self) -> None:
@@ -418,8 +471,7 @@ class StopTests(DeliveryCase):
         stopping = service.stopService()
         settle(self.clock)
         self.assertNoResult(stopping)
-        self.relay.hang_after_body = False
-        self.relay.live[0].send("250 2.0.0 OK late")
+        self.relay.live[0].resume("250 2.0.0 OK late")
         settle(self.clock)
         self.successResultOf(stopping)
         self.assertEqual(self.state(message_id), "sent")

@@ -388,6 +388,101 @@ class ScriptedServerTests(SynchronousTestCase):
         (only,) = self.successResultOf(result)
         self.assertEqual(only.status, "deferred")
 
+    def test_the_next_message_follows_the_content_in_one_write(self) -> None:
+        """RFC 2920 3.1: a message's content may open a pipelined group, so the next
+        message's MAIL, RCPT and DATA go in the same write as the first's content, and
+        each message costs one round trip instead of two."""
+        self.opened("PIPELINING")
+        first, second = lease("a@x.org"), lease("b@x.org", data=b"Subject: 2\r\n\r\ntwo\r\n")
+        asked: list[int] = []
+
+        def follow() -> Lease | None:
+            asked.append(1)
+            return second
+
+        one = Deferred.fromCoroutine(self.session.deliver(first, follow))
+        self.assertEqual(asked, [], "asked only once the content is on the wire")
+        self.sent()
+        self.reply("250 ok", "250 ok", "354 go ahead")
+        self.assertEqual(
+            self.sent(),
+            b"Subject: t\r\n\r\nhello\r\n.\r\n"
+            b"MAIL FROM:<app@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
+        )
+        self.assertEqual(asked, [1])
+        self.reply("250 2.0.0 first queued", "250 ok", "250 ok", "354 go ahead")
+        (sent_one,) = self.successResultOf(one)
+        self.assertEqual((sent_one.status, sent_one.reply), ("sent", "250 2.0.0 first queued"))
+        two = Deferred.fromCoroutine(self.session.deliver(second))
+        self.assertEqual(self.sent(), b"Subject: 2\r\n\r\ntwo\r\n.\r\n", "envelope not sent twice")
+        self.reply("250 2.0.0 second queued")
+        (sent_two,) = self.successResultOf(two)
+        self.assertEqual((sent_two.status, sent_two.reply), ("sent", "250 2.0.0 second queued"))
+        self.assertEqual(self.session.delivered, 2)
+
+    def test_a_refused_content_does_not_reset_the_message_behind_it(self) -> None:
+        """The RSET after a refused content would cancel the envelope already pipelined
+        behind it: the transaction is over anyway (RFC 5321 4.1.1.4)."""
+        self.opened("PIPELINING")
+        second = lease("b@x.org")
+        one = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org"), lambda: second))
+        self.sent()
+        self.reply("250 ok", "250 ok", "354 go ahead")
+        self.sent()
+        self.reply("554 5.7.1 spam", "250 ok", "250 ok", "354 go ahead")
+        (refused,) = self.successResultOf(one)
+        self.assertEqual((refused.status, refused.reply), ("failed", "554 5.7.1 spam"))
+        two = Deferred.fromCoroutine(self.session.deliver(second))
+        self.assertNotIn(b"RSET", self.sent())
+        self.reply("250 2.0.0 queued")
+        self.assertEqual(self.successResultOf(two)[0].status, "sent")
+
+    def test_a_connection_lost_under_a_followed_message_fails_only_the_first(self) -> None:
+        """The first fails with the loss (the pool defers it and finds the second another
+        connection); the second's replies, which never come, leave no unhandled error."""
+        import gc
+
+        self.opened("PIPELINING")
+        one = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org"), lambda: lease()))
+        self.sent()
+        self.reply("250 ok", "250 ok", "354 go ahead")
+        self.assertIn(b"MAIL FROM", self.sent())
+        self.protocol.connectionLost(Failure(ConnectionLost("reset by peer")))
+        self.failureResultOf(one, ConnectionLost)
+        del one, self.session, self.protocol  # the pool lets go of a broken session
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_followed_message_the_relay_cannot_carry_is_not_sent(self) -> None:
+        """A UTF-8 address to a relay without SMTPUTF8: refused here, no envelope goes."""
+        self.opened("PIPELINING")
+        utf8 = lease("josé@x.org")
+        one = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org"), lambda: utf8))
+        self.sent()
+        self.reply("250 ok", "250 ok", "354 go ahead")
+        self.assertNotIn(b"MAIL FROM", self.sent())
+        self.reply("250 2.0.0 queued")
+        self.assertEqual(self.successResultOf(one)[0].status, "sent")
+        (refused,) = self.successResultOf(Deferred.fromCoroutine(self.session.deliver(utf8)))
+        self.assertEqual(refused.status, "failed")
+        self.assertIn("SMTPUTF8", refused.reply)
+        self.assertEqual(self.sent(), b"")
+
+    def test_without_pipelining_no_message_follows(self) -> None:
+        self.opened("SIZE")
+        asked: list[int] = []
+        one = Deferred.fromCoroutine(
+            self.session.deliver(lease("a@x.org"), lambda: asked.append(1) or lease())
+        )
+        for answer in ("250 ok", "250 ok", "354 go"):
+            self.sent()
+            self.reply(answer)
+        self.assertTrue(self.sent().endswith(b"\r\n.\r\n"))
+        self.reply("250 queued")
+        self.successResultOf(one)
+        self.assertEqual(asked, [])
+
     def test_timeout_aborts_and_fails_the_wait(self) -> None:
         result = Deferred.fromCoroutine(self.session.open())
         self.clock.advance(9.9)

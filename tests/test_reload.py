@@ -118,7 +118,7 @@ class ReloadTests(ReloadCase):
         second = self.send_one()
         self.assertEqual(self.state(second), "sent")
         self.assertEqual(len(self.relays["b.test"].messages), 1)
-        old.live[0].send("250 2.0.0 OK at last")  # the old relay answers the first now
+        old.live[0].resume("250 2.0.0 OK at last")  # the old relay answers the first now
         settle(self.clock)
         self.assertEqual(self.state(first), "sent")
         self.assertEqual(old.quits, 1, "the old connection closes instead of taking more")

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config import MaildirRelayConfig
-from smtpmailer.delivery.transport import Session, TransportContext
+from smtpmailer.delivery.transport import Follow, Session, TransportContext
 from smtpmailer.queue import RCPT_SENT, Lease, RecipientResult
 
 _counter = 0
@@ -65,7 +65,10 @@ class MaildirSession:
         self.delivered = 0
         self._blocking = blocking
 
-    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+    def deliver(
+        self, lease: Lease, follow: Follow | None = None
+    ) -> Deferred[tuple[RecipientResult, ...]]:
+        """``follow`` is never called: there is no connection to pipeline on."""
         self.delivered += 1
         return self._blocking(deliver_to_maildir, self.path, lease)
 

@@ -195,14 +195,33 @@ class RelayPool:
             self.down_until = 0.0
             self._sessions.add(session)
             self._owner.connections_changed(self, +1)
+            followed: list[Job] = []
+            carrier: Session = session
+
+            def follow() -> Lease | None:
+                """The next job, to pipeline behind the one on the wire: only one that
+                is waiting now, and only when this session may carry it."""
+                if (
+                    followed
+                    or not self._pending
+                    or self.closing
+                    or self.limiter.limited
+                    or carrier.delivered >= relay.max_messages_per_connection
+                    or (self.relay is not relay and self.relay != relay)
+                ):
+                    return None
+                followed.append(self._pending.popleft())
+                return followed[0].lease
+
             while job is not None:
-                if not await self._rate_wait():
+                if not followed and not await self._rate_wait():
                     # Stopping while the rate limit held this message back: give it back.
                     await self._owner.give_back([job])
                     break
+                followed.clear()
                 began = self._clock.seconds()
                 try:
-                    results = await session.deliver(job.lease)
+                    results = await session.deliver(job.lease, follow)
                 except OpenError as error:
                     # The relay cannot take mail now (an API's 5xx or 429): this job and
                     # the ones waiting go on as if no session could be opened.
@@ -212,10 +231,14 @@ class RelayPool:
                 except Exception as error:
                     self._owner.broken(self, job, error, session.label)
                     session.abort()
+                    self._not_carried(followed)
                     return
                 elapsed = self._clock.seconds() - began
                 self._owner.finished(self, job, results, session.label, elapsed)
                 job = None
+                if followed:
+                    job = followed[0]  # under way here already: limits were checked
+                    continue
                 if session.delivered >= relay.max_messages_per_connection or (
                     self.relay is not relay and self.relay != relay
                 ):
@@ -229,6 +252,17 @@ class RelayPool:
             self.workers -= 1
             self._dispatch()
             self._owner.worker_done()
+
+    def _not_carried(self, jobs: list[Job]) -> None:
+        """A job pipelined behind one whose connection failed never got its DATA through:
+        first in line again here (another connection takes it), or given back when the
+        pool is closing."""
+        if not jobs:
+            return
+        if self.closing:
+            self._owner.give_back(jobs)
+            return
+        self._pending.extendleft(reversed(jobs))
 
     def _unreachable(self, job: Job, error: OpenError) -> None:
         """Mark the relay down (until it said, or DOWN_FOR) and hand back every job here."""

@@ -46,6 +46,11 @@ class OpenError(Exception):
         self.pause_until: float | None = None
 
 
+# Called by a session once a message's content is on the wire: the next lease, to start on
+# the same connection before that message's reply (SMTP PIPELINING), or None.
+Follow = Callable[[], "Lease | None"]
+
+
 class Session(Protocol):
     """One open connection (or its equivalent) to a relay."""
 
@@ -57,11 +62,14 @@ class Session(Protocol):
     def delivered(self) -> int:
         """How many messages it has carried, for ``max_messages_per_connection``."""
 
-    def deliver(self, lease: Lease) -> Awaitable[tuple[RecipientResult, ...]]:
+    def deliver(
+        self, lease: Lease, follow: Follow | None = None
+    ) -> Awaitable[tuple[RecipientResult, ...]]:
         """One message (a Deferred or a coroutine: the pool awaits it); fails only when
         the session cannot be trusted any more, or with OpenError when the relay cannot
         take it now (an HTTP API's 5xx or 429): the message then goes on to the next
-        relay, as if no session could be opened."""
+        relay, as if no session could be opened. A session that can pipeline may call
+        ``follow`` once; the lease it got is then the next one it is given."""
 
     def quit(self) -> Deferred[None]: ...
 

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from smtpmailer.config.sections import APIRelayConfig
-from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.delivery.transport import Follow, OpenError, Session, TransportContext
 from smtpmailer.httpclient import Client, HTTPFailure, PooledClient, Request, Response
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
 
@@ -53,7 +53,10 @@ class APISession:
         self.delivered = 0
         self._sending: Deferred[Any] | None = None
 
-    def deliver(self, lease: Lease) -> Deferred[tuple[RecipientResult, ...]]:
+    def deliver(
+        self, lease: Lease, follow: Follow | None = None
+    ) -> Deferred[tuple[RecipientResult, ...]]:
+        """``follow`` is never called: there is no connection to pipeline on."""
         return Deferred.fromCoroutine(self._deliver(lease))
 
     async def _deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail
+
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import Reply, SMTPClientProtocol
+from smtpmailer.delivery.transport import Follow
 from smtpmailer.dsn_options import from_meta, mail_params, rcpt_params
 from smtpmailer.message import provider_template_of
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
@@ -73,6 +76,9 @@ class SMTPSession:
         self.extensions: dict[str, str] = {}
         self.tls = relay.security == "tls"
         self.delivered = 0
+        # A message whose envelope went right after the previous one's content (see
+        # _follow), with its replies to come, or its results when the relay cannot carry it.
+        self._next: tuple[Lease, Deferred[list[Reply]] | tuple[RecipientResult, ...]] | None = None
 
     async def open(self, report: Callable[[str], None] = lambda step: None) -> None:
         """Greeting, EHLO, STARTTLS, AUTH. ``report`` hears each step that succeeded
@@ -178,30 +184,83 @@ class SMTPSession:
             )
         return f"RCPT TO:<{recipient}>"
 
-    async def deliver(self, lease: Lease) -> tuple[RecipientResult, ...]:
-        """One transaction. Returns a result per recipient; raises only when the connection
-        cannot be trusted any more (lost, timed out, garbled)."""
+    def _refused(self, lease: Lease) -> tuple[tuple[RecipientResult, ...] | None, bool]:
+        """(results, utf8): results when this relay cannot carry the message at all (it
+        is never offered to it), and whether MAIL FROM asks for SMTPUTF8."""
         named = provider_template_of(lease.data)
         if named is not None:
             reason = (
                 f"5.6.0 this message names provider template {named}: only an API relay with "
                 "templates can send it"
             )
-            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients)
+            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients), False
         required, wanted = smtputf8(lease)
         offered = "SMTPUTF8" in self.extensions
         if required and not offered:
             reason = "5.6.7 the relay does not offer SMTPUTF8, which this message's addresses need"
-            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients)
-        utf8 = wanted and offered
-        commands = [
-            self._mail_from(lease, utf8),
-            *(self._rcpt_to(lease, r) for r in lease.recipients),
-        ]
-        if "PIPELINING" in self.extensions:
-            replies = await self.protocol.send_commands(*commands, "DATA")
+            return tuple(RecipientResult(r, RCPT_FAILED, reason) for r in lease.recipients), False
+        return None, wanted and offered
+
+    def _envelope(self, lease: Lease, utf8: bool) -> list[str]:
+        return [self._mail_from(lease, utf8), *(self._rcpt_to(lease, r) for r in lease.recipients)]
+
+    def _follow(self, follow: Follow | None) -> bool:
+        """Right after a message's content, the next message's MAIL, RCPT and DATA go in
+        the same segment (RFC 2920 3.1: content may open a pipelined group), so a
+        connection carries a message a round trip instead of two. ``follow`` hands over
+        the next lease, or None when none is waiting (or the pool wants no more here)."""
+        if follow is None or "PIPELINING" not in self.extensions:
+            return False
+        lease = follow()
+        if lease is None:
+            return False
+        refused, utf8 = self._refused(lease)
+        if refused is not None:
+            self._next = (lease, refused)
+            return False
+        try:
+            begun = self.protocol.send_commands(*self._envelope(lease, utf8), "DATA")
+        except ValueError as error:  # a line break in an address: nothing was written
+            self._next = (lease, fail(error))
+            return False
+        self._next = (lease, begun)
+        return True
+
+    def _drop_next(self) -> None:
+        """The connection failed under a followed message: its replies will never come,
+        and nobody will wait for them (the pool gives the message another connection)."""
+        begun = self._next[1] if self._next is not None else None
+        self._next = None
+        if isinstance(begun, Deferred):
+            begun.addErrback(lambda _: None)
+
+    async def deliver(
+        self, lease: Lease, follow: Follow | None = None
+    ) -> tuple[RecipientResult, ...]:
+        """One transaction. Returns a result per recipient; raises only when the connection
+        cannot be trusted any more (lost, timed out, garbled). ``follow``: see _follow; a
+        lease it returned must be the next one delivered here."""
+        begun: Deferred[list[Reply]] | None = None
+        utf8 = False
+        if self._next is not None:
+            expected, started = self._next
+            self._next = None
+            if expected is not lease:
+                raise AssertionError("a followed message must be delivered next")
+            if not isinstance(started, Deferred):
+                return started
+            begun = started
+        else:
+            refused, utf8 = self._refused(lease)
+            if refused is not None:
+                return refused
+            if "PIPELINING" in self.extensions:
+                begun = self.protocol.send_commands(*self._envelope(lease, utf8), "DATA")
+        if begun is not None:
+            replies = await begun
             mail, rcpts, data = replies[0], replies[1:-1], replies[-1]
         else:
+            commands = self._envelope(lease, utf8)
             mail = await self.protocol.command(commands[0])
             rcpts, data = [], None
             if mail.positive:
@@ -230,10 +289,18 @@ class SMTPSession:
             for r in accepted:
                 results[r] = RecipientResult(r, self._status(data), f"DATA: {data}")
         else:
-            final = await self.protocol.send_body(lease.data)
+            sending = self.protocol.send_body(lease.data)
+            pipelined = self._follow(follow)
+            try:
+                final = await sending
+            except BaseException:
+                self._drop_next()
+                raise
             for r in accepted:
                 results[r] = RecipientResult(r, self._status(final), str(final))
-            if not final.positive:
+            if not final.positive and not pipelined:
+                # The transaction is over either way (RFC 5321 4.1.1.4); the RSET only
+                # makes sure, and would cancel a followed message's envelope.
                 await self._reset()
         return tuple(results[r] for r in lease.recipients)
 

@@ -16,7 +16,7 @@ from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
 from smtpmailer.delivery.smtp.session import AuthFailed, SessionError, SMTPSession, TokenRefused
-from smtpmailer.delivery.transport import OpenError, Session, TransportContext
+from smtpmailer.delivery.transport import Follow, OpenError, Session, TransportContext
 from smtpmailer.oauth2.source import TokenError
 from smtpmailer.queue import Lease, RecipientResult
 
@@ -87,10 +87,12 @@ class SMTPConnection:
     def delivered(self) -> int:
         return self.session.delivered
 
-    def deliver(self, lease: Lease) -> Coroutine[Any, Any, tuple[RecipientResult, ...]]:
+    def deliver(
+        self, lease: Lease, follow: Follow | None = None
+    ) -> Coroutine[Any, Any, tuple[RecipientResult, ...]]:
         """The session's coroutine itself, which the pool's own awaits: wrapping it in a
         Deferred cost a layer of Twisted's coroutine driving for every message."""
-        return self.session.deliver(lease)
+        return self.session.deliver(lease, follow)
 
     def quit(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self.session.quit())
