@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -10,10 +11,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+# Held while a bench has the machine's one Postfix configured for itself.
+POSTFIX_LOCK = os.path.join(tempfile.gettempdir(), "smtpmailer-bench-postfix.lock")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
@@ -233,11 +236,17 @@ class Postfix:
         self.reuse = reuse
         self.cpu_seconds = 0.0  # all of Postfix's processes, during the last measure
         self.port = free_port()
+        self.backup = ""
+        self._lock: IO[str] | None = None
+
+    def __enter__(self) -> Postfix:
+        # There is one Postfix: a second bench (tests run in parallel) waits for the first
+        # to put its configuration back, rather than back up the first's changes.
+        self._lock = open(POSTFIX_LOCK, "w")  # noqa: SIM115 (held until __exit__)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.backup = tempfile.mkdtemp(prefix="smtpm-postfix-")
         for name in ("main.cf", "master.cf"):
             shutil.copy2(f"/etc/postfix/{name}", os.path.join(self.backup, name))
-
-    def __enter__(self) -> Postfix:
         run("postfix", "stop", check=False)
         settings = {
             "inet_interfaces": "loopback-only",
@@ -260,11 +269,16 @@ class Postfix:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        run("postfix", "stop", check=False)
-        for name in ("main.cf", "master.cf"):
-            shutil.copy2(os.path.join(self.backup, name), f"/etc/postfix/{name}")
-        run("postsuper", "-d", "ALL", check=False)
-        shutil.rmtree(self.backup, ignore_errors=True)
+        try:
+            run("postfix", "stop", check=False)
+            for name in ("main.cf", "master.cf"):
+                shutil.copy2(os.path.join(self.backup, name), f"/etc/postfix/{name}")
+            run("postsuper", "-d", "ALL", check=False)
+            shutil.rmtree(self.backup, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None
 
     def defer(self, on: bool) -> None:
         run("postconf", "-e", f"defer_transports={'smtp' if on else ''}")
