@@ -198,17 +198,16 @@ class RelayPool:
             followed: list[Job] = []
             carrier: Session = session
 
+            def spent() -> bool:
+                """Renewed, or the relay's settings changed under a reload."""
+                return carrier.delivered >= relay.max_messages_per_connection or (
+                    self.relay is not relay and self.relay != relay
+                )
+
             def follow() -> Lease | None:
                 """The next job, to pipeline behind the one on the wire: only one that
                 is waiting now, and only when this session may carry it."""
-                if (
-                    followed
-                    or not self._pending
-                    or self.closing
-                    or self.limiter.limited
-                    or carrier.delivered >= relay.max_messages_per_connection
-                    or (self.relay is not relay and self.relay != relay)
-                ):
+                if followed or not self._pending or self.closing or self.limiter.limited or spent():
                     return None
                 followed.append(self._pending.popleft())
                 return followed[0].lease
@@ -239,10 +238,8 @@ class RelayPool:
                 if followed:
                     job = followed[0]  # under way here already: limits were checked
                     continue
-                if session.delivered >= relay.max_messages_per_connection or (
-                    self.relay is not relay and self.relay != relay
-                ):
-                    break  # renewed, or the relay's settings changed under a reload
+                if spent():
+                    break
                 job = await self._take()
             await session.quit()
         finally:
