@@ -1,4 +1,4 @@
-"""Every provider over real HTTP on 127.0.0.1: the transport's request through treq to the
+"""Every provider over real HTTP on 127.0.0.1: the transport's request through httpclient to the
 provider's fake served by twisted.web, and its answer classified. In memory the fakes are
 called directly; here the bytes cross a socket (headers, bodies, SigV4's Host with a port)."""
 

@@ -426,7 +426,7 @@ class FlowTests(SynchronousTestCase):
 
 
 class HTTPEndpointTests(TestCase):
-    """The token endpoint over real HTTP on 127.0.0.1, through treq."""
+    """The token endpoint over real HTTP on 127.0.0.1, through httpclient."""
 
     timeout = 30
 

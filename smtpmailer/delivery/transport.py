@@ -101,7 +101,7 @@ class TransportContext:
     connector: Callable[..., Deferred[Any]] | None = None
     # Runs blocking work (file writes with fsync) off the reactor thread.
     blocking: Callable[..., Deferred[Any]] | None = None
-    # For HTTP API relays: (request, timeout) -> Deferred response; default: treq.
+    # For HTTP API relays: (request, timeout) -> Deferred response; default: httpclient.
     http: Callable[..., Deferred[Any]] | None = None
     # The access tokens of an [OAuth2:NAME], by NAME (a TokenSource), looked up at each
     # open: a reload may have replaced the section while the relay stayed the same.

@@ -1,5 +1,5 @@
 """Posting a form to a token endpoint, through the shared HTTP client (httpclient.py:
-Twisted's Agent, a persistent pool, TLS verified, one deadline on the whole exchange).
+kept connections, TLS verified, one deadline on the whole exchange).
 Errors on the way become a TokenEndpointError in one line."""
 
 from __future__ import annotations

@@ -1,0 +1,316 @@
+"""The HTTP client's connections, byte by byte: the request it writes, the answers it reads
+(lengths, chunks, an answer ended by the close, 100 Continue, garbage), which connections it
+keeps, and every way an exchange can end without an answer. The server side is a
+StringTransport on a MemoryReactorClock, so time moves only when a test says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpmailer.httpclient import MAX_ANSWER, HTTPFailure, PooledClient, Request, Response
+
+URL = "http://127.0.0.1:8025/v3/mail/send"
+OK = b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m-1\r\nContent-Length: 0\r\n\r\n"
+
+
+class Wire:
+    """The client on a memory reactor, and the server's end of each connection it opens."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = PooledClient(self.reactor, keep)
+        self.served = 0  # connections answered by accept()
+
+    def send(self, body: bytes = b"{}", url: str = URL, **headers: str) -> Any:
+        return self.client(Request("POST", url, headers, body), 5)
+
+    def accept(self) -> tuple[Any, StringTransport]:
+        """The next connection the client asked for, made."""
+        _, _, factory, _, _ = self.reactor.tcpClients[self.served]
+        self.served += 1
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+class Outcome:
+    """What a request's Deferred gave: a Response or an HTTPFailure, or nothing yet."""
+
+    def __init__(self, sending: Any) -> None:
+        self.response: Response | None = None
+        self.failure: HTTPFailure | None = None
+        sending.addCallbacks(self._answered, self._failed)
+
+    def _answered(self, response: Response) -> None:
+        self.response = response
+
+    def _failed(self, failure: Failure) -> None:
+        failure.trap(HTTPFailure)
+        self.failure = failure.value
+
+    @property
+    def failed(self) -> tuple[str, str] | None:
+        return None if self.failure is None else (self.failure.kind, str(self.failure))
+
+
+class RequestTests(SynchronousTestCase):
+    def test_the_request_on_the_wire(self) -> None:
+        wire = Wire()
+        wire.send(b'{"a":1}', URL + "?x=1", Authorization="Bearer k")
+        _, transport = wire.accept()
+        self.assertEqual(
+            transport.value(),
+            b"POST /v3/mail/send?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8025\r\n"
+            b"Authorization: Bearer k\r\nContent-Length: 7\r\n\r\n"
+            b'{"a":1}',
+        )
+
+    def test_a_get_has_no_length_and_a_default_port_no_port_in_host(self) -> None:
+        wire = Wire()
+        wire.client(Request("GET", "http://127.0.0.1/v3/scopes", {}, b""), 5)
+        _, transport = wire.accept()
+        self.assertEqual(transport.value(), b"GET /v3/scopes HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.assertEqual(wire.reactor.tcpClients[0][:2], ("127.0.0.1", 80))
+
+    def test_a_line_break_in_a_header_cannot_add_a_header(self) -> None:
+        wire = Wire()
+        wire.send(Authorization="Bearer k\r\nX-Injected: 1")
+        _, transport = wire.accept()
+        head = transport.value().split(b"\r\n\r\n")[0].split(b"\r\n")
+        self.assertIn(b"Authorization: Bearer k X-Injected: 1", head)
+        self.assertFalse([line for line in head if line.startswith(b"X-Injected")])
+
+    def test_not_an_http_url(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send(url="ftp://127.0.0.1/x"))
+        self.assertEqual(
+            outcome.failed, ("unreachable", "not an http or https URL: ftp://127.0.0.1/x")
+        )
+        self.assertEqual(wire.reactor.tcpClients, [])
+        self.assertEqual(wire.reactor.getDelayedCalls(), [], "no deadline for it")
+
+    def test_a_header_that_is_not_latin_1(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send(Authorization="Bearer \u2603"))
+        self.assertEqual(outcome.failed, ("unreachable", "a request header that is not Latin-1"))
+        self.assertEqual(wire.reactor.tcpClients, [])
+
+
+class AnswerTests(SynchronousTestCase):
+    def test_an_answer_with_a_length(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 13\r\n\r\n{"errors":[]}'
+        )
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.status, 400)
+        self.assertEqual(outcome.response.body, b'{"errors":[]}')
+        self.assertEqual(outcome.response.headers["content-type"], "application/json")
+
+    def test_a_chunked_answer_in_pieces(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        answer = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Message-Id: m-7\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        for start in range(0, len(answer), 7):  # as TCP may cut it
+            self.assertIsNone(outcome.response)
+            protocol.dataReceived(answer[start : start + 7])
+        assert outcome.response is not None
+        self.assertEqual((outcome.response.status, outcome.response.body), (200, b"hello world"))
+        self.assertEqual(outcome.response.headers["x-message-id"], "m-7")
+
+    def test_an_answer_that_ends_with_the_connection(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+        self.assertIsNone(outcome.response, "not before the close says it is whole")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.body, b"all of it")
+        wire.send()
+        self.assertEqual(len(wire.reactor.tcpClients), 2, "a closed connection is not reused")
+
+    def test_100_continue_then_the_answer(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertIsNone(outcome.response)
+        protocol.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        assert outcome.response is not None
+        self.assertEqual((outcome.response.status, outcome.response.body), (201, b"ok"))
+
+    def test_100_continue_and_the_answer_in_one_read(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\n"
+            b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m-2\r\nContent-Length: 0\r\n\r\n"
+        )
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.status, 202)
+        self.assertEqual(outcome.response.headers, {"x-message-id": "m-2", "content-length": "0"})
+
+    def test_a_switch_of_protocols_is_not_an_answer(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+        assert outcome.failed is not None
+        self.assertTrue(outcome.failed[1].startswith("a malformed HTTP answer"), outcome.failed)
+        self.assertTrue(transport.disconnected)
+
+    def test_a_large_answer_is_kept_to_the_bound(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        piece = b"x" * 65536
+        size = 2 * MAX_ANSWER
+        protocol.dataReceived(b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(piece)):
+            protocol.dataReceived(piece)
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.status, 500)
+        self.assertLessEqual(len(outcome.response.body), MAX_ANSWER + len(piece))
+        self.assertGreaterEqual(len(outcome.response.body), MAX_ANSWER)
+
+
+class KeptConnectionTests(SynchronousTestCase):
+    def test_a_connection_is_kept_and_reused(self) -> None:
+        wire = Wire()
+        first = Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(OK)
+        self.assertIsNotNone(first.response)
+        transport.clear()
+        second = Outcome(wire.send(b"[2]"))
+        self.assertEqual(len(wire.reactor.tcpClients), 1, "no new connection")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n[2]"))
+        protocol.dataReceived(OK)
+        self.assertIsNotNone(second.response)
+        self.assertFalse(transport.disconnecting)
+
+    def test_connection_close_is_honoured(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(
+            b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertTrue(transport.disconnecting)
+        wire.send()
+        self.assertEqual(len(wire.reactor.tcpClients), 2)
+
+    def test_an_idle_connection_the_server_closed_is_not_used(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(OK)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        wire.send()
+        self.assertEqual(len(wire.reactor.tcpClients), 2)
+
+    def test_no_more_idle_connections_are_kept_than_asked(self) -> None:
+        wire = Wire(keep=2)
+        outcomes = [Outcome(wire.send()) for _ in range(3)]
+        ends = [wire.accept() for _ in range(3)]
+        self.assertEqual(len(wire.reactor.tcpClients), 3, "busy connections are not waited for")
+        for protocol, _ in ends:
+            protocol.dataReceived(OK)
+        self.assertTrue(all(o.response is not None for o in outcomes))
+        self.assertEqual([t.disconnecting for _, t in ends], [False, False, True])
+
+    def test_close_closes_the_idle_and_fires_once_they_are_gone(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        busy = Outcome(wire.send())
+        (idle, idle_transport), (working, working_transport) = wire.accept(), wire.accept()
+        idle.dataReceived(OK)
+        closed = wire.client.close()
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertFalse(working_transport.disconnecting, "not while it is answering")
+        self.assertNoResult(closed)
+        idle.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(closed)
+        working.dataReceived(OK)
+        self.assertIsNotNone(busy.response)
+        self.assertTrue(working_transport.disconnecting, "closed after its answer")
+
+
+class NoAnswerTests(SynchronousTestCase):
+    def test_nothing_listening(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        _, _, factory, _, _ = wire.reactor.tcpClients[0]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        wire.reactor.advance(1)  # the endpoint gives up on its next turn
+        self.assertEqual(outcome.failed, ("unreachable", "connection refused"))
+
+    def test_closed_before_the_answer(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
+
+    def test_closed_in_the_middle_of_the_answer(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\nabc")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
+
+    def test_a_malformed_answer(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(b"SMTP ready\r\n\r\n")
+        assert outcome.failed is not None
+        self.assertEqual(outcome.failed[0], "unreachable")
+        self.assertTrue(outcome.failed[1].startswith("a malformed HTTP answer"), outcome.failed)
+        self.assertTrue(transport.disconnecting)
+
+    def test_no_answer_in_time(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        protocol, transport = wire.accept()
+        wire.reactor.advance(4.9)
+        self.assertIsNone(outcome.failure)
+        wire.reactor.advance(0.2)
+        self.assertEqual(outcome.failed, ("timeout", "no answer in 5s"))
+        self.assertTrue(transport.disconnected, "the connection is dropped, not reused")
+        protocol.dataReceived(OK)  # too late: nothing happens
+        protocol.connectionLost(Failure(ConnectionDone()))
+        wire.send()
+        self.assertEqual(len(wire.reactor.tcpClients), 2)
+
+    def test_no_connection_in_time(self) -> None:
+        wire = Wire()
+        outcome = Outcome(wire.send())
+        wire.reactor.advance(5.1)
+        self.assertEqual(outcome.failed, ("timeout", "no answer in 5s"))
+
+    def test_cancelled(self) -> None:
+        wire = Wire()
+        sending = wire.send()
+        outcome = Outcome(sending)
+        _, transport = wire.accept()
+        sending.cancel()
+        self.assertEqual(outcome.failed, ("unreachable", "the request was cancelled"))
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(wire.reactor.getDelayedCalls(), [], "no deadline left behind")
