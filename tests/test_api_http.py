@@ -248,3 +248,47 @@ class TLSTests(TestCase):
         )
         (result,) = await self.send(url)
         self.assertEqual(result.status, "sent")
+
+
+class DroppedTests(TestCase):
+    """A connection dropped after the request went out and before any answer came: the
+    relay cannot take mail now (OpenError, so the message is deferred or fails over)."""
+
+    timeout = 30
+
+    async def test_dropped_mid_request(self) -> None:
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        from smtpmailer.delivery.transport import OpenError
+
+        received: list[bytes] = []
+
+        class DropAfterTheRequest(Protocol):
+            def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's)
+                received.append(data)
+                if b"hello over http" in b"".join(received):  # the whole request is in
+                    self.transport.abortConnection()
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(DropAfterTheRequest)
+        )
+        self.addCleanup(port.stopListening)
+        client = PooledClient(reactor, 1)
+        self.addCleanup(client.close)
+        relay = parse_config(
+            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\n"
+            f"endpoint = http://127.0.0.1:{port.getHost().port}\n",
+            "/etc/smtpmailer/smtpmailer.conf",
+        ).relays[0]
+        session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
+        lease = Lease(
+            "7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0
+        )
+        with self.assertRaises(OpenError) as caught:
+            await session.deliver(lease)
+        self.assertRegex(
+            str(caught.exception),
+            r"^api:sg \(http://127\.0\.0\.1:\d+\): the connection closed before an answer$",
+        )
+        self.assertTrue(b"".join(received).startswith(b"POST /v3/mail/send HTTP/1.1\r\n"))
