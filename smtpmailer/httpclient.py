@@ -83,6 +83,15 @@ def _target(url: str) -> tuple[tuple[str, str, int], str, str]:
     except ValueError:
         raise HTTPFailure("unreachable", f"a bad port in {url[:100]}") from None
     target = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    if not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
+        raise HTTPFailure("unreachable", f"a URL path that is not quoted: {url[:100]}")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise HTTPFailure(
+                "unreachable", f"a host name that is not a name: {url[:100]}"
+            ) from None
     named = f"[{host}]" if ":" in host else host
     default = port == (443 if scheme == "https" else 80)
     return (scheme, host, port), target, named if default else f"{named}:{port}"

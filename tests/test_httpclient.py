@@ -95,6 +95,21 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(wire.reactor.tcpClients, [])
         self.assertEqual(wire.reactor.getDelayedCalls(), [], "no deadline for it")
 
+    def test_a_path_with_a_space_or_a_line_break_is_refused(self) -> None:
+        wire = Wire()
+        for url in ("http://127.0.0.1/v3/a b", "http://127.0.0.1/v3/\u00e9"):
+            outcome = Outcome(wire.send(url=url))
+            self.assertEqual(
+                outcome.failed, ("unreachable", f"a URL path that is not quoted: {url}")
+            )
+        self.assertEqual(wire.reactor.tcpClients, [])
+
+    def test_an_international_host_name_goes_as_idna(self) -> None:
+        wire = Wire()
+        wire.send(url="http://b\u00fccher.example:8025/v3/mail/send")
+        _, transport = wire.accept()
+        self.assertIn(b"\r\nHost: xn--bcher-kva.example:8025\r\n", transport.value())
+
     def test_a_header_that_is_not_latin_1(self) -> None:
         wire = Wire()
         outcome = Outcome(wire.send(Authorization="Bearer \u2603"))
