@@ -73,25 +73,24 @@ def _lost(reason: Any) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _target(url: str) -> tuple[tuple[str, str, int], str, str]:
-    """(scheme, host, port), the request target and the Host header of an http(s) URL."""
+    """(scheme, host, port), the request target and the Host header of an http(s) URL.
+    Its errors do not repeat the URL: a webhook's may hold a secret in its path."""
     split = urlsplit(url)
     scheme, host = split.scheme, split.hostname
     if scheme not in ("http", "https") or not host:
-        raise HTTPFailure("unreachable", f"not an http or https URL: {url[:100]}")
+        raise HTTPFailure("unreachable", "not an http or https URL")
     try:
         port = split.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise HTTPFailure("unreachable", f"a bad port in {url[:100]}") from None
+        raise HTTPFailure("unreachable", "a bad port in the URL") from None
     target = (split.path or "/") + (f"?{split.query}" if split.query else "")
     if not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
-        raise HTTPFailure("unreachable", f"a URL path that is not quoted: {url[:100]}")
+        raise HTTPFailure("unreachable", "a URL path that is not quoted")
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
-            raise HTTPFailure(
-                "unreachable", f"a host name that is not a name: {url[:100]}"
-            ) from None
+            raise HTTPFailure("unreachable", "a host name that is not a name") from None
     named = f"[{host}]" if ":" in host else host
     default = port == (443 if scheme == "https" else 80)
     return (scheme, host, port), target, named if default else f"{named}:{port}"

@@ -89,9 +89,7 @@ class RequestTests(SynchronousTestCase):
     def test_not_an_http_url(self) -> None:
         wire = Wire()
         outcome = Outcome(wire.send(url="ftp://127.0.0.1/x"))
-        self.assertEqual(
-            outcome.failed, ("unreachable", "not an http or https URL: ftp://127.0.0.1/x")
-        )
+        self.assertEqual(outcome.failed, ("unreachable", "not an http or https URL"))
         self.assertEqual(wire.reactor.tcpClients, [])
         self.assertEqual(wire.reactor.getDelayedCalls(), [], "no deadline for it")
 
@@ -99,9 +97,7 @@ class RequestTests(SynchronousTestCase):
         wire = Wire()
         for url in ("http://127.0.0.1/v3/a b", "http://127.0.0.1/v3/\u00e9"):
             outcome = Outcome(wire.send(url=url))
-            self.assertEqual(
-                outcome.failed, ("unreachable", f"a URL path that is not quoted: {url}")
-            )
+            self.assertEqual(outcome.failed, ("unreachable", "a URL path that is not quoted"))
         self.assertEqual(wire.reactor.tcpClients, [])
 
     def test_an_international_host_name_goes_as_idna(self) -> None:
