@@ -222,9 +222,10 @@ class _Exchange:
         self._key = key
         lines = [f"{request.method} {target} HTTP/1.1", f"Host: {host}"]
         for name, value in request.headers.items():
-            if name.lower() == "host":
+            lowered = name.lower()
+            if lowered == "host":
                 lines[1] = f"Host: {_header_text(value)}"
-            else:
+            elif lowered != "content-length":  # the body's own, below, and only once
                 lines.append(f"{_header_text(name)}: {_header_text(value)}")
         if request.body or request.method != "GET":
             lines.append(f"Content-Length: {len(request.body)}")

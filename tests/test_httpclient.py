@@ -71,6 +71,15 @@ class RequestTests(SynchronousTestCase):
             b'{"a":1}',
         )
 
+    def test_the_length_is_the_bodys_and_said_once(self) -> None:
+        wire = Wire()
+        wire.send(b"{}", **{"Content-Length": "99", "Host": "api.example"})
+        _, transport = wire.accept()
+        head = transport.value().split(b"\r\n\r\n")[0].split(b"\r\n")
+        self.assertEqual(
+            head, [b"POST /v3/mail/send HTTP/1.1", b"Host: api.example", b"Content-Length: 2"]
+        )
+
     def test_a_get_has_no_length_and_a_default_port_no_port_in_host(self) -> None:
         wire = Wire()
         wire.client(Request("GET", "http://127.0.0.1/v3/scopes", {}, b""), 5)
