@@ -54,6 +54,19 @@ def _cases() -> dict[str, tuple[Any, str, Any]]:
     return {name: (fake, keys, fake.accepted) for name, (fake, keys) in fakes.items()}
 
 
+async def send_through_sendgrid(case: TestCase, url: str) -> Any:
+    """MESSAGE through an [API:sg] relay to ``url``, on a client of its own."""
+    client = PooledClient(reactor, 1)
+    case.addCleanup(client.close)
+    relay = parse_config(
+        f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\nendpoint = {url}\n",
+        "/etc/smtpmailer/smtpmailer.conf",
+    ).relays[0]
+    session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
+    lease = Lease("7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0)
+    return await session.deliver(lease)
+
+
 class OverHTTPTests(TestCase):
     timeout = 30
 
@@ -213,17 +226,7 @@ class TLSTests(TestCase):
         return served.url, os.path.abspath(ca.ca_file)
 
     async def send(self, url: str) -> Any:
-        client = PooledClient(reactor, 1)
-        self.addCleanup(client.close)
-        relay = parse_config(
-            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\nendpoint = {url}\n",
-            "/etc/smtpmailer/smtpmailer.conf",
-        ).relays[0]
-        session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
-        lease = Lease(
-            "7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0
-        )
-        return await session.deliver(lease)
+        return await send_through_sendgrid(self, url)
 
     async def test_an_untrusted_certificate_is_refused(self) -> None:
         from smtpmailer.delivery.transport import OpenError
@@ -274,19 +277,8 @@ class DroppedTests(TestCase):
             Factory.forProtocol(DropAfterTheRequest)
         )
         self.addCleanup(port.stopListening)
-        client = PooledClient(reactor, 1)
-        self.addCleanup(client.close)
-        relay = parse_config(
-            f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\n"
-            f"endpoint = http://127.0.0.1:{port.getHost().port}\n",
-            "/etc/smtpmailer/smtpmailer.conf",
-        ).relays[0]
-        session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
-        lease = Lease(
-            "7JSCQ0000ABCDE", "t", "z@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0
-        )
         with self.assertRaises(OpenError) as caught:
-            await session.deliver(lease)
+            await send_through_sendgrid(self, f"http://127.0.0.1:{port.getHost().port}")
         self.assertRegex(
             str(caught.exception),
             r"^api:sg \(http://127\.0\.0\.1:\d+\): the connection closed before an answer$",
