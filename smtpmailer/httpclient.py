@@ -123,13 +123,15 @@ class _Connection(Protocol):
         self._keep = False
         self.lost: Deferred[None] = Deferred()
         self.gone = False
+        self.answered = 0  # answers read on it: a kept connection has one or more
+        self._heard = False  # a byte of the answer to the request under way
 
     # What the exchange asks of it.
 
     def send(self, exchange: _Exchange, data: list[bytes]) -> None:
         self._exchange = exchange
         self._headers, self._chunks, self._size = {}, [], 0
-        self._headers_done = self._complete = False
+        self._headers_done = self._complete = self._heard = False
         self.transport.writeSequence(data)
 
     def abort(self) -> None:
@@ -145,6 +147,7 @@ class _Connection(Protocol):
         if self._exchange is None:  # nothing asked: a server closing an idle connection
             self.transport.loseConnection()
             return
+        self._heard = True
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
@@ -162,7 +165,10 @@ class _Connection(Protocol):
             if self._headers_done and not framed:
                 self._answered(keep=False)  # an answer that ends where the connection does
             else:
-                self._fail(HTTPFailure("unreachable", _lost(reason)))
+                # Closed before a word of the answer, on a kept connection: the server
+                # may have closed it as the request went out, having never read it.
+                unheard = self.answered > 0 and not self._heard
+                self._fail(HTTPFailure("unreachable", _lost(reason)), unheard)
         self.lost.callback(None)
 
     # llhttp's callbacks (called by feed_data).
@@ -190,6 +196,7 @@ class _Connection(Protocol):
 
     def _answered(self, keep: bool | None = None) -> None:
         exchange, self._exchange = self._exchange, None
+        self.answered += 1
         if keep is None:
             keep = self._keep
         status = self._parser.get_status_code()
@@ -202,10 +209,13 @@ class _Connection(Protocol):
         if exchange is not None:
             exchange.answered(response)
 
-    def _fail(self, failure: HTTPFailure) -> None:
+    def _fail(self, failure: HTTPFailure, unheard: bool = False) -> None:
         exchange, self._exchange = self._exchange, None
         if exchange is not None:
-            exchange.failed(failure)
+            if unheard:
+                exchange.unheard(failure)
+            else:
+                exchange.failed(failure)
 
 
 class _Exchange:
@@ -234,10 +244,14 @@ class _Exchange:
         except UnicodeEncodeError:
             raise HTTPFailure("unreachable", "a request header that is not Latin-1") from None
         self._data = [head, request.body] if request.body else [head]
+        # A GET is asked again once, on a new connection, when a kept one closes before
+        # any answer (as Twisted's Agent did): it changes nothing at the server. A POST
+        # is not: it may have been carried out, and its retry is the queue's decision.
+        self._may_repeat = request.method == "GET"
         self._deadline = pool.reactor.callLater(timeout, self._expire)
 
-    def start(self) -> None:
-        connection = self._pool.take(self._key)
+    def start(self, fresh: bool = False) -> None:
+        connection = None if fresh else self._pool.take(self._key)
         if connection is not None:
             self._send(connection)
             return
@@ -262,6 +276,15 @@ class _Exchange:
         if not self.result.called:
             self._done()
             self.result.callback(response)
+
+    def unheard(self, failure: HTTPFailure) -> None:
+        """A kept connection closed before a byte of the answer."""
+        if self._may_repeat and not self.result.called and not self._stopped:
+            self._may_repeat = False
+            self._connection = None
+            self.start(fresh=True)
+        else:
+            self.failed(failure)
 
     def failed(self, failure: HTTPFailure) -> None:
         if not self.result.called:

@@ -244,6 +244,54 @@ class KeptConnectionTests(SynchronousTestCase):
         wire.send()
         self.assertEqual(len(wire.reactor.tcpClients), 2)
 
+    def kept_then_closed_unanswered(self, method: str) -> tuple[Wire, Outcome]:
+        """A first request answered; the second, on the kept connection, sees it close
+        before a byte of its answer (the server had closed it as the request went out)."""
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(OK)
+        transport.clear()
+        outcome = Outcome(
+            wire.client(Request(method, URL, {}, b"{}" if method == "POST" else b""), 5)
+        )
+        self.assertTrue(transport.value().startswith(method.encode()), "sent on the kept one")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        return wire, outcome
+
+    def test_a_get_is_asked_again_once_on_a_new_connection(self) -> None:
+        wire, outcome = self.kept_then_closed_unanswered("GET")
+        self.assertIsNone(outcome.failure)
+        self.assertEqual(len(wire.reactor.tcpClients), 2, "a new connection")
+        protocol, transport = wire.accept()
+        self.assertTrue(transport.value().startswith(b"GET /v3/mail/send HTTP/1.1\r\n"))
+        protocol.dataReceived(OK)
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.status, 202)
+
+    def test_a_get_is_not_asked_a_third_time(self) -> None:
+        wire, outcome = self.kept_then_closed_unanswered("GET")
+        protocol, _ = wire.accept()
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
+        self.assertEqual(len(wire.reactor.tcpClients), 2)
+
+    def test_a_post_is_not_asked_again(self) -> None:
+        wire, outcome = self.kept_then_closed_unanswered("POST")
+        self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
+        self.assertEqual(len(wire.reactor.tcpClients), 1, "the queue decides about a retry")
+
+    def test_a_get_cut_in_its_answer_is_not_asked_again(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, _ = wire.accept()
+        protocol.dataReceived(OK)
+        outcome = Outcome(wire.client(Request("GET", URL, {}, b""), 5))
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
+        self.assertEqual(len(wire.reactor.tcpClients), 1)
+
     def test_no_more_idle_connections_are_kept_than_asked(self) -> None:
         wire = Wire(keep=2)
         outcomes = [Outcome(wire.send()) for _ in range(3)]
