@@ -47,6 +47,11 @@ class HTTPFailure(Exception):
 # (request, timeout) -> the response; tests hand in a fake provider's in-memory handler.
 Client = Callable[[Request, float], "Deferred[Response]"]
 MAX_ANSWER = 1 << 20
+# A kept connection unused this long is closed by us: before the idle timeouts API fronts
+# commonly run (60 s for an AWS load balancer, 75 s for nginx), so that a request never
+# goes out on a connection the server is closing, and before NAT gateways forget it
+# silently (a request into that would wait for its whole timeout).
+IDLE_SECONDS = 50.0
 
 
 def _reason(error: BaseException) -> str:
@@ -124,6 +129,7 @@ class _Connection(Protocol):
         self.lost: Deferred[None] = Deferred()
         self.gone = False
         self.answered = 0  # answers read on it: a kept connection has one or more
+        self.idle_timer: Any = None  # while it waits in the pool
         self._heard = False  # a byte of the answer to the request under way
 
     # What the exchange asks of it.
@@ -363,7 +369,11 @@ class PooledClient:
 
     def take(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
-        return idle.pop() if idle else None
+        if not idle:
+            return None
+        connection = idle.pop()
+        _stop_timer(connection)
+        return connection
 
     def connect(self, key: tuple[str, str, int], connection: _Connection) -> Deferred[Any]:
         from twisted.internet.endpoints import connectProtocol
@@ -380,8 +390,12 @@ class PooledClient:
             connection.transport.loseConnection()
         else:
             kept.append(connection)
+            connection.idle_timer = self.reactor.callLater(
+                IDLE_SECONDS, connection.transport.loseConnection
+            )
 
     def forget(self, connection: _Connection) -> None:
+        _stop_timer(connection)
         kept = self._idle.get(connection.key)
         if kept and connection in kept:
             kept.remove(connection)
@@ -393,9 +407,16 @@ class PooledClient:
         closing = [c for kept in self._idle.values() for c in kept]
         self._idle.clear()
         for connection in closing:
+            _stop_timer(connection)
             connection.transport.loseConnection()
         done: Deferred[Any] = gatherResults([c.lost for c in closing])
         return done.addCallback(lambda _: None)
+
+
+def _stop_timer(connection: _Connection) -> None:
+    timer, connection.idle_timer = connection.idle_timer, None
+    if timer is not None and timer.active():
+        timer.cancel()
 
 
 def retry_after(response: Response, now: float) -> float | None:

@@ -12,7 +12,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpmailer.httpclient import MAX_ANSWER, HTTPFailure, PooledClient, Request, Response
+from smtpmailer.httpclient import (
+    IDLE_SECONDS,
+    MAX_ANSWER,
+    HTTPFailure,
+    PooledClient,
+    Request,
+    Response,
+)
 
 URL = "http://127.0.0.1:8025/v3/mail/send"
 OK = b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m-1\r\nContent-Length: 0\r\n\r\n"
@@ -291,6 +298,32 @@ class KeptConnectionTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(outcome.failed, ("unreachable", "the connection closed before an answer"))
         self.assertEqual(len(wire.reactor.tcpClients), 1)
+
+    def test_a_connection_idle_too_long_is_closed_by_us(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(OK)
+        wire.reactor.advance(IDLE_SECONDS - 1)
+        self.assertFalse(transport.disconnecting)
+        wire.reactor.advance(2)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        wire.send()
+        self.assertEqual(len(wire.reactor.tcpClients), 2)
+
+    def test_a_connection_in_use_again_is_not_closed_as_idle(self) -> None:
+        wire = Wire()
+        Outcome(wire.send())
+        protocol, transport = wire.accept()
+        protocol.dataReceived(OK)
+        wire.reactor.advance(IDLE_SECONDS - 1)
+        second = Outcome(wire.client(Request("POST", URL, {}, b"{}"), 10))
+        wire.reactor.advance(2)
+        self.assertFalse(transport.disconnecting, "busy, not idle")
+        protocol.dataReceived(OK)
+        self.assertIsNotNone(second.response)
+        self.assertEqual(len(wire.reactor.getDelayedCalls()), 1, "only its new idle timer")
 
     def test_no_more_idle_connections_are_kept_than_asked(self) -> None:
         wire = Wire(keep=2)
