@@ -71,6 +71,13 @@ class SinglePartTests(SynchronousTestCase):
             (("Zoe", "zoe@example.com"), [("", "ann@example.org")], [("", "bob@example.org")]),
         )
 
+    def test_a_line_that_is_no_header_reads_as_the_whole_parse_does(self) -> None:
+        data = HEAD + b"this line is no header\r\nX-After: 1\r\n\r\nbody\r\n"
+        fast, slow = fields._parse(data), whole(data)
+        self.assertEqual(fast.get_content(), slow.get_content())
+        self.assertIn("this line is no header", fast.get_content())
+        self.assertEqual(list(fast.raw_items()), list(slow.raw_items()))
+
     def test_parts_and_lf_endings_take_the_whole_parse(self) -> None:
         multipart = HEAD + (
             b"Content-Type: multipart/alternative; boundary=b\r\n\r\n"

@@ -109,7 +109,10 @@ def _parse(data: bytes) -> EmailMessage:
     end = data.find(b"\r\n\r\n")
     if end >= 0 and data.count(b"\n", 0, end) == data.count(b"\r\n", 0, end):
         head = BytesParser(policy=policy.default).parsebytes(data[: end + 4], headersonly=True)
-        if head.get_content_maintype() not in ("multipart", "message"):
+        # A line that is not a header ends the head early (the email package makes it
+        # the body's first line): then the head is not all before the blank line.
+        whole_head = not head.get_payload()
+        if whole_head and head.get_content_maintype() not in ("multipart", "message"):
             head.set_payload(data[end + 4 :].decode("ascii", "surrogateescape"))
             assert isinstance(head, EmailMessage)
             return head
