@@ -54,12 +54,16 @@ def _cases() -> dict[str, tuple[Any, str, Any]]:
     return {name: (fake, keys, fake.accepted) for name, (fake, keys) in fakes.items()}
 
 
-async def send_through_sendgrid(case: TestCase, url: str) -> Any:
-    """MESSAGE through an [API:sg] relay to ``url``, on a client of its own."""
+async def send_through(
+    case: TestCase, url: str, provider: str = "sendgrid", keys: str = "", name: str = "sg"
+) -> Any:
+    """MESSAGE through an [API:NAME] relay of ``provider`` to ``url``, on a client of its
+    own; ``keys``: the section's credentials (SendGrid's test key when not given)."""
     client = PooledClient(reactor, 1)
     case.addCleanup(client.close)
+    keys = keys or f"api_key = {SENDGRID_KEY}\n"
     relay = parse_config(
-        f"[API:sg]\nprovider = sendgrid\napi_key = {SENDGRID_KEY}\nendpoint = {url}\n",
+        f"[API:{name}]\nprovider = {provider}\n{keys}endpoint = {url}\n",
         "/etc/smtpmailer/smtpmailer.conf",
     ).relays[0]
     session = await APITransport(relay, TransportContext(reactor, "x", http=client)).open()
@@ -74,18 +78,7 @@ class OverHTTPTests(TestCase):
         fake, keys, accepted = _cases()[provider]
         served = ServedOverHTTP(fake, reactor)
         self.addCleanup(served.close)
-        client = PooledClient(reactor, 2)
-        self.addCleanup(client.close)
-        relay = parse_config(
-            f"[API:{provider}]\nprovider = {provider}\n{keys}endpoint = {served.url}\n",
-            "/etc/smtpmailer/smtpmailer.conf",
-        ).relays[0]
-        transport = APITransport(relay, TransportContext(reactor, "localhost", http=client))
-        session = await transport.open()
-        lease = Lease(
-            "7JSCQ0000ABCDE", "tok", "zoe@example.com", ("ann@example.org",), MESSAGE, 5, 0, 0.0
-        )
-        (result,) = await session.deliver(lease)
+        (result,) = await send_through(self, served.url, provider, keys, name=provider)
         return result, accepted
 
     async def check(self, provider: str) -> None:
@@ -226,7 +219,7 @@ class TLSTests(TestCase):
         return served.url, os.path.abspath(ca.ca_file)
 
     async def send(self, url: str) -> Any:
-        return await send_through_sendgrid(self, url)
+        return await send_through(self, url)
 
     async def test_an_untrusted_certificate_is_refused(self) -> None:
         from smtpmailer.delivery.transport import OpenError
@@ -278,7 +271,7 @@ class DroppedTests(TestCase):
         )
         self.addCleanup(port.stopListening)
         with self.assertRaises(OpenError) as caught:
-            await send_through_sendgrid(self, f"http://127.0.0.1:{port.getHost().port}")
+            await send_through(self, f"http://127.0.0.1:{port.getHost().port}")
         self.assertRegex(
             str(caught.exception),
             r"^api:sg \(http://127\.0\.0\.1:\d+\): the connection closed before an answer$",
