@@ -363,6 +363,19 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(statements[lease_commit + 1], "PRAGMA synchronous = FULL")
         self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
 
+    def test_statement_journals_stay_in_memory(self) -> None:
+        """A turn that records sent 10 KB messages and takes new ones has its INSERT of
+        bodies journaled by SQLite; with temp files that journal cost a file a turn. The
+        writer keeps it in memory, reopened or new; the read-only opening is left alone."""
+        self.assertEqual(self.store._db.execute("PRAGMA temp_store").fetchone(), (2,))
+        self.store.close()
+        reopened = SQLiteQueue(self.path)
+        self.addCleanup(reopened.close)
+        self.assertEqual(reopened._db.execute("PRAGMA temp_store").fetchone(), (2,))
+        looking = SQLiteQueue(self.path, read_only=True)
+        self.addCleanup(looking.close)
+        self.assertEqual(looking._db.execute("PRAGMA temp_store").fetchone(), (0,))
+
     def test_a_failed_lease_leaves_the_connection_synced(self) -> None:
         self.add()
         self.store._db.execute("DROP TABLE bodies")  # the lease fails half-way through

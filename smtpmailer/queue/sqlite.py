@@ -262,6 +262,12 @@ class SQLiteQueue:
                     "CREATE INDEX IF NOT EXISTS messages_header_id ON messages (header_id)"
                     " WHERE header_id IS NOT NULL"
                 )
+            # A turn's INSERT of bodies reuses pages its DELETE of sent bodies just freed,
+            # so SQLite journals the statement; past 64 KiB that journal went to a new temp
+            # file each turn (an open, an unlink and two writes a page). It only serves to
+            # undo the statement inside its transaction, never durability: kept in memory.
+            # Set after the migrations, whose index builds may sort more than memory holds.
+            self._db.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as error:
             raise self._translate(error, f"cannot open queue database {path}") from None
         self._check_version(version)
