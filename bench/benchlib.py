@@ -15,6 +15,8 @@ from typing import IO, Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+HERE = os.path.dirname(os.path.abspath(__file__))
+INSTANT_TWISTD = "import instant_delivery; from twisted.scripts.twistd import run; run()"
 # Held while a bench has the machine's one Postfix configured for itself.
 POSTFIX_LOCK = os.path.join(tempfile.gettempdir(), "smtpmailer-bench-postfix.lock")
 if REPO not in sys.path:
@@ -361,11 +363,14 @@ class Smtpmailer:
         relay: str | None = None,
         tuned: bool = True,
         reuse: bool = True,
+        instant: bool = False,
     ) -> None:
         """``relay`` replaces the SMTP relay to the sink (an ``[API:NAME]`` section).
         ``tuned``: warn logging, no statistics line, larger batches, ``connections`` to the
         sink; else the configuration a user runs (the defaults, the status service on).
-        ``reuse``: end to end, clients send several messages a connection (else one)."""
+        ``reuse``: end to end, clients send several messages a connection (else one).
+        ``instant``: the SMTP relay answers 250 at once, in the daemon (instant_delivery.py)."""
+        self.instant = instant
         self.sink_port = sink_port
         self.connections = connections
         self.attach = attach
@@ -404,9 +409,15 @@ class Smtpmailer:
                     "[Manhole]\nlisten =\n"
                 )
         os.makedirs(os.path.join(home, "state"), exist_ok=True)
+        # twistd itself, or after instant_delivery.py replaced the SMTP transport.
+        twistd = (
+            [sys.executable, "-c", INSTANT_TWISTD]
+            if self.instant
+            else [os.path.join(BIN, "twistd")]
+        )
         process = subprocess.Popen(
             [
-                os.path.join(BIN, "twistd"),
+                *twistd,
                 "-n",
                 "--pidfile=",
                 f"--logfile={home}/twistd.log",
@@ -415,7 +426,7 @@ class Smtpmailer:
                 config,
             ],
             cwd=home,
-            env=dict(os.environ, PYTHONPATH=REPO),
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join((REPO, HERE))),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
