@@ -16,7 +16,6 @@ from typing import IO, Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 HERE = os.path.dirname(os.path.abspath(__file__))
-INSTANT_TWISTD = "import instant_delivery; from twisted.scripts.twistd import run; run()"
 # Held while a bench has the machine's one Postfix configured for itself.
 POSTFIX_LOCK = os.path.join(tempfile.gettempdir(), "smtpmailer-bench-postfix.lock")
 if REPO not in sys.path:
@@ -411,7 +410,7 @@ class Smtpmailer:
         os.makedirs(os.path.join(home, "state"), exist_ok=True)
         # twistd itself, or after instant_delivery.py replaced the SMTP transport.
         twistd = (
-            [sys.executable, "-c", INSTANT_TWISTD]
+            [sys.executable, "-m", "instant_delivery"]
             if self.instant
             else [os.path.join(BIN, "twistd")]
         )

@@ -1,9 +1,10 @@
-"""A transport that answers 250 at once, imported into the daemon by bench/ceiling.
+"""A transport that answers 250 at once, for bench/ceiling: ``python -m instant_delivery``
+runs twistd with it in place of the SMTP transport.
 
 With delivery costing nothing, a drain or an end-to-end run measures what is left: the
 ways in, the queue and the outcome bookkeeping. The difference to a run against smtp-sink
 is what delivery itself costs. It replaces the ``smtp`` kind in the daemon's transport
-table when imported; nothing in smtpmailer knows of it.
+table; nothing in smtpmailer knows of it.
 """
 
 from __future__ import annotations
@@ -50,4 +51,9 @@ def make_transport(relay: Any, context: Any) -> InstantTransport:
     return InstantTransport()
 
 
-transport.TRANSPORT_MODULES["smtp"] = __name__
+transport.TRANSPORT_MODULES["smtp"] = "instant_delivery"
+
+if __name__ == "__main__":  # python -m instant_delivery TWISTD-ARGUMENTS: twistd, patched
+    from twisted.scripts.twistd import run
+
+    run()
