@@ -425,7 +425,9 @@ class Smtpmailer:
                 config,
             ],
             cwd=home,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join((REPO, HERE))),
+            env=dict(
+                os.environ, PYTHONPATH=os.pathsep.join((REPO, HERE) if self.instant else (REPO,))
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
