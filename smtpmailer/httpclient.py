@@ -119,6 +119,9 @@ class _Connection(Protocol):
         self._pool = pool
         self.key = key
         self._parser = httptools.HttpResponseParser(self)
+        # httptools is imported here, not at the top: the provider modules import this one
+        # for Request and Response alone, and its import takes about 12 ms.
+        self._malformed = (httptools.HttpParserError, httptools.HttpParserUpgrade)
         self._exchange: _Exchange | None = None
         self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
@@ -148,15 +151,13 @@ class _Connection(Protocol):
     # Twisted's side.
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's)
-        import httptools
-
         if self._exchange is None:  # nothing asked: a server closing an idle connection
             self.transport.loseConnection()
             return
         self._heard = True
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+        except self._malformed as error:
             self._fail(HTTPFailure("unreachable", f"a malformed HTTP answer: {error}"[:200]))
             self.transport.abortConnection()
             return
