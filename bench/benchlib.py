@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.dirname(sys.executable)
 # Held while a bench has the machine's one Postfix configured for itself.
 POSTFIX_LOCK = os.path.join(tempfile.gettempdir(), "smtpmailer-bench-postfix.lock")
 if REPO not in sys.path:
