@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpmailer.queue import (
     STATES,
+    Lease,
+    NewMessage,
     Outcome,
     QueueError,
     QueueStore,
@@ -343,25 +345,34 @@ class SQLiteStoreTests(SynchronousTestCase):
         self.assertEqual(self.store.purge_sent(10_000, 100), 2)
         self.assertEqual(attempts(), 0)
 
-    def test_only_leases_commit_without_waiting_for_fsync(self) -> None:
-        """A lease is undone at every start, so it need not wait for the disk; accepting
-        mail and recording outcomes must, and the connection is back to FULL after."""
+    def test_only_turns_with_new_mail_wait_for_fsync(self) -> None:
+        """A 250 waits on the commit of its message, so accepting mail waits for the disk;
+        a lease is undone at every start and a lost outcome only means a second delivery,
+        so a turn of outcomes and leases alone does not wait. The connection is back to
+        FULL after each."""
+
+        def turn(outcomes: list[Outcome], new: int, lease_due: bool = False) -> list[Lease]:
+            items = [NewMessage("s@x.org", ("r@y.org",), b"Subject: hi\r\n\r\nhi\r\n", 5)] * new
+            return self.store.record_and_enqueue(
+                outcomes, POLICY, items, 100, 10, 60, 200, lease_due
+            )[2]
+
         statements: list[str] = []
         self.store._db.set_trace_callback(statements.append)
-        self.add()
-        (lease,) = self.store.lease(200, 10, 60)
-        self.store.record([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 201, POLICY)
+        (lease,) = turn([], 1)  # new mail, leased in its own commit
+        turn([Outcome(lease, results(lease, ("r@y.org", "sent")), "r")], 0)
+        turn([], 0, lease_due=True)  # the poller's lease alone
+        turn([], 1)
         self.store._db.set_trace_callback(None)
         begins = [i for i, statement in enumerate(statements) if statement == "BEGIN IMMEDIATE"]
-        self.assertEqual(len(begins), 3)  # enqueue, lease, record
-        unsynced = [
-            statements[i + 1] for i in begins if statements[i - 1] == "PRAGMA synchronous = NORMAL"
-        ]
-        self.assertEqual(len(unsynced), 1)
-        self.assertIn("WHERE state = 'active' AND next_attempt <= 200", unsynced[0])  # the lease
-        lease_commit = statements.index("COMMIT", begins[1])
-        self.assertEqual(statements[lease_commit + 1], "PRAGMA synchronous = FULL")
+        self.assertEqual(len(begins), 4)
+        unsynced = [i for i in begins if statements[i - 1] == "PRAGMA synchronous = NORMAL"]
+        self.assertEqual(unsynced, begins[1:3])  # the outcome, the lease
+        for begin in unsynced:
+            commit = statements.index("COMMIT", begin)
+            self.assertEqual(statements[commit + 1], "PRAGMA synchronous = FULL")
         self.assertEqual(self.store._db.execute("PRAGMA synchronous").fetchone(), (2,))
+        self.assertEqual(self.store.counts()["sent"], 1)  # the outcome was committed all the same
 
     def test_statement_journals_stay_in_memory(self) -> None:
         """A turn that records sent 10 KB messages and takes new ones has its INSERT of

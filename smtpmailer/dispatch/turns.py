@@ -112,10 +112,11 @@ class QueueWriter:
     """Submissions, delivery outcomes and the poller's leases, group-committed together.
 
     Whatever arrives while the queue thread writes goes into its next transaction, new
-    messages, outcomes and a lease alike: one fsync a turn, and a submission never waits
-    behind a separate outcome commit. ``commit`` takes the outcomes, the new messages and
-    the lease asked for (None: none) and returns a Deferred of (one result per outcome,
-    one result per message, the leases made for the request).
+    messages, outcomes and a lease alike: one fsync a turn (none without new messages,
+    queue/sqlite.py says why), and a submission never waits behind a separate outcome
+    commit. ``commit`` takes the outcomes, the new messages and the lease asked for
+    (None: none) and returns a Deferred of (one result per outcome, one result per
+    message, the leases made for the request).
     """
 
     def __init__(
