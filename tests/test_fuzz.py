@@ -148,7 +148,7 @@ class FuzzTests(SynchronousTestCase):
     def test_the_smtp_listener_answers_every_line(self, lines: list[bytes]) -> None:
         counted("smtp")
         config = parse_config("[Relay]\nhost = h\n[Queue]\nmax_message_size = 4KB\n", "c")
-        factory = SubmissionFactory(config, lambda envelope: succeed("Q1"), Clock(), None)
+        factory = SubmissionFactory(config, lambda envelope, peer: succeed("Q1"), Clock(), None)
         protocol = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         protocol.makeConnection(transport)

@@ -116,7 +116,9 @@ class RefusalCase(DeliveryCase):
 
     def smtp(self, recipients: list[str], data: bytes = GOOD) -> str:
         """The reply that refused the transaction (at RCPT or after DATA)."""
-        factory = SubmissionFactory(self.config, self.submit, self.clock, None)
+        factory = SubmissionFactory(
+            self.config, lambda envelope, peer: self.submit(envelope), self.clock, None
+        )
         protocol = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         protocol.makeConnection(transport)

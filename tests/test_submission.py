@@ -397,9 +397,11 @@ class BulkDataTests(SynchronousTestCase):
 
         config = parse_config("[Relay]\nhost = h\n[Queue]\nmax_message_size = 2KB\n", "c.conf")
         self.queued: list[Any] = []
+        self.peers: list[str] = []
 
-        def enqueue(envelope: Any) -> Any:
+        def enqueue(envelope: Any, peer: str) -> Any:
             self.queued.append(envelope)
+            self.peers.append(peer)
             return succeed(f"Q{len(self.queued)}")
 
         self.clock = Clock()
@@ -438,6 +440,29 @@ class BulkDataTests(SynchronousTestCase):
             self.feed(b"Subject: s\r\n\r\nb\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"]
         )
         self.assertIn(b"Received: from app (localhost)", self.queued[0].data)
+
+    def queued_lines(self, logs_queued: bool) -> list[str]:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        self.protocol.factory.logs_queued = logs_queued
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.transaction()
+            self.assertEqual(self.feed(b"x\r\n.\r\n"), [b"250 2.0.0 Ok: queued as Q1"])
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.assertEqual(self.peers, ["127.0.0.1"])  # handed over with the message
+        return [formatEvent(e) for e in events if "submission: queued" in formatEvent(e)]
+
+    def test_the_queued_line_when_this_process_commits(self) -> None:
+        self.assertEqual(
+            self.queued_lines(logs_queued=True),
+            ["submission: queued Q1 from <a@example.com> for 1 recipient(s) (127.0.0.1)"],
+        )
+
+    def test_a_worker_leaves_the_queued_line_to_the_daemon(self) -> None:
+        self.assertEqual(self.queued_lines(logs_queued=False), [])
 
     def test_end_marker_split_across_pieces_and_dots_unstuffed(self) -> None:
         self.transaction()
@@ -581,7 +606,7 @@ class DrainTests(SynchronousTestCase):
         self.commits: list[Any] = []
         self.factory = SubmissionFactory(config, self.enqueue, Clock(), None)
 
-    def enqueue(self, envelope: Any) -> Any:
+    def enqueue(self, envelope: Any, peer: str) -> Any:
         from twisted.internet.defer import Deferred
 
         committed: Deferred[str] = Deferred()

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -21,6 +21,7 @@ from smtpmailer.config import parse_config
 from smtpmailer.intake.smtp.channel import (
     CONFIG,
     ChannelError,
+    Client,
     FrameReader,
     decode_message,
     decode_reply,
@@ -42,6 +43,8 @@ from smtpmailer.queue import QueueError, QueueFull
 from tests.daemon import Daemon, started_peer, temporary_home, wait_until
 from tests.support import submission_port
 
+CLIENT = Client("127.0.0.1", "a@example.com")
+
 
 def config(workers: int = 1) -> Any:
     return parse_config(
@@ -54,11 +57,16 @@ def config(workers: int = 1) -> Any:
 class ChannelFormatTests(SynchronousTestCase):
     def test_frames_survive_any_split(self) -> None:
         envelope = Envelope("a@example.com", ("b@example.org", "c@ex\u00e4mple.org"), b"x\0y\r\n")
-        data = encode_message(7, envelope) + encode_log("warn", "two\nlines")
+        client = Client("192.0.2.7", "A@Example.com")
+        data = encode_message(7, envelope, client) + encode_log("warn", "two\nlines")
         reader = FrameReader(1000)
         payloads = [p for i in range(len(data)) for p in reader.feed(data[i : i + 1])]
         self.assertEqual(len(payloads), 2)
-        self.assertEqual(decode_message(payloads[0]), (7, envelope))
+        self.assertEqual(decode_message(payloads[0]), (7, envelope, client))
+
+    def test_a_message_frame_without_its_fields_is_refused(self) -> None:
+        with self.assertRaises(ChannelError):
+            decode_message(b"M9 1\0{}\0peer")
 
     def test_an_oversize_frame_is_refused_before_it_is_read(self) -> None:
         reader = FrameReader(10)
@@ -156,7 +164,7 @@ class WorkerTests(SynchronousTestCase):
     def test_answer_only_after_the_commit(self) -> None:
         channel, daemon_end, process = self.joined()
         envelope = Envelope("a@example.com", ("b@example.org",), b"Subject: s\r\n\r\nb\r\n")
-        answered = channel.submit(envelope)
+        answered = channel.submit(envelope, CLIENT)
         self.pump(channel, daemon_end, process)
         self.assertEqual([e for e, _ in self.commits], [envelope])
         self.assertNoResult(answered)
@@ -164,10 +172,37 @@ class WorkerTests(SynchronousTestCase):
         self.pump(channel, daemon_end, process)
         self.assertEqual(self.successResultOf(answered), "7JP98H3W31WKZ1")
 
+    def queued_lines(self) -> list[str]:
+        return [
+            formatEvent(e) for e in self.events if formatEvent(e).startswith("submission: queued")
+        ]
+
+    def test_the_daemon_says_the_queued_line_once_committed(self) -> None:
+        """Said by the daemon when the commit answers, before delivery can begin: said by
+        the worker, it came back through the channel and could follow the delivery line."""
+        channel, daemon_end, process = self.joined()
+        envelope = Envelope("app@example.com", ("b@example.org", "c@example.org"), b"x\r\n")
+        answered = channel.submit(envelope, Client("192.0.2.7", "App@Example.com"))
+        refused = channel.submit(envelope, CLIENT)
+        self.pump(channel, daemon_end, process)
+        self.assertEqual(self.queued_lines(), [])  # not before the commit
+        self.commits[0][1].callback("7JP98H3W31WKZ1")
+        self.commits[1][1].errback(Failure(QueueFull("queue is full")))
+        self.assertEqual(
+            self.queued_lines(),
+            ["submission: queued 7JP98H3W31WKZ1 from <App@Example.com> for 2 recipient(s)"
+             " (192.0.2.7)"],
+        )  # fmt: skip
+        self.assertNoResult(answered)  # said in the daemon, before the worker hears
+        self.pump(channel, daemon_end, process)
+        self.successResultOf(answered)
+        self.failureResultOf(refused, QueueFull)
+        self.assertEqual(len(self.queued_lines()), 1)
+
     def test_refusals_reach_the_worker_as_such(self) -> None:
         channel, daemon_end, process = self.joined()
-        full = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
-        broken = channel.submit(Envelope("a@example.com", ("b@example.org",), b"y\r\n"))
+        full = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"), CLIENT)
+        broken = channel.submit(Envelope("a@example.com", ("b@example.org",), b"y\r\n"), CLIENT)
         self.pump(channel, daemon_end, process)
         self.commits[0][1].errback(Failure(QueueFull("queue is full")))
         self.commits[1][1].errback(Failure(QueueError("disk I/O error")))
@@ -179,12 +214,14 @@ class WorkerTests(SynchronousTestCase):
 
     def test_daemon_gone_fails_what_is_owed(self) -> None:
         channel, daemon_end, process = self.joined()
-        owed = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"))
+        owed = channel.submit(Envelope("a@example.com", ("b@example.org",), b"x\r\n"), CLIENT)
         idle = channel.when_idle()
         channel.connectionLost(Failure(Exception("stdin closed")))
         self.failureResultOf(owed, QueueError)
         self.successResultOf(idle)
-        self.failureResultOf(channel.submit(Envelope("a@x.org", ("b@x.org",), b"")), QueueError)
+        self.failureResultOf(
+            channel.submit(Envelope("a@x.org", ("b@x.org",), b""), CLIENT), QueueError
+        )
 
     def test_worker_log_lines_land_in_the_daemon_log_at_their_level(self) -> None:
         _, daemon_end, _ = self.joined()

@@ -9,7 +9,9 @@ refusal. Both ends are ours and run the same code, so the format is small and st
     Y                                         worker -> daemon: listening, take no more
     M<header length> <header><data>           worker -> daemon: a message to queue; the
                                               header is seq, meta (its DSN options, JSON),
-                                              sender and each recipient, UTF-8,
+                                              the client's address and sender as it gave
+                                              them (for the daemon's queued line), then the
+                                              checked sender and each recipient, UTF-8,
                                               NUL-separated
     L<level> <text>                           worker -> daemon: a line for the daemon's log
     R<seq> <status> <text>                    daemon -> worker: the answer to message seq;
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+
+import attrs
 
 from smtpmailer.intake.refusals import kind_of, refusal_from
 from smtpmailer.message import Envelope
@@ -58,21 +62,38 @@ class FrameReader:
             yield payload
 
 
-def encode_message(seq: int, envelope: Envelope) -> bytes:
-    fields = (str(seq), envelope.meta, envelope.sender, *envelope.recipients)
+@attrs.frozen
+class Client:
+    """Who handed a message over, as the queued line names them: the client's address and
+    the sender as it gave it (the checked envelope's may be rewritten)."""
+
+    peer: str
+    sender: str
+
+
+def encode_message(seq: int, envelope: Envelope, client: Client) -> bytes:
+    fields = (
+        str(seq),
+        envelope.meta,
+        client.peer,
+        client.sender,
+        envelope.sender,
+        *envelope.recipients,
+    )
     header = "\0".join(fields).encode("utf-8")
     return frame(MESSAGE + str(len(header)).encode() + b" " + header + envelope.data)
 
 
-def decode_message(payload: bytes) -> tuple[int, Envelope]:
+def decode_message(payload: bytes) -> tuple[int, Envelope, Client]:
     try:
         length_text, _, rest = payload[1:].partition(b" ")
         length = int(length_text)
         fields = rest[:length].decode("utf-8").split("\0")
-        seq, meta, sender, recipients = int(fields[0]), fields[1], fields[2], fields[3:]
-    except (ValueError, IndexError, UnicodeDecodeError) as error:
+        seq, meta, peer, given, sender = int(fields[0]), *fields[1:5]
+        recipients = fields[5:]
+    except (ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
         raise ChannelError(f"unreadable message frame: {error}") from None
-    return seq, Envelope(sender, tuple(recipients), rest[length:], meta)
+    return seq, Envelope(sender, tuple(recipients), rest[length:], meta), Client(peer, given)
 
 
 def encode_reply(seq: int, status: str, text: str) -> bytes:

@@ -37,6 +37,7 @@ from smtpmailer.intake.refusals import (
     answer_for,
     kind_of,
 )
+from smtpmailer.intake.smtp.queued_line import log_queued
 from smtpmailer.intake.smtp.worker_pool import WorkerPool
 from smtpmailer.listening import Listen, ListeningService
 from smtpmailer.logs import log
@@ -154,7 +155,7 @@ class _Collector:
         data = to_crlf(b"".join(line + b"\r\n" for line in self.lines) + self.body)
         meta = json.dumps(self.dsn.as_meta()) if self.dsn else ""
         envelope = Envelope(self.sender, tuple(self.recipients), data, meta)
-        return self.server.factory.enqueue(envelope)
+        return self.server.factory.enqueue(envelope, self.server._peer)
 
     def connectionLost(self) -> None:
         self.lines = []
@@ -536,13 +537,8 @@ class SubmissionProtocol(smtp.ESMTP):
         else:
             message_id = next(value for ok, value in results if ok and value)
             self.sendCode(250, f"2.0.0 Ok: queued as {message_id}".encode())
-            log.info(
-                "submission: queued {id} from <{sender}> for {n} recipient(s) ({peer})",
-                id=message_id,
-                sender=collector.sender if collector else "",
-                n=len(collector.recipients) if collector else 0,
-                peer=self._peer,
-            )
+            if self.factory.logs_queued and collector is not None:
+                log_queued(message_id, collector.sender, len(collector.recipients), self._peer)
         self._release_held()
         if self.factory.draining:
             self.close_if_idle()
@@ -619,11 +615,19 @@ def refusal_reply(error: BaseException, encode: bool = False, text: str | None =
 
 
 class SubmissionFactory(protocol.ServerFactory):
+    """``enqueue(envelope, peer)`` commits a transaction's message (or hands it to the
+    daemon, in a worker) and fires with its queue id. ``logs_queued``: this process commits,
+    so the listener says the queued line; a worker leaves it to the daemon
+    (intake/smtp/queued_line.py says why)."""
+
     noisy = False
 
-    def __init__(self, config: Config, enqueue: Any, clock: Any, blocking: Any) -> None:
+    def __init__(
+        self, config: Config, enqueue: Any, clock: Any, blocking: Any, logs_queued: bool = True
+    ) -> None:
         self.config = config
         self.enqueue = enqueue
+        self.logs_queued = logs_queued
         self.clock = clock
         self.hostname = socket.gethostname()
         self.open_connections: Counter[str] = Counter()
@@ -711,7 +715,9 @@ class SubmissionService(ListeningService):
         return config.submission.listen
 
     def make_factory(self, config: Config) -> SubmissionFactory:
-        self.factory = SubmissionFactory(config, self._enqueue, self._clock, self._blocking)
+        self.factory = SubmissionFactory(
+            config, lambda envelope, peer: self._enqueue(envelope), self._clock, self._blocking
+        )
         return self.factory
 
     def startService(self) -> None:

@@ -34,6 +34,7 @@ from smtpmailer.intake.smtp.channel import (
     READY,
     REPLY,
     ChannelError,
+    Client,
     FrameReader,
     decode_reply,
     encode_log,
@@ -89,13 +90,13 @@ class DaemonChannel(Protocol):
             waiter.callback(result)
         self._maybe_idle()
 
-    def submit(self, envelope: Envelope) -> Deferred[str]:
+    def submit(self, envelope: Envelope, client: Client) -> Deferred[str]:
         if not self.open:
             return fail(QueueError("the daemon is not answering"))
         self._seq += 1
         waiter: Deferred[str] = Deferred()
         self._pending[self._seq] = waiter
-        self.transport.write(encode_message(self._seq, envelope))  # type: ignore[union-attr]
+        self.transport.write(encode_message(self._seq, envelope, client))  # type: ignore[union-attr]
         return waiter
 
     def send(self, data: bytes) -> None:
@@ -144,20 +145,23 @@ class Worker:
 
         self.config = config
         set_level(config.logging.level)
-        factory = SubmissionFactory(config, self.enqueue, self._reactor, deferToThread)
+        # The daemon says the queued line when it commits (intake/smtp/queued_line.py).
+        factory = SubmissionFactory(
+            config, self.enqueue, self._reactor, deferToThread, logs_queued=False
+        )
         self.factory = factory
         self.port = self._reactor.adoptStreamPort(self._listen_fd, self._family, factory)
         os.close(self._listen_fd)  # adoptStreamPort made its own copy
         self.channel.send(frame(READY))
 
-    def enqueue(self, envelope: Envelope) -> Deferred[str]:
+    def enqueue(self, envelope: Envelope, peer: str) -> Deferred[str]:
         """The daemon's own checks, here, so its core only commits."""
         assert self.config is not None
         try:
             checked = check_envelope(self.config, envelope)
         except MessageError:
             return fail()
-        return self.channel.submit(checked)
+        return self.channel.submit(checked, Client(peer, envelope.sender))
 
     def stop(self) -> Deferred[Any]:
         """SIGTERM (a reload that replaces us, or the daemon stopping): no new connections;

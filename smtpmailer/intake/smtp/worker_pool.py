@@ -25,12 +25,14 @@ from smtpmailer.intake.smtp.channel import (
     MESSAGE,
     READY,
     ChannelError,
+    Client,
     FrameReader,
     decode_log,
     decode_message,
     frame,
     reply_for,
 )
+from smtpmailer.intake.smtp.queued_line import log_queued
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope
 
@@ -89,9 +91,11 @@ class WorkerProcess(ProcessProtocol):
             log.error("submission worker {pid}: {error}; stopping it", pid=self.pid, error=error)
             self.kill()
 
-    def _commit(self, seq: int, envelope: Envelope) -> None:
+    def _commit(self, seq: int, envelope: Envelope, client: Client) -> None:
         def answer(result: str | Failure) -> None:
             value = result.value if isinstance(result, Failure) else result
+            if isinstance(value, str):  # before delivery can say anything of it
+                log_queued(value, client.sender, len(envelope.recipients), client.peer)
             if self.alive:
                 self.transport.write(reply_for(seq, value))  # type: ignore[union-attr,arg-type]
 
