@@ -67,3 +67,31 @@ class ChosenTests(unittest.TestCase):
 
     def test_syslog_or_a_logger_left_to_twistd(self) -> None:
         self.assertIsNone(observer_for("text", LogTarget(logfile="-", elsewhere=True)))
+
+
+class EventTests(unittest.TestCase):
+    """Our Log makes the events Twisted's Logger.emit makes, without its per-call cost."""
+
+    def test_the_same_event_as_logger_emit(self) -> None:
+        from twisted.logger import Logger, LogPublisher
+
+        from smtpmailer.logs import Log
+
+        ours: list[dict[str, object]] = []
+        theirs: list[dict[str, object]] = []
+        log = Log("smtpmailer")
+        log._logger = Logger(namespace="smtpmailer", observer=LogPublisher(ours.append))
+        twisted = Logger(namespace="smtpmailer", observer=LogPublisher(theirs.append))
+        before = time.time()
+        log.info("{line}", line="id=Q1 status=sent", id="Q1")
+        log.warn("x={x}", x=1)
+        log.debug("under the threshold")
+        twisted.emit(LogLevel.info, "{line}", line="id=Q1 status=sent", id="Q1")
+        twisted.emit(LogLevel.warn, "x={x}", x=1)
+        self.assertEqual(len(ours), 2)
+        for mine, emitted in zip(ours, theirs, strict=True):
+            self.assertGreaterEqual(mine.pop("log_time"), before)  # type: ignore[arg-type]
+            emitted.pop("log_time")
+            self.assertIs(mine.pop("log_logger"), log._logger)
+            emitted.pop("log_logger")
+            self.assertEqual(mine, emitted)
