@@ -453,12 +453,20 @@ class BulkDataTests(SynchronousTestCase):
         finally:
             globalLogPublisher.removeObserver(events.append)
         self.assertEqual(self.peers, ["127.0.0.1"])  # handed over with the message
-        return [formatEvent(e) for e in events if "submission: queued" in formatEvent(e)]
+        self.queued_events = [e for e in events if "submission: queued" in formatEvent(e)]
+        return [formatEvent(e) for e in self.queued_events]
 
     def test_the_queued_line_when_this_process_commits(self) -> None:
+        from smtpmailer.logs import json_event
+
         self.assertEqual(
             self.queued_lines(logs_queued=True),
             ["submission: queued Q1 from <a@example.com> for 1 recipient(s) (127.0.0.1)"],
+        )
+        record = json_event(self.queued_events[0])  # the JSON log keeps its fields
+        self.assertEqual(
+            {key: record[key] for key in ("id", "sender", "n", "peer")},
+            {"id": "Q1", "sender": "a@example.com", "n": 1, "peer": "127.0.0.1"},
         )
 
     def test_a_worker_leaves_the_queued_line_to_the_daemon(self) -> None:

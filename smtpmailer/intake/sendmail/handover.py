@@ -153,12 +153,15 @@ class SendmailRequest(Protocol):
 
         def queued(result: tuple[Envelope, str]) -> None:
             envelope, message_id = result
-            log.info(
-                "sendmail: queued {id} from <{sender}> for {n} recipient(s) (uid {uid})",
+            shown_uid = "?" if uid is None else uid
+            log.info(  # its text made here: the log observer writes it without parsing a format
+                "{line}",
+                line=f"sendmail: queued {message_id} from <{envelope.sender}> for"
+                f" {len(envelope.recipients)} recipient(s) (uid {shown_uid})",
                 id=message_id,
                 sender=envelope.sender,
                 n=len(envelope.recipients),
-                uid="?" if uid is None else uid,
+                uid=shown_uid,
             )
             self._answer(EX_OK, message_id)
 
