@@ -571,3 +571,35 @@ class ChannelObserverTests(SynchronousTestCase):
         self.assertEqual(level, "critical")
         self.assertTrue(text.startswith("could not\nTraceback"), text)
         self.assertIn("ValueError: boom", text)
+
+
+class ReactorDispatchTests(SynchronousTestCase):
+    """The worker's reactor calls each read and write without Twisted's log context."""
+
+    def test_the_call_and_its_result_without_a_context(self) -> None:
+        from twisted.python import context
+        from twisted.python.log import ILogContext
+
+        from smtpmailer.intake.smtp.worker import call_with_logger
+
+        connection: Any = type("Connection", (), {"logPrefix": lambda self: "Submission,3"})()
+        outside = context.get(ILogContext)["system"]
+        seen = call_with_logger(connection, lambda n: (n, context.get(ILogContext)["system"]), 7)
+        self.assertEqual(seen, (7, outside))
+
+    def test_an_error_is_logged_with_its_system(self) -> None:
+        from smtpmailer.intake.smtp.worker import call_with_logger
+
+        connection: Any = type("Connection", (), {"logPrefix": lambda self: "Submission,3"})()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def broken() -> None:
+            raise ValueError("boom")
+
+        self.assertIsNone(call_with_logger(connection, broken))
+        (error,) = [e for e in events if e.get("isError")]  # Twisted's legacy err event
+        self.assertEqual(error["log_system"], "Submission,3")
+        self.assertIsInstance(error["failure"].value, ValueError)
+        self.flushLoggedErrors(ValueError)
