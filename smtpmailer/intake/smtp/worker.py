@@ -235,8 +235,8 @@ def call_with_logger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:
     The reactor calls that for every read and write, to name the connection as the
     ``system`` of legacy log events said inside: a context dict copied and five calls an
     event. A worker never shows a system (channel_observer sends the text alone), so here
-    it was only cost: 9% of our CPU per message end to end (bench/relay, 4 A/B pairs). An error
-    is still logged, with its system, as Twisted logs it."""
+    it was only cost: end to end at 1 KB, our CPU per message went from 0.78 to 0.71 ms
+    without it (4 A/B pairs). An error is still logged, with its system, as Twisted's."""
     try:
         return func(*args, **kw)
     except KeyboardInterrupt:
