@@ -341,7 +341,7 @@ class RealWorkerTests(TestCase):
         for number in range(5):
             self.send(number)
         wait_until(lambda: len(self.peer.messages()) == 5, what="5 deliveries")
-        # The worker's own log line comes through the daemon's log.
+        # Said by the daemon as each commit answered (queued_line.py).
         self.assertEqual(self.daemon.new_log().count("submission: queued "), 5)
 
     def test_kill_9_of_the_worker_loses_nothing_and_service_goes_on(self) -> None:
