@@ -45,3 +45,24 @@ class DocsTests(SynchronousTestCase):
                 and any(os.path.basename(path) == name.rstrip("/") for path in everywhere)
             )
             self.assertTrue(found, f"docs/architecture.md names {name}, which does not exist")
+
+    def test_every_ini_example_names_declared_keys_with_valid_values(self) -> None:
+        """A reader copies these blocks into smtpmailer.conf: a misspelt key or a value
+        the daemon refuses would stop it at start."""
+        from smtpmailer.config.load import Reader
+        from smtpmailer.config.sections import SECTIONS
+        from smtpmailer.ini import parse_ini
+
+        checked = 0
+        for document in self.documents():
+            with open(document, encoding="utf-8") as handle:
+                blocks = re.findall(r"```ini\n(.*?)```", handle.read(), re.S)
+            for number, block in enumerate(blocks):
+                where = f"{os.path.relpath(document, REPO)}, ini block {number + 1}"
+                for section in parse_ini(block, where):
+                    self.assertIn(section.name, SECTIONS, f"{where}: [{section.title}]")
+                    reader = Reader(where, section, section.name)  # unknown keys raise
+                    for entry in section.entries:
+                        reader.get(entry.key)  # a value the daemon refuses raises
+                        checked += 1
+        self.assertGreater(checked, 20)
