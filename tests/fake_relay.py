@@ -210,6 +210,10 @@ class FakeRelay:
         self.bearer: Any = None
         self.auth_lines: list[str] = []
         self.authenticated: list[str] = []
+        # Connections taken at once: one more is greeted with Postfix's answer when its
+        # smtpd_client_connection_count_limit is reached (a 421 from anvil), then closed.
+        self.connection_limit: int | None = None
+        self.over_limit: list[float] = []
 
     def connect(self, relay: SMTPRelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
         if self.refuse:
@@ -221,6 +225,11 @@ class FakeRelay:
         connection = _Connection(self, client)
         self.live.append(connection)
         client.makeConnection(connection.transport)  # type: ignore[arg-type]
+        if self.connection_limit is not None and self.open_connections > self.connection_limit:
+            self.over_limit.append(self.clock.seconds())
+            connection.send("421 4.7.0 fake.test Error: too many connections from 127.0.0.1")
+            self.clock.callLater(0, connection.transport.loseConnection)
+            return succeed(client)
         connection.send(self.greeting)
         return succeed(client)
 

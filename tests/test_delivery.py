@@ -8,11 +8,11 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from smtpmailer.config import parse_config
 from smtpmailer.daemon.service import MailerService
-from smtpmailer.delivery.pool import DOWN_FOR, IDLE_TIMEOUT
+from smtpmailer.delivery.pool import DOWN_FOR, HOLD_FOR, IDLE_TIMEOUT
 from smtpmailer.queue import Outcome, QueueError, RecipientResult
 from smtpmailer.queue.sqlite import SQLiteQueue
 from tests.fake_relay import settle
@@ -188,6 +188,69 @@ class DeliveryTests(DeliveryCase):
             info.last_error, "a.test:25: relay refused the session: 421 4.3.2 too busy, try later"
         )
         self.assertEqual(self.relay.messages, [])
+
+    def test_a_relay_that_limits_connections_gets_what_it_takes(self) -> None:
+        # Postfix's smtpd_client_connection_count_limit = 2 against our default 4: the
+        # 3rd and 4th connections are greeted with a 421. The relay is not down: the
+        # two it took carry all the mail, at once, and nothing is deferred.
+        self.configure()
+        self.relay.connection_limit = 2
+        said: list[str] = []
+
+        def hear(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(hear)
+        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        ids = [self.enqueue() for _ in range(20)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"sent"})
+        self.assertEqual(len(self.relay.over_limit), 2)
+        self.assertEqual(self.relay.most_open, 4)  # the two turned away, for a moment
+        held = [line for line in said if "turned a connection away" in line]
+        self.assertEqual(
+            held,
+            [
+                f"relay a.test turned a connection away while {n} other(s) of ours were open "
+                "or opening (relay refused the session: 421 4.7.0 fake.test Error: too many "
+                f"connections from 127.0.0.1); no more than {n} for 30s"
+                for n in (3, 2)
+            ],
+        )
+        (pool,) = self.service.delivery.pools.values()
+        self.assertFalse(pool.down())
+        # Mail within the hold opens no third connection; after it, one is tried again.
+        turned_away = len(self.relay.over_limit)
+        self.clock.advance(IDLE_TIMEOUT - 0.5)  # the two are still open, idle
+        settle(self.clock)
+        more = [self.enqueue() for _ in range(10)]
+        self.service.poller.wake()
+        settle(self.clock)
+        self.assertEqual({self.state(i) for i in more}, {"sent"})
+        self.assertEqual(len(self.relay.over_limit), turned_away)
+        self.clock.advance(HOLD_FOR)
+        settle(self.clock)
+        self.relay.connection_limit = None  # the operator raised the limit meanwhile
+        last = [self.enqueue() for _ in range(20)]
+        self.service.poller.wake()
+        settle(self.clock)
+        self.assertEqual({self.state(i) for i in last}, {"sent"})
+        self.assertEqual(self.relay.most_open, 4)
+        self.assertEqual(len(self.relay.over_limit), turned_away)
+
+    def test_a_relay_that_turns_every_connection_away_is_down(self) -> None:
+        # A 421 to every connection: not a limit but a relay that takes nothing now.
+        self.configure()
+        self.relay.greeting = "421 4.3.2 too busy, try later"
+        ids = [self.enqueue() for _ in range(20)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"deferred"})
+        (pool,) = self.service.delivery.pools.values()
+        self.assertTrue(pool.down())
+        self.assertEqual(
+            self.store.show(ids[-1]).last_error,
+            "a.test:25: relay refused the session: 421 4.3.2 too busy, try later",
+        )
 
     def test_slow_rate_limit_leases_only_what_can_start_soon(self) -> None:
         self.relay_keys = "rate_limit = 1/h\nmax_connections = 1\n"

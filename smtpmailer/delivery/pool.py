@@ -5,7 +5,10 @@ Up to ``max_connections`` sessions run at once; each carries up to
 reuses it; ``rate_limit`` bounds how many start per period. A session that cannot
 be opened hands every message waiting here back to its owner at once (which tries the next
 relay or defers them), instead of dialling once per message, and marks the relay down for
-a while so that new mail goes straight to the next one.
+a while so that new mail goes straight to the next one. A relay that greets one more
+session with a 421 while others of ours are open is not down: it limits connections
+(Postfix's ``smtpd_client_connection_count_limit``, Exim's ``smtp_accept_max_per_host``),
+so the pool holds at the sessions it has for a while and they carry the mail.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from smtpmailer.queue import Lease, RecipientResult
 IDLE_TIMEOUT = 2.0
 # After a failed open, new mail skips this relay (when another is left to try) this long.
 DOWN_FOR = 30.0
+# After the relay refused one more session, the pool opens no more than it had this long.
+HOLD_FOR = 30.0
 
 
 @attrs.define
@@ -61,6 +66,10 @@ class PoolOwner(Protocol):
 
     def unreachable(self, pool: RelayPool, jobs: list[Job], error: OpenError) -> None:
         """No session could be opened; these jobs never reached the relay."""
+
+    def limited(self, pool: RelayPool, error: OpenError) -> None:
+        """The relay refused one more session while ``pool.held_at`` others carried mail:
+        the pool holds at those until ``pool.held_until``; no job was handed back."""
 
     def give_back(self, jobs: Sequence[Job]) -> Deferred[Any]:
         """Jobs that will not be attempted (stopping): back to the queue, untouched."""
@@ -127,6 +136,9 @@ class RelayPool:
         self.closing = False
         self.down_until = 0.0
         self.last_open_error: OpenError | None = None
+        # While the clock is before held_until, at most held_at sessions (see _held_back).
+        self.held_at = 0
+        self.held_until = 0.0
 
     @property
     def pending(self) -> int:
@@ -144,8 +156,15 @@ class RelayPool:
         self._pending.append(job)
         self._dispatch()
 
+    def room(self) -> int:
+        """How many sessions may run at once now: max_connections, or fewer for a while
+        after the relay refused one more."""
+        if self.held_until and self._clock.seconds() < self.held_until:
+            return min(self.held_at, self.relay.max_connections)
+        return self.relay.max_connections
+
     def _dispatch(self) -> None:
-        while self._pending and self.workers < self.relay.max_connections and not self.closing:
+        while self._pending and self.workers < self.room() and not self.closing:
             job = self._pending.popleft()
             self.workers += 1
             Deferred.fromCoroutine(self._work(job)).addErrback(
@@ -190,7 +209,10 @@ class RelayPool:
                 session = await self._open()
             except OpenError as error:
                 assert job is not None
-                self._unreachable(job, error)
+                if error.busy and self.workers > 1:
+                    self._held_back(job, error)
+                else:
+                    self._unreachable(job, error)
                 return
             self.down_until = 0.0
             self._sessions.add(session)
@@ -261,10 +283,28 @@ class RelayPool:
             return
         self._pending.extendleft(reversed(jobs))
 
+    def _held_back(self, job: Job, error: OpenError) -> None:
+        """The relay turned a session away while others of ours were open or opening: it
+        limits connections rather than being down. Marking it down would defer every
+        waiting message (or send them to the next relay) while the sessions it took could
+        carry them; instead hold at those for HOLD_FOR and give the job to the first that
+        is free. Should the others fail too, the last one finds the relay down as ever."""
+        self.held_at = self.workers - 1  # the others; this one is about to end
+        self.held_until = self._clock.seconds() + HOLD_FOR
+        self.last_open_error = error
+        self._owner.limited(self, error)
+        if self._idle:
+            waiter, timer = self._idle.popleft()
+            timer.cancel()
+            waiter.callback(job)
+        else:
+            self._pending.appendleft(job)
+
     def _unreachable(self, job: Job, error: OpenError) -> None:
         """Mark the relay down (until it said, or DOWN_FOR) and hand back every job here."""
         now = self._clock.seconds()
         self.down_until = max(error.pause_until or 0.0, now + DOWN_FOR)
+        self.held_until = 0.0
         self.last_open_error = error
         jobs = [job, *self._pending]
         self._pending.clear()
@@ -299,7 +339,7 @@ class RelayPool:
         self.relay = relay
         retired, self.transport = self.transport, transport
         retired.retire()
-        self.down_until = 0.0
+        self.down_until = self.held_until = 0.0
         self._close_idle()
         self._dispatch()
 

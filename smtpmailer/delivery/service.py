@@ -271,6 +271,17 @@ class DeliveryService(Service):
             job.path = job.path[1:]
             self._route(job)
 
+    def limited(self, pool: RelayPool, error: OpenError) -> None:
+        self._relay_failed(pool.relay.label, error.problem)
+        log.warn(
+            "relay {relay} turned a connection away while {open} other(s) of ours were "
+            "open or opening ({problem}); no more than {open} for {seconds:g}s",
+            relay=pool.relay.label,
+            open=pool.held_at,
+            problem=error.problem,
+            seconds=pool.held_until - self._clock.seconds(),
+        )
+
     def _hold(self, job: Job, wait: float) -> None:
         def resume() -> None:
             self._held.pop(job.lease.id, None)

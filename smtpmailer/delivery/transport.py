@@ -34,14 +34,25 @@ class OpenError(Exception):
     it, and ``label`` what log lines name: ``HOST[none]`` only when no connection was made,
     else the address that was reached (a failure at TLS or AUTH). ``credentials`` when it
     was our credentials that were refused or could not be had (a password, a token).
+    ``busy`` when the relay answered and turned this session away for now (a 421
+    greeting): with other sessions of ours open or opening, that is a connection limit,
+    not a relay that is down (see RelayPool._held_back).
     """
 
-    def __init__(self, problem: str, where: str, label: str, credentials: bool = False) -> None:
+    def __init__(
+        self,
+        problem: str,
+        where: str,
+        label: str,
+        credentials: bool = False,
+        busy: bool = False,
+    ) -> None:
         super().__init__(f"{where}: {problem}")
         self.problem = problem
         self.where = where
         self.label = label
         self.credentials = credentials
+        self.busy = busy
         # Set when the relay said when to come back (an HTTP 429 with its reset time).
         self.pause_until: float | None = None
 

@@ -24,6 +24,11 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
+class Busy(SessionError):
+    """The relay greeted us with a 4xx: it takes no more sessions now (Postfix's and
+    Exim's answer to a client over their connection limit is a 421 greeting)."""
+
+
 class AuthFailed(SessionError):
     """The relay refused our credentials: the operator's to fix (metrics count these)."""
 
@@ -84,6 +89,8 @@ class SMTPSession:
         """Greeting, EHLO, STARTTLS, AUTH. ``report`` hears each step that succeeded
         (``smtpmailer test`` prints them)."""
         greeting = await self.protocol.greeting
+        if greeting.temporary:
+            raise Busy(f"relay refused the session: {greeting}")
         if greeting.code != 220:
             raise SessionError(f"relay refused the session: {greeting}", greeting.code >= 500)
         report(f"greeting: {greeting}")

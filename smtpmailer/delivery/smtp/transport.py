@@ -15,7 +15,13 @@ from twisted.internet.defer import Deferred
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol, SMTPProtocolError, SMTPTimeout
-from smtpmailer.delivery.smtp.session import AuthFailed, SessionError, SMTPSession, TokenRefused
+from smtpmailer.delivery.smtp.session import (
+    AuthFailed,
+    Busy,
+    SessionError,
+    SMTPSession,
+    TokenRefused,
+)
 from smtpmailer.delivery.transport import Follow, OpenError, Session, TransportContext
 from smtpmailer.oauth2.source import TokenError
 from smtpmailer.queue import Lease, RecipientResult
@@ -147,7 +153,10 @@ class SMTPTransport:
                 protocol.abort()
                 problem = describe_error(error)
                 refused = isinstance(error, AuthFailed | TokenError)
-                raise OpenError(problem, f"{relay.host}:{relay.port}", label, refused) from None
+                busy = isinstance(error, Busy)
+                raise OpenError(
+                    problem, f"{relay.host}:{relay.port}", label, refused, busy
+                ) from None
             return SMTPConnection(session, label)
         raise AssertionError("unreachable")
 
