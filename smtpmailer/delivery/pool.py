@@ -6,7 +6,7 @@ reuses it; ``rate_limit`` bounds how many start per period. A session that canno
 be opened hands every message waiting here back to its owner at once (which tries the next
 relay or defers them), instead of dialling once per message, and marks the relay down for
 a while so that new mail goes straight to the next one. A relay that greets one more
-session with a 421 while others of ours are open is not down: it limits connections
+session with a 421 while others of ours are open or opening is not down: it limits connections
 (Postfix's ``smtpd_client_connection_count_limit``, Exim's ``smtp_accept_max_per_host``),
 so the pool holds at the sessions it has for a while and they carry the mail.
 """
@@ -68,8 +68,9 @@ class PoolOwner(Protocol):
         """No session could be opened; these jobs never reached the relay."""
 
     def limited(self, pool: RelayPool, error: OpenError) -> None:
-        """The relay refused one more session while ``pool.held_at`` others carried mail:
-        the pool holds at those until ``pool.held_until``; no job was handed back."""
+        """The relay turned one more session away while ``pool.held_at`` others were open
+        or opening: the pool holds at those until ``pool.held_until``; no job was handed
+        back."""
 
     def give_back(self, jobs: Sequence[Job]) -> Deferred[Any]:
         """Jobs that will not be attempted (stopping): back to the queue, untouched."""
