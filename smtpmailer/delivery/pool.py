@@ -149,18 +149,24 @@ class RelayPool:
         return self._clock.seconds() < self.down_until
 
     def submit(self, job: Job) -> None:
-        if self._idle:
-            waiter, timer = self._idle.popleft()
-            timer.cancel()
-            waiter.callback(job)
+        if self._give_idle(job):
             return
         self._pending.append(job)
         self._dispatch()
 
+    def _give_idle(self, job: Job) -> bool:
+        """Hand the job to a session waiting idle for one, if there is such a session."""
+        if not self._idle:
+            return False
+        waiter, timer = self._idle.popleft()
+        timer.cancel()
+        waiter.callback(job)
+        return True
+
     def room(self) -> int:
         """How many sessions may run at once now: max_connections, or fewer for a while
         after the relay refused one more."""
-        if self.held_until and self._clock.seconds() < self.held_until:
+        if self._clock.seconds() < self.held_until:
             return min(self.held_at, self.relay.max_connections)
         return self.relay.max_connections
 
@@ -294,12 +300,8 @@ class RelayPool:
         self.held_until = self._clock.seconds() + HOLD_FOR
         self.last_open_error = error
         self._owner.limited(self, error)
-        if self._idle:
-            waiter, timer = self._idle.popleft()
-            timer.cancel()
-            waiter.callback(job)
-        else:
-            self._pending.appendleft(job)
+        if not self._give_idle(job):
+            self._pending.appendleft(job)  # first in line: it was due before the rest
 
     def _unreachable(self, job: Job, error: OpenError) -> None:
         """Mark the relay down (until it said, or DOWN_FOR) and hand back every job here."""
