@@ -10,10 +10,11 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from typing import Any
+
+from tests.ports import fixed_port
 
 _server: str | None = None
 
@@ -48,9 +49,7 @@ class Cluster:
             account = pwd.getpwnam("postgres")
             os.chown(self.folder, account.pw_uid, account.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = fixed_port()
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
         self.start()
         self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"

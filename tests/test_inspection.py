@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.daemon import Daemon, manhole_ssh, ssh_keypair, started_peer, temporary_home, wait_until
+from tests.ports import fixed_port
 
 
 def relay_section(port: int) -> str:
@@ -106,9 +107,7 @@ class HTTPTests(InspectionCase):
     def test_reload_rebinds_the_status_listener(self) -> None:
         daemon = self.daemon().start()
         old = self.url(daemon)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = fixed_port()
         text = (
             open(daemon.config_path)
             .read()
@@ -120,7 +119,11 @@ class HTTPTests(InspectionCase):
             handle.write(text)
         assert daemon.process is not None
         daemon.process.send_signal(__import__("signal").SIGHUP)
-        wait_until(lambda: "reload: applied ([Status] listen)" in daemon.log(), what="reload")
+        try:
+            wait_until(lambda: "reload: applied ([Status] listen)" in daemon.log(), what="reload")
+        except AssertionError as timeout:
+            said = [line for line in daemon.log().splitlines() if "reload" in line]
+            raise AssertionError(f"{timeout}; the daemon said: {said}") from None
         self.assertEqual(fetch(f"http://127.0.0.1:{port}/health")[0], 200)
         self.assertEqual(self.url(daemon), f"http://127.0.0.1:{port}")
         self.assertRaises(OSError, fetch, old + "/health")  # the old port is closed
