@@ -136,6 +136,44 @@ class _BearerHandler(_Handler):
         return await self._check(server, args, "OAUTHBEARER")
 
 
+class _PeerSMTP(SMTP):
+    """aiosmtpd's server, counting the connections it holds open. When the peer's
+    ``connection_limit`` is reached, one more is greeted with the 421 that Postfix's anvil
+    gives at its smtpd_client_connection_count_limit, then closed."""
+
+    peer: SMTPPeer
+    admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # a new connection (STARTTLS calls this a second time)
+            with self.peer.lock:
+                limit = self.peer.connection_limit
+                if limit is not None and self.peer.open_connections >= limit:
+                    self.peer.turned_away += 1
+                    refuse = True
+                else:
+                    self.peer.open_connections += 1
+                    self.peer.most_open = max(self.peer.most_open, self.peer.open_connections)
+                    refuse = False
+            if refuse:
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(
+                    b"421 4.7.0 relay.test Error: too many connections from 127.0.0.1\r\n"
+                )
+                transport.close()
+                return
+            self.admitted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        with self.peer.lock:
+            self.peer.open_connections -= 1
+        super().connection_lost(error)
+
+
 class SMTPPeer:
     """``start()`` returns the port. ``users`` turns on AUTH (PLAIN, LOGIN) and requires it;
     ``bearer(user, token)`` turns on XOAUTH2 and OAUTHBEARER instead."""
@@ -157,6 +195,10 @@ class SMTPPeer:
         self.dropped = 0
         self.tempfailed = 0
         self.connections = 0
+        self.connection_limit: int | None = None  # see _PeerSMTP
+        self.open_connections = 0
+        self.most_open = 0
+        self.turned_away = 0
         self._users = users
         self._tls: ssl.SSLContext | None = None
         if tls_cert:
@@ -179,9 +221,14 @@ class SMTPPeer:
     def _protocol(self) -> SMTP:
         with self.lock:
             self.connections += 1
+        server = self._server_for_one_connection()
+        server.peer = self
+        return server
+
+    def _server_for_one_connection(self) -> _PeerSMTP:
         starttls = self._tls if not self.implicit_tls else None
         if self.bearer is not None:
-            return SMTP(
+            return _PeerSMTP(
                 _BearerHandler(self),
                 hostname="relay.test",
                 tls_context=starttls,
@@ -191,7 +238,7 @@ class SMTPPeer:
                 auth_exclude_mechanism=["PLAIN", "LOGIN"],
                 timeout=60,
             )
-        return SMTP(
+        return _PeerSMTP(
             _Handler(self),
             hostname="relay.test",
             enable_SMTPUTF8=self.smtputf8,

@@ -409,6 +409,28 @@ class RateLimitTests(EndToEndCase):
         self.assertLess(arrivals[9] - arrivals[0], 0.8, "the first ten go at once")
 
 
+class ConnectionLimitTests(EndToEndCase):
+    def test_a_relay_that_limits_connections_gets_all_the_mail(self) -> None:
+        """The relay takes 2 connections from us and we open up to 4: the others are
+        greeted with Postfix's 421 and closed. The relay is limiting, not down: the two it
+        took carry every message, and none is deferred."""
+        peer = self.start_peer()
+        peer.connection_limit = 2
+        daemon = self.start_daemon(peer.port, max_connections="4")
+        fill_queue(daemon, 40)
+        daemon.start()
+        wait_until(lambda: daemon.states() == {"sent": 40}, what="40 sent")
+        numbers = sorted(int(m.header("X-Seq") or -1) for m in peer.messages())
+        self.assertEqual(numbers, list(range(40)))
+        self.assertEqual(peer.most_open, 2)
+        self.assertGreaterEqual(peer.turned_away, 1)
+        log = daemon.log()
+        turned = [line for line in log.splitlines() if "turned a connection away" in line]
+        self.assertEqual(len(turned), peer.turned_away)
+        self.assertIn("Error: too many connections from 127.0.0.1", turned[0])
+        self.assertNotIn("status=deferred", log)
+
+
 class RoutesAndRewritingTests(EndToEndCase):
     def test_routes_by_sender_and_cron_mail_rewritten(self) -> None:
         """Two real relays: billing mail goes to its own, the rest by priority; cron's
