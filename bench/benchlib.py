@@ -21,11 +21,13 @@ POSTFIX_LOCK = os.path.join(tempfile.gettempdir(), "smtpmailer-bench-postfix.loc
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from tools.ports import fixed_port  # noqa: E402
+
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port for a server told it before it binds it (tools/ports.py says why it is not
+    one that bind(0) gives)."""
+    return fixed_port()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from tests.ports import fixed_port
+from tools.ports import fixed_port
 
 _server: str | None = None
 

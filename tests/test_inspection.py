@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.daemon import Daemon, manhole_ssh, ssh_keypair, started_peer, temporary_home, wait_until
-from tests.ports import fixed_port
+from tools.ports import fixed_port
 
 
 def relay_section(port: int) -> str:

@@ -4,7 +4,7 @@ Probing with ``bind(("127.0.0.1", 0))`` and closing the probe races every other 
 running in parallel: the kernel gives that same range out to their ``bind(0)`` and to
 their outgoing connections, so the port can be gone by the time the server binds it. A
 port below the kernel's ephemeral range is only ever taken by someone asking for it by
-number, which no test does; the probe still checks that nothing else holds it now."""
+number, which no test or benchmark does; the probe still checks that nothing else holds it now."""
 
 from __future__ import annotations
 
