@@ -10,6 +10,7 @@ from typing import Any
 from tests.daemon import Daemon, fill_queue, wait_until
 from tests.smtp_peer import SMTPPeer
 from tests.support import EndToEndCase
+from tools.ports import fixed_port
 
 
 class DeliveryTests(EndToEndCase):
@@ -136,9 +137,9 @@ class DeliveryTests(EndToEndCase):
 
     def test_relay_down_then_up(self) -> None:
         """Connection refused defers with the reason; when the relay comes up, mail flows."""
+        port = fixed_port()  # the relay comes up on it later: a port no bind(0) is given
         closed = socket.socket()
-        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
-        port = closed.getsockname()[1]
+        closed.bind(("127.0.0.1", port))  # bound, not listening: connections are refused
         daemon = self.start_daemon(port).start()
         message_id = daemon.send(
             "--from", "app@example.com", "--to", "a@example.org", "--subject", "s", "--body", "b"

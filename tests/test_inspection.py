@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -96,10 +95,8 @@ class HTTPTests(InspectionCase):
     def test_health_when_the_daemon_is_not_running(self) -> None:
         daemon = self.daemon()
         os.makedirs(daemon.state_dir)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            with open(os.path.join(daemon.state_dir, "status.url"), "w") as handle:
-                handle.write(f"http://127.0.0.1:{probe.getsockname()[1]}\n")
+        with open(os.path.join(daemon.state_dir, "status.url"), "w") as handle:
+            handle.write(f"http://127.0.0.1:{fixed_port()}\n")  # nothing listens there
         health = daemon.cli("health")
         self.assertEqual(health.returncode, 1)
         self.assertIn("SMTPMAILER CRITICAL - cannot reach", health.stdout)
