@@ -429,6 +429,7 @@ class ConnectionLimitTests(EndToEndCase):
         turned = [line for line in log.splitlines() if "turned a connection away" in line]
         self.assertEqual(len(turned), peer.turned_away)
         self.assertIn("Error: too many connections from 127.0.0.1", turned[0])
+        self.assertTrue(all(line.endswith("for 30s") for line in turned), turned)
         self.assertNotIn("status=deferred", log)
 
 

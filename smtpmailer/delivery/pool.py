@@ -67,9 +67,9 @@ class PoolOwner(Protocol):
     def unreachable(self, pool: RelayPool, jobs: list[Job], error: OpenError) -> None:
         """No session could be opened; these jobs never reached the relay."""
 
-    def limited(self, pool: RelayPool, error: OpenError) -> None:
+    def limited(self, pool: RelayPool, error: OpenError, held_for: float) -> None:
         """The relay turned one more session away while ``pool.held_at`` others were open
-        or opening: the pool holds at those until ``pool.held_until``; no job was handed
+        or opening: the pool holds at those for ``held_for`` seconds; no job was handed
         back."""
 
     def give_back(self, jobs: Sequence[Job]) -> Deferred[Any]:
@@ -299,7 +299,7 @@ class RelayPool:
         self.held_at = self.workers - 1  # the others; this one is about to end
         self.held_until = self._clock.seconds() + HOLD_FOR
         self.last_open_error = error
-        self._owner.limited(self, error)
+        self._owner.limited(self, error, HOLD_FOR)
         if not self._give_idle(job):
             self._pending.appendleft(job)  # first in line: it was due before the rest
 

@@ -271,7 +271,7 @@ class DeliveryService(Service):
             job.path = job.path[1:]
             self._route(job)
 
-    def limited(self, pool: RelayPool, error: OpenError) -> None:
+    def limited(self, pool: RelayPool, error: OpenError, held_for: float) -> None:
         self._relay_failed(pool.relay.label, error.problem)
         log.warn(
             "relay {relay} turned a connection away while {open} other(s) of ours were "
@@ -279,7 +279,7 @@ class DeliveryService(Service):
             relay=pool.relay.label,
             open=pool.held_at,
             problem=error.problem,
-            seconds=pool.held_until - self._clock.seconds(),
+            seconds=held_for,
         )
 
     def _hold(self, job: Job, wait: float) -> None:
