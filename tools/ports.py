@@ -4,14 +4,17 @@ Probing with ``bind(("127.0.0.1", 0))`` and closing the probe races every other 
 running in parallel: the kernel gives that same range out to their ``bind(0)`` and to
 their outgoing connections, so the port can be gone by the time the server binds it. A
 port below the kernel's ephemeral range is only ever taken by someone asking for it by
-number, which no test or benchmark does; the probe still checks that nothing else holds it now."""
+number, which no test or benchmark does; the probe still checks that nothing holds it now.
+Tests and benchmarks both use it (a server told its port, or a port nothing listens on)."""
 
 from __future__ import annotations
 
 import random
 import socket
 
-LOWEST = 10000  # above the well-known and registered ports servers on this machine use
+# Above the ports local services listen on by default (PostgreSQL 5432, Redis 6379, ...);
+# the probe in fixed_port steps over any other that is taken.
+LOWEST = 10000
 
 
 def ephemeral_range() -> tuple[int, int]:
