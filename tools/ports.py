@@ -12,6 +12,9 @@ from __future__ import annotations
 import random
 import socket
 
+# Not the module's shared generator: a test that seeds it would give parallel runs one sequence.
+_CHOICE = random.SystemRandom()
+
 # Above the ports local services listen on by default (PostgreSQL 5432, Redis 6379, ...);
 # the probe in fixed_port steps over any other that is taken.
 LOWEST = 10000
@@ -35,7 +38,7 @@ def fixed_port(host: str = "127.0.0.1", tries: int = 200) -> int:
             probe.bind((host, 0))
             return int(probe.getsockname()[1])
     for _ in range(tries):
-        port = random.randrange(LOWEST, low)
+        port = _CHOICE.randrange(LOWEST, low)
         with socket.socket() as probe:
             try:
                 probe.bind((host, port))
