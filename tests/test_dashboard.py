@@ -161,6 +161,7 @@ class BrowserTests(TestCase):
 
     def test_search_open_retry_and_see_the_state_change(self) -> None:
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         from tests.daemon import Daemon, started_peer, temporary_home, wait_until
@@ -196,7 +197,12 @@ class BrowserTests(TestCase):
         self.assertEqual(browser.find_element(By.ID, "state").text, "failed")
         self.assertIn("550 5.1.1 no such mailbox", browser.page_source)
         peer.set(reject_rcpt={})
+        shown = browser.find_element(By.ID, "state")
         browser.find_element(By.ID, "retry").click()
+        # The form's POST and its redirect replace the page. Refreshing before that would
+        # reload the GET and could cancel the POST, so the retry would never be made.
+        WebDriverWait(browser, 20).until(expected_conditions.staleness_of(shown))
+        wait_until(lambda: f"dashboard: retry {message_id}" in daemon.log(), what="the retry")
 
         def sent(b: Any) -> bool:
             b.refresh()
