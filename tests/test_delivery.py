@@ -402,6 +402,13 @@ class DeliveryTests(DeliveryCase):
         mode = os.stat(os.path.join(capture, "new", captured)).st_mode & 0o777
         self.assertEqual(oct(mode), "0o600")  # it holds mail, whatever the umask
         self.assertIn(f"relay=maildir:{capture} ", self.lines[-1])
+        with open(os.path.join(capture, "new", captured), "rb") as handle:
+            content = handle.read()
+        # Maildir's line ending is LF, the lines we add included: mutt and Python's
+        # mailbox read a CR as part of the header's value.
+        self.assertNotIn(b"\r", content)
+        self.assertTrue(content.startswith(b"Return-Path: <"), content[:40])
+        self.assertIn(f"\nX-Queue-Id: {message_id}\n".encode(), content)
 
     def test_per_recipient_outcomes_are_kept(self) -> None:
         self.configure()

@@ -36,9 +36,9 @@ def deliver_to_maildir(path: str, lease: Lease) -> tuple[RecipientResult, ...]:
         socket.gethostname().replace("/", "_").replace(":", "_")
     )
     envelope = (
-        f"Return-Path: <{lease.sender}>\r\n"
-        f"X-Envelope-To: {', '.join(f'<{r}>' for r in lease.recipients)}\r\n"
-        f"X-Queue-Id: {lease.id}\r\n"
+        f"Return-Path: <{lease.sender}>\n"
+        f"X-Envelope-To: {', '.join(f'<{r}>' for r in lease.recipients)}\n"
+        f"X-Queue-Id: {lease.id}\n"
     ).encode()
     temporary = os.path.join(path, "tmp", name)
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # mail: 0600
