@@ -409,7 +409,8 @@ def prepare_raw(
 
     With ``extract_recipients`` the recipients come from To, Cc and Bcc and the Bcc header
     is removed. Date and Message-ID are added when missing. The envelope sender is
-    ``sender``, else the From header's address.
+    ``sender``, else the From header's address; ``<>`` is the null sender, as sendmail's
+    ``-f '<>'`` gives it to auto-replies that must not bounce.
     """
     data = to_crlf(data)
     head, rest = _split_head(data)
@@ -426,17 +427,21 @@ def prepare_raw(
                     )
     if not rcpts:
         raise MessageError("no recipients: give them as arguments, or use -t with To/Cc/Bcc")
+    from_addresses = email.utils.getaddresses(parsed.get_all("from", []))
+    from_address = from_addresses[0][1] if from_addresses else ""
     if sender is None:
-        from_addresses = email.utils.getaddresses(parsed.get_all("from", []))
-        if not from_addresses or not from_addresses[0][1]:
+        if not from_address:
             raise MessageError("no sender: the message has no From header; give --from")
-        sender = from_addresses[0][1]
-    sender = normalize_address(qualify(sender), "sender", allow_utf8=True)
+        sender = from_address
+    if sender.strip() == "<>":
+        sender = ""
+    else:
+        sender = normalize_address(qualify(sender), "sender", allow_utf8=True)
     additions = b""
     if parsed.get("date") is None:
         additions += f"Date: {email.utils.formatdate(now, localtime=True)}\r\n".encode()
     if parsed.get("message-id") is None:
-        domain = sender.rpartition("@")[2]
+        domain = (sender or from_address or "@localhost").rpartition("@")[2] or "localhost"
         additions += f"Message-ID: {email.utils.make_msgid(domain=domain)}\r\n".encode()
     if extract_recipients:
         head = _drop_headers(head, {"bcc"})

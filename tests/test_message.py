@@ -226,6 +226,16 @@ class RawTests(SynchronousTestCase):
         self.assertEqual(envelope.sender, "bounce@example.com")
         self.assertIn(b"Bcc: secret@example.org", envelope.data)
 
+    def test_the_null_sender(self) -> None:
+        """``<>`` (sendmail -f '<>', MAIL FROM:<> over -bs): no envelope sender, as
+        auto-replies are sent; the Message-ID takes the From header's domain."""
+        envelope = prepare_raw(self.RAW, recipients=["z@example.org"], sender=" <> ", now=0)
+        self.assertEqual(envelope.sender, "")
+        self.assertRegex(envelope.data, rb"\r\nMessage-ID: <[^>]+@example\.com>\r\n")
+        bare = prepare_raw(b"Subject: s\n\nb\n", recipients=["z@example.org"], sender="<>", now=0)
+        self.assertEqual(bare.sender, "")
+        self.assertRegex(bare.data, rb"\r\nMessage-ID: <[^>]+@localhost>\r\n")
+
     def test_existing_date_and_id_are_kept(self) -> None:
         raw = b"From: a@example.com\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <x@y>\n\nb\n"
         envelope = prepare_raw(raw, recipients=["r@example.org"], now=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -50,11 +51,12 @@ class ArgumentTests(SynchronousTestCase):
         )
         self.assertEqual(parse_arguments(["-r", "r@example.com"]).sender, "r@example.com")
         self.assertEqual(parse_arguments(["-bp"]).mode, "list")
+        self.assertEqual(parse_arguments(["-bs"]).mode, "smtp")
         self.assertEqual(parse_arguments(["-q"]).mode, "flush")
         self.assertEqual(parse_arguments(["-ti"]).ignore_dots, True)
 
     def test_refusals(self) -> None:
-        for bad in (["-Z"], ["-f"], ["-bs"], ["-bd"]):
+        for bad in (["-Z"], ["-f"], ["-bd"], ["-bi"]):
             self.assertRaises(UsageError, parse_arguments, bad)
 
     def test_a_lone_dot_ends_the_message_unless_i(self) -> None:
@@ -172,6 +174,161 @@ class CommandTests(TestCase):
         full = self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org")
         self.assertEqual(full.returncode, EX_TEMPFAIL)
         self.assertIn(b"queue is full", full.stderr)
+
+    def smtp_session(self, python: tuple[str, ...] = ()) -> tuple[smtplib.SMTP, subprocess.Popen]:
+        """``sendmail -bs`` as Symfony starts it, with Python's smtplib as the client: the
+        process's stdin and stdout are one end of a socket pair, smtplib has the other."""
+        ours, theirs = socket.socketpair()
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
+        env.pop("PYTHONUNBUFFERED", None)
+        process = subprocess.Popen(
+            [sys.executable, "-IS", *python, "-c", INSTALLED_SCRIPT, "-bs", "-i"],
+            stdin=theirs,
+            stdout=theirs,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        theirs.close()
+        self.addCleanup(process.kill)
+        self.addCleanup(ours.close)
+
+        class PipeSMTP(smtplib.SMTP):
+            def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+                ours.settimeout(timeout)
+                return ours
+
+        client = PipeSMTP(timeout=60)
+        self.assertEqual(client.connect("sendmail")[0], 220)
+        return client, process
+
+    def check_session_refusals(self) -> None:
+        """The refusals of check_refusals, over ``sendmail -bs``: each message's answer
+        is the SMTP listener's reply for that refusal, in the plain command's words."""
+        client, process = self.smtp_session()
+        client.ehlo("app.example")
+        with self.assertRaises(smtplib.SMTPDataError) as bad:
+            client.sendmail(
+                "a@example.com", ["not..valid@example.org"], b"From: a@example.com\n\nb\n"
+            )
+        self.assertEqual(bad.exception.smtp_code, 553)
+        self.assertIn(
+            b"5.1.3 recipient 'not..valid@example.org' has an invalid local part",
+            bad.exception.smtp_error,
+        )
+        with self.assertRaises(smtplib.SMTPDataError) as big:
+            client.sendmail(
+                "a@example.com",
+                ["a@example.org"],
+                b"From: a@example.com\n\n" + b"x" * 70_000 + b"\n",
+            )
+        self.assertEqual(big.exception.smtp_code, 552)
+        self.assertIn(b"5.3.4 message is ", big.exception.smtp_error)
+        self.assertIn(b" bytes, over max_message_size (64KB)", big.exception.smtp_error)
+        for number in range(5):
+            client.sendmail(
+                "a@example.com",
+                ["a@example.org"],
+                f"From: a@example.com\r\nX-Seq: {number}\r\n\r\n.b\r\n".encode(),
+            )
+        with self.assertRaises(smtplib.SMTPDataError) as full:
+            client.sendmail("a@example.com", ["a@example.org"], b"From: a@example.com\n\nb\n")
+        self.assertEqual(full.exception.smtp_code, 452)
+        self.assertIn(b"4.3.1 queue is full", full.exception.smtp_error)
+        self.assertEqual(client.quit()[0], 221)
+        self.assertEqual(process.wait(30), 0)
+        self.assertEqual(process.stderr.read(), b"")
+
+    def test_smtp_session_without_a_daemon(self) -> None:
+        os.makedirs(self.daemon.state_dir)
+        self.check_session_refusals()
+        with self.daemon.db() as db:
+            bodies = [row[0] for row in db.execute("SELECT data FROM bodies ORDER BY data")]
+        self.assertEqual(len(bodies), 5)
+        self.assertTrue(all(body.endswith(b"\r\n\r\n.b\r\n") for body in bodies), bodies)
+
+    def test_smtp_session_through_the_daemon(self) -> None:
+        self.daemon.write_config(
+            self.refusing_relay(),
+            queue="max_message_size = 64KB\nmax_queue_size = 5",
+        )
+        self.daemon.start()
+        self.check_session_refusals()
+        self.assertEqual(self.handed_over(), 5)
+        self.assertEqual(sum(self.daemon.states().values()), 5)
+
+    def test_smtp_session_delivers_like_a_plain_call(self) -> None:
+        """Two messages in one session, one with the null sender (an auto-reply): both
+        arrive byte for byte, and the session imports none of the daemon's weight."""
+        self.daemon.start()
+        client, process = self.smtp_session(python=("-X", "importtime"))
+        client.ehlo("app.example")
+        body = (
+            b"From: Shop <shop@example.com>\r\nSubject: Your order\r\n\r\n"
+            b".leading dot\r\nThanks\r\n"
+        )
+        self.assertEqual(
+            client.sendmail("shop@example.com", ["user@example.org", "audit@example.org"], body), {}
+        )
+        client.mail("")
+        client.rcpt("user@example.org")
+        code, reply = client.data(b"From: user@example.org\r\nSubject: Auto: away\r\n\r\naway\r\n")
+        self.assertEqual(code, 250)
+        self.assertRegex(reply, rb"^2\.0\.0 Ok: queued as \w+$")
+        client.quit()
+        self.assertEqual(process.wait(30), 0)
+        imported = {
+            line.rpartition("|")[2].strip().split(".")[0]
+            for line in process.stderr.read().decode().splitlines()
+            if line.startswith("import time:")
+        }
+        self.assertEqual({"attrs", "sqlite3", "email", "twisted", "OpenSSL"} & imported, set())
+        wait_until(lambda: len(self.peer.messages()) == 2, what="both messages")
+        by_sender = {m.sender: m for m in self.peer.messages()}
+        order = by_sender["shop@example.com"]
+        self.assertEqual(list(order.recipients), ["user@example.org", "audit@example.org"])
+        self.assertTrue(order.data.startswith(body.split(b"\r\n\r\n")[0] + b"\r\n"))
+        self.assertTrue(order.data.endswith(b"\r\n\r\n.leading dot\r\nThanks\r\n"))
+        self.assertEqual(sorted(by_sender), ["<>", "shop@example.com"])  # aiosmtpd's null
+        self.assertTrue(by_sender["<>"].data.endswith(b"\r\n\r\naway\r\n"))
+        self.assertEqual(self.handed_over(), 2)
+
+    def test_smtp_client_that_goes_away(self) -> None:
+        """A client that hears its message queued, then closes with commands still
+        unanswered: the command stops at the first reply it cannot write, and says so in
+        one line, no traceback; the message stays queued."""
+        os.makedirs(self.daemon.state_dir)
+        ours, theirs = socket.socketpair()
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
+        process = subprocess.Popen(
+            [sys.executable, "-IS", "-c", INSTALLED_SCRIPT, "-bs"],
+            stdin=theirs,
+            stdout=theirs,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        theirs.close()
+        self.addCleanup(process.kill)
+        ours.sendall(
+            b"EHLO app\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            b"From: a@example.com\r\n\r\nbody\r\n.\r\n"
+        )
+        replies = b""
+        ours.settimeout(60)
+        while b"queued as" not in replies:
+            chunk = ours.recv(4096)
+            self.assertTrue(chunk, replies)
+            replies += chunk
+        ours.sendall(b"NOOP\r\n" * 100)  # stays readable after the close; its replies cannot
+        ours.close()
+        self.assertEqual(process.wait(30), EX_IOERR)
+        self.assertEqual(
+            process.stderr.read(), b"sendmail: the SMTP session ended: [Errno 32] Broken pipe\n"
+        )
+        with self.daemon.db() as db:
+            (data,) = db.execute("SELECT data FROM bodies").fetchone()
+        self.assertTrue(data.endswith(b"\r\n\r\nbody\r\n"))
 
     def refusing_relay(self) -> str:
         """A relay whose port refuses connections, so that mail stays in the queue."""

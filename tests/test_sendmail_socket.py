@@ -172,6 +172,23 @@ class DaemonEndTests(SynchronousTestCase):
         protocol.dataReceived(b"x" * 1000)  # what is still in flight is dropped
         self.assertEqual(self.submitted, [])
 
+    def test_far_too_big_over_sendmail_bs_gets_its_smtp_reply(self) -> None:
+        """The header is read before the refusal, for -bs's answer: 552 as the SMTP
+        listener gives it. The answer comes before any byte of the body."""
+        args = parse_arguments(["-bs"])
+        args.recipients = ["a@example.org"]
+        request = encode_request(args, "u", b"x" * 100_000)
+        head = request[:-100_000]  # the first line and the header; no byte of the body
+        protocol, transport = self.connect()
+        for index in range(len(head)):  # byte by byte: no answer before the whole header
+            self.assertEqual(transport.value(), b"")
+            protocol.dataReceived(head[index : index + 1])
+        self.assertEqual(
+            self.answer(transport),
+            (EX_DATAERR, "552 5.3.4 message is 100000 bytes, over max_message_size (2KB)"),
+        )
+        self.assertTrue(transport.disconnecting)
+
     def test_queue_full_and_queue_errors(self) -> None:
         for error, code in (
             (QueueFull("queue is full (5 messages)"), EX_TEMPFAIL),

@@ -216,7 +216,11 @@ def smtpmailer_sendmail_8(version: str) -> str:
             "Reads a message on standard input and queues it, as /usr/sbin/sendmail does, "
             "for cron, PHP's mail(), git send-email and monitoring tools. With the daemon "
             "running, the message is handed to it over a UNIX socket and the command exits "
-            "after the daemon's commit; without it, the command writes the queue itself."
+            "after the daemon's commit; without it, the command writes the queue itself. "
+            "With -bs it speaks SMTP on standard input and output instead, as Symfony "
+            "Mailer, SwiftMailer and Laravel call it: each message is answered with an SMTP "
+            "reply (250 with its queue id, or the refusal), and the session exits 0, or 74 "
+            "when the client goes away."
         ),
         ".SH OPTIONS",
     ]
@@ -231,7 +235,7 @@ def smtpmailer_sendmail_8(version: str) -> str:
         (EX_OK, "the message is queued"),
         (EX_USAGE, "a command line error"),
         (EX_DATAERR, "a malformed address or message, too large, or too many recipients"),
-        (EX_IOERR, "the message could not be read"),
+        (EX_IOERR, "the message could not be read (with -bs: the client went away)"),
         (EX_TEMPFAIL, "the queue is full or busy: try again later"),
         (EX_CONFIG, "the configuration is broken"),
     ):

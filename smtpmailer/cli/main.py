@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     oauth2.add_commands(commands)
     # Routed before argparse (sendmail's syntax); listed here for --help.
     commands.add_parser(
-        "sendmail", help="sendmail-compatible: -t, -i/-oi, -f, -F, -bp, -q; message on stdin"
+        "sendmail", help="sendmail-compatible: -t, -i/-oi, -f, -F, -bs, -bp, -q; message on stdin"
     )
     configure.add_commands(commands)
     completion.add_commands(commands)

@@ -2,6 +2,8 @@
 
 What cron, PHP's mail(), git send-email and monitoring tools call: the message on stdin,
 recipients as arguments or from the headers (-t). Exit statuses are sendmail's (sysexits).
+With -bs, an SMTP session on stdin and stdout instead (intake/sendmail/session.py), as
+Symfony Mailer and Laravel call it.
 
 This runs once per message, so its own imports are the interpreter's bare minimum. With a
 daemon running, the message goes over ``state_dir/sendmail.sock`` and the daemon checks and
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 USAGE = (
     "usage: sendmail [-t] [-i|-oi] [-f SENDER|-r SENDER] [-F NAME] [-v] [RECIPIENT ...]\n"
+    "       sendmail -bs      (an SMTP session on stdin and stdout)\n"
     "       sendmail -bp      (list the queue)\n"
     "       sendmail -q       (retry every deferred message now)"
 )
@@ -43,9 +46,10 @@ USAGE = (
 OPTIONS = (
     ("-t", "take the recipients from the To:, Cc: and Bcc: headers (Bcc: is removed)"),
     ("-i, -oi", "a line holding only a dot does not end the message"),
-    ("-f SENDER, -r SENDER", "the envelope sender (default: the user at this host)"),
+    ("-f SENDER, -r SENDER", "the envelope sender (default: the user at this host; <> is none)"),
     ("-F NAME", "the sender's full name, for a From: header that is added"),
     ("-v", "say what happened to the message"),
+    ("-bs", "speak SMTP on stdin and stdout: each message's answer is an SMTP reply"),
     ("-bp", "list the queue, as mailq does"),
     ("-q", "retry every deferred message now"),
     ("-bm", "deliver mail (the default)"),
@@ -70,7 +74,7 @@ class Arguments:
         self.sender: str | None = None
         self.full_name: str | None = None
         self.verbose = False
-        self.mode = "deliver"  # deliver, list, flush
+        self.mode = "deliver"  # deliver, smtp (-bs), list, flush
         self.recipients: list[str] = []
         self.config: str | None = None
 
@@ -122,10 +126,12 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
             elif flag == "b":
                 if rest == "p":
                     args.mode = "list"
+                elif rest == "s":
+                    args.mode = "smtp"
                 elif rest in ("m", ""):
                     args.mode = "deliver"
                 else:
-                    raise UsageError(f"-b{rest} is not supported (only -bm and -bp)")
+                    raise UsageError(f"-b{rest} is not supported (only -bm, -bs and -bp)")
             elif flag == "q":
                 args.mode = "flush"
             elif flag in ("B", "N", "R", "V", "L", "h", "X", "O"):
@@ -217,12 +223,13 @@ def prepare_envelope(args: Arguments, user: str, data: bytes, now: float) -> Env
     messages handed over its socket."""
     from smtpmailer.message import prepare_raw
 
-    sender = qualify(args.sender or _header_sender(data) or user)
+    null = args.sender is not None and args.sender.strip() == "<>"  # -f '<>', MAIL FROM:<>
+    sender = qualify((not null and args.sender) or _header_sender(data) or user)
     return prepare_raw(
         _add_from(data, sender, args.full_name),
         recipients=args.recipients,
         extract_recipients=args.extract,
-        sender=sender,
+        sender="<>" if null else sender,
         now=now,
         qualify=qualify,
     )
@@ -235,8 +242,11 @@ REQUEST_MAGIC = b"SENDMAIL/1"
 
 def encode_request(args: Arguments, user: str, data: bytes) -> bytes:
     """``SENDMAIL/1 HEADER_LENGTH DATA_LENGTH\\n``, then the header (NUL-separated
-    ``key=value`` fields: no argument can hold a NUL), then the message."""
+    ``key=value`` fields: no argument can hold a NUL), then the message. ``smtp=1`` (-bs)
+    asks for a refusal's SMTP reply as its text."""
     fields = [f"user={user}", f"extract={int(args.extract)}"]
+    if args.mode == "smtp":
+        fields.append("smtp=1")
     if args.sender is not None:
         fields.append(f"sender={args.sender}")
     if args.full_name is not None:
@@ -264,6 +274,8 @@ def decode_header(header: bytes) -> tuple[Arguments, str]:
             args.full_name = value
         elif key == "rcpt":
             args.recipients.append(value)
+        elif key == "smtp":
+            args.mode = "smtp" if value == "1" else "deliver"
         else:
             raise ValueError(f"unknown field {key[:40]!r}")
     if not user:
@@ -308,9 +320,19 @@ def hand_to_daemon(
     return int(code), text
 
 
-def _enqueue_directly(
-    config_path: str | None, args: Arguments, user: str, data: bytes, out: IO[str], err: IO[str]
-) -> int:
+def refusal_text(error: object, smtp: bool, text: str | None = None) -> str:
+    """What a refused message is told: the error's words (``; try again later`` when it
+    may), or with ``smtp`` (-bs) its SMTP reply from the refusal table."""
+    answer = answer_for(error)
+    words = str(error) if text is None else text
+    if smtp:
+        code, enhanced = answer.smtp(words)
+        return f"{code} {enhanced}"
+    later = "; try again later" if answer.sendmail == EX_TEMPFAIL and text is None else ""
+    return words + later
+
+
+def _enqueue_directly(config_path: str | None, args: Arguments, user: str, data: bytes) -> Outcome:
     """No daemon: check the message and commit it to the queue from this process."""
     import time
 
@@ -323,8 +345,7 @@ def _enqueue_directly(
     try:
         config = load_config(config_path)
     except ConfigError as error:
-        print(f"sendmail: {error}", file=err)
-        return EX_CONFIG
+        return Outcome(EX_CONFIG, str(error))
     now = time.time()
     try:
         envelope = prepare_envelope(args, user, data, now)
@@ -336,14 +357,32 @@ def _enqueue_directly(
         finally:
             store.close()
     except (Refusal, QueueError) as error:
-        answer = answer_for(error)
-        later = "; try again later" if answer.sendmail == EX_TEMPFAIL else ""
-        print(f"sendmail: {error}{later}", file=err)
-        return answer.sendmail
-    if args.verbose:
-        print(f"queued as {message_id} for {', '.join(envelope.recipients)}", file=out)
+        return Outcome(answer_for(error).sendmail, refusal_text(error, args.mode == "smtp"))
     wake_daemon(config)
-    return EX_OK
+    return Outcome(EX_OK, message_id, f" for {', '.join(envelope.recipients)}")
+
+
+class Outcome:
+    """What became of one message: sendmail's exit status and its text (the queue id, or
+    why not); ``detail`` is what -v adds after the id."""
+
+    __slots__ = ("detail", "status", "text")
+
+    def __init__(self, status: int, text: str, detail: str = "") -> None:
+        self.status = status
+        self.text = text
+        self.detail = detail
+
+
+def submit(config_path: str, args: Arguments, user: str, data: bytes) -> Outcome:
+    """One message to the running daemon, else into the queue from this process."""
+    socket_path = _daemon_socket(config_path)
+    answer = None
+    if socket_path is not None:  # else the full load says what is wrong with the file
+        answer = hand_to_daemon(socket_path, encode_request(args, user, data))
+    if answer is None:
+        return _enqueue_directly(config_path, args, user, data)
+    return Outcome(*answer)
 
 
 def _daemon_socket(config_path: str) -> str | None:
@@ -404,6 +443,8 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
     except UsageError as error:
         print(f"sendmail: {error}\n{USAGE}", file=err)
         return EX_USAGE
+    if args.mode == "smtp":
+        return _smtp_session(args, stdin, out, err)
     if args.mode != "deliver":
         return _queue_command(args, out, err)
     from smtpmailer.paths import default_config_path
@@ -416,20 +457,40 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
     except OSError as error:
         print(f"sendmail: cannot read the message: {error}", file=err)
         return EX_IOERR
-    user = local_user()
-    config_path = args.config or default_config_path()
-    socket_path = _daemon_socket(config_path)
-    answer = None
-    if socket_path is not None:  # else the full load says what is wrong with the file
-        answer = hand_to_daemon(socket_path, encode_request(args, user, data))
-    if answer is None:
-        return _enqueue_directly(config_path, args, user, data, out, err)
-    code, text = answer
-    if code != EX_OK:
-        print(f"sendmail: {text}", file=err)
+    outcome = submit(args.config or default_config_path(), args, local_user(), data)
+    if outcome.status != EX_OK:
+        print(f"sendmail: {outcome.text}", file=err)
     elif args.verbose:
-        print(f"queued as {text}", file=out)
-    return code
+        print(f"queued as {outcome.text}{outcome.detail}", file=out)
+    return outcome.status
+
+
+def _smtp_session(args: Arguments, stdin: IO[bytes], out: IO[str], err: IO[str]) -> int:
+    """-bs: every message of the session goes the way one plain call's goes."""
+    from smtpmailer.intake.sendmail.session import Session
+    from smtpmailer.paths import default_config_path
+
+    config_path = args.config or default_config_path()
+    user = local_user()
+
+    def submit_one(sender: str, recipients: list[str], data: bytes) -> tuple[int, str]:
+        message = Arguments()
+        message.mode = "smtp"
+        message.sender = sender or "<>"
+        message.recipients = recipients
+        message.full_name = args.full_name
+        outcome = submit(config_path, message, user, data)
+        return outcome.status, outcome.text
+
+    try:  # unbuffered: see Session
+        binary_out: Any = open(out.fileno(), "wb", buffering=0, closefd=False)
+    except (AttributeError, OSError, ValueError):  # not a file (a test's)
+        binary_out = getattr(out, "buffer", out)
+    session = Session(_local_domain(), submit_one, stdin, binary_out)
+    status = session.serve()
+    if session.error is not None:
+        print(f"sendmail: the SMTP session ended: {session.error}", file=err)
+    return status
 
 
 class _ClosedInput:

@@ -31,7 +31,12 @@ from smtpmailer.intake.refusals import (
     answer_for,
     kind_of,
 )
-from smtpmailer.intake.sendmail.command import REQUEST_MAGIC, decode_header, prepare_envelope
+from smtpmailer.intake.sendmail.command import (
+    REQUEST_MAGIC,
+    decode_header,
+    prepare_envelope,
+    refusal_text,
+)
 from smtpmailer.listening import ListeningService
 from smtpmailer.logs import log
 from smtpmailer.message import Envelope
@@ -73,6 +78,7 @@ class SendmailRequest(Protocol):
         self._done = False
         self._counted = False
         self._timeout: Any = None
+        self._far_too_big: str | None = None  # refused on its announced size
 
     def connectionMade(self) -> None:
         if self.factory.active >= MAX_CONCURRENT:
@@ -103,9 +109,12 @@ class SendmailRequest(Protocol):
                 self._answer(EX_USAGE, f"malformed request: {error}")
                 return
             del self._buffer[: end + 1]
-            if self._done:  # refused on its announced size
-                return
         header_length, data_length = self._lengths
+        if self._far_too_big is not None:
+            # Only the header is read, for how the caller wants its answer; not the body.
+            if len(self._buffer) >= header_length:
+                self._refuse_far_too_big(bytes(self._buffer[:header_length]))
+            return
         if len(self._buffer) < header_length + data_length:
             return
         if len(self._buffer) > header_length + data_length:
@@ -127,11 +136,19 @@ class SendmailRequest(Protocol):
         # CRLF conversion can at most double the bytes; past that, no need to read them.
         limit = self.factory.config.queue.max_message_size
         if lengths[1] > 2 * limit:
-            self._answer(
-                ANSWERS[MessageTooBig.kind].sendmail,
-                f"message is {lengths[1]} bytes, over max_message_size ({format_size(limit)})",
+            self._far_too_big = (
+                f"message is {lengths[1]} bytes, over max_message_size ({format_size(limit)})"
             )
         return lengths
+
+    def _refuse_far_too_big(self, header: bytes) -> None:
+        assert self._far_too_big is not None
+        try:
+            smtp = decode_header(header)[0].mode == "smtp"
+        except ValueError:
+            smtp = False
+        error = MessageTooBig(self._far_too_big)
+        self._answer(ANSWERS[error.kind].sendmail, refusal_text(error, smtp))
 
     def _handle(self, header: bytes, message: bytes) -> None:
         try:
@@ -166,14 +183,14 @@ class SendmailRequest(Protocol):
             self._answer(EX_OK, message_id)
 
         def refused(failure: Failure) -> None:
-            answer = answer_for(failure.value)
-            if kind_of(failure.value) == "internal":
+            error = failure.value
+            smtp = args.mode == "smtp"  # -bs: the text is the SMTP reply
+            if kind_of(error) == "internal":
                 log.failure("sendmail: could not queue a message", failure=failure)
-                self._answer(answer.sendmail, "could not queue the message, try again later")
-            elif answer.sendmail == EX_TEMPFAIL:
-                self._answer(answer.sendmail, f"{failure.getErrorMessage()}; try again later")
+                text = refusal_text(error, smtp, "could not queue the message, try again later")
             else:
-                self._answer(answer.sendmail, failure.getErrorMessage())
+                text = refusal_text(error, smtp)
+            self._answer(answer_for(error).sendmail, text)
 
         prepared.addCallback(commit).addCallbacks(queued, refused)
 
