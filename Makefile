@@ -22,10 +22,13 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
 	chromedriver:chromium-driver \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
-	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light
+	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light php:php-cli
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
 # recommends it (we install without recommends).
 PERL_MODULES := Net::SSLeay=libnet-ssleay-perl
+# Files that only a package brings, as file=package: Symfony Mailer, the client that
+# `sendmail -bs` is tested against.
+SYSTEM_FILES := /usr/share/php/Symfony/Component/Mailer/autoload.php=php-symfony-mailer
 
 $(DEPS_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +55,10 @@ system-deps:
 	for pair in $(PERL_MODULES); do \
 		module=$${pair%%=*}; package=$${pair#*=}; \
 		perl -M$$module -e1 >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	for pair in $(SYSTEM_FILES); do \
+		file=$${pair%%=*}; package=$${pair#*=}; \
+		[ -e $$file ] || missing="$$missing $$package"; \
 	done; \
 	if ! bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432' 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		missing="$$missing postgresql"; \

@@ -4,6 +4,7 @@ and PHP feed it, each message checked byte for byte at a real SMTP server."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import smtplib
@@ -66,6 +67,34 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(read_message(io.BytesIO(data), ignore_dots=False), b"Subject: s\n\nline\n")
         self.assertEqual(read_message(io.BytesIO(data), ignore_dots=True), data)
         self.assertEqual(read_message(io.BytesIO(b"a\r\n.\r\nb\r\n"), False), b"a\r\n")
+
+
+# What a Symfony application does: a SendmailTransport with "... -bs" (argv[1]); each
+# send() is one message of the session, a refusal is a TransportException.
+SYMFONY_SCRIPT = r"""<?php
+require '/usr/share/php/Symfony/Component/Mailer/autoload.php';
+require '/usr/share/php/Symfony/Component/Mime/autoload.php';
+use Symfony\Component\Mailer\Transport\SendmailTransport;
+use Symfony\Component\Mime\Email;
+$transport = new SendmailTransport($argv[1]);
+$order = (new Email())->from('Shop <shop@example.com>')->to('user@example.org')
+    ->bcc('audit@example.org')->subject('Your order')
+    ->text("Thank you.\n.a line with a leading dot\nbye");
+$transport->send($order);
+echo "sent 1\n";
+$second = (new Email())->from('shop@example.com')->to('second@example.org')
+    ->subject('Second')->text("Grüße");
+$transport->send($second);
+echo "sent 2\n";
+$big = (new Email())->from('shop@example.com')->to('x@example.org')->subject('Big')
+    ->text(str_repeat("x", 70000));
+try {
+    $transport->send($big);
+    echo "sent 3\n";
+} catch (\Symfony\Component\Mailer\Exception\TransportException $e) {
+    echo "refused: ", $e->getMessage(), "\n";
+}
+"""
 
 
 class CommandTests(TestCase):
@@ -291,6 +320,50 @@ class CommandTests(TestCase):
         self.assertTrue(order.data.endswith(b"\r\n\r\n.leading dot\r\nThanks\r\n"))
         self.assertEqual(sorted(by_sender), ["<>", "shop@example.com"])  # aiosmtpd's null
         self.assertTrue(by_sender["<>"].data.endswith(b"\r\n\r\naway\r\n"))
+        self.assertEqual(self.handed_over(), 2)
+
+    def test_symfony_mailer_sends_through_sendmail_bs(self) -> None:
+        """Symfony Mailer (Debian's php-symfony-mailer), with its SendmailTransport
+        pointed at our command with -bs, as Symfony and Laravel configure it: two
+        messages, one with a Bcc, arrive; a third, too big, is refused with our 552."""
+        php, autoload = shutil.which("php"), "/usr/share/php/Symfony/Component/Mailer/autoload.php"
+        if php is None or not os.path.exists(autoload):
+            self.fail("php or php-symfony-mailer is missing: make test installs them")
+        self.daemon.start()
+        wrapper = os.path.join(self.home, "sendmail")
+        with open(wrapper, "w") as handle:
+            handle.write(
+                f'#!/bin/sh\nexec {sys.executable} -IS -c {shlex.quote(INSTALLED_SCRIPT)} "$@"\n'
+            )
+        os.chmod(wrapper, 0o700)
+        script = os.path.join(self.home, "send.php")
+        with open(script, "w") as handle:
+            handle.write(SYMFONY_SCRIPT)
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
+        result = subprocess.run(
+            [php, script, f"{wrapper} -bs"], capture_output=True, env=env, timeout=120
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, b""), result.stdout)
+        lines = result.stdout.decode().splitlines()
+        self.assertEqual(lines[:2], ["sent 1", "sent 2"])
+        self.assertRegex(
+            lines[2],
+            r'^refused: Expected response code "250" but got code "552", with message '
+            r'"552 5\.3\.4 message is \d+ bytes, over max_message_size \(64KB\)"\.$',
+        )
+        wait_until(lambda: len(self.peer.messages()) == 2, what="both messages")
+        by_subject = {
+            m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]: m for m in self.peer.messages()
+        }
+        order = by_subject[b"Your order"]
+        self.assertEqual(
+            (order.sender, list(order.recipients)),
+            ("shop@example.com", ["user@example.org", "audit@example.org"]),
+        )
+        self.assertNotIn(b"audit@", order.data)
+        self.assertIn(b"\r\n.a line with a leading dot\r\n", order.data)
+        self.assertIn(b"Gr=C3=BC=C3=9Fe", by_subject[b"Second"].data)
         self.assertEqual(self.handed_over(), 2)
 
     def test_smtp_client_that_goes_away(self) -> None:
