@@ -24,6 +24,7 @@ from smtpmailer.intake.sendmail.command import (
     encode_request,
     hand_to_daemon,
     parse_arguments,
+    prepare_envelope,
     read_message,
 )
 from tests.daemon import REPO, Daemon, environment, started_peer, temporary_home, wait_until
@@ -59,6 +60,17 @@ class ArgumentTests(SynchronousTestCase):
     def test_refusals(self) -> None:
         for bad in (["-Z"], ["-f"], ["-bd"], ["-bi"]):
             self.assertRaises(UsageError, parse_arguments, bad)
+
+    def test_a_leading_mbox_from_line_is_dropped(self) -> None:
+        """Old scripts and mailx pipe a message that starts with mbox's 'From user date'
+        line; it is no header, so it goes, as Postfix's sendmail drops it."""
+        data = b"From root@host Sat Dec  5 10:00:00 2026\nFrom: root@example.com\n\nbody\n"
+        envelope = prepare_envelope(parse_arguments(["a@example.org"]), "u", data, 0)
+        self.assertTrue(envelope.data.startswith(b"From: root@example.com\r\n"), envelope.data)
+        self.assertEqual(envelope.sender, "root@example.com")
+        for header in (b"From: a@b.org", b"From : a@b.org"):
+            kept = prepare_envelope(parse_arguments(["c@d.org"]), "u", header + b"\n\nx\n", 0)
+            self.assertIn(header + b"\r\n", kept.data)
 
     def test_a_lone_dot_ends_the_message_unless_i(self) -> None:
         import io

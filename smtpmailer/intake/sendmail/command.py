@@ -223,6 +223,10 @@ def prepare_envelope(args: Arguments, user: str, data: bytes, now: float) -> Env
     messages handed over its socket."""
     from smtpmailer.message import prepare_raw
 
+    # An mbox envelope line ("From user date") is no header and no relay wants it: it goes,
+    # as Postfix's sendmail drops it. "From : x" is a header (obsolete syntax), and stays.
+    if data.startswith(b"From ") and not data[5:].lstrip(b" \t").startswith(b":"):
+        data = data.partition(b"\n")[2]
     null = args.sender is not None and args.sender.strip() == "<>"  # -f '<>', MAIL FROM:<>
     sender = qualify((not null and args.sender) or _header_sender(data) or user)
     return prepare_raw(
