@@ -99,7 +99,8 @@ chaos: deps system-deps
 	$(BIN)/python bench/chaos
 
 # A server install (see README "Install"): a virtualenv at PREFIX, the unit, man pages,
-# completions. DESTDIR stages it for a package; SENDMAIL_LINK=1 adds /usr/sbin/sendmail.
+# completions. DESTDIR stages it for a package; SENDMAIL_LINK=1 adds /usr/sbin/sendmail
+# (and /usr/lib/sendmail, /usr/bin/mailq, /usr/bin/newaliases).
 PREFIX ?= /opt/smtpmailer
 DESTDIR ?=
 INSTALL_ARGS = --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --python "$(PYTHON)"

@@ -274,9 +274,22 @@ class InstallTests(SynchronousTestCase):
         with open(other_mta) as handle:
             self.assertIn("postfix's", handle.read())
         os.unlink(other_mta)
+        other_mailq = self.staged("/usr/bin/mailq")  # any one of the names is enough
+        os.makedirs(os.path.dirname(other_mailq))
+        os.symlink("/usr/sbin/exim4", other_mailq)
+        refused = self.install("SENDMAIL_LINK=1")
+        self.assertIn("/usr/bin/mailq exists (another MTA's?): not replaced", refused.stderr)
+        self.assertFalse(os.path.lexists(other_mta), "nothing linked while one is refused")
+        os.unlink(other_mailq)
         linked = self.install("SENDMAIL_LINK=1")
         self.assertEqual(linked.returncode, 0, linked.stderr)
-        self.assertEqual(os.readlink(other_mta), f"{PREFIX}/bin/smtpmailer-sendmail")
+        for name in (
+            "/usr/sbin/sendmail",
+            "/usr/lib/sendmail",
+            "/usr/bin/mailq",
+            "/usr/bin/newaliases",
+        ):
+            self.assertEqual(os.readlink(self.staged(name)), f"{PREFIX}/bin/smtpmailer-sendmail")
 
     def check_reinstall_keeps_the_config_and_uninstall(self) -> None:
         config = self.staged("/etc/smtpmailer/smtpmailer.conf")

@@ -54,11 +54,12 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(parse_arguments(["-r", "r@example.com"]).sender, "r@example.com")
         self.assertEqual(parse_arguments(["-bp"]).mode, "list")
         self.assertEqual(parse_arguments(["-bs"]).mode, "smtp")
+        self.assertEqual(parse_arguments(["-bi"]).mode, "aliases")
         self.assertEqual(parse_arguments(["-q"]).mode, "flush")
         self.assertEqual(parse_arguments(["-ti"]).ignore_dots, True)
 
     def test_refusals(self) -> None:
-        for bad in (["-Z"], ["-f"], ["-bd"], ["-bi"]):
+        for bad in (["-Z"], ["-f"], ["-bd"], ["-bv"]):
             self.assertRaises(UsageError, parse_arguments, bad)
 
     def test_a_leading_mbox_from_line_is_dropped(self) -> None:
@@ -444,6 +445,36 @@ class CommandTests(TestCase):
         self.assertEqual(self.handed_over(), 1)
         self.assertIn(f"sendmail: queued {message_id} from <a@example.com>", self.daemon.new_log())
         wait_until(lambda: len(self.peer.messages()) == 1, what="the message")
+
+    def test_called_as_mailq_or_newaliases(self) -> None:
+        """SENDMAIL_LINK=1 links mailq and newaliases to the command too (tools/install.py):
+        as mailq it lists the queue; as newaliases it has nothing to do, and says so."""
+        self.daemon.write_config(self.refusing_relay())  # the message stays in the queue
+        self.daemon.start()
+        self.assertEqual(
+            self.sendmail(b"From: a@example.com\n\nb\n", "a@example.org").returncode, 0
+        )
+        folder = os.path.join(self.home, "bin")
+        os.makedirs(folder)
+        launcher = os.path.join(folder, "smtpmailer-sendmail")
+        with open(launcher, "w") as handle:
+            handle.write(f"#!{sys.executable} -IS\n{INSTALLED_SCRIPT}\n")
+        os.chmod(launcher, 0o755)
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
+        results = {}
+        for name in ("mailq", "newaliases"):
+            os.symlink(launcher, os.path.join(folder, name))
+            results[name] = subprocess.run(
+                [os.path.join(folder, name)], capture_output=True, env=env, timeout=60
+            )
+        self.assertEqual(results["mailq"].returncode, 0, results["mailq"].stderr)
+        self.assertIn(b"<a@example.com>", results["mailq"].stdout)
+        self.assertIn(b"-> <a@example.org>", results["mailq"].stdout)
+        self.assertEqual(
+            (results["newaliases"].returncode, results["newaliases"].stderr),
+            (0, b"newaliases: smtpmailer delivers no mail locally: no aliases to build\n"),
+        )
 
     def test_closed_descriptors(self) -> None:
         """cron and daemons may start sendmail with stdout and stderr closed: the message

@@ -214,14 +214,21 @@ class Installer:
             self.sendmail_link(os.path.join(bin_dir, "smtpmailer-sendmail"))
 
     def sendmail_link(self, ours: str) -> None:
-        final = self.o.sendmail
-        target = self.staged(final)
-        if os.path.lexists(target) and not (os.path.islink(target) and os.readlink(target) == ours):
-            raise SystemExit(
-                f"install: {final} exists (another MTA's?): not replaced. Remove that MTA "
-                "first, or install without SENDMAIL_LINK=1"
-            )
-        self.link(final, ours)
+        """The names an MTA answers to: sendmail (and its old /usr/lib place), mailq and
+        newaliases, which the command tells apart by the name it is called by. None is
+        made while any of them is another MTA's."""
+        names = (self.o.sendmail, self.o.lib_sendmail, self.o.mailq, self.o.newaliases)
+        for final in names:
+            target = self.staged(final)
+            if os.path.lexists(target) and not (
+                os.path.islink(target) and os.readlink(target) == ours
+            ):
+                raise SystemExit(
+                    f"install: {final} exists (another MTA's?): not replaced. Remove that "
+                    "MTA first, or install without SENDMAIL_LINK=1"
+                )
+        for final in names:
+            self.link(final, ours)
 
     def write_manifest(self) -> None:
         path = os.path.join(self.staged(self.o.prefix), MANIFEST)
@@ -294,6 +301,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--zshcompletiondir", default="/usr/local/share/zsh/site-functions")
     parser.add_argument("--sendmail", default="/usr/sbin/sendmail")
+    parser.add_argument("--lib-sendmail", default="/usr/lib/sendmail")
+    parser.add_argument("--mailq", default="/usr/bin/mailq")
+    parser.add_argument("--newaliases", default="/usr/bin/newaliases")
     parser.add_argument("--sendmail-link", action="store_true")
     options = parser.parse_args(argv)
     if not os.path.isabs(options.prefix):

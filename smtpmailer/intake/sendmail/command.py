@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 USAGE = (
     "usage: sendmail [-t] [-i|-oi] [-f SENDER|-r SENDER] [-F NAME] [-v] [RECIPIENT ...]\n"
     "       sendmail -bs      (an SMTP session on stdin and stdout)\n"
-    "       sendmail -bp      (list the queue)\n"
+    "       sendmail -bp      (list the queue; also as mailq)\n"
     "       sendmail -q       (retry every deferred message now)"
 )
 
@@ -50,7 +50,8 @@ OPTIONS = (
     ("-F NAME", "the sender's full name, for a From: header that is added"),
     ("-v", "say what happened to the message"),
     ("-bs", "speak SMTP on stdin and stdout: each message's answer is an SMTP reply"),
-    ("-bp", "list the queue, as mailq does"),
+    ("-bp", "list the queue, as mailq does (called as mailq, the command does this)"),
+    ("-bi", "nothing to do: no mail is delivered locally, so there are no aliases (newaliases)"),
     ("-q", "retry every deferred message now"),
     ("-bm", "deliver mail (the default)"),
     ("--config PATH", "the config file (default: $SMTPMAILER_CONFIG, then /etc)"),
@@ -74,7 +75,7 @@ class Arguments:
         self.sender: str | None = None
         self.full_name: str | None = None
         self.verbose = False
-        self.mode = "deliver"  # deliver, smtp (-bs), list, flush
+        self.mode = "deliver"  # deliver, smtp (-bs), list, flush, aliases (-bi)
         self.recipients: list[str] = []
         self.config: str | None = None
 
@@ -128,10 +129,12 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
                     args.mode = "list"
                 elif rest == "s":
                     args.mode = "smtp"
+                elif rest == "i":
+                    args.mode = "aliases"
                 elif rest in ("m", ""):
                     args.mode = "deliver"
                 else:
-                    raise UsageError(f"-b{rest} is not supported (only -bm, -bs and -bp)")
+                    raise UsageError(f"-b{rest} is not supported (only -bm, -bs, -bp and -bi)")
             elif flag == "q":
                 args.mode = "flush"
             elif flag in ("B", "N", "R", "V", "L", "h", "X", "O"):
@@ -449,6 +452,10 @@ def run(argv: Sequence[str], stdin: IO[bytes], out: IO[str], err: IO[str]) -> in
         return EX_USAGE
     if args.mode == "smtp":
         return _smtp_session(args, stdin, out, err)
+    if args.mode == "aliases":
+        # Package scripts run newaliases after installing an MTA; failing them helps no one.
+        print("newaliases: smtpmailer delivers no mail locally: no aliases to build", file=err)
+        return EX_OK
     if args.mode != "deliver":
         return _queue_command(args, out, err)
     from smtpmailer.paths import default_config_path
@@ -508,12 +515,23 @@ class _ClosedInput:
         raise OSError("standard input is closed")
 
 
+# The names an MTA's sendmail is also installed as (tools/install.py links them).
+CALLED_AS = {"mailq": "-bp", "newaliases": "-bi"}
+
+
+def as_called(argv: Sequence[str]) -> list[str]:
+    """The arguments, with what the name we were called by means (mailq is -bp)."""
+    name = argv[0].rpartition("/")[2] if argv else ""
+    flag = CALLED_AS.get(name)
+    return [flag, *argv[1:]] if flag else list(argv[1:])
+
+
 def main() -> None:
     """Leaves through ``_exit`` once its output is flushed. By then the message is
     committed or refused and the socket or queue is closed: nothing is left to tidy, and
     the interpreter's own teardown was 1.3 ms of a 10.6 ms call (bench/submit)."""
     stdin: Any = sys.stdin.buffer if sys.stdin is not None else _ClosedInput()
-    code = run(sys.argv[1:], stdin, sys.stdout, sys.stderr)
+    code = run(as_called(sys.argv), stdin, sys.stdout, sys.stderr)
     try:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:  # None: started with that descriptor closed
