@@ -300,10 +300,19 @@ class InstallTests(SynchronousTestCase):
         self.assertIn("/etc/smtpmailer/smtpmailer.conf exists: kept as it is", again.stdout)
         with open(config) as handle:
             self.assertIn("edited by the admin", handle.read())
+        # Another MTA installed since put its own newaliases where our link was.
+        os.unlink(self.staged("/usr/bin/newaliases"))
+        with open(self.staged("/usr/bin/newaliases"), "w") as handle:
+            handle.write("#!/bin/sh\n# postfix's\n")
         removed = make("uninstall", f"DESTDIR={self.root}", f"PREFIX={PREFIX}")
         self.assertEqual(removed.returncode, 0, removed.stderr)
         self.assertIn("/etc/smtpmailer/smtpmailer.conf was edited: kept", removed.stdout)
-        self.assertEqual(files_under(self.root), ["etc/smtpmailer/smtpmailer.conf"])
+        self.assertIn(
+            "/usr/bin/newaliases is no longer ours (another MTA's?): kept", removed.stdout
+        )
+        self.assertEqual(
+            files_under(self.root), ["etc/smtpmailer/smtpmailer.conf", "usr/bin/newaliases"]
+        )
 
 
 class NewsTests(SynchronousTestCase):

@@ -274,11 +274,20 @@ def uninstall(options: argparse.Namespace) -> None:
     if not manifest:
         raise SystemExit(f"uninstall: no {MANIFEST} under {options.prefix}: nothing installed")
     config = os.path.join(options.sysconfdir, "smtpmailer", "smtpmailer.conf")
+    # Where install put a link; another MTA installed since may have put its own there.
+    links = {options.sendmail, options.lib_sendmail, options.mailq, options.newaliases}
+    links |= {os.path.join(options.bindir, command) for command in COMMANDS}
     for final in sorted(path for path in manifest if not path.startswith("#")):
         target = installer.staged(final)
         if final == config and os.path.exists(target):
             if digest(target) != manifest.get("#config"):
                 print(f"uninstall: {final} was edited: kept")
+                continue
+        if final in links and os.path.lexists(target):
+            if not os.path.islink(target) or not os.readlink(target).startswith(
+                options.prefix.rstrip("/") + "/"
+            ):
+                print(f"uninstall: {final} is no longer ours (another MTA's?): kept")
                 continue
         if os.path.lexists(target):
             os.unlink(target)
