@@ -90,6 +90,7 @@ class TinyBenchTests(TestCase):
             self.skipTest("bench/submit reconfigures the system's Postfix: it needs root")
         report = self.bench("submit", "--messages", "200", "--runs", "1", "--calls", "2")
         self.assertIn("ratio", report["accept_per_s"])  # type: ignore[operator]
+        self.assertIn("session_ratio", report["sendmail_call_ms"])  # type: ignore[operator]
 
     def test_cluster(self) -> None:
         from tests.postgres import server
