@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -217,9 +218,9 @@ class CommandTests(TestCase):
         self.assertEqual(full.returncode, EX_TEMPFAIL)
         self.assertIn(b"queue is full", full.stderr)
 
-    def smtp_session(self, python: tuple[str, ...] = ()) -> tuple[smtplib.SMTP, subprocess.Popen]:
-        """``sendmail -bs`` as Symfony starts it, with Python's smtplib as the client: the
-        process's stdin and stdout are one end of a socket pair, smtplib has the other."""
+    def bs_process(self, python: tuple[str, ...] = ()) -> tuple[socket.socket, subprocess.Popen]:
+        """``sendmail -bs -i`` as Symfony starts it: its stdin and stdout are one end of a
+        socket pair, and the test has the other."""
         ours, theirs = socket.socketpair()
         env = environment()
         env["SMTPMAILER_CONFIG"] = self.daemon.config_path
@@ -234,6 +235,11 @@ class CommandTests(TestCase):
         theirs.close()
         self.addCleanup(process.kill)
         self.addCleanup(ours.close)
+        return ours, process
+
+    def smtp_session(self, python: tuple[str, ...] = ()) -> tuple[smtplib.SMTP, subprocess.Popen]:
+        """A ``sendmail -bs`` process with Python's smtplib as its client."""
+        ours, process = self.bs_process(python)
 
         class PipeSMTP(smtplib.SMTP):
             def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
@@ -290,14 +296,7 @@ class CommandTests(TestCase):
         self.assertTrue(all(body.endswith(b"\r\n\r\n.b\r\n") for body in bodies), bodies)
 
     def test_smtp_session_through_the_daemon(self) -> None:
-        self.daemon.write_config(
-            self.refusing_relay(),
-            queue="max_message_size = 64KB\nmax_queue_size = 5",
-        )
-        self.daemon.start()
-        self.check_session_refusals()
-        self.assertEqual(self.handed_over(), 5)
-        self.assertEqual(sum(self.daemon.states().values()), 5)
+        self.check_through_the_daemon(self.check_session_refusals)
 
     def test_smtp_session_delivers_like_a_plain_call(self) -> None:
         """Two messages in one session, one with the null sender (an auto-reply): both
@@ -384,18 +383,7 @@ class CommandTests(TestCase):
         unanswered: the command stops at the first reply it cannot write, and says so in
         one line, no traceback; the message stays queued."""
         os.makedirs(self.daemon.state_dir)
-        ours, theirs = socket.socketpair()
-        env = environment()
-        env["SMTPMAILER_CONFIG"] = self.daemon.config_path
-        process = subprocess.Popen(
-            [sys.executable, "-IS", "-c", INSTALLED_SCRIPT, "-bs"],
-            stdin=theirs,
-            stdout=theirs,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        theirs.close()
-        self.addCleanup(process.kill)
+        ours, process = self.bs_process()
         ours.sendall(
             b"EHLO app\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
             b"From: a@example.com\r\n\r\nbody\r\n.\r\n"
@@ -517,12 +505,16 @@ class CommandTests(TestCase):
 
     def test_exit_codes_through_the_daemon(self) -> None:
         """The same refusals, in the same words, when the daemon checks the message."""
+        self.check_through_the_daemon(self.check_refusals)
+
+    def check_through_the_daemon(self, check: Callable[[], None]) -> None:
+        """``check`` with a daemon that keeps what it takes: it took the 5 that fit."""
         self.daemon.write_config(
             self.refusing_relay(),
             queue="max_message_size = 64KB\nmax_queue_size = 5",
         )
         self.daemon.start()
-        self.check_refusals()
+        check()
         self.assertEqual(self.handed_over(), 5)
         self.assertEqual(sum(self.daemon.states().values()), 5)
 
