@@ -324,3 +324,40 @@ class DSNOptionsEndToEndTests(TestCase):
             {"ret": "FULL", "envid": "E-7", "orcpt": {"bad@example.org": "rfc822;Bad@example.org"}},
         )
         self.assertNotIn("Traceback", daemon.log())
+
+    def test_sendmail_dsn_options(self) -> None:
+        """sendmail's -N, -R and -V take the same way: -N never gets no DSN for a failure;
+        -N failure -R full -V gets one with the envelope id and the whole message."""
+        import subprocess
+        import sys
+
+        from tests.daemon import environment, wait_until
+        from tests.test_sendmail import INSTALLED_SCRIPT
+
+        daemon, peer, _ = listening_daemon(self, "550 5.1.1 no such user")
+        env = environment()
+        env["SMTPMAILER_CONFIG"] = daemon.config_path
+        for sender, options in (
+            ("quiet@example.com", ["-N", "never"]),
+            ("full@example.com", ["-N", "failure", "-R", "full", "-V", "order 7"]),
+        ):
+            result = subprocess.run(
+                [sys.executable, "-IS", "-c", INSTALLED_SCRIPT, "-f", sender, *options]
+                + ["bad@example.org"],
+                input=b"From: app@example.com\nSubject: s\n\nthe body\n",
+                capture_output=True,
+                env=env,
+                timeout=60,
+            )
+            self.assertEqual((result.returncode, result.stderr), (0, b""))
+        null = ("", "<>")
+        wait_until(lambda: any(m.sender in null for m in peer.messages()), what="the DSN")
+        wait_until(lambda: "NOTIFY asked for none" in daemon.log(), what="NEVER honoured")
+        (dsn,) = [m for m in peer.messages() if m.sender in null]
+        self.assertEqual(dsn.recipients, ["full@example.com"])
+        _, status, returned = report_parts(parse(dsn.data))
+        per_message, only = status.get_payload()
+        self.assertEqual(
+            (per_message["Original-Envelope-Id"], only["Action"]), ("order+207", "failed")
+        )
+        self.assertIn("the body", returned.get_payload()[0].get_content())

@@ -3,6 +3,7 @@ and PHP feed it, each message checked byte for byte at a real SMTP server."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -58,6 +59,36 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(parse_arguments(["-bi"]).mode, "aliases")
         self.assertEqual(parse_arguments(["-q"]).mode, "flush")
         self.assertEqual(parse_arguments(["-ti"]).ignore_dots, True)
+
+    def test_dsn_options(self) -> None:
+        """-N, -R and -V, as RFC 3461's NOTIFY, RET and ENVID (an id becomes xtext)."""
+        args = parse_arguments(["-N", "success,Failure", "-Rhdrs", "-V", "order 42=x", "a@b.org"])
+        self.assertEqual(
+            (args.notify, args.ret, args.envid), ("SUCCESS,FAILURE", "HDRS", "order+2042+3Dx")
+        )
+        self.assertEqual(parse_arguments(["-Nnever"]).notify, "NEVER")
+        for bad in (
+            ["-N", "never,success"],
+            ["-N", "sometimes"],
+            ["-R", "some"],
+            ["-V", "x" * 101],
+        ):
+            self.assertRaises(UsageError, parse_arguments, bad)
+        envelope = prepare_envelope(args, "u", b"From: a@example.com\n\nb\n", 0)
+        self.assertEqual(
+            json.loads(envelope.meta),
+            {
+                "dsn": {
+                    "ret": "HDRS",
+                    "envid": "order+2042+3Dx",
+                    "notify": {"a@b.org": "SUCCESS,FAILURE"},
+                }
+            },
+        )
+        plain = prepare_envelope(
+            parse_arguments(["a@b.org"]), "u", b"From: a@example.com\n\nb\n", 0
+        )
+        self.assertEqual(plain.meta, "")
 
     def test_refusals(self) -> None:
         for bad in (["-Z"], ["-f"], ["-bd"], ["-bv"]):

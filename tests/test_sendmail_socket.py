@@ -61,6 +61,25 @@ class RequestFormatTests(SynchronousTestCase):
         for bad in (b"user=u\0nonsense", b"user=u\0size=1", b"extract=1", b"user="):
             self.assertRaises(ValueError, decode_header, bad)
 
+    def test_dsn_fields_are_checked_again(self) -> None:
+        """Any local writer of the socket may send a request, and these values go into
+        the commands to relays: a line break or a word sendmail's -N would refuse is a
+        malformed request."""
+        for bad in (
+            b"user=u\0notify=NEVER\r\nRSET",
+            b"user=u\0notify=NEVER,SUCCESS",
+            b"user=u\0ret=SOME",
+            b"user=u\0envid=a b",
+            b"user=u\0envid=a+zz",
+            b"user=u\0envid=a=b",
+            b"user=u\0envid=" + b"x" * 101,
+        ):
+            self.assertRaises(ValueError, decode_header, bad)
+        args, _ = decode_header(b"user=u\0notify=SUCCESS,DELAY\0ret=HDRS\0envid=order+2B42")
+        self.assertEqual(
+            (args.notify, args.ret, args.envid), ("SUCCESS,DELAY", "HDRS", "order+2B42")
+        )
+
 
 class DaemonEndTests(SynchronousTestCase):
     def setUp(self) -> None:

@@ -49,13 +49,16 @@ OPTIONS = (
     ("-f SENDER, -r SENDER", "the envelope sender (default: the user at this host; <> is none)"),
     ("-F NAME", "the sender's full name, for a From: header that is added"),
     ("-v", "say what happened to the message"),
+    ("-N DSN", "when to report back: never, or success, failure and delay (RFC 3461 NOTIFY)"),
+    ("-R RET", "what a report returns of the message: full or hdrs (RFC 3461 RET)"),
+    ("-V ENVID", "an envelope id that reports carry (RFC 3461 ENVID)"),
     ("-bs", "speak SMTP on stdin and stdout: each message's answer is an SMTP reply"),
     ("-bp", "list the queue, as mailq does (called as mailq, the command does this)"),
     ("-bi", "nothing to do: no mail is delivered locally, so there are no aliases (newaliases)"),
     ("-q", "retry every deferred message now"),
     ("-bm", "deliver mail (the default)"),
     ("--config PATH", "the config file (default: $SMTPMAILER_CONFIG, then /etc)"),
-    ("-odb, -oem, -B, -N, -R, -V, -L, -h, -X, -O, ...", "accepted and ignored, with their value"),
+    ("-odb, -oem, -B, -L, -h, -X, -O, ...", "accepted and ignored, with their value"),
 )
 
 # How long to wait for a running daemon's answer (its commit) before giving up.
@@ -78,6 +81,31 @@ class Arguments:
         self.mode = "deliver"  # deliver, smtp (-bs), list, flush, aliases (-bi)
         self.recipients: list[str] = []
         self.config: str | None = None
+        # RFC 3461, as sendmail's -N, -R and -V give them (NOTIFY for every recipient).
+        self.notify: str | None = None  # NEVER, or some of SUCCESS,FAILURE,DELAY
+        self.ret: str | None = None  # FULL or HDRS
+        self.envid: str | None = None  # xtext
+
+
+NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")
+
+
+def _notify(value: str) -> str:
+    words = [word.strip().upper() for word in value.split(",")]
+    if words != ["NEVER"] and not (words and all(word in NOTIFY_WORDS for word in words)):
+        raise UsageError(f"-N {value!r}: never, or a list of success, failure and delay")
+    return ",".join(words)
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461's xtext: printable ASCII but + and =, the rest as +HH."""
+    encoded = "".join(
+        chr(byte) if 33 <= byte <= 126 and byte not in (43, 61) else f"+{byte:02X}"
+        for byte in value.encode("utf-8", "surrogateescape")
+    )
+    if not encoded or len(encoded) > 100:
+        raise UsageError(f"-V {value!r}: an envelope id of 1 to 100 characters (as xtext)")
+    return encoded
 
 
 def parse_arguments(argv: Sequence[str]) -> Arguments:
@@ -137,7 +165,15 @@ def parse_arguments(argv: Sequence[str]) -> Arguments:
                     raise UsageError(f"-b{rest} is not supported (only -bm, -bs, -bp and -bi)")
             elif flag == "q":
                 args.mode = "flush"
-            elif flag in ("B", "N", "R", "V", "L", "h", "X", "O"):
+            elif flag == "N":
+                args.notify = _notify(value("-N", rest))
+            elif flag == "R":
+                args.ret = value("-R", rest).upper()
+                if args.ret not in ("FULL", "HDRS"):
+                    raise UsageError(f"-R {args.ret.lower()!r}: full or hdrs")
+            elif flag == "V":
+                args.envid = _xtext(value("-V", rest))
+            elif flag in ("B", "L", "h", "X", "O"):
                 value(f"-{flag}", rest)  # accepted and ignored, with their value
             elif flag in ("U", "G", "n", "m", "e", "x", "s", "d"):
                 pass  # old flags sendmail still takes
@@ -232,7 +268,7 @@ def prepare_envelope(args: Arguments, user: str, data: bytes, now: float) -> Env
         data = data.partition(b"\n")[2]
     null = args.sender is not None and args.sender.strip() == "<>"  # -f '<>', MAIL FROM:<>
     sender = qualify((not null and args.sender) or _header_sender(data) or user)
-    return prepare_raw(
+    envelope = prepare_raw(
         _add_from(data, sender, args.full_name),
         recipients=args.recipients,
         extract_recipients=args.extract,
@@ -240,6 +276,18 @@ def prepare_envelope(args: Arguments, user: str, data: bytes, now: float) -> Env
         now=now,
         qualify=qualify,
     )
+    if args.notify or args.ret or args.envid:
+        import json
+
+        from smtpmailer.dsn_options import DSNOptions
+        from smtpmailer.message import Envelope
+
+        notify = dict.fromkeys(envelope.recipients, args.notify) if args.notify else {}
+        dsn = DSNOptions(args.ret, args.envid, notify, {})
+        envelope = Envelope(
+            envelope.sender, envelope.recipients, envelope.data, json.dumps(dsn.as_meta())
+        )
+    return envelope
 
 
 # --- the hand-over to a running daemon: one request, one answer, over a Unix socket ---
@@ -258,9 +306,45 @@ def encode_request(args: Arguments, user: str, data: bytes) -> bytes:
         fields.append(f"sender={args.sender}")
     if args.full_name is not None:
         fields.append(f"name={args.full_name}")
+    for key in ("notify", "ret", "envid"):
+        if getattr(args, key) is not None:
+            fields.append(f"{key}={getattr(args, key)}")
     fields += [f"rcpt={recipient}" for recipient in args.recipients]
     header = "\0".join(fields).encode("utf-8", "surrogateescape")
     return b"%s %d %d\n" % (REQUEST_MAGIC, len(header), len(data)) + header + data
+
+
+def _is_xtext(value: str) -> bool:
+    """1 to 100 characters of RFC 3461 xtext (what _xtext makes)."""
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == "+":
+            if len(value[index + 1 : index + 3]) != 2 or not all(
+                c in "0123456789ABCDEF" for c in value[index + 1 : index + 3]
+            ):
+                return False
+            index += 3
+            continue
+        if not 33 <= ord(char) <= 126 or char == "=":
+            return False
+        index += 1
+    return 0 < len(value) <= 100
+
+
+def _dsn_field(key: str, value: str) -> str:
+    """A DSN field of a request, checked again here: any local writer of the socket may
+    send one, and its value goes into SMTP commands to relays."""
+    try:
+        if key == "notify":
+            return _notify(value)
+        if key == "ret" and value in ("FULL", "HDRS"):
+            return value
+        if key == "envid" and _is_xtext(value):
+            return value
+    except UsageError as error:
+        raise ValueError(str(error)) from None
+    raise ValueError(f"bad {key} field")
 
 
 def decode_header(header: bytes) -> tuple[Arguments, str]:
@@ -283,6 +367,8 @@ def decode_header(header: bytes) -> tuple[Arguments, str]:
             args.recipients.append(value)
         elif key == "smtp":
             args.mode = "smtp" if value == "1" else "deliver"
+        elif key in ("notify", "ret", "envid"):
+            setattr(args, key, _dsn_field(key, value))
         else:
             raise ValueError(f"unknown field {key[:40]!r}")
     if not user:
