@@ -22,7 +22,8 @@ DEPS_STAMP := $(VENV)/.deps-$(shell cat setup.cfg pyproject.toml 2>/dev/null | c
 SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-client chromium:chromium \
 	chromedriver:chromium-driver \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
-	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light php:php-cli
+	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light php:php-cli \
+	tinyproxy:tinyproxy
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
 # recommends it (we install without recommends).
 PERL_MODULES := Net::SSLeay=libnet-ssleay-perl

@@ -17,8 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from smtpmailer.proxy import Proxy, bypasses
 
 
 @attrs.frozen
@@ -58,6 +61,8 @@ def _reason(error: BaseException) -> str:
     """Why a connection could not be made, in a few words."""
     from twisted.internet import error as net_error
 
+    if isinstance(error, ProxyFailed):  # already in words
+        return str(error)
     if isinstance(error, net_error.ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, net_error.TimeoutError):
@@ -73,6 +78,8 @@ def _lost(reason: Any) -> str:
     error = getattr(reason, "value", reason)
     if type(error).__module__.startswith("OpenSSL"):
         return f"TLS: {error}"[:200]
+    if type(error).__module__.startswith("service_identity"):
+        return "TLS: the server's certificate is not for this host name"
     return "the connection closed before an answer"
 
 
@@ -321,25 +328,139 @@ class _Exchange:
         self.failed(HTTPFailure("unreachable", "the request was cancelled"))
 
 
+MAX_PROXY_ANSWER = 16 * 1024
+
+
+class ProxyFailed(Exception):
+    """No tunnel through the proxy: what it answered, or why it could not be reached."""
+
+
+class _Tunnel(Protocol):
+    """Asks a proxy to CONNECT to host:port; once it answers 200, the connection is the
+    wrapped protocol's (TLS's, for https), which is handed every byte after."""
+
+    transport: Any  # TCP's
+
+    def __init__(self, proxy: Proxy, authority: str, factory: Any) -> None:
+        self._proxy = proxy
+        self._authority = authority
+        self._factory = factory
+        self._head = b""
+        self._wrapped: Any = None
+        self.ready: Deferred[Any] = Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's)
+        lines = [f"CONNECT {self._authority} HTTP/1.1", f"Host: {self._authority}"]
+        if self._proxy.authorization:
+            lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._wrapped is not None:
+            self._wrapped.dataReceived(data)
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_PROXY_ANSWER:
+                self._refused("an answer too long to be HTTP")
+            return
+        status_line = self._head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
+            self._refused(f"answered {status_line[:100]!r}")
+            return
+        rest, self._head = self._head[end + 4 :], b""
+        self._wrapped = self._factory.buildProtocol(self.transport.getPeer())
+        self._wrapped.makeConnection(self.transport)
+        self.ready.callback(self._wrapped)
+        if rest:
+            self._wrapped.dataReceived(rest)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self._wrapped is not None:
+            self._wrapped.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(
+                ProxyFailed(f"the proxy {self._proxy.address} closed the connection")
+            )
+
+    def _refused(self, what: str) -> None:
+        if not self.ready.called:
+            self.ready.errback(ProxyFailed(f"the proxy {self._proxy.address} {what}"))
+        self.transport.abortConnection()
+
+
+class _TunnelEndpoint:
+    """An endpoint to host:port through the proxy's CONNECT (IStreamClientEndpoint)."""
+
+    def __init__(self, reactor: Any, proxy: Proxy, host: str, port: int) -> None:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        self._to_proxy = HostnameEndpoint(reactor, proxy.host, proxy.port)
+        self._proxy = proxy
+        self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet.endpoints import connectProtocol
+
+        tunnel = _Tunnel(self._proxy, self._authority, factory)
+        connecting = connectProtocol(self._to_proxy, tunnel)
+
+        def cancel(_: Any) -> None:
+            if not connecting.called:
+                connecting.cancel()
+            elif tunnel.transport is not None:
+                tunnel.transport.abortConnection()
+
+        result: Deferred[Any] = Deferred(cancel)
+
+        def connected(_: Any) -> Deferred[Any]:
+            return tunnel.ready
+
+        def not_connected(failure: Any) -> Any:
+            if not failure.check(ProxyFailed, CancelledError):
+                reason = _reason(failure.value)
+                return fail(ProxyFailed(f"the proxy {self._proxy.address}: {reason}"))
+            return failure
+
+        def handed(outcome: Any) -> None:
+            if result.called:  # cancelled: nobody waits for it
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        connecting.addCallback(connected).addErrback(not_connected).addBoth(handed)
+        return result
+
+
 class _Endpoints:
     """Where connections go: TCP for http, TCP + TLS verified by Twisted's
-    BrowserLikePolicyForHTTPS for https; made once per host and port instead of at every
-    request (the host name's IDNA checks are not free)."""
+    BrowserLikePolicyForHTTPS for https, each through the proxy's tunnel when there is
+    one; made once per host and port instead of at every request (the host name's IDNA
+    checks are not free)."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, proxy: Proxy | None, no_proxy: tuple[str, ...]) -> None:
         from twisted.web.client import BrowserLikePolicyForHTTPS
 
         self._reactor = reactor
         self._policy = BrowserLikePolicyForHTTPS()
         self._made: dict[tuple[str, str, int], Any] = {}
+        self._proxy = proxy
+        self._no_proxy = no_proxy
 
     def endpoint(self, scheme: str, host: str, port: int) -> Any:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
         key = (scheme, host, port)
-        endpoint = self._made.get(key)
+        endpoint: Any = self._made.get(key)
         if endpoint is None:
-            endpoint = HostnameEndpoint(self._reactor, host, port)
+            if self._proxy is not None and not bypasses(host, self._no_proxy):
+                endpoint = _TunnelEndpoint(self._reactor, self._proxy, host, port)
+            else:
+                endpoint = HostnameEndpoint(self._reactor, host, port)
             if scheme == "https":
                 creator = self._policy.creatorForNetloc(host.encode("idna"), port)
                 endpoint = wrapClientTLS(creator, endpoint)
@@ -351,10 +472,16 @@ class PooledClient:
     """Requests over persistent connections: up to ``connections`` idle ones are kept for
     each host and port; more are opened while that many are busy, and closed after."""
 
-    def __init__(self, reactor: Any, connections: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        connections: int,
+        proxy: Proxy | None = None,
+        no_proxy: tuple[str, ...] = (),
+    ) -> None:
         self.reactor = reactor
         self._keep = connections
-        self._endpoints = _Endpoints(reactor)
+        self._endpoints = _Endpoints(reactor, proxy, no_proxy)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
 

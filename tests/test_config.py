@@ -188,6 +188,28 @@ class SecretTests(SynchronousTestCase):
             "d.conf:4: password_env: environment variable NOPE_X is not set", str(caught.exception)
         )
 
+    def test_http_proxy(self) -> None:
+        """A URL with its password is a secret: from the file, a file or the environment,
+        redacted when shown; a malformed one is refused naming its line, not its password."""
+        secret = self.write("proxy", "http://user:pr0xy-pw@proxy.example:3128\n")
+        path = self.write("c.conf", f"[Daemon]\nhttp_proxy_file = {secret}\n[Relay]\nhost = h\n")
+        config = load_config(path)
+        self.assertEqual(config.daemon.http_proxy, "http://user:pr0xy-pw@proxy.example:3128")
+        self.assertEqual(config.daemon.no_proxy, ("localhost", "127.0.0.1", "::1"))
+        rendered = render_config(config)
+        self.assertIn("http_proxy = <redacted>", rendered)
+        self.assertNotIn("pr0xy-pw", rendered + repr(config))
+        for value, line in (
+            ("https://user:pr0xy-pw@proxy.example:3128", "c.conf:2: http_proxy: must be"),
+            ("proxy.example:3128", "c.conf:2: http_proxy: must be http://"),
+            ("http://proxy.example", "c.conf:2: http_proxy: must be http://"),
+        ):
+            path = self.write("c.conf", f"[Daemon]\nhttp_proxy = {value}\n[Relay]\nhost = h\n")
+            with self.assertRaises(ConfigError) as caught:
+                load_config(path)
+            self.assertIn(line, str(caught.exception))
+            self.assertNotIn("pr0xy-pw", str(caught.exception))
+
     def test_world_readable_secrets_are_warned_about(self) -> None:
         path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword = pw\n", 0o644)
         (warning,) = load_config(path).warnings

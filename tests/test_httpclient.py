@@ -20,6 +20,7 @@ from smtpmailer.httpclient import (
     Request,
     Response,
 )
+from smtpmailer.proxy import Proxy, bypasses, parse_proxy
 
 URL = "http://127.0.0.1:8025/v3/mail/send"
 OK = b"HTTP/1.1 202 Accepted\r\nX-Message-Id: m-1\r\nContent-Length: 0\r\n\r\n"
@@ -415,3 +416,146 @@ class NoAnswerTests(SynchronousTestCase):
         self.assertEqual(outcome.failed, ("unreachable", "the request was cancelled"))
         self.assertTrue(transport.disconnected)
         self.assertEqual(wire.reactor.getDelayedCalls(), [], "no deadline left behind")
+
+
+PROXIED = "http://api.example.test:8025/v3/mail/send"
+AUTH = "Basic dXNlcjpwYXNz"  # user:pass
+CONNECT = (
+    b"CONNECT api.example.test:8025 HTTP/1.1\r\nHost: api.example.test:8025\r\n"
+    b"Proxy-Authorization: " + AUTH.encode() + b"\r\n\r\n"
+)
+
+
+class ProxyTests(SynchronousTestCase):
+    """[Daemon] http_proxy: every connection is a CONNECT tunnel through the proxy, and the
+    request goes inside it once the proxy answers 200."""
+
+    def wire(self, no_proxy: tuple[str, ...] = ()) -> Wire:
+        wire = Wire()
+        wire.client = PooledClient(wire.reactor, 2, Proxy("127.0.0.1", 3128, AUTH), no_proxy)
+        return wire
+
+    def test_a_request_goes_through_the_tunnel_which_is_kept(self) -> None:
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        host, port = wire.reactor.tcpClients[0][:2]
+        self.assertEqual((host, port), ("127.0.0.1", 3128))
+        proxy, transport = wire.accept()
+        self.assertEqual(transport.value(), CONNECT, "the request waits for the tunnel")
+        transport.clear()
+        proxy.dataReceived(b"HTTP/1.1 200 Connection established\r\n")
+        self.assertEqual(transport.value(), b"", "not before the whole answer")
+        proxy.dataReceived(b"Proxy-Agent: tinyproxy/1.11.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"POST /v3/mail/send HTTP/1.1\r\n"))
+        self.assertIn(b"\r\nHost: api.example.test:8025\r\n", transport.value())
+        self.assertNotIn(b"Proxy-Authorization", transport.value(), "only the proxy sees it")
+        proxy.dataReceived(OK)
+        assert outcome.response is not None
+        self.assertEqual(outcome.response.status, 202)
+        transport.clear()
+        again = Outcome(wire.send(url=PROXIED))
+        self.assertEqual(len(wire.reactor.tcpClients), 1, "the tunnel is kept and reused")
+        self.assertTrue(transport.value().startswith(b"POST /v3/mail/send HTTP/1.1\r\n"))
+        proxy.dataReceived(OK)
+        self.assertIsNotNone(again.response)
+
+    def test_the_answer_may_come_with_the_proxys(self) -> None:
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        proxy, transport = wire.accept()
+        proxy.dataReceived(b"HTTP/1.0 200 OK\r\n\r\n")
+        self.assertIn(b"POST /v3/mail/send", transport.value())
+        proxy.dataReceived(OK)
+        self.assertIsNotNone(outcome.response)
+
+    def test_the_proxy_refuses(self) -> None:
+        for answer, said in (
+            (b"HTTP/1.0 407 Proxy Authentication Required\r\n\r\n",
+             "'HTTP/1.0 407 Proxy Authentication Required'"),
+            (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", "'HTTP/1.1 403 Forbidden'"),
+            (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "'SSH-2.0-OpenSSH_9.2'"),
+        ):  # fmt: skip
+            wire = self.wire()
+            outcome = Outcome(wire.send(url=PROXIED))
+            proxy, transport = wire.accept()
+            proxy.dataReceived(answer)
+            self.assertEqual(
+                outcome.failed, ("unreachable", f"the proxy 127.0.0.1:3128 answered {said}")
+            )
+            self.assertTrue(transport.disconnected)
+            self.assertNotIn("dXNlcjpwYXNz", str(outcome.failure))
+
+    def test_the_proxy_closes_or_babbles(self) -> None:
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        proxy, _ = wire.accept()
+        proxy.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            outcome.failed, ("unreachable", "the proxy 127.0.0.1:3128 closed the connection")
+        )
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        proxy, transport = wire.accept()
+        proxy.dataReceived(b"x" * 20_000)
+        self.assertEqual(
+            outcome.failed,
+            ("unreachable", "the proxy 127.0.0.1:3128 an answer too long to be HTTP"),
+        )
+        self.assertTrue(transport.disconnected)
+
+    def test_the_proxy_is_down(self) -> None:
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        _, _, factory, _, _ = wire.reactor.tcpClients[0]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        wire.reactor.advance(1)  # the endpoint gives up on its next turn
+        self.assertEqual(
+            outcome.failed, ("unreachable", "the proxy 127.0.0.1:3128: connection refused")
+        )
+
+    def test_no_answer_in_time_inside_or_before_the_tunnel(self) -> None:
+        for established in (False, True):
+            wire = self.wire()
+            outcome = Outcome(wire.send(url=PROXIED))
+            proxy, transport = wire.accept()
+            if established:
+                proxy.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+            wire.reactor.advance(5.1)
+            self.assertEqual(outcome.failed, ("timeout", "no answer in 5s"))
+            self.assertTrue(transport.disconnected)
+            self.assertEqual(wire.reactor.getDelayedCalls(), [])
+        wire = self.wire()
+        outcome = Outcome(wire.send(url=PROXIED))
+        wire.reactor.advance(5.1)  # the proxy never took the connection
+        self.assertEqual(outcome.failed, ("timeout", "no answer in 5s"))
+
+    def test_no_proxy_hosts_are_reached_directly(self) -> None:
+        wire = self.wire(no_proxy=(".example.test",))
+        wire.send(url=PROXIED)
+        wire.send(url=URL)  # 127.0.0.1 is not in this no_proxy: through the proxy
+        # (the memory reactor resolves every name to 127.0.0.1: the ports tell them apart)
+        self.assertEqual([client[1] for client in wire.reactor.tcpClients], [8025, 3128])
+
+
+class ProxySettingTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        self.assertEqual(parse_proxy("http://proxy.example:3128"), Proxy("proxy.example", 3128))
+        with_user = parse_proxy("http://us%40er:p%3Ass@10.0.0.1:8080/")
+        self.assertEqual((with_user.host, with_user.port), ("10.0.0.1", 8080))
+        self.assertEqual(with_user.authorization, "Basic dXNAZXI6cDpzcw==")  # us@er:p:ss
+        self.assertNotIn("p:ss", repr(with_user))
+        for bad in ("https://proxy:3128", "proxy:3128", "http://proxy", "http://proxy:99999",
+                    "http://proxy:3128/path", "socks5://proxy:1080"):  # fmt: skip
+            with self.assertRaises(ValueError) as caught:
+                parse_proxy(bad)
+            self.assertIn("http://[user:password@]host:port", str(caught.exception))
+
+    def test_bypasses(self) -> None:
+        no_proxy = ("localhost", "127.0.0.1", ".corp.example", "example.net")
+        for host, direct in (
+            ("localhost", True), ("127.0.0.1", True), ("127.0.0.2", False),
+            ("mail.corp.example", True), ("corp.example", True), ("xcorp.example", False),
+            ("api.example.net", True), ("example.net", True), ("api.sendgrid.com", False),
+        ):  # fmt: skip
+            self.assertEqual(bypasses(host, no_proxy), direct, host)
+        self.assertTrue(bypasses("anything", ("*",)))

@@ -98,11 +98,12 @@ def _judge(provider: Any, step: Any, response: Response) -> str:
 
 def cmd_test_api(args: argparse.Namespace, config: Config, console: Console) -> int:
     from smtpmailer.httpclient import PooledClient
+    from smtpmailer.proxy import proxy_settings
 
     relay = find_relay(config, args.provider)
 
     async def probe(reactor: Any) -> str | None:
-        client = PooledClient(reactor, 1)
+        client = PooledClient(reactor, 1, *proxy_settings(config.daemon))
         try:
             return await run_steps(relay, client, console.say, args.sender, args.send_to)
         finally:

@@ -52,7 +52,7 @@ def cmd_token(args: argparse.Namespace, config: Config, console: Console) -> int
         from smtpmailer.oauth2.endpoint import HTTPPoster
         from smtpmailer.oauth2.source import TokenError, TokenSource
 
-        poster = HTTPPoster(reactor)
+        poster = HTTPPoster(reactor, config.daemon)
         source = TokenSource(oauth2, None, reactor, poster)
         try:
             await source.token()
@@ -84,7 +84,7 @@ def cmd_authorize(args: argparse.Namespace, config: Config, console: Console) ->
         from smtpmailer.oauth2 import authorize as flows
         from smtpmailer.oauth2.endpoint import HTTPPoster
 
-        poster = HTTPPoster(reactor)
+        poster = HTTPPoster(reactor, config.daemon)
         try:
             if args.device:
                 return await flows.device_flow(

@@ -79,7 +79,7 @@ async def _oauth2_credentials(config: Config, relay: Any, say: Any) -> Any:
     from smtpmailer.oauth2.source import TokenSource
 
     oauth2 = section(config, relay.oauth2)
-    source = TokenSource(oauth2, None, reactor, HTTPPoster(reactor))
+    source = TokenSource(oauth2, None, reactor, HTTPPoster(reactor, config.daemon))
     await source.token()
     assert source.expires_at is not None
     say(f"  oauth2 {oauth2.name}: token ok, {expiry(source.expires_at, time.time())}")

@@ -458,16 +458,28 @@ def _sections(
     return by_name, relays, named
 
 
-def _daemon(path: str, section: Section | None) -> DaemonConfig:
+def _daemon(path: str, section: Section | None, warnings: list[str]) -> DaemonConfig:
     """[Daemon], its paths made absolute against the config file's folder."""
+    from smtpmailer.proxy import parse_proxy
+
     base = config_folder(path)
     reader = Reader(path, section, "Daemon")
+    proxy = _read_secret(reader, base, warnings, "http_proxy")
+    if proxy:
+        try:
+            parse_proxy(proxy)
+        except ValueError as error:
+            given = next(
+                k for k in ("http_proxy", "http_proxy_file", "http_proxy_env") if reader.raw(k)
+            )
+            raise reader.fail(given, f"{given}: {error}") from None
     return read_section(
         reader,
         DaemonConfig,
         state_dir=resolve_path(base, reader.get("state_dir")),
         pid_file=resolve_path(base, reader.get("pid_file")),
         log_file=resolve_path(base, reader.get("log_file")),
+        http_proxy=proxy.strip() if proxy else None,
     )
 
 
@@ -478,7 +490,7 @@ def parse_config(text: str, path: str) -> Config:
     routes, oauth2_sections = named["Route"], named["OAuth2"]
     warnings: list[str] = []
     oauth2 = tuple(_oauth2(path, base, section, warnings) for section in oauth2_sections)
-    daemon = _daemon(path, by_name.get("Daemon"))
+    daemon = _daemon(path, by_name.get("Daemon"), warnings)
     queue = Reader(path, by_name.get("Queue"), "Queue")
     backend = queue.get("backend")
     dsn = _read_secret(queue, base, warnings, "dsn")

@@ -48,6 +48,22 @@ class DaemonConfig:
     shutdown_timeout: float = key(
         DURATION, "30s", "how long SIGTERM lets deliveries under way finish"
     )
+    http_proxy: str | None = key(
+        TEXT,
+        None,
+        "HTTP for API relays, OAuth2 and webhooks goes through this proxy, tunnelled with"
+        " CONNECT: http://[user:password@]host:port, or http_proxy_file (mode 0600) or"
+        " http_proxy_env; empty: none",
+        restart=True,
+        secret=True,
+        names=("http_proxy", "http_proxy_file", "http_proxy_env"),
+    )
+    no_proxy: tuple[str, ...] = key(
+        WORDS,
+        "localhost, 127.0.0.1, ::1",
+        "hosts, and .domains, reached without the proxy",
+        restart=True,
+    )
 
 
 @attrs.frozen

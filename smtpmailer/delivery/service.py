@@ -28,6 +28,7 @@ from smtpmailer.logs import log, outcome_line
 from smtpmailer.metrics import Metrics
 from smtpmailer.oauth2.endpoint import HTTPPoster, Poster
 from smtpmailer.oauth2.source import TokenSource, TokenSources
+from smtpmailer.proxy import proxy_settings
 from smtpmailer.queue import Lease, Outcome, QueueError, RecipientResult, Recorded
 from smtpmailer.queue.runner import Runner, synchronous_runner
 
@@ -94,6 +95,7 @@ class DeliveryService(Service):
         self._blocking = blocking
         self.tokens = TokenSources(self._token_source)
         self.tokens.configure(config.oauth2)
+        proxy, no_proxy = proxy_settings(config.daemon)
         self._context = TransportContext(
             clock=clock,
             helo_name=helo_name or socket.gethostname(),
@@ -102,6 +104,8 @@ class DeliveryService(Service):
             tokens=self.tokens.get,
             http=http_client,
             http_observed=self._http_observed,
+            proxy=proxy,
+            no_proxy=no_proxy,
         )
         # Relays whose credentials were refused, and what they said, until one delivers.
         self.credential_problems: dict[str, str] = {}
@@ -130,7 +134,7 @@ class DeliveryService(Service):
         if self._token_poster is None:
             from twisted.internet import reactor
 
-            self._token_poster = HTTPPoster(reactor)
+            self._token_poster = HTTPPoster(reactor, self.config.daemon)
         return TokenSource(
             section,
             self.config.daemon.state_dir,

@@ -120,6 +120,9 @@ class TransportContext:
     # Told of each HTTP request an API relay made: (relay label, status or None when no
     # answer came, seconds), for the metrics.
     http_observed: Callable[[str, int | None, float], None] = lambda label, status, took: None
+    # [Daemon] http_proxy and no_proxy, for the HTTP client of each API relay.
+    proxy: Any = None
+    no_proxy: tuple[str, ...] = ()
 
 
 def make_transport(relay: RelayConfig, context: TransportContext) -> Transport:

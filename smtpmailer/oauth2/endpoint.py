@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 
 from smtpmailer.httpclient import HTTPFailure, PooledClient, Request
 from smtpmailer.oauth2.grants import TokenEndpointError
+from smtpmailer.proxy import proxy_settings
 
 # (url, form fields, timeout) -> (HTTP status, body)
 Poster = Callable[[str, dict[str, str], float], "Deferred[tuple[int, bytes]]"]
@@ -21,8 +22,10 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "applicat
 class HTTPPoster:
     """The real thing; ``close()`` drops the connections it keeps."""
 
-    def __init__(self, reactor: Any) -> None:
-        self._client = PooledClient(reactor, 2)
+    def __init__(self, reactor: Any, daemon: Any = None) -> None:
+        """``daemon``: the [Daemon] section, for its http_proxy."""
+        proxy, no_proxy = proxy_settings(daemon) if daemon is not None else (None, ())
+        self._client = PooledClient(reactor, 2, proxy, no_proxy)
 
     def __call__(
         self, url: str, fields: dict[str, str], timeout: float

@@ -27,6 +27,7 @@ from smtpmailer.config import Config
 from smtpmailer.config.sections import WebhookConfig
 from smtpmailer.httpclient import HTTPFailure, PooledClient, Request
 from smtpmailer.logs import log
+from smtpmailer.proxy import proxy_settings
 from smtpmailer.queue import QueueError
 
 BATCH = 100
@@ -183,7 +184,7 @@ class WebhookService(Service):
         if self._client is None:
             from twisted.internet import reactor
 
-            self._client = PooledClient(reactor, 2)
+            self._client = PooledClient(reactor, 2, *proxy_settings(self.config.daemon))
         return self._client
 
     def counted(self, name: str, result: str) -> None:

@@ -103,7 +103,9 @@ class APITransport:
         # A connection pool of its own, closed when retired; a client handed in (a test's
         # fake) belongs to whoever made it.
         self._own_client = context.http is None
-        self.client: Client = context.http or PooledClient(_reactor(), relay.max_connections)
+        self.client: Client = context.http or PooledClient(
+            _reactor(), relay.max_connections, context.proxy, context.no_proxy
+        )
         self.in_flight = 0
         self.retired = False
 

@@ -1,0 +1,67 @@
+"""An HTTP proxy for the daemon's outgoing HTTP (API relays, OAuth2 token endpoints,
+webhooks): ``[Daemon] http_proxy`` and ``no_proxy``, as a network that lets HTTPS out only
+through a proxy needs them. Every request goes through a CONNECT tunnel, TLS included
+end to end, so the proxy sees the host and port but neither the request nor its keys.
+
+Light: the config imports it, and the config is read by every command.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import attrs
+
+
+@attrs.frozen
+class Proxy:
+    host: str
+    port: int
+    # "Basic ...", from the URL's user and password; never shown.
+    authorization: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """host:port, for messages: the credentials are not in it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_proxy(text: str) -> Proxy:
+    """``http://[user:password@]host:port``; ValueError saying what is wrong (without
+    the password)."""
+    split = urlsplit(text.strip())
+    if split.scheme != "http":
+        raise ValueError("must be http://[user:password@]host:port (a TLS proxy is not supported)")
+    try:
+        port = split.port
+    except ValueError:
+        port = None
+    if not split.hostname or port is None or split.path not in ("", "/") or split.query:
+        raise ValueError("must be http://[user:password@]host:port")
+    authorization = None
+    if split.username is not None:
+        pair = f"{unquote(split.username)}:{unquote(split.password or '')}"
+        authorization = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return Proxy(split.hostname, port, authorization)
+
+
+def bypasses(host: str, no_proxy: tuple[str, ...]) -> bool:
+    """Whether ``host`` is reached directly: named in ``no_proxy``, or under a domain
+    given there as ``.example.com`` (or ``example.com``); ``*`` is every host."""
+    host = host.lower().rstrip(".")
+    for entry in no_proxy:
+        entry = entry.lower().rstrip(".")
+        if entry == "*" or host == entry.lstrip("."):
+            return True
+        if host.endswith("." + entry.lstrip(".")):
+            return True
+    return False
+
+
+def proxy_settings(daemon: Any) -> tuple[Proxy | None, tuple[str, ...]]:
+    """``[Daemon] http_proxy`` and ``no_proxy`` (a DaemonConfig), as the HTTP client takes
+    them."""
+    url = daemon.http_proxy
+    return (parse_proxy(url) if url else None), tuple(daemon.no_proxy)
