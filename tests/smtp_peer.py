@@ -25,10 +25,22 @@ class Received:
     data: bytes
     authenticated_as: str | None
     tls: bool
+    client_certificate: str | None = None  # its subject's common name, when one was shown
     at: float = attrs.Factory(time.monotonic)  # when the relay took it
 
     def header(self, name: str) -> str | None:
         return message_from_bytes(self.data).get(name)
+
+
+def _client_name(session: Session) -> str | None:
+    """The common name of the certificate the client showed in TLS, if it showed one."""
+    extra = session.ssl or {}
+    certificate = extra.get("peercert") if isinstance(extra, dict) else None
+    for rdn in (certificate or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 class Behaviour:
@@ -85,6 +97,7 @@ class _Handler:
                 session.auth_data.login.decode() if session.auth_data is not None else None
             ),
             tls=session.ssl is not None,
+            client_certificate=_client_name(session),
         )
         with self.peer.lock:
             self.peer.received.append(received)
@@ -186,7 +199,10 @@ class SMTPPeer:
         implicit_tls: bool = False,
         smtputf8: bool = False,
         bearer: Any = None,
+        client_ca: str | None = None,
     ) -> None:
+        """``client_ca``: TLS asks for a client certificate from this CA, and refuses a
+        client without one."""
         self.lock = threading.Lock()
         self.bearer = bearer
         self.auth_attempts: list[tuple[str, str, bool]] = []  # mechanism, user, accepted
@@ -204,6 +220,9 @@ class SMTPPeer:
         if tls_cert:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(*tls_cert)
+            if client_ca:
+                self._tls.verify_mode = ssl.CERT_REQUIRED
+                self._tls.load_verify_locations(client_ca)
         self.loop = asyncio.new_event_loop()
         self.unstall = asyncio.Event()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

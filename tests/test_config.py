@@ -210,6 +210,49 @@ class SecretTests(SynchronousTestCase):
             self.assertIn(line, str(caught.exception))
             self.assertNotIn("pr0xy-pw", str(caught.exception))
 
+    def test_client_certificate(self) -> None:
+        """cert_file and key_file are read when the config is: a wrong file is a config
+        error naming its line, not a TLS failure at the first delivery."""
+        from tests.certs import TestCA
+
+        ca = TestCA(os.path.join(self.dir, "ca"))
+        cert, key = ca.issue("client", dns=("client.example",))
+        other_cert, other_key = ca.issue("other", dns=("other.example",))
+        os.chmod(key, 0o600)
+        relay = "[Relay]\nhost = h\nusername = u\npassword = p\n"
+        config = load_config(
+            self.write("c.conf", relay + f"cert_file = {cert}\nkey_file = {key}\n")
+        )
+        self.assertEqual((config.relays[0].cert_file, config.relays[0].key_file), (cert, key))
+        self.assertEqual(config.warnings, ())
+        both = self.write("both.pem", open(cert).read() + open(key).read())
+        self.assertIsNone(
+            load_config(self.write("c.conf", relay + f"cert_file = {both}\n")).relays[0].key_file
+        )
+        for extra, said in (
+            (f"cert_file = {cert}\nkey_file = {other_key}\n",
+             f"c.conf:5: cert_file {cert}: the certificate is not for that key"),
+            (f"cert_file = {cert}\n", f"c.conf:5: cert_file {cert} holds no PEM private key"),
+            (f"cert_file = {key}\nkey_file = {key}\n",
+             f"c.conf:5: cert_file {key} holds no PEM certificate"),
+            (f"cert_file = {cert}\nkey_file = {cert}\n",
+             f"c.conf:6: key_file {cert} holds no PEM private key"),
+            (f"cert_file = {self.dir}/nope.pem\n",
+             f"c.conf:5: cert_file: cannot read {self.dir}/nope.pem: No such file"),
+            (f"key_file = {key}\n", "c.conf:5: key_file needs cert_file"),
+            (f"security = none\ncert_file = {cert}\n", "c.conf:6: cert_file needs TLS"),
+        ):  # fmt: skip
+            with self.assertRaises(ConfigError) as caught:
+                load_config(self.write("c.conf", relay + extra))
+            self.assertIn(said, str(caught.exception))
+        os.chmod(other_key, 0o644)
+        (warning,) = load_config(
+            self.write("c.conf", relay + f"cert_file = {other_cert}\nkey_file = {other_key}\n")
+        ).warnings
+        self.assertIn(
+            f"{other_key}: the client certificate's private key is world-readable", warning
+        )
+
     def test_world_readable_secrets_are_warned_about(self) -> None:
         path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword = pw\n", 0o644)
         (warning,) = load_config(path).warnings

@@ -174,6 +174,35 @@ class DeliveryTests(EndToEndCase):
         self.assertIn("TLS", daemon.message(message_id)["last_error"])
         self.assertEqual(peer.messages(), [])
 
+    def test_a_relay_that_asks_for_a_client_certificate(self) -> None:
+        """cert_file and key_file: the certificate is shown in STARTTLS and the relay (which
+        refuses a client without one, as a connector that knows senders by certificate
+        does) takes the mail; without them, the message is deferred. (Python's TLS ends
+        such a session without an alert, so the error here is the closed connection; a
+        relay that sends the alert gets a 'TLS: ...' line.)"""
+        from tests.smtp_peer import SMTPPeer
+
+        peer = SMTPPeer(
+            tls_cert=self.server_cert, users={"app": "s3cret"}, client_ca=self.ca.ca_file
+        )
+        peer.start()
+        self.addCleanup(peer.stop)
+        daemon = self.start_daemon(peer.port).start()
+        first = daemon.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "s")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertIn("connection closed by the relay", daemon.message(first)["last_error"])
+        self.assertEqual(peer.messages(), [])
+        daemon.stop()
+        cert, key = self.ca.issue("smtpmailer-client", dns=("client.example",))
+        os.chmod(key, 0o600)
+        daemon.write_config(self.relay_section(peer.port, cert_file=cert, key_file=key))
+        daemon.start()
+        daemon.cli("queue", "retry", "--all")
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery with the certificate")
+        (received,) = peer.messages()
+        self.assertEqual(received.client_certificate, "smtpmailer-client")
+        self.assertEqual(received.authenticated_as, "app")
+
     def test_connection_dropped_mid_data(self) -> None:
         """The relay hangs up after the body, before its reply: deferred, then delivered."""
         peer = self.start_peer()

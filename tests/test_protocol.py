@@ -42,6 +42,8 @@ def relay(**overrides: Any) -> SMTPRelayConfig:
         "security": "none",
         "verify": True,
         "ca_file": None,
+        "cert_file": None,
+        "key_file": None,
         "auth": "auto",
         "username": None,
         "password": None,

@@ -201,6 +201,7 @@ def _relay(
         ca_file = resolve_path(base, ca_file)
         if not os.path.isfile(ca_file):
             raise reader.fail("ca_file", f"ca_file: no such file {ca_file}")
+    cert_file, key_file = _client_certificate(reader, base, security, warnings)
     if security == "none" and password is not None:
         warnings.append(
             f"{path}:{section.line}: [{section.title}] sends its password without TLS "
@@ -217,12 +218,43 @@ def _relay(
         name=name,
         port=reader.get("port") or DEFAULT_PORTS[security],
         ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
         username=username,
         password=password,
         oauth2=oauth2_name,
         helo=reader.get("helo") or "",
     )
     return smtp
+
+
+def _client_certificate(
+    reader: Reader, base: str, security: str, warnings: list[str]
+) -> tuple[str | None, str | None]:
+    """cert_file and key_file made absolute, read and checked to be a pair now, so that a
+    wrong file is a config error and not a TLS failure at the first delivery."""
+    cert_file, key_file = reader.get("cert_file"), reader.get("key_file")
+    if not cert_file:
+        if key_file:
+            raise reader.fail("key_file", "key_file needs cert_file")
+        return None, None
+    if security == "none":
+        raise reader.fail("cert_file", "cert_file needs TLS (security = starttls or tls)")
+    cert_file = resolve_path(base, cert_file)
+    key_file = resolve_path(base, key_file) if key_file else None
+    from smtpmailer.certificates import load_client_certificate
+
+    try:
+        load_client_certificate(cert_file, key_file)
+    except ValueError as error:
+        where = "key_file" if key_file and str(error).startswith("key_file") else "cert_file"
+        raise reader.fail(where, str(error)) from None
+    if _world_readable(key_file or cert_file):
+        warnings.append(
+            f"{key_file or cert_file}: the client certificate's private key is "
+            "world-readable; chmod 0600 it"
+        )
+    return cert_file, key_file
 
 
 def _api(path: str, base: str, section: Section, warnings: list[str]) -> APIRelayConfig:

@@ -131,6 +131,15 @@ class SMTPRelayConfig(RelayBase):
     security: str = key(choice(*SECURITY_MODES), "starttls", "starttls | tls | none")
     verify: bool = key(BOOL, "true", "check the certificate and host name")
     ca_file: str | None = key(PATH, None, "a private CA's certificates (PEM)")
+    cert_file: str | None = key(
+        PATH,
+        None,
+        "a client certificate (PEM) shown in TLS, for relays that know a sender by its"
+        " certificate (a Microsoft 365 connector, a relay asking for mutual TLS)",
+    )
+    key_file: str | None = key(
+        PATH, None, "the client certificate's private key (PEM, mode 0600); default: in cert_file"
+    )
     auth: str = key(choice(*AUTH_MODES), "auto", "the AUTH mechanism, or auto")
     oauth2: str | None = key(TEXT, None, "the [OAuth2:NAME] section for xoauth2 / oauthbearer")
     username: str | None = key(TEXT, None, "for AUTH (and the XOAUTH2/OAUTHBEARER user)")
