@@ -26,6 +26,7 @@ class Received:
     authenticated_as: str | None
     tls: bool
     client_certificate: str | None = None  # its subject's common name, when one was shown
+    client_address: str | None = None  # where the connection came from
     at: float = attrs.Factory(time.monotonic)  # when the relay took it
 
     def header(self, name: str) -> str | None:
@@ -98,6 +99,7 @@ class _Handler:
             ),
             tls=session.ssl is not None,
             client_certificate=_client_name(session),
+            client_address=session.peer[0] if session.peer else None,
         )
         with self.peer.lock:
             self.peer.received.append(received)

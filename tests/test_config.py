@@ -253,6 +253,18 @@ class SecretTests(SynchronousTestCase):
             f"{other_key}: the client certificate's private key is world-readable", warning
         )
 
+    def test_source_address(self) -> None:
+        relay = "[Relay]\nhost = h\n"
+        for given, kept in (("192.0.2.10", "192.0.2.10"), ("[2001:db8::1]", "2001:db8::1")):
+            config = load_config(self.write("c.conf", relay + f"source_address = {given}\n"))
+            self.assertEqual(config.relays[0].source_address, kept)
+        with self.assertRaises(ConfigError) as caught:
+            load_config(self.write("c.conf", relay + "source_address = mail.example.com\n"))
+        self.assertIn(
+            "c.conf:3: source_address: 'mail.example.com' is not an IP address",
+            str(caught.exception),
+        )
+
     def test_world_readable_secrets_are_warned_about(self) -> None:
         path = self.write("c.conf", "[Relay]\nhost = h\nusername = u\npassword = pw\n", 0o644)
         (warning,) = load_config(path).warnings

@@ -203,6 +203,25 @@ class DeliveryTests(EndToEndCase):
         self.assertEqual(received.client_certificate, "smtpmailer-client")
         self.assertEqual(received.authenticated_as, "app")
 
+    def test_source_address(self) -> None:
+        """source_address: the connection comes from that address (127.0.0.2 here); one
+        that is not this host's defers the message with a line that says so."""
+        peer = self.start_peer()
+        daemon = self.start_daemon(peer.port, source_address="127.0.0.2").start()
+        daemon.send("--from", "app@example.com", "--to", "a@example.org", "--subject", "s")
+        wait_until(lambda: daemon.states() == {"sent": 1}, what="delivery")
+        self.assertEqual([m.client_address for m in peer.messages()], ["127.0.0.2"])
+        daemon.stop()
+        daemon.write_config(self.relay_section(peer.port, source_address="192.0.2.10"))
+        daemon.start()
+        second = daemon.send("--from", "app@example.com", "--to", "b@example.org", "--subject", "t")
+        wait_until(lambda: daemon.states().get("deferred") == 1, what="a deferral")
+        self.assertEqual(
+            daemon.message(second)["last_error"].split(": ", 1)[1],
+            "cannot connect from source_address (99: Cannot assign requested address)",
+        )
+        self.assertEqual(len(peer.messages()), 1)
+
     def test_connection_dropped_mid_data(self) -> None:
         """The relay hangs up after the body, before its reply: deferred, then delivered."""
         peer = self.start_peer()

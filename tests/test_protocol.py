@@ -44,6 +44,7 @@ def relay(**overrides: Any) -> SMTPRelayConfig:
         "ca_file": None,
         "cert_file": None,
         "key_file": None,
+        "source_address": None,
         "auth": "auto",
         "username": None,
         "password": None,

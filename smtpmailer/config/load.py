@@ -202,6 +202,16 @@ def _relay(
         if not os.path.isfile(ca_file):
             raise reader.fail("ca_file", f"ca_file: no such file {ca_file}")
     cert_file, key_file = _client_certificate(reader, base, security, warnings)
+    source_address = reader.get("source_address")
+    if source_address:
+        import ipaddress
+
+        try:
+            source_address = str(ipaddress.ip_address(source_address.strip("[]")))
+        except ValueError:
+            raise reader.fail(
+                "source_address", f"source_address: {source_address!r} is not an IP address"
+            ) from None
     if security == "none" and password is not None:
         warnings.append(
             f"{path}:{section.line}: [{section.title}] sends its password without TLS "
@@ -220,6 +230,7 @@ def _relay(
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
+        source_address=source_address or None,
         username=username,
         password=password,
         oauth2=oauth2_name,

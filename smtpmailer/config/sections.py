@@ -151,6 +151,12 @@ class SMTPRelayConfig(RelayBase):
         names=("password", "password_file", "password_env"),
     )
     helo: str = key(TEXT, None, "the name given in EHLO (default: this host's)")
+    source_address: str | None = key(
+        TEXT,
+        None,
+        "the local IP address to connect from, on a host with several (for a relay that"
+        " knows senders by address); default: the system's choice",
+    )
     defer_on: tuple[str, ...] = key(
         WORDS, "5.4.5", "5xx enhanced codes that mean a quota that resets: defer, not fail"
     )

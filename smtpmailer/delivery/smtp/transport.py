@@ -39,6 +39,9 @@ def describe_error(error: BaseException) -> str:
         return "connection timed out"
     if isinstance(error, net_error.DNSLookupError):
         return "host name lookup failed"
+    if isinstance(error, net_error.ConnectBindError):
+        reason = str(error).removeprefix("Couldn't bind: ").rstrip(".")
+        return f"cannot connect from source_address ({reason})"
     name = type(error).__name__
     if name == "VerificationError":
         return f"TLS: certificate does not match the relay's host name ({error})"
@@ -58,7 +61,10 @@ def tcp_connector(reactor: Any) -> Connector:
     from smtpmailer.delivery.smtp.tls import client_tls_options
 
     def connect(relay: SMTPRelayConfig, protocol: SMTPClientProtocol) -> Deferred[Any]:
-        endpoint: Any = HostnameEndpoint(reactor, relay.host, relay.port, timeout=relay.timeout)
+        source = (relay.source_address, 0) if relay.source_address else None
+        endpoint: Any = HostnameEndpoint(
+            reactor, relay.host, relay.port, timeout=relay.timeout, bindAddress=source
+        )
         if relay.security == "tls":
             endpoint = wrapClientTLS(client_tls_options(relay), endpoint)
         return connectProtocol(endpoint, protocol)
