@@ -48,14 +48,27 @@ def parse_proxy(text: str) -> Proxy:
 
 
 def bypasses(host: str, no_proxy: tuple[str, ...]) -> bool:
-    """Whether ``host`` is reached directly: named in ``no_proxy``, or under a domain
-    given there as ``.example.com`` (or ``example.com``); ``*`` is every host."""
-    host = host.lower().rstrip(".")
+    """Whether ``host`` is reached directly: named in ``no_proxy``, under a domain given
+    there as ``.example.com`` (or ``example.com``), or an address in a network given as
+    ``10.0.0.0/8``; ``*`` is every host."""
+    import ipaddress
+
+    host = host.lower().rstrip(".").strip("[]")
+    try:
+        address: Any = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
     for entry in no_proxy:
         entry = entry.lower().rstrip(".")
-        if entry == "*" or host == entry.lstrip("."):
+        if entry == "*" or host == entry.lstrip(".").strip("[]"):
             return True
-        if host.endswith("." + entry.lstrip(".")):
+        if address is not None and "/" in entry:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+        elif host.endswith("." + entry.lstrip(".")):
             return True
     return False
 

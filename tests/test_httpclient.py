@@ -559,3 +559,9 @@ class ProxySettingTests(SynchronousTestCase):
         ):  # fmt: skip
             self.assertEqual(bypasses(host, no_proxy), direct, host)
         self.assertTrue(bypasses("anything", ("*",)))
+        networks = ("10.0.0.0/8", "fd00::/8", "[::1]")
+        for host, direct in (
+            ("10.1.2.3", True), ("11.1.2.3", False), ("fd12::1", True), ("::1", True),
+            ("10.example.com", False),
+        ):  # fmt: skip
+            self.assertEqual(bypasses(host, networks), direct, host)

@@ -61,7 +61,7 @@ class DaemonConfig:
     no_proxy: tuple[str, ...] = key(
         WORDS,
         "localhost, 127.0.0.1, ::1",
-        "hosts, and .domains, reached without the proxy",
+        "hosts, .domains and networks (10.0.0.0/8) reached without the proxy",
         restart=True,
     )
 
