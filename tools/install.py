@@ -15,12 +15,14 @@ uninstall reads: it removes those and PREFIX, and keeps a config file that was e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "share/smtpmailer/installed-files"
@@ -74,7 +76,10 @@ class Installer:
         python = os.path.join(venv, "bin", "python")
         with tempfile.TemporaryDirectory(prefix="smtpmailer-wheel-") as wheels:
             self.say("building the wheel")
-            self.run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, REPO)
+            with building(REPO):
+                self.run(
+                    sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, REPO
+                )
             (wheel,) = [name for name in os.listdir(wheels) if name.endswith(".whl")]
             self.say(f"installing {wheel} and its dependencies into {prefix}")
             self.run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
@@ -250,6 +255,20 @@ class Installer:
         print("  systemd-sysusers; systemd-tmpfiles --create")
         print("  edit /etc/smtpmailer/smtpmailer.conf; smtpmailer config --check; smtpmailer test")
         print("  systemctl daemon-reload; systemctl enable --now smtpmailer")
+
+
+@contextlib.contextmanager
+def building(repo: str) -> Iterator[None]:
+    """One build from this source tree at a time: setuptools writes build/ and the
+    egg-info inside it, and two builds at once (make test runs the install test, the
+    plugin test and bench/submit's install side by side) fail on each other's files."""
+    import fcntl
+
+    folder = os.path.join(repo, "build")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def read_manifest(path: str) -> dict[str, str]:
