@@ -53,6 +53,34 @@ class RuleTests(SynchronousTestCase):
         several = b"From: root@a, root@b\r\n\r\nx\r\n"
         self.assertIs(rewrite_from_header(RULES, several), several)
 
+    def test_recipients(self) -> None:
+        """recipient_map_file: cron's mail to root (root@THIS-HOST) goes to a mailbox;
+        two recipients that become one are one; DSN options follow their recipient; the
+        headers keep what was written."""
+        from smtpmailer.config import RewriteConfig
+        from smtpmailer.intake.rewrite import apply
+        from smtpmailer.message import Envelope
+
+        rules = RewriteConfig(
+            None,
+            True,
+            None,
+            recipient_rules=(("root", "admin@example.com"), ("*@localhost", "admin@example.com")),
+        )
+        data = b"To: root\r\n\r\nx\r\n"
+        meta = '{"dsn": {"notify": {"root@web1.lan": "NEVER", "b@example.org": "SUCCESS"}}}'
+        envelope = Envelope(
+            "cron@example.com", ("root@web1.lan", "b@example.org", "ops@localhost"), data, meta
+        )
+        out = apply(rules, envelope)
+        self.assertEqual(out.recipients, ("admin@example.com", "b@example.org"))
+        self.assertEqual(out.sender, "cron@example.com")
+        self.assertIs(out.data, data)
+        self.assertIn('"admin@example.com": "NEVER"', out.meta)
+        self.assertIn('"b@example.org": "SUCCESS"', out.meta)
+        untouched = Envelope("a@example.com", ("b@example.org",), data)
+        self.assertIs(apply(rules, untouched), untouched)
+
     def map_path(self) -> str:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -91,12 +119,15 @@ class WaysInTests(DeliveryCase):
         self.map = os.path.join(self.dir, "rewrite")
         with open(self.map, "w") as handle:
             handle.write("root ops@example.com\n*@localhost noreply@example.com\n")
+        recipients = os.path.join(self.dir, "recipients")
+        with open(recipients, "w") as handle:
+            handle.write("root admin@example.org  # cron's mail\n")
         self.configure()
         self.config_path = os.path.join(self.dir, "c.conf")
         with open(self.config_path, "w") as handle:
             handle.write(
                 f"[Daemon]\nstate_dir = {self.dir}\n[Relay]\nhost = a.test\nsecurity = none\n"
-                f"[Rewrite]\nmap_file = {self.map}\n"
+                f"[Rewrite]\nmap_file = {self.map}\nrecipient_map_file = {recipients}\n"
             )
         self.config = parse_config(open(self.config_path).read(), self.config_path)
         self.config = attrs.evolve(
@@ -104,12 +135,13 @@ class WaysInTests(DeliveryCase):
         )
 
     def test_cron_mail_through_sendmail_t(self) -> None:
-        cron = b"From: root (Cron Daemon)\nTo: admin@example.org\nSubject: backup\n\nok\n"
+        cron = b"From: root (Cron Daemon)\nTo: root\nSubject: backup\n\nok\n"
         err = io.StringIO()
         code = run(["--config", self.config_path, "-t"], io.BytesIO(cron), io.StringIO(), err)
         self.assertEqual((code, err.getvalue()), (0, ""))
         (info,) = list(self.store.messages())
         self.assertEqual(info.sender, "ops@example.com")  # root@<this host>, rewritten
+        self.assertEqual([r.address for r in info.recipients], ["admin@example.org"])
         head = self.store.body(info.id).split(b"\r\n\r\n")[0]
         self.assertIn(b"\r\nFrom: Cron Daemon <ops@example.com>\r\n", b"\r\n" + head + b"\r\n")
 

@@ -626,36 +626,51 @@ def _route(path: str, section: Section, relays: list[RelayConfig]) -> RouteConfi
 
 
 def _rewrite(path: str, base: str, section: Section | None) -> RewriteConfig:
-    """[Rewrite] with its map file read and checked, line by line."""
+    """[Rewrite] with its map files read and checked, line by line."""
+    reader = Reader(path, section, "Rewrite")
+    map_file, rules = _read_map(reader, base, "map_file")
+    recipient_map_file, recipient_rules = _read_map(reader, base, "recipient_map_file")
+    rewrite: RewriteConfig = read_section(
+        reader,
+        RewriteConfig,
+        map_file=map_file,
+        rules=rules,
+        recipient_map_file=recipient_map_file,
+        recipient_rules=recipient_rules,
+    )
+    return rewrite
+
+
+def _read_map(
+    reader: Reader, base: str, key: str
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """A map file named by ``key`` (its absolute path) and its 'PATTERN ADDRESS' lines."""
     from smtpmailer.intake.refusals import MessageError
     from smtpmailer.message import normalize_address
 
-    reader = Reader(path, section, "Rewrite")
-    map_file = reader.get("map_file")
+    map_file = reader.get(key)
+    if not map_file:
+        return None, ()
+    map_file = resolve_path(base, map_file)
+    try:
+        with open(map_file, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise reader.fail(key, f"{key}: cannot read {map_file}: {reason}") from None
     rules: list[tuple[str, str]] = []
-    if map_file:
-        map_file = resolve_path(base, map_file)
+    for number, line in enumerate(lines, start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2:
+            raise ConfigError(map_file, number, "expected 'PATTERN ADDRESS'")
         try:
-            with open(map_file, encoding="utf-8") as handle:
-                lines = handle.read().splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or "not UTF-8 text"
-            raise reader.fail("map_file", f"map_file: cannot read {map_file}: {reason}") from None
-        for number, line in enumerate(lines, start=1):
-            words = line.split("#", 1)[0].split()
-            if not words:
-                continue
-            if len(words) != 2:
-                raise ConfigError(map_file, number, "expected 'PATTERN ADDRESS'")
-            try:
-                address = normalize_address(words[1], "rewritten address")
-            except MessageError as error:
-                raise ConfigError(map_file, number, str(error)) from None
-            rules.append((words[0].lower(), address))
-    rewrite: RewriteConfig = read_section(
-        reader, RewriteConfig, map_file=map_file, rules=tuple(rules)
-    )
-    return rewrite
+            address = normalize_address(words[1], "rewritten address")
+        except MessageError as error:
+            raise ConfigError(map_file, number, str(error)) from None
+        rules.append((words[0].lower(), address))
+    return map_file, tuple(rules)
 
 
 def _webhook(path: str, base: str, section: Section, warnings: list[str]) -> WebhookConfig:

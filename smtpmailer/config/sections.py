@@ -266,12 +266,20 @@ class RouteConfig:
 @attrs.frozen
 class RewriteConfig:
     """``[Rewrite]``: the senders cron and daemons use (``root@host``) made real addresses
-    at intake, before the commit. ``rules`` are the map file's lines, read with the config
-    (a reload reads the map again)."""
+    at intake, before the commit, and recipients such as ``root`` sent to a real mailbox.
+    ``rules`` and ``recipient_rules`` are the map files' lines, read with the config (a
+    reload reads the maps again)."""
 
     map_file: str | None = key(PATH, None, "lines 'PATTERN ADDRESS': root, root@*, *@localhost")
     header_from: bool = key(BOOL, "true", "rewrite a matching From: header too")
+    recipient_map_file: str | None = key(
+        PATH,
+        None,
+        "the same lines for envelope recipients, e.g. 'root admin@example.com': cron's mail"
+        " to root goes to a mailbox someone reads",
+    )
     rules: tuple[tuple[str, str], ...] = ()
+    recipient_rules: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -447,7 +455,7 @@ class Config:
     status: StatusConfig = StatusConfig("", None, 3600.0)
     manhole: ManholeConfig = ManholeConfig("", None, "")
     submission: SubmissionConfig = SubmissionConfig("", None, None, None, 100, 50, 0)
-    rewrite: RewriteConfig = RewriteConfig(None, True)
+    rewrite: RewriteConfig = RewriteConfig(None, True, None)
     templates: TemplatesConfig = TemplatesConfig(None, 10000)
     bounce: BounceConfig = BounceConfig(True, 4 * 3600.0, "MAILER-DAEMON", 100)
     webhooks: tuple[WebhookConfig, ...] = ()

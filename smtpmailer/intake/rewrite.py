@@ -1,10 +1,12 @@
-"""Sender rewriting at intake: ``root@host`` from cron becomes a real address before the
-message is committed, on every way in (it runs inside the shared checks).
+"""Address rewriting at intake: ``root@host`` from cron becomes a real address before the
+message is committed, on every way in (it runs inside the shared checks); with recipient
+rules, mail *to* ``root`` goes to a mailbox someone reads (nullmailer's adminaddr).
 
 A pattern is a glob on the whole address (``root@*``, ``*@localhost``, an exact address),
 or, without an ``@``, on its local part alone (``root``); case does not matter and the first
 line that matches wins. With ``header_from`` the From: header's address is rewritten by the
-same rules, its display name kept; the rest of the message is untouched.
+same rules, its display name kept; the rest of the message is untouched. Recipient rules
+change the envelope only: the To: header keeps what the sender wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import email.utils
 import fnmatch
 from collections.abc import Sequence
+from typing import Any
 
 from smtpmailer.config import RewriteConfig
 from smtpmailer.message import Envelope
@@ -67,13 +70,34 @@ def rewrite_from_header(rules: Rules, data: bytes) -> bytes:
 
 
 def apply(rewrite: RewriteConfig, envelope: Envelope) -> Envelope:
-    """The envelope with its sender (and, with header_from, its From: header) rewritten."""
-    if not rewrite.rules:
+    """The envelope with its sender (and, with header_from, its From: header) rewritten,
+    and its recipients by the recipient rules (the headers keep what was written)."""
+    if not rewrite.rules and not rewrite.recipient_rules:
         return envelope
     sender = rewritten(rewrite.rules, envelope.sender) or envelope.sender
     data = envelope.data
-    if rewrite.header_from:
+    if rewrite.header_from and rewrite.rules:
         data = rewrite_from_header(rewrite.rules, data)
-    if sender == envelope.sender and data is envelope.data:
+    recipients, meta = envelope.recipients, envelope.meta
+    if rewrite.recipient_rules:
+        recipients, meta = _recipients(rewrite.recipient_rules, recipients, meta)
+    if (sender, data, recipients) == (envelope.sender, envelope.data, envelope.recipients):
         return envelope
-    return Envelope(sender, envelope.recipients, data, envelope.meta)
+    return Envelope(sender, recipients, data, meta)
+
+
+def _recipients(rules: Rules, recipients: tuple[str, ...], meta: str) -> tuple[Any, str]:
+    """The recipients rewritten, each once and in their order; the DSN options given for
+    one (its NOTIFY, ORCPT) follow it to its new address."""
+    new = {old: rewritten(rules, old) or old for old in recipients}
+    kept = tuple(dict.fromkeys(new.values()))
+    if kept == recipients or not meta or '"dsn"' not in meta:
+        return kept, meta
+    import json
+
+    found = json.loads(meta)
+    dsn = found.get("dsn") or {}
+    for field in ("notify", "orcpt"):
+        if isinstance(dsn.get(field), dict):
+            dsn[field] = {new.get(old, old): value for old, value in dsn[field].items()}
+    return kept, json.dumps(found)
