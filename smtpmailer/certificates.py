@@ -12,28 +12,40 @@ from twisted.internet.error import VerifyError
 PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
+class CertificateFileError(ValueError):
+    """What is wrong, and ``key``: the config key (cert_file or key_file) naming the file."""
+
+    def __init__(self, key: str, text: str) -> None:
+        super().__init__(text)
+        self.key = key
+
+
 def _read(key: str, path: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as error:
-        raise ValueError(f"{key}: cannot read {path}: {error.strerror}") from None
+        raise CertificateFileError(key, f"{key}: cannot read {path}: {error.strerror}") from None
 
 
 def load_client_certificate(cert_file: str, key_file: str | None) -> ssl.PrivateCertificate:
-    """The certificate and its key (in cert_file, or in key_file); ValueError saying which
-    file is wrong and how."""
+    """The certificate and its key (in cert_file, or in key_file); CertificateFileError
+    saying which file is wrong and how."""
     cert_pem = _read("cert_file", cert_file)
     key_pem = _read("key_file", key_file) if key_file else cert_pem
     blocks = PEM_CERTIFICATE.findall(cert_pem)
     if not blocks:
-        raise ValueError(f"cert_file {cert_file} holds no PEM certificate")
+        raise CertificateFileError("cert_file", f"cert_file {cert_file} holds no PEM certificate")
     try:
         key = ssl.KeyPair.load(key_pem, FILETYPE_PEM)
     except Exception:  # OpenSSL's own errors say little a user can act on
-        where = f"key_file {key_file}" if key_file else f"cert_file {cert_file}"
-        raise ValueError(f"{where} holds no PEM private key (or one with a passphrase)") from None
+        key_name = "key_file" if key_file else "cert_file"
+        text = f"{key_name} {key_file or cert_file} holds no PEM private key"
+        text += " (or one with a passphrase)"
+        raise CertificateFileError(key_name, text) from None
     try:
         return ssl.PrivateCertificate.load(blocks[0], key, FILETYPE_PEM)
     except VerifyError:
-        raise ValueError(f"cert_file {cert_file}: the certificate is not for that key") from None
+        raise CertificateFileError(
+            "cert_file", f"cert_file {cert_file}: the certificate is not for that key"
+        ) from None

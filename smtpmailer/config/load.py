@@ -230,7 +230,7 @@ def _relay(
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
-        source_address=source_address or None,
+        source_address=source_address,
         username=username,
         password=password,
         oauth2=oauth2_name,
@@ -253,13 +253,12 @@ def _client_certificate(
         raise reader.fail("cert_file", "cert_file needs TLS (security = starttls or tls)")
     cert_file = resolve_path(base, cert_file)
     key_file = resolve_path(base, key_file) if key_file else None
-    from smtpmailer.certificates import load_client_certificate
+    from smtpmailer.certificates import CertificateFileError, load_client_certificate
 
     try:
         load_client_certificate(cert_file, key_file)
-    except ValueError as error:
-        where = "key_file" if key_file and str(error).startswith("key_file") else "cert_file"
-        raise reader.fail(where, str(error)) from None
+    except CertificateFileError as error:
+        raise reader.fail(error.key, str(error)) from None
     if _world_readable(key_file or cert_file):
         warnings.append(
             f"{key_file or cert_file}: the client certificate's private key is "
