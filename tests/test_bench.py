@@ -62,6 +62,15 @@ class TinyBenchTests(TestCase):
         for row in report["results"].values():  # type: ignore[attr-defined]
             self.assertGreater(row["cpu_ms_per_message"]["postfix"]["median"], 0)
             self.assertGreater(row["cpu_ms_per_message"]["smtpmailer"]["median"], 0)
+        # End to end, smtp-source's CPU is counted with the sink's, and the ceiling is the
+        # rate at which our CPU a message and theirs fill the machine's cores.
+        row = report["results"]["end_to_end 1024B"]  # type: ignore[index]
+        cpu = row["cpu_ms_per_message"]
+        self.assertGreater(cpu["sink_and_client"]["median"], 0)
+        machine = cpu["smtpmailer"]["median"] + cpu["sink_and_client"]["median"]
+        self.assertAlmostEqual(
+            row["ceiling"]["msg_per_s"], 1000 * row["ceiling"]["cores"] / machine, places=3
+        )
 
     def test_ceiling(self) -> None:
         """Both sides of each measure ran and relayed everything; the instant relay spends
