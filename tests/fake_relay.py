@@ -16,6 +16,13 @@ from twisted.internet.task import Clock
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp.protocol import SMTPClientProtocol
 
+# Exchange Online's answer to a mailbox's connection over three, as its clients report it
+# (e.g. aiosmtplib's SMTPDataError, nodemailer's "Message failed").
+EXCHANGE_CONCURRENT_LIMIT = (
+    "432 4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending"
+    " for more information. [Hostname=AM0PR01MB1234.eurprd01.prod.exchangelabs.com]"
+)
+
 
 class _Transport:
     """Carries client bytes to the fake relay's line handler."""
@@ -71,6 +78,7 @@ class _Connection:
         self.transport = _Transport(relay, self)
         self.auth_abort: str | None = None  # the line that ends a refused AUTH exchange
         self.hung = False
+        self.over_sending_limit = False  # see FakeRelay.sending_limit
 
     def send(self, *lines: str) -> None:
         data = "".join(line + "\r\n" for line in lines).encode()
@@ -102,6 +110,9 @@ class _Connection:
                     self.hung = True
                     return
                 reply = relay.data_replies.pop(0) if relay.data_replies else "250 2.0.0 OK"
+                if self.over_sending_limit:
+                    relay.over_sending_limit.append(relay.clock.seconds())
+                    reply = EXCHANGE_CONCURRENT_LIMIT
                 if reply.startswith("2"):
                     relay.messages.append(
                         (self.sender, list(self.recipients), b"\r\n".join(self.body))
@@ -214,6 +225,11 @@ class FakeRelay:
         # smtpd_client_connection_count_limit is reached (a 421 from anvil), then closed.
         self.connection_limit: int | None = None
         self.over_limit: list[float] = []
+        # Connections that may send at once, as Exchange Online counts a mailbox's (3): one
+        # more is greeted and authenticated as usual, and each message it carries is
+        # refused after its content with EXCHANGE_CONCURRENT_LIMIT.
+        self.sending_limit: int | None = None
+        self.over_sending_limit: list[float] = []
 
     def connect(self, relay: SMTPRelayConfig, client: SMTPClientProtocol) -> Deferred[Any]:
         if self.refuse:
@@ -230,6 +246,9 @@ class FakeRelay:
             connection.send("421 4.7.0 fake.test Error: too many connections from 127.0.0.1")
             self.clock.callLater(0, connection.transport.loseConnection)
             return succeed(client)
+        if self.sending_limit is not None:
+            sending = [c for c in self.live if not c.transport.disconnected]
+            connection.over_sending_limit = len(sending) > self.sending_limit
         connection.send(self.greeting)
         return succeed(client)
 

@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from tests.fake_relay import EXCHANGE_CONCURRENT_LIMIT
+
 # aiosmtpd logs every TLS handshake a test makes fail on purpose; keep test output readable.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
@@ -81,6 +83,9 @@ class _Handler:
                 server.transport.abort()
                 self.peer.dropped += 1
                 return "421 dropped"
+            if getattr(server, "over_sending_limit", False):
+                self.peer.over_sending_limit += 1
+                return EXCHANGE_CONCURRENT_LIMIT
             if behaviour.tempfail_data > 0:
                 behaviour.tempfail_data -= 1
                 self.peer.tempfailed += 1
@@ -158,6 +163,7 @@ class _PeerSMTP(SMTP):
 
     peer: SMTPPeer
     admitted = False
+    over_sending_limit = False  # see SMTPPeer.sending_limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None:  # a new connection (STARTTLS calls this a second time)
@@ -170,6 +176,10 @@ class _PeerSMTP(SMTP):
                     self.peer.open_connections += 1
                     self.peer.most_open = max(self.peer.most_open, self.peer.open_connections)
                     refuse = False
+                    sending = self.peer.sending_limit
+                    self.over_sending_limit = (
+                        sending is not None and self.peer.open_connections > sending
+                    )
             if refuse:
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(
@@ -217,6 +227,10 @@ class SMTPPeer:
         self.open_connections = 0
         self.most_open = 0
         self.turned_away = 0
+        # Connections that may send at once, as Exchange Online counts a mailbox's: each
+        # message on one more is refused after its content with EXCHANGE_CONCURRENT_LIMIT.
+        self.sending_limit: int | None = None
+        self.over_sending_limit = 0
         self._users = users
         self._tls: ssl.SSLContext | None = None
         if tls_cert:

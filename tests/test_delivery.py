@@ -15,7 +15,7 @@ from smtpmailer.daemon.service import MailerService
 from smtpmailer.delivery.pool import DOWN_FOR, HOLD_FOR, IDLE_TIMEOUT
 from smtpmailer.queue import Outcome, QueueError, RecipientResult
 from smtpmailer.queue.sqlite import SQLiteQueue
-from tests.fake_relay import settle
+from tests.fake_relay import EXCHANGE_CONCURRENT_LIMIT, settle
 from tests.support import DeliveryCase
 
 
@@ -244,6 +244,58 @@ class DeliveryTests(DeliveryCase):
         self.assertEqual({self.state(i) for i in last}, {"sent"})
         self.assertEqual(self.relay.most_open, 4)
         self.assertEqual(len(self.relay.over_limit), turned_away)
+
+    def test_a_mailbox_over_exchanges_connection_limit_sends_on_the_others(self) -> None:
+        # Exchange Online lets a mailbox send on 3 connections at once; against our default
+        # 4, the fourth is greeted and authenticated, and its message is refused after the
+        # content with 432 4.3.2. That is no attempt of the message: it goes on one of the
+        # three, and nothing is deferred.
+        self.configure()
+        self.relay.sending_limit = 3
+        said: list[str] = []
+
+        def hear(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(hear)
+        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        ids = [self.enqueue() for _ in range(20)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"sent"})
+        self.assertEqual({self.shown(i).attempts for i in ids}, {1})
+        self.assertEqual(len(self.relay.messages), 20)
+        self.assertEqual(len(self.relay.over_sending_limit), 1)
+        (pool,) = self.service.delivery.pools.values()
+        self.assertFalse(pool.down())
+        self.assertEqual(pool.held_at, 3)
+        held = [line for line in said if "turned a connection away" in line]
+        self.assertEqual(
+            held,
+            [
+                "relay a.test turned a connection away while 3 other(s) of ours were open "
+                f"or opening (after the content: {EXCHANGE_CONCURRENT_LIMIT}); no more than 3"
+                " for 30s"
+            ],
+        )
+
+    def test_the_only_connection_over_the_limit_defers_as_a_relay_down(self) -> None:
+        # Other programs hold the mailbox's three connections: ours is the one too many.
+        # Its message and the ones waiting are deferred at once, by the relay's words,
+        # and the relay is down for a while rather than tried message by message.
+        self.relay_keys = "max_connections = 1\n"
+        self.configure()
+        self.relay.sending_limit = 0
+        ids = [self.enqueue() for _ in range(3)]
+        self.start()
+        self.assertEqual({self.state(i) for i in ids}, {"deferred"})
+        self.assertEqual(
+            self.shown(ids[0]).last_error,
+            f"a.test:25: after the content: {EXCHANGE_CONCURRENT_LIMIT}",
+        )
+        self.assertEqual(len(self.relay.over_sending_limit), 1)
+        self.assertEqual(self.relay.messages, [])
+        (pool,) = self.service.delivery.pools.values()
+        self.assertTrue(pool.down())
 
     def test_a_relay_that_turns_every_connection_away_is_down(self) -> None:
         # A 421 to every connection: not a limit but a relay that takes nothing now.

@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from tests.daemon import Daemon, fill_queue, wait_until
+from tests.fake_relay import EXCHANGE_CONCURRENT_LIMIT
 from tests.smtp_peer import SMTPPeer
 from tests.support import EndToEndCase
 from tools.ports import fixed_port
@@ -480,6 +481,26 @@ class ConnectionLimitTests(EndToEndCase):
         self.assertEqual(len(turned), peer.turned_away)
         self.assertIn("Error: too many connections from 127.0.0.1", turned[0])
         self.assertTrue(all(line.endswith("for 30s") for line in turned), turned)
+        self.assertNotIn("status=deferred", log)
+
+    def test_a_mailbox_over_exchanges_limit_sends_on_its_three_connections(self) -> None:
+        """Exchange Online lets a mailbox send on 3 connections at once; we open up to 4.
+        The fourth is greeted and authenticated, and its message is refused after the
+        content with 432 4.3.2. That is no attempt: every message goes once, none is
+        deferred, and the daemon holds at the three."""
+        peer = self.start_peer()
+        peer.sending_limit = 3
+        daemon = self.start_daemon(peer.port, max_connections="4")
+        fill_queue(daemon, 40)
+        daemon.start()
+        wait_until(lambda: daemon.states() == {"sent": 40}, what="40 sent")
+        numbers = sorted(int(m.header("X-Seq") or -1) for m in peer.messages())
+        self.assertEqual(numbers, list(range(40)))
+        self.assertGreaterEqual(peer.over_sending_limit, 1)
+        log = daemon.log()
+        turned = [line for line in log.splitlines() if "turned a connection away" in line]
+        self.assertEqual(len(turned), peer.over_sending_limit)
+        self.assertIn(f"(after the content: {EXCHANGE_CONCURRENT_LIMIT})", turned[0])
         self.assertNotIn("status=deferred", log)
 
 

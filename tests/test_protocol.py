@@ -374,6 +374,43 @@ class ScriptedServerTests(SynchronousTestCase):
         (result_a,) = self.successResultOf(result)
         self.assertEqual((result_a.status, result_a.reply), ("deferred", "451 4.7.1 greylisted"))
 
+    def test_a_reply_that_limits_sessions_ends_the_session_not_the_message(self) -> None:
+        """4.3.2 to MAIL (Postfix stopping) or to DATA (a relay over its connections)
+        says nothing of the message: the session ends as one that could not open, busy,
+        so that the pool gives the message to another connection."""
+        from smtpmailer.delivery.transport import OpenError
+
+        for replies, problem in (
+            (
+                ("421 4.3.2 Service shutting down", "503 5.5.1 need MAIL", "503 need MAIL"),
+                "MAIL FROM: 421 4.3.2 Service shutting down",
+            ),
+            (
+                ("250 ok", "250 ok", "432 4.3.2 Concurrent connections limit exceeded"),
+                "DATA: 432 4.3.2 Concurrent connections limit exceeded",
+            ),
+        ):
+            self.setUp()
+            self.session.label = "relay.test[192.0.2.1]:587"
+            self.opened("PIPELINING")
+            result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org")))
+            self.sent()
+            self.reply(*replies)
+            error = self.failureResultOf(result, OpenError).value
+            self.assertEqual((error.problem, error.busy), (problem, True))
+            self.assertEqual(error.label, "relay.test[192.0.2.1]:587")
+            self.assertEqual(self.sent(), b"")  # no RSET: the pool closes the connection
+
+    def test_a_4xx_with_another_enhanced_status_is_the_messages_deferral(self) -> None:
+        self.opened("PIPELINING")
+        result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org")))
+        self.sent()
+        self.reply("250 ok", "250 ok", "451 4.3.0 try again later")
+        self.assertEqual(self.sent(), b"RSET\r\n")
+        self.reply("250 reset")
+        (only,) = self.successResultOf(result)
+        self.assertEqual((only.status, only.reply), ("deferred", "DATA: 451 4.3.0 try again later"))
+
     def test_without_pipelining_commands_wait_for_replies(self) -> None:
         self.opened("SIZE")
         result = Deferred.fromCoroutine(self.session.deliver(lease("a@x.org")))

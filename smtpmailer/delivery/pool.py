@@ -8,7 +8,9 @@ relay or defers them), instead of dialling once per message, and marks the relay
 a while so that new mail goes straight to the next one. A relay that greets one more
 session with a 421 while others of ours are open or opening is not down: it limits connections
 (Postfix's ``smtpd_client_connection_count_limit``, Exim's ``smtp_accept_max_per_host``),
-so the pool holds at the sessions it has for a while and they carry the mail.
+so the pool holds at the sessions it has for a while and they carry the mail. Exchange
+Online says the same later, after a message's content (``432 4.3.2``): the session ends
+as one that did not open, and the message is no attempt.
 """
 
 from __future__ import annotations
@@ -251,10 +253,15 @@ class RelayPool:
                 try:
                     results = await session.deliver(job.lease, follow)
                 except OpenError as error:
-                    # The relay cannot take mail now (an API's 5xx or 429): this job and
-                    # the ones waiting go on as if no session could be opened.
-                    self._unreachable(job, error)
+                    # The relay cannot take mail now (an API's 5xx or 429), or not on this
+                    # connection (busy: over its limit of sessions, see _held_back): this
+                    # job and the ones waiting go on as if no session could be opened.
                     session.abort()
+                    self._not_carried(followed)
+                    if error.busy and self.workers > 1:
+                        self._held_back(job, error)
+                    else:
+                        self._unreachable(job, error)
                     return
                 except Exception as error:
                     self._owner.broken(self, job, error, session.label)

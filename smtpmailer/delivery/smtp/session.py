@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, fail
 from smtpmailer.config import SMTPRelayConfig
 from smtpmailer.delivery.smtp import auth
 from smtpmailer.delivery.smtp.protocol import Reply, SMTPClientProtocol
-from smtpmailer.delivery.transport import Follow
+from smtpmailer.delivery.transport import Follow, OpenError
 from smtpmailer.dsn_options import from_meta, mail_params, rcpt_params
 from smtpmailer.message import provider_template_of
 from smtpmailer.queue import RCPT_FAILED, RCPT_SENT, Lease, RecipientResult
@@ -35,6 +35,14 @@ class AuthFailed(SessionError):
 
 class TokenRefused(AuthFailed):
     """The relay refused the access token: a new connection with a fresh token may pass."""
+
+
+def limits_sessions(reply: Reply) -> bool:
+    """A 4xx with the enhanced status 4.3.2 inside a transaction says this connection may
+    not send now, not that the message is at fault: Exchange Online answers a mailbox's
+    fourth connection at once with ``432 4.3.2 Concurrent connections limit exceeded``,
+    after its content; Postfix says ``421 4.3.2 Service shutting down``."""
+    return reply.temporary and bool(reply.lines) and reply.lines[0].split()[:1] == ["4.3.2"]
 
 
 def _status_for(reply: Reply, defer_on: tuple[str, ...] = ()) -> str:
@@ -72,9 +80,11 @@ class SMTPSession:
         helo_name: str,
         start_tls: Any = None,
         credentials: auth.Credentials | None = None,
+        label: str = "",
     ) -> None:
         self.protocol = protocol
         self.relay = relay
+        self.label = label  # host[address]:port, for the OpenError of a limited session
         self.helo_name = helo_name
         self._start_tls = start_tls
         self.credentials = credentials or auth.password_credentials(relay.username, relay.password)
@@ -276,6 +286,7 @@ class SMTPSession:
                 if any(r.positive for r in rcpts):
                     data = await self.protocol.command("DATA")
         self.delivered += 1
+        self._check_limit("MAIL FROM", mail)
         if not mail.positive:
             await self._abandon(data)
             return tuple(
@@ -291,8 +302,9 @@ class SMTPSession:
         if not accepted:
             await self._abandon(data)
         elif data is None or data.code != 354:
-            await self._abandon(data)
             assert data is not None
+            self._check_limit("DATA", data)
+            await self._abandon(data)
             for r in accepted:
                 results[r] = RecipientResult(r, self._status(data), f"DATA: {data}")
         else:
@@ -303,6 +315,9 @@ class SMTPSession:
             except BaseException:
                 self._drop_next()
                 raise
+            if limits_sessions(final):
+                self._drop_next()
+                self._check_limit("after the content", final)
             for r in accepted:
                 results[r] = RecipientResult(r, self._status(final), str(final))
             if not final.positive and not pipelined:
@@ -310,6 +325,14 @@ class SMTPSession:
                 # makes sure, and would cancel a followed message's envelope.
                 await self._reset()
         return tuple(results[r] for r in lease.recipients)
+
+    def _check_limit(self, stage: str, reply: Reply) -> None:
+        """A reply that limits sessions ends this one as if it had not opened (OpenError,
+        busy): the message is no attempt and goes on another connection, or with the
+        others waiting here to the next relay when this was the only one."""
+        if limits_sessions(reply):
+            where = f"{self.relay.host}:{self.relay.port}"
+            raise OpenError(f"{stage}: {reply}", where, self.label or where, busy=True)
 
     async def _abandon(self, data: Reply | None) -> None:
         """End a transaction that will carry no message; the connection stays usable."""

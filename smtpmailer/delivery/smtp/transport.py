@@ -148,7 +148,9 @@ class SMTPTransport:
                     await credentials.secret()
                 await self._connect(relay, protocol)
                 label = peer_label(relay, protocol)
-                session = SMTPSession(protocol, relay, self._helo, start_tls(relay), credentials)
+                session = SMTPSession(
+                    protocol, relay, self._helo, start_tls(relay), credentials, label
+                )
                 await session.open()
             except TokenRefused as error:
                 protocol.abort()
