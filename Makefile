@@ -23,7 +23,7 @@ SYSTEM_TOOLS := systemd-analyze:systemd ssh:openssh-client ssh-keygen:openssh-cl
 	chromedriver:chromium-driver \
 	swaks:swaks smtp-sink:postfix smtp-source:postfix fail2ban-regex:fail2ban \
 	promtool:prometheus man:man-db groff:groff-base zsh:zsh nginx:nginx-light php:php-cli \
-	tinyproxy:tinyproxy
+	tinyproxy:tinyproxy microsocks:microsocks
 # Perl modules, as module=package: swaks needs Net::SSLeay for STARTTLS, and Debian only
 # recommends it (we install without recommends).
 PERL_MODULES := Net::SSLeay=libnet-ssleay-perl

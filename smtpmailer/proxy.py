@@ -2,6 +2,8 @@
 webhooks): ``[Daemon] http_proxy`` and ``no_proxy``, as a network that lets HTTPS out only
 through a proxy needs them. Every request goes through a CONNECT tunnel, TLS included
 end to end, so the proxy sees the host and port but neither the request nor its keys.
+And a SOCKS5 proxy for an SMTP relay (``[Relay] proxy``), parsed here; its handshake is
+delivery/smtp/socks.py's.
 
 Light: the config imports it, and the config is read by every command.
 """
@@ -78,3 +80,43 @@ def proxy_settings(daemon: Any) -> tuple[Proxy | None, tuple[str, ...]]:
     them."""
     url = daemon.http_proxy
     return (parse_proxy(url) if url else None), tuple(daemon.no_proxy)
+
+
+@attrs.frozen
+class SocksProxy:
+    """A SOCKS5 proxy for an SMTP relay (``[Relay] proxy``): the relay's name is resolved
+    by the proxy, as msmtp's ``proxy_host`` does, so a host behind Tor or an ``ssh -D``
+    forward is reached by its name."""
+
+    host: str
+    port: int
+    username: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """host:port, for messages: the credentials are not in it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_socks_proxy(text: str) -> SocksProxy:
+    """``socks5://[user:password@]host:port`` (``socks5h://`` too: either way the proxy
+    resolves the relay's name); ValueError saying what is wrong, without the password."""
+    split = urlsplit(text.strip())
+    usage = "must be socks5://[user:password@]host:port"
+    if split.scheme not in ("socks5", "socks5h"):
+        raise ValueError(usage)
+    try:
+        port = split.port
+    except ValueError:
+        port = None
+    if not split.hostname or port is None or split.path not in ("", "/") or split.query:
+        raise ValueError(usage)
+    if split.username is None:
+        return SocksProxy(split.hostname, port)
+    username, password = unquote(split.username), unquote(split.password or "")
+    # RFC 1929: each is one to 255 bytes.
+    for what, value in (("user name", username), ("password", password)):
+        if not 0 < len(value.encode("utf-8")) <= 255:
+            raise ValueError(f"the {what} must be 1 to 255 bytes (RFC 1929)")
+    return SocksProxy(split.hostname, port, username, password)

@@ -44,8 +44,14 @@ def cmd_test(args: argparse.Namespace, config: Config, console: Console) -> int:
             try:
                 credentials = await _oauth2_credentials(config, relay, say)
                 await connect(relay, protocol)
-                peer = protocol.transport.getPeer()  # type: ignore[union-attr]
-                say(f"  connect: ok ({getattr(peer, 'host', '?')})")
+                if relay.proxy:
+                    from smtpmailer.proxy import parse_socks_proxy
+
+                    proxy = parse_socks_proxy(relay.proxy).address
+                    say(f"  connect: ok (through the SOCKS proxy {proxy})")
+                else:
+                    peer = protocol.transport.getPeer()  # type: ignore[union-attr]
+                    say(f"  connect: ok ({getattr(peer, 'host', '?')})")
                 session = SMTPSession(
                     protocol, relay, relay.helo or "localhost", start_tls(relay), credentials
                 )

@@ -212,6 +212,15 @@ def _relay(
             raise reader.fail(
                 "source_address", f"source_address: {source_address!r} is not an IP address"
             ) from None
+    proxy = _read_secret(reader, base, warnings, "proxy")
+    if proxy:
+        from smtpmailer.proxy import parse_socks_proxy
+
+        try:
+            parse_socks_proxy(proxy)
+        except ValueError as error:
+            given = next(k for k in ("proxy", "proxy_file", "proxy_env") if reader.raw(k))
+            raise reader.fail(given, f"{given}: {error}") from None
     if security == "none" and password is not None:
         warnings.append(
             f"{path}:{section.line}: [{section.title}] sends its password without TLS "
@@ -231,6 +240,7 @@ def _relay(
         cert_file=cert_file,
         key_file=key_file,
         source_address=source_address,
+        proxy=proxy.strip() if proxy else None,
         username=username,
         password=password,
         oauth2=oauth2_name,

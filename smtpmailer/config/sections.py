@@ -157,6 +157,15 @@ class SMTPRelayConfig(RelayBase):
         "the local IP address to connect from, on a host with several (for a relay that"
         " knows senders by address); default: the system's choice",
     )
+    proxy: str | None = key(
+        TEXT,
+        None,
+        "reach the relay through this SOCKS5 proxy, which also resolves its name (Tor, an"
+        " `ssh -D` forward): socks5://[user:password@]host:port, or proxy_file (mode 0600)"
+        " or proxy_env; empty: connect directly",
+        secret=True,
+        names=("proxy", "proxy_file", "proxy_env"),
+    )
     defer_on: tuple[str, ...] = key(
         WORDS, "5.4.5", "5xx enhanced codes that mean a quota that resets: defer, not fail"
     )

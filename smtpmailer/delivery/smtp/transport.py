@@ -31,7 +31,9 @@ Connector = Callable[[SMTPRelayConfig, SMTPClientProtocol], "Deferred[Any]"]
 
 def describe_error(error: BaseException) -> str:
     """One line an operator understands, for the queue's last_error and the log."""
-    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError | TokenError):
+    from smtpmailer.delivery.smtp.socks import SocksFailed
+
+    if isinstance(error, SessionError | SMTPTimeout | SMTPProtocolError | TokenError | SocksFailed):
         return str(error)
     if isinstance(error, net_error.ConnectionRefusedError):
         return "connection refused"
@@ -55,16 +57,26 @@ def describe_error(error: BaseException) -> str:
 
 
 def tcp_connector(reactor: Any) -> Connector:
-    """Connect for real: TCP (and implicit TLS for ``security = tls``), with a timeout."""
+    """Connect for real: TCP (and implicit TLS for ``security = tls``), with a timeout;
+    through the relay's SOCKS5 proxy when it names one."""
     from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 
+    from smtpmailer.delivery.smtp.socks import SocksEndpoint
     from smtpmailer.delivery.smtp.tls import client_tls_options
+    from smtpmailer.proxy import parse_socks_proxy
 
     def connect(relay: SMTPRelayConfig, protocol: SMTPClientProtocol) -> Deferred[Any]:
         source = (relay.source_address, 0) if relay.source_address else None
-        endpoint: Any = HostnameEndpoint(
-            reactor, relay.host, relay.port, timeout=relay.timeout, bindAddress=source
-        )
+        endpoint: Any
+        if relay.proxy:
+            proxy = parse_socks_proxy(relay.proxy)  # checked when the config was read
+            endpoint = SocksEndpoint(
+                reactor, proxy, relay.host, relay.port, relay.timeout, bindAddress=source
+            )
+        else:
+            endpoint = HostnameEndpoint(
+                reactor, relay.host, relay.port, timeout=relay.timeout, bindAddress=source
+            )
         if relay.security == "tls":
             endpoint = wrapClientTLS(client_tls_options(relay), endpoint)
         return connectProtocol(endpoint, protocol)

@@ -1,0 +1,231 @@
+"""A SOCKS5 client (RFC 1928, with RFC 1929's user name and password) for SMTP relays
+behind ``[Relay] proxy``: the connection to the proxy asks it to CONNECT to the relay by
+name, and once it has, every byte is the wrapped protocol's (SMTP's, or TLS's first).
+Twisted has a SOCKS4 server only; this is the small part of the protocol a client needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from smtpmailer.proxy import SocksProxy
+
+VERSION = 5
+NO_AUTH, USER_PASSWORD, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
+CONNECT = 0x01
+IPV4, DOMAIN, IPV6 = 0x01, 0x03, 0x04
+# RFC 1928 section 6, the REP field.
+REPLIES = {
+    1: "general SOCKS server failure",
+    2: "connection not allowed by ruleset",
+    3: "network unreachable",
+    4: "host unreachable",
+    5: "connection refused",
+    6: "TTL expired",
+    7: "command not supported",
+    8: "address type not supported",
+}
+
+
+class SocksFailed(Exception):
+    """No connection through the proxy: what it answered, or why it could not be reached."""
+
+
+def connect_request(host: str, port: int) -> bytes:
+    """CONNECT to an address as itself, to a name as a name (the proxy resolves it)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        name = host.rstrip(".").encode("idna")
+        if not 0 < len(name) <= 255:
+            raise ValueError(f"host name {host!r} cannot go in a SOCKS5 request") from None
+        target = bytes((DOMAIN, len(name))) + name
+    else:
+        target = bytes((IPV4 if address.version == 4 else IPV6,)) + address.packed
+    return bytes((VERSION, CONNECT, 0)) + target + struct.pack("!H", port)
+
+
+class SocksHandshake(Protocol):
+    """Greeting, the password when the proxy asks for it, CONNECT; then the wrapped
+    protocol is given the connection and every byte after. ``ready`` fires with the
+    wrapped protocol, or fails with SocksFailed."""
+
+    transport: Any  # TCP's
+
+    def __init__(self, proxy: SocksProxy, host: str, port: int, factory: Any) -> None:
+        self._proxy = proxy
+        self._request = connect_request(host, port)
+        self._factory = factory
+        self._buffer = b""
+        self._step = "method"
+        self._wrapped: Any = None
+        self.ready: Deferred[Any] = Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's)
+        methods = (NO_AUTH, USER_PASSWORD) if self._proxy.username is not None else (NO_AUTH,)
+        self.transport.write(bytes((VERSION, len(methods), *methods)))
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._wrapped is not None:
+            self._wrapped.dataReceived(data)
+            return
+        self._buffer += data
+        while self._wrapped is None and not self.ready.called:
+            step = getattr(self, f"_{self._step}")
+            if not step():
+                return  # more bytes needed
+        if self._wrapped is not None and self._buffer:
+            rest, self._buffer = self._buffer, b""
+            self._wrapped.dataReceived(rest)
+
+    def _take(self, n: int) -> bytes | None:
+        if len(self._buffer) < n:
+            return None
+        taken, self._buffer = self._buffer[:n], self._buffer[n:]
+        return taken
+
+    def _method(self) -> bool:
+        answer = self._take(2)
+        if answer is None:
+            return False
+        if answer[0] != VERSION:
+            return self._refused("did not answer as a SOCKS5 proxy")
+        if answer[1] == USER_PASSWORD and self._proxy.username is not None:
+            user = self._proxy.username.encode("utf-8")
+            password = (self._proxy.password or "").encode("utf-8")
+            self.transport.write(bytes((1, len(user))) + user + bytes((len(password),)) + password)
+            self._step = "password"
+        elif answer[1] == NO_AUTH:
+            self._send_connect()
+        elif answer[1] == NO_ACCEPTABLE and self._proxy.username is None:
+            return self._refused("asks for a user name and password (give them in proxy)")
+        else:
+            return self._refused("accepts none of our ways to sign in")
+        return True
+
+    def _password(self) -> bool:
+        answer = self._take(2)
+        if answer is None:
+            return False
+        if answer[1] != 0:
+            return self._refused("refused the user name or password")
+        self._send_connect()
+        return True
+
+    def _send_connect(self) -> None:
+        self.transport.write(self._request)
+        self._step = "connected"
+
+    def _connected(self) -> bool:
+        if len(self._buffer) < 5:
+            return False
+        version, reply, _, kind, first = self._buffer[:5]
+        if version != VERSION:
+            return self._refused("did not answer as a SOCKS5 proxy")
+        if reply != 0:
+            return self._refused(f"answered: {REPLIES.get(reply, f'error {reply}')}")
+        sizes = {IPV4: 4, IPV6: 16, DOMAIN: 1 + first}
+        if kind not in sizes:
+            return self._refused("answered with an unknown address type")
+        if self._take(4 + sizes[kind] + 2) is None:
+            return False
+        self._wrapped = self._factory.buildProtocol(self.transport.getPeer())
+        self._wrapped.makeConnection(self.transport)
+        self.ready.callback(self._wrapped)
+        return True
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self._wrapped is not None:
+            self._wrapped.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(
+                SocksFailed(f"the SOCKS proxy {self._proxy.address} closed the connection")
+            )
+
+    def give_up(self, what: str) -> None:
+        """No tunnel after all (the endpoint's deadline passed)."""
+        self._refused(what)
+
+    def _refused(self, what: str) -> bool:
+        if not self.ready.called:
+            self.ready.errback(SocksFailed(f"the SOCKS proxy {self._proxy.address} {what}"))
+        self.transport.abortConnection()
+        return False
+
+
+def _stop(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+class SocksEndpoint:
+    """An endpoint to host:port through a SOCKS5 proxy (IStreamClientEndpoint).
+    ``timeout`` and ``bindAddress`` are the connection to the proxy's."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        proxy: SocksProxy,
+        host: str,
+        port: int,
+        timeout: float = 30,
+        bindAddress: Any = None,  # noqa: N803 (as HostnameEndpoint names it)
+    ) -> None:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        self._reactor = reactor
+        self._timeout = timeout
+        self._to_proxy = HostnameEndpoint(
+            reactor, proxy.host, proxy.port, timeout=timeout, bindAddress=bindAddress
+        )
+        self._proxy = proxy
+        self._host, self._port = host, port
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        from twisted.internet.endpoints import connectProtocol
+
+        handshake = SocksHandshake(self._proxy, self._host, self._port, factory)
+        connecting = connectProtocol(self._to_proxy, handshake)
+
+        def cancel(_: Any) -> None:
+            if not connecting.called:
+                connecting.cancel()
+            elif handshake.transport is not None:
+                handshake.transport.abortConnection()
+
+        result: Deferred[Any] = Deferred(cancel)
+
+        def connected(_: Any) -> Deferred[Any]:
+            # A proxy that takes the connection and never answers: SMTP's own timeout
+            # starts only once the relay is reached.
+            timer = self._reactor.callLater(
+                self._timeout, handshake.give_up, f"did not answer within {self._timeout:g}s"
+            )
+            return handshake.ready.addBoth(_stop, timer)
+
+        def not_connected(failure: Failure) -> Any:
+            if failure.check(SocksFailed, CancelledError):
+                return failure
+            from smtpmailer.delivery.smtp.transport import describe_error
+
+            assert failure.value is not None
+            reason = describe_error(failure.value)
+            return fail(SocksFailed(f"the SOCKS proxy {self._proxy.address}: {reason}"))
+
+        def handed(outcome: Any) -> None:
+            if result.called:  # cancelled: nobody waits for it
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        connecting.addCallback(connected).addErrback(not_connected).addBoth(handed)
+        return result
