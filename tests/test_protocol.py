@@ -45,6 +45,7 @@ def relay(**overrides: Any) -> SMTPRelayConfig:
         "cert_file": None,
         "key_file": None,
         "source_address": None,
+        "proxy": None,
         "auth": "auto",
         "username": None,
         "password": None,
