@@ -17,9 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 
 from smtpmailer.proxy import Proxy, bypasses
 
@@ -402,38 +401,15 @@ class _TunnelEndpoint:
         self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        from twisted.internet.endpoints import connectProtocol
+        from smtpmailer.tunnels import connect_through
 
-        tunnel = _Tunnel(self._proxy, self._authority, factory)
-        connecting = connectProtocol(self._to_proxy, tunnel)
-
-        def cancel(_: Any) -> None:
-            if not connecting.called:
-                connecting.cancel()
-            elif tunnel.transport is not None:
-                tunnel.transport.abortConnection()
-
-        result: Deferred[Any] = Deferred(cancel)
-
-        def connected(_: Any) -> Deferred[Any]:
-            return tunnel.ready
-
-        def not_connected(failure: Any) -> Any:
-            if not failure.check(ProxyFailed, CancelledError):
-                reason = _reason(failure.value)
-                return fail(ProxyFailed(f"the proxy {self._proxy.address}: {reason}"))
-            return failure
-
-        def handed(outcome: Any) -> None:
-            if result.called:  # cancelled: nobody waits for it
-                return
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-
-        connecting.addCallback(connected).addErrback(not_connected).addBoth(handed)
-        return result
+        proxy = self._proxy
+        return connect_through(
+            self._to_proxy,
+            _Tunnel(proxy, self._authority, factory),
+            ProxyFailed,
+            lambda error: ProxyFailed(f"the proxy {proxy.address}: {_reason(error)}"),
+        )
 
 
 class _Endpoints:

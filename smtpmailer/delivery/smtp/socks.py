@@ -10,9 +10,8 @@ import ipaddress
 import struct
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 
 from smtpmailer.proxy import SocksProxy
 
@@ -189,20 +188,13 @@ class SocksEndpoint:
         self._host, self._port = host, port
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        from twisted.internet.endpoints import connectProtocol
+        from smtpmailer.delivery.smtp.transport import describe_error
+        from smtpmailer.tunnels import connect_through
 
         handshake = SocksHandshake(self._proxy, self._host, self._port, factory)
-        connecting = connectProtocol(self._to_proxy, handshake)
+        address = self._proxy.address
 
-        def cancel(_: Any) -> None:
-            if not connecting.called:
-                connecting.cancel()
-            elif handshake.transport is not None:
-                handshake.transport.abortConnection()
-
-        result: Deferred[Any] = Deferred(cancel)
-
-        def connected(_: Any) -> Deferred[Any]:
+        def tunnelled() -> Deferred[Any]:
             # A proxy that takes the connection and never answers: SMTP's own timeout
             # starts only once the relay is reached.
             timer = self._reactor.callLater(
@@ -210,22 +202,10 @@ class SocksEndpoint:
             )
             return handshake.ready.addBoth(_stop, timer)
 
-        def not_connected(failure: Failure) -> Any:
-            if failure.check(SocksFailed, CancelledError):
-                return failure
-            from smtpmailer.delivery.smtp.transport import describe_error
-
-            assert failure.value is not None
-            reason = describe_error(failure.value)
-            return fail(SocksFailed(f"the SOCKS proxy {self._proxy.address}: {reason}"))
-
-        def handed(outcome: Any) -> None:
-            if result.called:  # cancelled: nobody waits for it
-                return
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-
-        connecting.addCallback(connected).addErrback(not_connected).addBoth(handed)
-        return result
+        return connect_through(
+            self._to_proxy,
+            handshake,
+            SocksFailed,
+            lambda error: SocksFailed(f"the SOCKS proxy {address}: {describe_error(error)}"),
+            tunnelled,
+        )
