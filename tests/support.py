@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from smtpmailer.config import parse_config
@@ -60,6 +60,17 @@ class DeliveryCase(SynchronousTestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def hear_everything(self) -> list[str]:
+        """Every log event from now on, as its text (the warnings included)."""
+        said: list[str] = []
+
+        def hear(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(hear)
+        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        return said
 
     def configure(
         self, relays: str | None = None, queue: str = "", bounce: str = "enabled = false\n"

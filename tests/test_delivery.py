@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import globalLogPublisher
 
 from smtpmailer.config import parse_config
 from smtpmailer.daemon.service import MailerService
@@ -202,13 +202,7 @@ class DeliveryTests(DeliveryCase):
             return clock.rightNow
 
         self.patch(clock, "seconds", ticking)
-        said: list[str] = []
-
-        def hear(event: dict[str, Any]) -> None:
-            said.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(hear)
-        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        said = self.hear_everything()
         ids = [self.enqueue() for _ in range(20)]
         self.start()
         self.assertEqual({self.state(i) for i in ids}, {"sent"})
@@ -252,13 +246,7 @@ class DeliveryTests(DeliveryCase):
         # three, and nothing is deferred.
         self.configure()
         self.relay.sending_limit = 3
-        said: list[str] = []
-
-        def hear(event: dict[str, Any]) -> None:
-            said.append(formatEvent(event))
-
-        globalLogPublisher.addObserver(hear)
-        self.addCleanup(globalLogPublisher.removeObserver, hear)
+        said = self.hear_everything()
         ids = [self.enqueue() for _ in range(20)]
         self.start()
         self.assertEqual({self.state(i) for i in ids}, {"sent"})
