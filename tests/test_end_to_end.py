@@ -462,22 +462,27 @@ class RateLimitTests(EndToEndCase):
 
 
 class ConnectionLimitTests(EndToEndCase):
-    def test_a_relay_that_limits_connections_gets_all_the_mail(self) -> None:
-        """The relay takes 2 connections from us and we open up to 4: the others are
-        greeted with Postfix's 421 and closed. The relay is limiting, not down: the two it
-        took carry every message, and none is deferred."""
-        peer = self.start_peer()
-        peer.connection_limit = 2
+    def forty_sent_once(self, peer: SMTPPeer) -> tuple[str, list[str]]:
+        """40 messages through up to 4 connections to ``peer``, each arriving once; the
+        daemon's log and its `turned a connection away` lines."""
         daemon = self.start_daemon(peer.port, max_connections="4")
         fill_queue(daemon, 40)
         daemon.start()
         wait_until(lambda: daemon.states() == {"sent": 40}, what="40 sent")
         numbers = sorted(int(m.header("X-Seq") or -1) for m in peer.messages())
         self.assertEqual(numbers, list(range(40)))
+        log = daemon.log()
+        return log, [line for line in log.splitlines() if "turned a connection away" in line]
+
+    def test_a_relay_that_limits_connections_gets_all_the_mail(self) -> None:
+        """The relay takes 2 connections from us and we open up to 4: the others are
+        greeted with Postfix's 421 and closed. The relay is limiting, not down: the two it
+        took carry every message, and none is deferred."""
+        peer = self.start_peer()
+        peer.connection_limit = 2
+        log, turned = self.forty_sent_once(peer)
         self.assertEqual(peer.most_open, 2)
         self.assertGreaterEqual(peer.turned_away, 1)
-        log = daemon.log()
-        turned = [line for line in log.splitlines() if "turned a connection away" in line]
         self.assertEqual(len(turned), peer.turned_away)
         self.assertIn("Error: too many connections from 127.0.0.1", turned[0])
         self.assertTrue(all(line.endswith("for 30s") for line in turned), turned)
@@ -490,15 +495,8 @@ class ConnectionLimitTests(EndToEndCase):
         deferred, and the daemon holds at the three."""
         peer = self.start_peer()
         peer.sending_limit = 3
-        daemon = self.start_daemon(peer.port, max_connections="4")
-        fill_queue(daemon, 40)
-        daemon.start()
-        wait_until(lambda: daemon.states() == {"sent": 40}, what="40 sent")
-        numbers = sorted(int(m.header("X-Seq") or -1) for m in peer.messages())
-        self.assertEqual(numbers, list(range(40)))
+        log, turned = self.forty_sent_once(peer)
         self.assertGreaterEqual(peer.over_sending_limit, 1)
-        log = daemon.log()
-        turned = [line for line in log.splitlines() if "turned a connection away" in line]
         self.assertEqual(len(turned), peer.over_sending_limit)
         self.assertIn(f"(after the content: {EXCHANGE_CONCURRENT_LIMIT})", turned[0])
         self.assertNotIn("status=deferred", log)
