@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.protocol import Protocol
 
 from smtpmailer.proxy import Proxy, bypasses
+from smtpmailer.tunnels import TunnelHandshake, connect_through
 
 
 @attrs.frozen
@@ -334,19 +335,15 @@ class ProxyFailed(Exception):
     """No tunnel through the proxy: what it answered, or why it could not be reached."""
 
 
-class _Tunnel(Protocol):
+class _Tunnel(TunnelHandshake):
     """Asks a proxy to CONNECT to host:port; once it answers 200, the connection is the
-    wrapped protocol's (TLS's, for https), which is handed every byte after."""
-
-    transport: Any  # TCP's
+    wrapped protocol's (TLS's, for https)."""
 
     def __init__(self, proxy: Proxy, authority: str, factory: Any) -> None:
+        super().__init__(f"the proxy {proxy.address}", ProxyFailed, factory)
         self._proxy = proxy
         self._authority = authority
-        self._factory = factory
         self._head = b""
-        self._wrapped: Any = None
-        self.ready: Deferred[Any] = Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's)
         lines = [f"CONNECT {self._authority} HTTP/1.1", f"Host: {self._authority}"]
@@ -354,40 +351,20 @@ class _Tunnel(Protocol):
             lines.append(f"Proxy-Authorization: {self._proxy.authorization}")
         self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self._wrapped is not None:
-            self._wrapped.dataReceived(data)
-            return
+    def handshake(self, data: bytes) -> None:
         self._head += data
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > MAX_PROXY_ANSWER:
-                self._refused("an answer too long to be HTTP")
+                self.refuse("an answer too long to be HTTP")
             return
         status_line = self._head.split(b"\r\n", 1)[0].decode("latin-1", "replace")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
-            self._refused(f"answered {status_line[:100]!r}")
+            self.refuse(f"answered {status_line[:100]!r}")
             return
         rest, self._head = self._head[end + 4 :], b""
-        self._wrapped = self._factory.buildProtocol(self.transport.getPeer())
-        self._wrapped.makeConnection(self.transport)
-        self.ready.callback(self._wrapped)
-        if rest:
-            self._wrapped.dataReceived(rest)
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        if self._wrapped is not None:
-            self._wrapped.connectionLost(reason)
-        elif not self.ready.called:
-            self.ready.errback(
-                ProxyFailed(f"the proxy {self._proxy.address} closed the connection")
-            )
-
-    def _refused(self, what: str) -> None:
-        if not self.ready.called:
-            self.ready.errback(ProxyFailed(f"the proxy {self._proxy.address} {what}"))
-        self.transport.abortConnection()
+        self.hand_over(rest)
 
 
 class _TunnelEndpoint:
@@ -401,8 +378,6 @@ class _TunnelEndpoint:
         self._authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        from smtpmailer.tunnels import connect_through
-
         proxy = self._proxy
         return connect_through(
             self._to_proxy,

@@ -11,9 +11,9 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
 
 from smtpmailer.proxy import SocksProxy
+from smtpmailer.tunnels import TunnelHandshake, connect_through
 
 VERSION = 5
 NO_AUTH, USER_PASSWORD, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
@@ -50,38 +50,26 @@ def connect_request(host: str, port: int) -> bytes:
     return bytes((VERSION, CONNECT, 0)) + target + struct.pack("!H", port)
 
 
-class SocksHandshake(Protocol):
+class SocksHandshake(TunnelHandshake):
     """Greeting, the password when the proxy asks for it, CONNECT; then the wrapped
-    protocol is given the connection and every byte after. ``ready`` fires with the
-    wrapped protocol, or fails with SocksFailed."""
-
-    transport: Any  # TCP's
+    protocol's connection. ``ready`` fails with SocksFailed."""
 
     def __init__(self, proxy: SocksProxy, host: str, port: int, factory: Any) -> None:
+        super().__init__(f"the SOCKS proxy {proxy.address}", SocksFailed, factory)
         self._proxy = proxy
         self._request = connect_request(host, port)
-        self._factory = factory
         self._buffer = b""
-        self._step = "method"
-        self._wrapped: Any = None
-        self.ready: Deferred[Any] = Deferred()
+        self._step = self._method
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted's)
         methods = (NO_AUTH, USER_PASSWORD) if self._proxy.username is not None else (NO_AUTH,)
         self.transport.write(bytes((VERSION, len(methods), *methods)))
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self._wrapped is not None:
-            self._wrapped.dataReceived(data)
-            return
+    def handshake(self, data: bytes) -> None:
+        """Each step takes its answer once all of it is here, and says whether it did."""
         self._buffer += data
-        while self._wrapped is None and not self.ready.called:
-            step = getattr(self, f"_{self._step}")
-            if not step():
-                return  # more bytes needed
-        if self._wrapped is not None and self._buffer:
-            rest, self._buffer = self._buffer, b""
-            self._wrapped.dataReceived(rest)
+        while not self.ready.called and self._step():
+            pass
 
     def _take(self, n: int) -> bytes | None:
         if len(self._buffer) < n:
@@ -94,18 +82,18 @@ class SocksHandshake(Protocol):
         if answer is None:
             return False
         if answer[0] != VERSION:
-            return self._refused("did not answer as a SOCKS5 proxy")
-        if answer[1] == USER_PASSWORD and self._proxy.username is not None:
+            self.refuse("did not answer as a SOCKS5 proxy")
+        elif answer[1] == USER_PASSWORD and self._proxy.username is not None:
             user = self._proxy.username.encode("utf-8")
             password = (self._proxy.password or "").encode("utf-8")
             self.transport.write(bytes((1, len(user))) + user + bytes((len(password),)) + password)
-            self._step = "password"
+            self._step = self._password
         elif answer[1] == NO_AUTH:
             self._send_connect()
         elif answer[1] == NO_ACCEPTABLE and self._proxy.username is None:
-            return self._refused("asks for a user name and password (give them in proxy)")
+            self.refuse("asks for a user name and password (give them in proxy)")
         else:
-            return self._refused("accepts none of our ways to sign in")
+            self.refuse("accepts none of our ways to sign in")
         return True
 
     def _password(self) -> bool:
@@ -113,49 +101,32 @@ class SocksHandshake(Protocol):
         if answer is None:
             return False
         if answer[1] != 0:
-            return self._refused("refused the user name or password")
-        self._send_connect()
+            self.refuse("refused the user name or password")
+        else:
+            self._send_connect()
         return True
 
     def _send_connect(self) -> None:
         self.transport.write(self._request)
-        self._step = "connected"
+        self._step = self._connected
 
     def _connected(self) -> bool:
         if len(self._buffer) < 5:
             return False
         version, reply, _, kind, first = self._buffer[:5]
-        if version != VERSION:
-            return self._refused("did not answer as a SOCKS5 proxy")
-        if reply != 0:
-            return self._refused(f"answered: {REPLIES.get(reply, f'error {reply}')}")
         sizes = {IPV4: 4, IPV6: 16, DOMAIN: 1 + first}
-        if kind not in sizes:
-            return self._refused("answered with an unknown address type")
-        if self._take(4 + sizes[kind] + 2) is None:
+        if version != VERSION:
+            self.refuse("did not answer as a SOCKS5 proxy")
+        elif reply != 0:
+            self.refuse(f"answered: {REPLIES.get(reply, f'error {reply}')}")
+        elif kind not in sizes:
+            self.refuse("answered with an unknown address type")
+        elif self._take(4 + sizes[kind] + 2) is None:
             return False
-        self._wrapped = self._factory.buildProtocol(self.transport.getPeer())
-        self._wrapped.makeConnection(self.transport)
-        self.ready.callback(self._wrapped)
+        else:
+            rest, self._buffer = self._buffer, b""
+            self.hand_over(rest)
         return True
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        if self._wrapped is not None:
-            self._wrapped.connectionLost(reason)
-        elif not self.ready.called:
-            self.ready.errback(
-                SocksFailed(f"the SOCKS proxy {self._proxy.address} closed the connection")
-            )
-
-    def give_up(self, what: str) -> None:
-        """No tunnel after all (the endpoint's deadline passed)."""
-        self._refused(what)
-
-    def _refused(self, what: str) -> bool:
-        if not self.ready.called:
-            self.ready.errback(SocksFailed(f"the SOCKS proxy {self._proxy.address} {what}"))
-        self.transport.abortConnection()
-        return False
 
 
 def _stop(result: Any, timer: Any) -> Any:
@@ -189,7 +160,6 @@ class SocksEndpoint:
 
     def connect(self, factory: Any) -> Deferred[Any]:
         from smtpmailer.delivery.smtp.transport import describe_error
-        from smtpmailer.tunnels import connect_through
 
         handshake = SocksHandshake(self._proxy, self._host, self._port, factory)
         address = self._proxy.address
@@ -198,7 +168,7 @@ class SocksEndpoint:
             # A proxy that takes the connection and never answers: SMTP's own timeout
             # starts only once the relay is reached.
             timer = self._reactor.callLater(
-                self._timeout, handshake.give_up, f"did not answer within {self._timeout:g}s"
+                self._timeout, handshake.refuse, f"did not answer within {self._timeout:g}s"
             )
             return handshake.ready.addBoth(_stop, timer)
 
