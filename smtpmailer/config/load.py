@@ -11,6 +11,7 @@ import difflib
 import os
 import socket
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from smtpmailer.config.declare import declared
@@ -212,15 +213,9 @@ def _relay(
             raise reader.fail(
                 "source_address", f"source_address: {source_address!r} is not an IP address"
             ) from None
-    proxy = _read_secret(reader, base, warnings, "proxy")
-    if proxy:
-        from smtpmailer.proxy import parse_socks_proxy
+    from smtpmailer.proxy import parse_socks_proxy
 
-        try:
-            parse_socks_proxy(proxy)
-        except ValueError as error:
-            given = next(k for k in ("proxy", "proxy_file", "proxy_env") if reader.raw(k))
-            raise reader.fail(given, f"{given}: {error}") from None
+    proxy = _read_proxy(reader, base, warnings, "proxy", parse_socks_proxy)
     if security == "none" and password is not None:
         warnings.append(
             f"{path}:{section.line}: [{section.title}] sends its password without TLS "
@@ -240,13 +235,29 @@ def _relay(
         cert_file=cert_file,
         key_file=key_file,
         source_address=source_address,
-        proxy=proxy.strip() if proxy else None,
+        proxy=proxy,
         username=username,
         password=password,
         oauth2=oauth2_name,
         helo=reader.get("helo") or "",
     )
     return smtp
+
+
+def _read_proxy(
+    reader: Reader, base: str, warnings: list[str], name: str, parse: Callable[[str], Any]
+) -> str | None:
+    """A proxy URL (``name``, ``name_file`` or ``name_env``: it may hold a password),
+    checked by ``parse`` now; its error names the key that gave it."""
+    proxy = _read_secret(reader, base, warnings, name)
+    if not proxy:
+        return None
+    try:
+        parse(proxy)
+    except ValueError as error:
+        given = next(k for k in (name, f"{name}_file", f"{name}_env") if reader.raw(k))
+        raise reader.fail(given, f"{given}: {error}") from None
+    return proxy.strip()
 
 
 def _client_certificate(
@@ -516,22 +527,14 @@ def _daemon(path: str, section: Section | None, warnings: list[str]) -> DaemonCo
 
     base = config_folder(path)
     reader = Reader(path, section, "Daemon")
-    proxy = _read_secret(reader, base, warnings, "http_proxy")
-    if proxy:
-        try:
-            parse_proxy(proxy)
-        except ValueError as error:
-            given = next(
-                k for k in ("http_proxy", "http_proxy_file", "http_proxy_env") if reader.raw(k)
-            )
-            raise reader.fail(given, f"{given}: {error}") from None
+    proxy = _read_proxy(reader, base, warnings, "http_proxy", parse_proxy)
     return read_section(
         reader,
         DaemonConfig,
         state_dir=resolve_path(base, reader.get("state_dir")),
         pid_file=resolve_path(base, reader.get("pid_file")),
         log_file=resolve_path(base, reader.get("log_file")),
-        http_proxy=proxy.strip() if proxy else None,
+        http_proxy=proxy,
     )
 
 
