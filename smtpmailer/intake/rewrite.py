@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.utils
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
 
 from smtpmailer.config import RewriteConfig
 from smtpmailer.message import Envelope
@@ -86,7 +85,9 @@ def apply(rewrite: RewriteConfig, envelope: Envelope) -> Envelope:
     return Envelope(sender, recipients, data, meta)
 
 
-def _recipients(rules: Rules, recipients: tuple[str, ...], meta: str) -> tuple[Any, str]:
+def _recipients(
+    rules: Rules, recipients: tuple[str, ...], meta: str
+) -> tuple[tuple[str, ...], str]:
     """The recipients rewritten, each once and in their order; the DSN options given for
     one (its NOTIFY, ORCPT) follow it to its new address."""
     new = {old: rewritten(rules, old) or old for old in recipients}
